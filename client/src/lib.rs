@@ -1,0 +1,1 @@
+//! The vtasks client. The async client and worker core land with the client issue.

@@ -1,0 +1,91 @@
+//! The one error type of the queue core and the command layer.
+//!
+//! Every variant renders as a complete Valkey error reply: the first word is
+//! the error code (`ERR`, `WRONGTYPE`, `QUEUEFULL`, `NOQUEUE`) so clients can
+//! map replies back to variants without parsing prose.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VtError {
+    /// Malformed command: unknown option, missing value, leftover arguments.
+    Syntax(String),
+    /// A numeric argument that does not parse as an integer.
+    NotAnInteger(&'static str),
+    /// A numeric argument outside its documented range.
+    OutOfRange {
+        what: &'static str,
+        min: i64,
+        max: i64,
+    },
+    /// A queue argument that is not `{name}` with an allowed name.
+    InvalidQueue(String),
+    /// A task id that is empty or too long.
+    InvalidId,
+    /// A consumer name that is empty, too long or has disallowed characters.
+    InvalidConsumer,
+    /// A payload, result or error text larger than the documented limit.
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// A key of the queue holds a value of another type.
+    WrongType,
+    /// `MAXLEN` backpressure refused the whole enqueue.
+    QueueFull { queue: String, held: u64, limit: u64 },
+    /// A read-only command named a queue that has never been used.
+    NoQueue(String),
+    /// An ACK/NACK inside FETCHN names a queue the call did not declare.
+    UndeclaredQueue(String),
+    /// A panic or broken invariant caught at the FFI boundary.
+    Internal(String),
+}
+
+pub type VtResult<T> = Result<T, VtError>;
+
+impl VtError {
+    pub fn syntax(detail: impl Into<String>) -> Self {
+        VtError::Syntax(detail.into())
+    }
+}
+
+impl fmt::Display for VtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VtError::Syntax(detail) => write!(f, "ERR syntax error: {detail}"),
+            VtError::NotAnInteger(what) => write!(f, "ERR {what} must be an integer"),
+            VtError::OutOfRange { what, min, max } => {
+                write!(f, "ERR {what} must be between {min} and {max}")
+            }
+            VtError::InvalidQueue(given) => write!(
+                f,
+                "ERR invalid queue '{given}': expected {{name}} where name is 1-128 characters of A-Z a-z 0-9 _ . : -"
+            ),
+            VtError::InvalidId => write!(f, "ERR task id must be 1-256 bytes"),
+            VtError::InvalidConsumer => write!(
+                f,
+                "ERR consumer name must be 1-128 characters of A-Z a-z 0-9 _ . : - @ /"
+            ),
+            VtError::TooLarge { what, size, limit } => {
+                write!(f, "ERR {what} of {size} bytes exceeds the limit of {limit} bytes")
+            }
+            VtError::WrongType => write!(
+                f,
+                "WRONGTYPE Operation against a key holding the wrong kind of value"
+            ),
+            VtError::QueueFull { queue, held, limit } => write!(
+                f,
+                "QUEUEFULL queue {queue} holds {held} pending tasks; MAXLEN is {limit}"
+            ),
+            VtError::NoQueue(queue) => write!(f, "NOQUEUE no such queue {queue}"),
+            VtError::UndeclaredQueue(queue) => write!(
+                f,
+                "ERR queue {queue} in ACK/NACK is not among the queues this FETCHN names"
+            ),
+            VtError::Internal(detail) => write!(f, "ERR internal error: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for VtError {}

@@ -1,0 +1,153 @@
+//! Key names of one queue and the documented limits. The layout is the
+//! contract shared with the scripts engine; see `docs/PROTOCOL.md`.
+
+use super::error::{VtError, VtResult};
+
+/// Longest queue name inside the braces.
+pub const MAX_QUEUE_NAME: usize = 128;
+/// Longest task id.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest consumer name.
+pub const MAX_CONSUMER_LEN: usize = 128;
+/// Largest payload or result, in bytes.
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Largest error text kept with a failed task; longer texts are truncated.
+pub const MAX_ERROR_TEXT: usize = 64 * 1024;
+/// Most tasks one ENQUEUE may carry.
+pub const MAX_ENQUEUE_BATCH: usize = 10_000;
+/// Most tasks one FETCHN may hand out.
+pub const MAX_FETCH_COUNT: i64 = 1_000;
+/// Longest lease, block, delay and result TTL (one year), in ms.
+pub const MAX_DURATION_MS: i64 = 365 * 24 * 3600 * 1000;
+/// Latest RUNAT accepted: 2^48 ms after the epoch (year 10889).
+pub const MAX_TIMESTAMP_MS: i64 = 1 << 48;
+/// Highest max-attempts value.
+pub const MAX_ATTEMPTS: i64 = 10_000;
+/// Priorities, as in Django's Tasks framework.
+pub const MIN_PRIORITY: i64 = -100;
+pub const MAX_PRIORITY: i64 = 100;
+/// Most entries one maintenance pass or one ALL-selection touches, so a single
+/// call never stalls the server; callers repeat until nothing is left.
+pub const MAINTENANCE_BATCH: usize = 1_000;
+pub const BULK_BATCH: usize = 10_000;
+
+/// Defaults applied when a command leaves an option out.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+pub const DEFAULT_KEEP_MS: i64 = 24 * 3600 * 1000;
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
+
+/// Every key of one queue. All share the hash tag `{name}`, so a queue lives
+/// in one cluster slot and an ACL pattern `~{name}*` covers all of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// `{name}`: the queue key itself, a hash of counters and settings.
+    pub meta: Vec<u8>,
+    pub ready: Vec<u8>,
+    pub delayed: Vec<u8>,
+    pub leased: Vec<u8>,
+    pub dead: Vec<u8>,
+    pub done: Vec<u8>,
+    task_prefix: Vec<u8>,
+}
+
+impl QueueKeys {
+    /// Validates a queue argument of the form `{name}` and derives its keys.
+    pub fn parse(arg: &[u8]) -> VtResult<QueueKeys> {
+        let invalid = || VtError::InvalidQueue(String::from_utf8_lossy(arg).into_owned());
+        let name = arg
+            .strip_prefix(b"{")
+            .and_then(|rest| rest.strip_suffix(b"}"))
+            .ok_or_else(invalid)?;
+        let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_.:-".contains(c);
+        if name.is_empty() || name.len() > MAX_QUEUE_NAME || !name.iter().all(allowed) {
+            return Err(invalid());
+        }
+        let with = |suffix: &[u8]| [arg, suffix].concat();
+        Ok(QueueKeys {
+            meta: arg.to_vec(),
+            ready: with(b":ready"),
+            delayed: with(b":delayed"),
+            leased: with(b":leased"),
+            dead: with(b":dead"),
+            done: with(b":done"),
+            task_prefix: with(b":t:"),
+        })
+    }
+
+    /// The queue as clients name it: `{name}`.
+    pub fn queue(&self) -> &[u8] {
+        &self.meta
+    }
+
+    pub fn queue_str(&self) -> String {
+        String::from_utf8_lossy(&self.meta).into_owned()
+    }
+
+    /// The hash that holds one task.
+    pub fn task(&self, id: &[u8]) -> Vec<u8> {
+        [self.task_prefix.as_slice(), id].concat()
+    }
+
+    /// The sorted sets whose types every command checks before writing.
+    pub fn sets(&self) -> [&[u8]; 5] {
+        [&self.ready, &self.delayed, &self.leased, &self.dead, &self.done]
+    }
+}
+
+pub fn validate_id(id: &[u8]) -> VtResult<()> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(VtError::InvalidId);
+    }
+    Ok(())
+}
+
+pub fn validate_consumer(name: &[u8]) -> VtResult<()> {
+    let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_.:-@/".contains(c);
+    if name.is_empty() || name.len() > MAX_CONSUMER_LEN || !name.iter().all(allowed) {
+        return Err(VtError::InvalidConsumer);
+    }
+    Ok(())
+}
+
+pub fn validate_payload(what: &'static str, bytes: &[u8]) -> VtResult<()> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(VtError::TooLarge {
+            what,
+            size: bytes.len(),
+            limit: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_share_the_hash_tag() {
+        let keys = QueueKeys::parse(b"{emails}").unwrap();
+        assert_eq!(keys.meta, b"{emails}");
+        assert_eq!(keys.ready, b"{emails}:ready");
+        assert_eq!(keys.task(b"42"), b"{emails}:t:42");
+    }
+
+    #[test]
+    fn bad_queue_names_are_refused() {
+        for bad in [
+            &b"emails"[..],
+            b"{}",
+            b"{a b}",
+            b"{a{b}",
+            b"{emails",
+            b"emails}",
+            &[b'{', 0xff, b'}'],
+        ] {
+            assert!(QueueKeys::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{{{}}}", "x".repeat(MAX_QUEUE_NAME + 1));
+        assert!(QueueKeys::parse(long.as_bytes()).is_err());
+        let longest = format!("{{{}}}", "x".repeat(MAX_QUEUE_NAME));
+        assert!(QueueKeys::parse(longest.as_bytes()).is_ok());
+    }
+}

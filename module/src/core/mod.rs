@@ -1,0 +1,11 @@
+//! The queue core: task life cycle over an abstract store. No FFI types here,
+//! no clock and no randomness, so plain `cargo test` covers all of it.
+
+pub mod error;
+pub mod keys;
+pub mod queue;
+pub mod schedule;
+pub mod store;
+
+#[cfg(test)]
+mod tests;

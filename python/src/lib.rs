@@ -1,0 +1,1 @@
+//! PyO3 bindings land with the client issue; this crate holds their place in the workspace.
