@@ -1,1 +1,58 @@
+//! vtasks: a task queue whose primitives run inside Valkey.
+//!
+//! Layers: `core` holds the queue logic with no FFI in it; `valkey_store`
+//! adapts it to the module key API; `commands` parse arguments, call the core
+//! and build replies; `server_time` and `blocking` hold the timer and the
+//! blocked-consumer glue. This file holds only the module table.
+
+pub mod args;
 pub mod core;
+
+#[cfg(not(test))]
+mod blocking;
+#[cfg(not(test))]
+mod commands;
+#[cfg(not(test))]
+mod server_time;
+#[cfg(not(test))]
+mod valkey_store;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::core::error::{VtError, VtResult};
+
+/// Runs `f`, turning a panic into an error so that no panic ever unwinds into
+/// Valkey (which would abort the server).
+pub fn guard<T>(f: impl FnOnce() -> VtResult<T>) -> VtResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(VtError::Internal(detail))
+        }
+    }
+}
+
+#[cfg(not(test))]
+mod module_table {
+    use redis_module::{redis_module, AclCategory, Context, RedisString, Status};
+
+    fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+        ctx.log_notice(&format!("vtasks {} loaded", env!("CARGO_PKG_VERSION")));
+        Status::Ok
+    }
+
+    redis_module! {
+        name: "vtasks",
+        version: 1,
+        allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+        data_types: [],
+        acl_categories: [AclCategory::from("vtasks"), ],
+        init: init,
+        commands: [],
+    }
+}

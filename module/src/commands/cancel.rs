@@ -1,0 +1,34 @@
+use redis_module::{Context, RedisResult, RedisString};
+use redis_module_macros::command;
+
+use super::{flags, write_one};
+use crate::core::keys::validate_id;
+use crate::core::queue;
+
+/// VTASKS.CANCEL <queue> <id> [<id> ...]
+#[command({
+    name: "VTASKS.CANCEL",
+    flags: [Write],
+    arity: -3,
+    summary: "Removes tasks that are still waiting (ready or delayed)",
+    complexity: "O(N log M)",
+    since: "0.1.0",
+    acl_categories: [Write, Slow, Single("vtasks")],
+    key_spec: [{
+        notes: "the queue",
+        flags: [ReadWrite, Delete],
+        begin_search: Index({ index: 1 }),
+        find_keys: Range({ last_key: 0, steps: 1, limit: 0 }),
+    }],
+})]
+fn vtasks_cancel(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    write_one(ctx, &args, |store, keys, a, _now| {
+        let mut ids = Vec::new();
+        while !a.is_empty() {
+            let id = a.next_bytes("task id")?;
+            validate_id(id)?;
+            ids.push(id);
+        }
+        Ok(flags(queue::cancel(store, keys, &ids)?))
+    })
+}

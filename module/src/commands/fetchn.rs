@@ -1,0 +1,211 @@
+use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
+use redis_module_macros::command;
+
+use super::ack::{item_count, parse_ack_item};
+use super::nack::parse_nack_item;
+use super::{bulk, run, statuses};
+use crate::args::{unknown_option, Args};
+use crate::blocking::{self, Pending};
+use crate::core::error::{VtError, VtResult};
+use crate::core::keys::*;
+use crate::core::queue::{self, AckItem, Leased, NackItem, NackOutcome, Settled};
+use crate::server_time;
+use crate::valkey_store::ValkeyStore;
+
+/// Most queues one FETCHN may name.
+const MAX_QUEUES: i64 = 64;
+
+/// VTASKS.FETCHN <numqueues> <queue> [<queue> ...] CONSUMER <name> [COUNT <n>] [LEASE <ms>] [BLOCK <ms>] [KEEP <ms>] [ACK <n> <queue> <id> <token> <result> ...] [NACK <n> <queue> <id> <token> <retry-delay-ms | DEAD> <error> ...]
+#[command({
+    name: "VTASKS.FETCHN",
+    flags: [Write, DenyOOM],
+    arity: -5,
+    summary: "Settles finished tasks and leases up to COUNT ready tasks, blocking until one is ready",
+    complexity: "O((N + A) log M) for N fetched and A settled tasks",
+    since: "0.1.0",
+    acl_categories: [Write, Slow, Blocking, Single("vtasks")],
+    key_spec: [{
+        notes: "the queues to fetch from, in order of preference",
+        flags: [ReadWrite, Update],
+        begin_search: Index({ index: 1 }),
+        find_keys: Keynum({ key_num_idx: 0, first_key: 1, key_step: 1 }),
+    }],
+})]
+fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(&args, |a| {
+        let call = FetchCall::parse(a)?;
+        let now = server_time::now_ms();
+        let (acks, nacks) = settle(ctx, &call, now)?;
+        let tasks = fetch_ready(ctx, &call.request, now)?;
+        let may_block = !ctx
+            .get_flags()
+            .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
+        match call.block_ms {
+            Some(timeout) if tasks.is_empty() && may_block => {
+                let pending = Pending {
+                    request: call.request,
+                    acks,
+                    nacks,
+                };
+                blocking::block(ctx, pending, timeout);
+                Ok(RedisValue::NoReply)
+            }
+            _ => Ok(fetch_reply(&call.request.queues, tasks, acks, nacks)),
+        }
+    })
+}
+
+/// What a consumer asked for, kept while it is blocked.
+pub struct FetchRequest {
+    pub queues: Vec<QueueKeys>,
+    pub consumer: Vec<u8>,
+    pub count: usize,
+    pub lease_ms: i64,
+}
+
+struct FetchCall<'a> {
+    request: FetchRequest,
+    block_ms: Option<i64>,
+    keep_ms: i64,
+    acks: Vec<(usize, AckItem<'a>)>,
+    nacks: Vec<(usize, NackItem<'a>)>,
+}
+
+impl<'a> FetchCall<'a> {
+    fn parse(a: &mut Args<'a>) -> VtResult<Self> {
+        let n = a.next_int("numqueues", 1, MAX_QUEUES)?;
+        let mut queues = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            queues.push(QueueKeys::parse(a.next_bytes("queue")?)?);
+        }
+        let mut call = FetchCall {
+            request: FetchRequest {
+                queues,
+                consumer: Vec::new(),
+                count: 1,
+                lease_ms: DEFAULT_LEASE_MS,
+            },
+            block_ms: None,
+            keep_ms: DEFAULT_KEEP_MS,
+            acks: Vec::new(),
+            nacks: Vec::new(),
+        };
+        while let Some(option) = a.next_keyword() {
+            match option.as_str() {
+                "CONSUMER" => {
+                    let name = a.next_bytes("CONSUMER")?;
+                    validate_consumer(name)?;
+                    call.request.consumer = name.to_vec();
+                }
+                "COUNT" => call.request.count = a.next_int("COUNT", 1, MAX_FETCH_COUNT)? as usize,
+                "LEASE" => call.request.lease_ms = a.next_int("LEASE", 1, MAX_DURATION_MS)?,
+                "BLOCK" => call.block_ms = Some(a.next_int("BLOCK", 0, MAX_DURATION_MS)?),
+                "KEEP" => call.keep_ms = a.next_int("KEEP", 0, MAX_DURATION_MS)?,
+                "ACK" => {
+                    for _ in 0..item_count(a, "ACK", 4)? {
+                        let queue = call.queue_index(a.next_bytes("queue")?)?;
+                        call.acks.push((queue, parse_ack_item(a)?));
+                    }
+                }
+                "NACK" => {
+                    for _ in 0..item_count(a, "NACK", 5)? {
+                        let queue = call.queue_index(a.next_bytes("queue")?)?;
+                        call.nacks.push((queue, parse_nack_item(a)?));
+                    }
+                }
+                other => return Err(unknown_option(other)),
+            }
+        }
+        if call.request.consumer.is_empty() {
+            return Err(VtError::syntax("CONSUMER <name> is required"));
+        }
+        Ok(call)
+    }
+
+    /// Settled tasks must belong to a queue the call declares as a key, so
+    /// ACLs and cluster routing see every key the command touches.
+    fn queue_index(&self, queue: &[u8]) -> VtResult<usize> {
+        self.request
+            .queues
+            .iter()
+            .position(|k| k.queue() == queue)
+            .ok_or_else(|| VtError::UndeclaredQueue(String::from_utf8_lossy(queue).into_owned()))
+    }
+}
+
+/// Applies the call's ACKs and NACKs, one core call per queue, and returns
+/// their outcomes in the order given.
+fn settle(ctx: &Context, call: &FetchCall, now: i64) -> VtResult<(RedisValue, RedisValue)> {
+    let mut ack_out = vec![Settled::NoTask; call.acks.len()];
+    let mut nack_out = vec![NackOutcome::Refused(Settled::NoTask); call.nacks.len()];
+    let mut store = ValkeyStore::writable(ctx.ctx);
+    for (qi, keys) in call.request.queues.iter().enumerate() {
+        let (positions, items): (Vec<usize>, Vec<AckItem>) = call
+            .acks
+            .iter()
+            .enumerate()
+            .filter(|(_, (q, _))| *q == qi)
+            .map(|(pos, (_, item))| (pos, item.clone()))
+            .unzip();
+        if !items.is_empty() {
+            for (pos, outcome) in positions.into_iter().zip(queue::ack(&mut store, keys, &items, call.keep_ms, now)?) {
+                ack_out[pos] = outcome;
+            }
+        }
+        let (positions, items): (Vec<usize>, Vec<NackItem>) = call
+            .nacks
+            .iter()
+            .enumerate()
+            .filter(|(_, (q, _))| *q == qi)
+            .map(|(pos, (_, item))| (pos, item.clone()))
+            .unzip();
+        if !items.is_empty() {
+            for (pos, outcome) in positions.into_iter().zip(queue::nack(&mut store, keys, &items, now)?) {
+                nack_out[pos] = outcome;
+            }
+        }
+    }
+    Ok((
+        statuses(ack_out, Settled::as_str),
+        statuses(nack_out, NackOutcome::as_str),
+    ))
+}
+
+/// Leases up to `count` tasks across the queues in order, after running any
+/// maintenance that is due on each (so nothing waits for the timer).
+pub fn fetch_ready(ctx: &Context, request: &FetchRequest, now: i64) -> VtResult<Vec<(usize, Leased)>> {
+    let mut store = ValkeyStore::writable(ctx.ctx);
+    let mut tasks = Vec::new();
+    for (qi, keys) in request.queues.iter().enumerate() {
+        queue::maintain(&mut store, keys, now, MAINTENANCE_BATCH)?;
+        let wanted = request.count - tasks.len();
+        if wanted > 0 {
+            let leased = queue::fetch(&mut store, keys, &request.consumer, wanted, request.lease_ms, now)?;
+            tasks.extend(leased.into_iter().map(|l| (qi, l)));
+        }
+        server_time::reschedule(ctx, &mut store, keys)?;
+    }
+    Ok(tasks)
+}
+
+/// `[[queue, id, token, attempt, payload] ...], [ack outcomes], [nack outcomes]`
+pub fn fetch_reply(
+    queues: &[QueueKeys],
+    tasks: Vec<(usize, Leased)>,
+    acks: RedisValue,
+    nacks: RedisValue,
+) -> RedisValue {
+    let tasks = tasks
+        .into_iter()
+        .map(|(qi, task)| {
+            RedisValue::Array(vec![
+                bulk(queues[qi].queue()),
+                bulk(task.id),
+                RedisValue::Integer(task.token),
+                RedisValue::Integer(task.attempt),
+                bulk(task.payload),
+            ])
+        })
+        .collect();
+    RedisValue::Array(vec![RedisValue::Array(tasks), acks, nacks])
+}

@@ -1,0 +1,31 @@
+use redis_module::{Context, RedisResult, RedisString};
+use redis_module_macros::command;
+
+use super::extend::parse_lease_refs;
+use super::{statuses, write_one};
+use crate::core::queue::{self, Settled};
+
+/// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
+#[command({
+    name: "VTASKS.RELEASE",
+    flags: [Write, DenyOOM],
+    arity: -5,
+    summary: "Gives back leased tasks that were never started, without counting an attempt",
+    complexity: "O(N log M)",
+    since: "0.1.0",
+    acl_categories: [Write, Slow, Single("vtasks")],
+    key_spec: [{
+        notes: "the queue",
+        flags: [ReadWrite, Update],
+        begin_search: Index({ index: 1 }),
+        find_keys: Range({ last_key: 0, steps: 1, limit: 0 }),
+    }],
+})]
+fn vtasks_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    write_one(ctx, &args, |store, keys, a, now| {
+        let items = parse_lease_refs(a, "RELEASE")?;
+        a.finish()?;
+        let outcomes = queue::release(store, keys, &items, now)?;
+        Ok(statuses(outcomes, Settled::as_str))
+    })
+}

@@ -1,0 +1,123 @@
+//! Server-side time: one module timer, armed for the earliest moment any
+//! queue needs maintenance, and the in-memory count of blocked consumers.
+//!
+//! Everything here runs on Valkey's main thread; the mutex only satisfies
+//! Rust's rules for statics and is never contended.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis_module::{raw, Context, ContextFlags, RedisModuleTimerID};
+
+use crate::core::error::VtResult;
+use crate::core::keys::{QueueKeys, MAINTENANCE_BATCH};
+use crate::core::queue;
+use crate::core::schedule::Schedule;
+use crate::guard;
+use crate::valkey_store::ValkeyStore;
+
+#[derive(Default)]
+struct ServerTime {
+    schedule: Schedule,
+    /// The armed timer and the time it fires at.
+    armed: Option<(i64, RedisModuleTimerID)>,
+    blocked: HashMap<Vec<u8>, u64>,
+}
+
+static STATE: Mutex<Option<ServerTime>> = Mutex::new(None);
+
+fn state() -> MutexGuard<'static, Option<ServerTime>> {
+    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn with_state<T>(f: impl FnOnce(&mut ServerTime) -> T) -> T {
+    let mut guard = state();
+    f(guard.get_or_insert_with(ServerTime::default))
+}
+
+pub fn now_ms() -> i64 {
+    unsafe { raw::RedisModule_Milliseconds.unwrap()() }
+}
+
+fn is_primary(ctx: &Context) -> bool {
+    ctx.get_flags().contains(ContextFlags::MASTER)
+}
+
+/// After a command changed a queue: record when it next needs maintenance
+/// and make sure the timer fires by then.
+pub fn reschedule(ctx: &Context, store: &mut ValkeyStore, keys: &QueueKeys) -> VtResult<()> {
+    let due = queue::next_due(store, keys)?;
+    with_state(|st| st.schedule.set(keys.queue(), due));
+    arm(ctx);
+    Ok(())
+}
+
+fn arm(ctx: &Context) {
+    if !is_primary(ctx) {
+        return; // replicas receive the primary's maintenance as replicated writes
+    }
+    let Some(earliest) = with_state(|st| st.schedule.earliest()) else {
+        return;
+    };
+    let previous = with_state(|st| match st.armed {
+        Some((at, _)) if at <= earliest => None,
+        armed => Some(armed),
+    });
+    let Some(previous) = previous else {
+        return; // a timer that fires early enough is already armed
+    };
+    if let Some((_, id)) = previous {
+        let _ = ctx.stop_timer::<()>(id);
+    }
+    let delay = (earliest - now_ms()).max(0) as u64;
+    let id = ctx.create_timer(Duration::from_millis(delay), on_timer, ());
+    with_state(|st| st.armed = Some((earliest, id)));
+}
+
+fn on_timer(ctx: &Context, _: ()) {
+    with_state(|st| st.armed = None);
+    let outcome = guard(|| {
+        if is_primary(ctx) {
+            maintain_due_queues(ctx)?;
+        }
+        Ok(())
+    });
+    if let Err(err) = outcome {
+        ctx.log_warning(&format!("vtasks: maintenance failed: {err}"));
+    }
+    arm(ctx);
+}
+
+fn maintain_due_queues(ctx: &Context) -> VtResult<()> {
+    let now = now_ms();
+    let due = with_state(|st| st.schedule.take_due(now));
+    for queue_name in due {
+        let keys = QueueKeys::parse(&queue_name)?;
+        let mut store = ValkeyStore::writable(ctx.ctx);
+        let report = queue::maintain(&mut store, &keys, now, MAINTENANCE_BATCH)?;
+        let next = if report.more {
+            Some(now) // more was due than one pass handles: continue next tick
+        } else {
+            queue::next_due(&mut store, &keys)?
+        };
+        with_state(|st| st.schedule.set(&queue_name, next));
+    }
+    Ok(())
+}
+
+pub fn blocked_on(queue: &[u8]) -> u64 {
+    with_state(|st| st.blocked.get(queue).copied().unwrap_or(0))
+}
+
+pub fn add_blocked(queues: &[QueueKeys], delta: i64) {
+    with_state(|st| {
+        for keys in queues {
+            let count = st.blocked.entry(keys.queue().to_vec()).or_insert(0);
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                st.blocked.remove(keys.queue());
+            }
+        }
+    });
+}

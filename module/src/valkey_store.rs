@@ -1,0 +1,371 @@
+//! `Store` over Valkey's module key API.
+//!
+//! Every write is replicated as the native command with the same effect
+//! (`ZADD`, `HSET`, `PEXPIREAT` with absolute times, ...), never as the
+//! `VTASKS.*` command that caused it: a replica or an AOF replay reaches the
+//! same state without re-reading the clock, and without the module at all.
+
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int};
+use std::ptr;
+
+use redis_module::raw;
+
+use crate::core::error::{VtError, VtResult};
+use crate::core::store::{KeyKind, Store, Val};
+
+const MODE_READ: c_int = raw::REDISMODULE_READ as c_int;
+const MODE_WRITE: c_int = raw::REDISMODULE_WRITE as c_int;
+const HASH_CFIELDS: c_int = raw::REDISMODULE_HASH_CFIELDS as c_int;
+const OK: c_int = raw::REDISMODULE_OK as c_int;
+
+/// A module string owned by us, freed on drop.
+struct ModString {
+    ctx: *mut raw::RedisModuleCtx,
+    ptr: *mut raw::RedisModuleString,
+}
+
+impl ModString {
+    fn new(ctx: *mut raw::RedisModuleCtx, bytes: &[u8]) -> Self {
+        let ptr = unsafe {
+            raw::RedisModule_CreateString.unwrap()(ctx, bytes.as_ptr().cast::<c_char>(), bytes.len())
+        };
+        ModString { ctx, ptr }
+    }
+}
+
+impl Drop for ModString {
+    fn drop(&mut self) {
+        unsafe { raw::RedisModule_FreeString.unwrap()(self.ctx, self.ptr) }
+    }
+}
+
+/// Copies a module string we were handed ownership of, then frees it.
+fn take_bytes(ctx: *mut raw::RedisModuleCtx, s: *mut raw::RedisModuleString) -> Vec<u8> {
+    let mut len = 0usize;
+    let bytes = unsafe {
+        let p = raw::RedisModule_StringPtrLen.unwrap()(s, &mut len);
+        std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec()
+    };
+    unsafe { raw::RedisModule_FreeString.unwrap()(ctx, s) };
+    bytes
+}
+
+fn field_name(name: &str) -> CString {
+    CString::new(name).expect("field names are constants without NUL")
+}
+
+pub struct ValkeyStore {
+    ctx: *mut raw::RedisModuleCtx,
+    mode: c_int,
+    /// Keys opened during this command; a command touches few distinct keys
+    /// many times, so each is opened once and closed when the store drops.
+    open: Vec<(Vec<u8>, *mut raw::RedisModuleKey)>,
+}
+
+impl ValkeyStore {
+    pub fn writable(ctx: *mut raw::RedisModuleCtx) -> Self {
+        ValkeyStore {
+            ctx,
+            mode: MODE_READ | MODE_WRITE,
+            open: Vec::new(),
+        }
+    }
+
+    pub fn read_only(ctx: *mut raw::RedisModuleCtx) -> Self {
+        ValkeyStore {
+            ctx,
+            mode: MODE_READ,
+            open: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, name: &[u8]) -> *mut raw::RedisModuleKey {
+        if let Some((_, key)) = self.open.iter().find(|(n, _)| n == name) {
+            return *key;
+        }
+        let name_str = ModString::new(self.ctx, name);
+        let key = unsafe { raw::RedisModule_OpenKey.unwrap()(self.ctx, name_str.ptr, self.mode) };
+        self.open.push((name.to_vec(), key));
+        key
+    }
+
+    fn kind_of(key: *mut raw::RedisModuleKey) -> KeyKind {
+        if key.is_null() {
+            return KeyKind::Missing;
+        }
+        match unsafe { raw::RedisModule_KeyType.unwrap()(key) } as isize {
+            raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
+            raw::REDISMODULE_KEYTYPE_HASH => KeyKind::Hash,
+            raw::REDISMODULE_KEYTYPE_ZSET => KeyKind::SortedSet,
+            _ => KeyKind::Other,
+        }
+    }
+
+    fn expect(&mut self, name: &[u8], kind: KeyKind) -> VtResult<Option<*mut raw::RedisModuleKey>> {
+        let key = self.key(name);
+        match Self::kind_of(key) {
+            KeyKind::Missing => Ok(None),
+            k if k == kind => Ok(Some(key)),
+            _ => Err(VtError::WrongType),
+        }
+    }
+
+    fn ensure_writable(&self) -> VtResult<()> {
+        if self.mode & MODE_WRITE == 0 {
+            return Err(VtError::Internal("write through a read-only store".into()));
+        }
+        Ok(())
+    }
+
+    fn writable_key(&mut self, name: &[u8], kind: KeyKind) -> VtResult<*mut raw::RedisModuleKey> {
+        self.ensure_writable()?;
+        self.expect(name, kind)?;
+        Ok(self.key(name))
+    }
+
+    /// Replicates `cmd` with arguments given as byte strings.
+    fn replicate(&self, cmd: &str, args: &[&[u8]]) {
+        let owned: Vec<ModString> = args.iter().map(|a| ModString::new(self.ctx, a)).collect();
+        let mut argv: Vec<*mut raw::RedisModuleString> = owned.iter().map(|s| s.ptr).collect();
+        let cmd = CString::new(cmd).expect("constant command name");
+        unsafe {
+            raw::RedisModule_Replicate.unwrap()(
+                self.ctx,
+                cmd.as_ptr(),
+                c"v".as_ptr(),
+                argv.as_mut_ptr(),
+                argv.len(),
+            );
+        }
+    }
+}
+
+impl Drop for ValkeyStore {
+    fn drop(&mut self) {
+        for (_, key) in self.open.drain(..) {
+            if !key.is_null() {
+                unsafe { raw::RedisModule_CloseKey.unwrap()(key) };
+            }
+        }
+    }
+}
+
+impl Store for ValkeyStore {
+    fn zadd(&mut self, key: &[u8], score: i64, member: &[u8]) -> VtResult<()> {
+        let k = self.writable_key(key, KeyKind::SortedSet)?;
+        let m = ModString::new(self.ctx, member);
+        let status = unsafe { raw::RedisModule_ZsetAdd.unwrap()(k, score as f64, m.ptr, ptr::null_mut()) };
+        if status != OK {
+            return Err(VtError::WrongType);
+        }
+        self.replicate("ZADD", &[key, score.to_string().as_bytes(), member]);
+        Ok(())
+    }
+
+    fn zrem(&mut self, key: &[u8], member: &[u8]) -> VtResult<bool> {
+        let Some(k) = self.expect(key, KeyKind::SortedSet)? else {
+            return Ok(false);
+        };
+        self.ensure_writable()?;
+        let m = ModString::new(self.ctx, member);
+        let mut deleted: c_int = 0;
+        unsafe { raw::RedisModule_ZsetRem.unwrap()(k, m.ptr, &mut deleted) };
+        if deleted != 0 {
+            self.replicate("ZREM", &[key, member]);
+        }
+        Ok(deleted != 0)
+    }
+
+    fn zscore(&mut self, key: &[u8], member: &[u8]) -> VtResult<Option<i64>> {
+        let Some(k) = self.expect(key, KeyKind::SortedSet)? else {
+            return Ok(None);
+        };
+        let m = ModString::new(self.ctx, member);
+        let mut score = 0f64;
+        let status = unsafe { raw::RedisModule_ZsetScore.unwrap()(k, m.ptr, &mut score) };
+        Ok((status == OK).then_some(score as i64))
+    }
+
+    fn zcard(&mut self, key: &[u8]) -> VtResult<u64> {
+        Ok(match self.expect(key, KeyKind::SortedSet)? {
+            Some(k) => (unsafe { raw::RedisModule_ValueLength.unwrap()(k) }) as u64,
+            None => 0,
+        })
+    }
+
+    fn zrange_by_score(
+        &mut self,
+        key: &[u8],
+        min: i64,
+        max: i64,
+        offset: usize,
+        limit: usize,
+    ) -> VtResult<Vec<(Vec<u8>, i64)>> {
+        let Some(k) = self.expect(key, KeyKind::SortedSet)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        unsafe {
+            let status =
+                raw::RedisModule_ZsetFirstInScoreRange.unwrap()(k, min as f64, max as f64, 0, 0);
+            if status != OK {
+                return Ok(out);
+            }
+            let mut skipped = 0;
+            while raw::RedisModule_ZsetRangeEndReached.unwrap()(k) == 0 {
+                if skipped < offset {
+                    skipped += 1;
+                } else {
+                    let mut score = 0f64;
+                    let ele = raw::RedisModule_ZsetRangeCurrentElement.unwrap()(k, &mut score);
+                    out.push((take_bytes(self.ctx, ele), score as i64));
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+                if raw::RedisModule_ZsetRangeNext.unwrap()(k) == 0 {
+                    break;
+                }
+            }
+            raw::RedisModule_ZsetRangeStop.unwrap()(k);
+        }
+        Ok(out)
+    }
+
+    fn zcount(&mut self, key: &[u8], min: i64, max: i64) -> VtResult<u64> {
+        // ZCOUNT is O(log n) in the server; the key API can only iterate.
+        if self.expect(key, KeyKind::SortedSet)?.is_none() {
+            return Ok(0);
+        }
+        let ctx = redis_module::Context::new(self.ctx);
+        let key = String::from_utf8_lossy(key).into_owned();
+        match ctx.call("ZCOUNT", &[key.as_str(), &min.to_string(), &max.to_string()]) {
+            Ok(redis_module::RedisValue::Integer(n)) => Ok(n as u64),
+            other => Err(VtError::Internal(format!("ZCOUNT answered {other:?}"))),
+        }
+    }
+
+    fn hget(&mut self, key: &[u8], field: &str) -> VtResult<Option<Vec<u8>>> {
+        let Some(k) = self.expect(key, KeyKind::Hash)? else {
+            return Ok(None);
+        };
+        let name = field_name(field);
+        let mut value: *mut raw::RedisModuleString = ptr::null_mut();
+        unsafe {
+            raw::RedisModule_HashGet.unwrap()(
+                k,
+                HASH_CFIELDS,
+                name.as_ptr(),
+                &mut value as *mut *mut raw::RedisModuleString,
+                ptr::null_mut::<c_char>(),
+            );
+        }
+        Ok((!value.is_null()).then(|| take_bytes(self.ctx, value)))
+    }
+
+    fn hset(&mut self, key: &[u8], fields: &[(&str, Val)]) -> VtResult<()> {
+        let k = self.writable_key(key, KeyKind::Hash)?;
+        let values: Vec<Vec<u8>> = fields.iter().map(|(_, v)| v.to_bytes()).collect();
+        for ((name, _), value) in fields.iter().zip(&values) {
+            let name = field_name(name);
+            let value = ModString::new(self.ctx, value);
+            unsafe {
+                raw::RedisModule_HashSet.unwrap()(
+                    k,
+                    HASH_CFIELDS,
+                    name.as_ptr(),
+                    value.ptr,
+                    ptr::null_mut::<c_char>(),
+                );
+            }
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * fields.len());
+        args.push(key);
+        for ((name, _), value) in fields.iter().zip(&values) {
+            args.push(name.as_bytes());
+            args.push(value);
+        }
+        self.replicate("HSET", &args);
+        Ok(())
+    }
+
+    fn hdel(&mut self, key: &[u8], fields: &[&str]) -> VtResult<()> {
+        if self.expect(key, KeyKind::Hash)?.is_none() {
+            return Ok(());
+        }
+        let k = self.writable_key(key, KeyKind::Hash)?;
+        let mut removed: Vec<&[u8]> = vec![key];
+        for name in fields {
+            let cname = field_name(name);
+            let n = unsafe {
+                raw::RedisModule_HashSet.unwrap()(
+                    k,
+                    HASH_CFIELDS,
+                    cname.as_ptr(),
+                    raw::REDISMODULE_HASH_DELETE as *mut raw::RedisModuleString,
+                    ptr::null_mut::<c_char>(),
+                )
+            };
+            if n > 0 {
+                removed.push(name.as_bytes());
+            }
+        }
+        if removed.len() > 1 {
+            self.replicate("HDEL", &removed);
+        }
+        Ok(())
+    }
+
+    fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64> {
+        let current = self.hget_int(key, field)?.unwrap_or(0);
+        let k = self.writable_key(key, KeyKind::Hash)?;
+        let name = field_name(field);
+        let value = ModString::new(self.ctx, (current + delta).to_string().as_bytes());
+        unsafe {
+            raw::RedisModule_HashSet.unwrap()(
+                k,
+                HASH_CFIELDS,
+                name.as_ptr(),
+                value.ptr,
+                ptr::null_mut::<c_char>(),
+            );
+        }
+        self.replicate("HINCRBY", &[key, field.as_bytes(), delta.to_string().as_bytes()]);
+        Ok(current + delta)
+    }
+
+    fn key_kind(&mut self, key: &[u8]) -> VtResult<KeyKind> {
+        let k = self.key(key);
+        Ok(Self::kind_of(k))
+    }
+
+    fn del(&mut self, key: &[u8]) -> VtResult<()> {
+        self.ensure_writable()?;
+        let k = self.key(key);
+        if Self::kind_of(k) != KeyKind::Missing {
+            unsafe { raw::RedisModule_DeleteKey.unwrap()(k) };
+            self.replicate("DEL", &[key]);
+        }
+        Ok(())
+    }
+
+    fn pexpire_at(&mut self, key: &[u8], at_ms: i64) -> VtResult<()> {
+        self.ensure_writable()?;
+        let k = self.key(key);
+        if Self::kind_of(k) == KeyKind::Missing {
+            return Ok(());
+        }
+        unsafe { raw::RedisModule_SetAbsExpire.unwrap()(k, at_ms) };
+        self.replicate("PEXPIREAT", &[key, at_ms.to_string().as_bytes()]);
+        Ok(())
+    }
+
+    fn wake(&mut self, ready_key: &[u8]) {
+        let name = ModString::new(self.ctx, ready_key);
+        unsafe { raw::RedisModule_SignalKeyAsReady.unwrap()(self.ctx, name.ptr) };
+    }
+}
