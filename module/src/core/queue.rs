@@ -360,7 +360,7 @@ pub fn enqueue(
 }
 
 pub fn is_paused(store: &mut impl Store, keys: &QueueKeys) -> VtResult<bool> {
-    Ok(store.hget(&keys.meta, meta::PAUSED)?.is_some())
+    Ok(store.hget(&keys.meta, meta::PAUSED)?.as_deref() == Some(b"1"))
 }
 
 /// Leases up to `count` ready tasks, highest priority first, FIFO within a
@@ -889,8 +889,10 @@ pub fn pause(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
 
 pub fn resume(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
     check_types(store, keys)?;
-    if is_paused(store, keys)? {
-        store.hdel(&keys.meta, &[meta::PAUSED])?;
+    let was_paused = is_paused(store, keys)?;
+    // The field stays (as 0) so the queue hash, and so the queue, exists.
+    store.hset(&keys.meta, &[(meta::PAUSED, Val::Int(0))])?;
+    if was_paused {
         store.wake(&keys.ready);
     }
     Ok(())

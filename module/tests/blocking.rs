@@ -1,0 +1,161 @@
+//! Server-side blocking and server-side time: consumers wake on enqueue, on
+//! a delayed task falling due and on an expired lease, with no polling.
+
+mod common;
+use common::*;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Long enough that a reply before it can only be a wake-up, not a timeout.
+const LONG_BLOCK: &str = "20000";
+
+fn blocked_fetch(server: &Server, queue: &'static str) -> thread::JoinHandle<(Fetched, Duration)> {
+    let mut con = server.connect();
+    thread::spawn(move || {
+        let started = Instant::now();
+        let got = fetch(&mut con, &["1", queue, "CONSUMER", "sleeper", "BLOCK", LONG_BLOCK]);
+        (got, started.elapsed())
+    })
+}
+
+fn wait_blocked(con: &mut Connection, queue: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(con, queue, "blocked") != n {
+        assert!(Instant::now() < deadline, "consumer never blocked");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn enqueue_wakes_a_blocked_consumer() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]); // creates the queue so STATS answers
+    query(&mut con, &["VTASKS.RESUME", "{q}"]);
+    let waiter = blocked_fetch(&server, "{q}");
+    wait_blocked(&mut con, "{q}", 1);
+    let enqueued_at = Instant::now();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let (got, _) = waiter.join().unwrap();
+    let woke_after = enqueued_at.elapsed();
+    assert_eq!(ids(&got.tasks), ["t"]);
+    assert!(woke_after < Duration::from_secs(5), "woken by the enqueue, not the timeout");
+    assert_eq!(stat(&mut con, "{q}", "blocked"), 0);
+}
+
+#[test]
+fn a_delayed_task_falling_due_wakes_a_blocked_consumer() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "later", "{}", "DELAY", "300"]);
+    let waiter = blocked_fetch(&server, "{q}");
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(ids(&got.tasks), ["later"]);
+    assert!(waited >= Duration::from_millis(250), "not before it is due: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "the timer promoted it: {waited:?}");
+}
+
+#[test]
+fn an_expired_lease_wakes_another_consumer() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let first = fetch(&mut con, &["1", "{q}", "CONSUMER", "crashed", "LEASE", "200"]);
+    assert_eq!(first.tasks.len(), 1);
+    let (got, waited) = blocked_fetch(&server, "{q}").join().unwrap();
+    assert_eq!(ids(&got.tasks), ["t"]);
+    assert_eq!(got.tasks[0].attempt, 2);
+    assert!(waited < Duration::from_secs(5));
+    assert_eq!(stat(&mut con, "{q}", "expired"), 1);
+}
+
+#[test]
+fn timers_expire_leases_with_no_consumer_asking() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "1"]);
+    fetch(&mut con, &["1", "{q}", "CONSUMER", "crashed", "LEASE", "100"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut con, "{q}", "dead") != 1 {
+        assert!(Instant::now() < deadline, "the timer never dead-lettered the task");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let task = query(&mut con, &["VTASKS.GET", "{q}", "t"]);
+    assert!(text(&field(&task, "error").unwrap()).contains("lease expired"));
+}
+
+#[test]
+fn block_times_out_with_an_empty_reply_and_reports_settlements() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
+    let started = Instant::now();
+    let token = t.token.to_string();
+    let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "150", "ACK", "1", "{q}", "t", &token, "42"]);
+    assert!(got.tasks.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(140));
+    assert_eq!(got.acks, ["OK"], "the ACK was applied before blocking");
+    assert_eq!(text(&field(&query(&mut con, &["VTASKS.GET", "{q}", "t"]), "result").unwrap()), "42");
+}
+
+#[test]
+fn resume_wakes_consumers_of_a_paused_queue() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]);
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let waiter = blocked_fetch(&server, "{q}");
+    wait_blocked(&mut con, "{q}", 1);
+    query(&mut con, &["VTASKS.RESUME", "{q}"]);
+    let (got, _) = waiter.join().unwrap();
+    assert_eq!(ids(&got.tasks), ["t"]);
+}
+
+#[test]
+fn each_task_goes_to_exactly_one_of_many_blocked_consumers() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]);
+    query(&mut con, &["VTASKS.RESUME", "{q}"]);
+    let waiters: Vec<_> = (0..4).map(|_| {
+        let mut c = server.connect();
+        thread::spawn(move || fetch(&mut c, &["1", "{q}", "CONSUMER", "w", "BLOCK", "3000"]).tasks)
+    }).collect();
+    wait_blocked(&mut con, "{q}", 4);
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{}", "TASK", "b", "{}"]);
+    let mut got: Vec<String> = waiters.into_iter().flat_map(|w| ids(&w.join().unwrap())).collect();
+    got.sort();
+    assert_eq!(got, ["a", "b"], "two consumers got one task each, two timed out");
+}
+
+#[test]
+fn a_disconnected_blocked_consumer_is_forgotten() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]);
+    // Send a blocking fetch and drop the connection without reading the reply.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    use std::io::Write;
+    raw.write_all(b"*7\r\n$13\r\nVTASKS.FETCHN\r\n$1\r\n1\r\n$3\r\n{q}\r\n$8\r\nCONSUMER\r\n$1\r\nw\r\n$5\r\nBLOCK\r\n$1\r\n0\r\n").unwrap();
+    wait_blocked(&mut con, "{q}", 1);
+    drop(raw);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut con, "{q}", "blocked") != 0 {
+        assert!(Instant::now() < deadline, "blocked count never dropped");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn fetch_inside_multi_does_not_block() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let reply: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("VTASKS.FETCHN").arg(1).arg("{q}").arg("CONSUMER").arg("w").arg("BLOCK").arg(0)
+        .query(&mut con)
+        .unwrap();
+    let got = parse_fetch(&reply[0]);
+    assert!(got.tasks.is_empty());
+}
