@@ -1,0 +1,187 @@
+//! Bad input: every wrong argument gets a clear error reply, nothing is
+//! written, and the server keeps answering.
+
+mod common;
+use common::*;
+
+const BIG: usize = 16 * 1024 * 1024 + 1;
+
+#[test]
+fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
+    let mut server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let long_id = "i".repeat(257);
+    let long_queue = format!("{{{}}}", "q".repeat(129));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // arity
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK"], "wrong number of arguments"),
+        (vec!["VTASKS.FETCHN", "1", "{q}"], "wrong number of arguments"),
+        (vec!["VTASKS.GET", "{q}"], "wrong number of arguments"),
+        (vec!["VTASKS.STATS"], "wrong number of arguments"),
+        // queue names
+        (vec!["VTASKS.ENQUEUE", "q", "TASK", "t", "{}"], "invalid queue 'q'"),
+        (vec!["VTASKS.ENQUEUE", "{}", "TASK", "t", "{}"], "invalid queue"),
+        (vec!["VTASKS.ENQUEUE", "{a b}", "TASK", "t", "{}"], "invalid queue"),
+        (vec!["VTASKS.ENQUEUE", &long_queue, "TASK", "t", "{}"], "invalid queue"),
+        (vec!["VTASKS.STATS", "{unknown}"], "NOQUEUE"),
+        (vec!["VTASKS.DEADLIST", "{unknown}"], "NOQUEUE"),
+        (vec!["VTASKS.PURGE", "{unknown}", "ALL"], "NOQUEUE"),
+        // ENQUEUE
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASKS", "t", "{}"], "expected TASK"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "", "{}"], "task id must be 1-256 bytes"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", &long_id, "{}"], "task id must be 1-256 bytes"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY", "101"], "PRIORITY must be between -100 and 100"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY", "high"], "PRIORITY must be an integer"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "-1"], "DELAY must be between"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "99999999999999999999999"], "DELAY must be an integer"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "1", "RUNAT", "5"], "cannot be combined"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "0"], "ATTEMPTS must be between 1 and 10000"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "COLOR", "red"], "unknown option 'COLOR'"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY"], "missing PRIORITY"),
+        (vec!["VTASKS.ENQUEUE", "{q}", "MAXLEN", "-3", "TASK", "t", "{}"], "MAXLEN must be between"),
+        // FETCHN
+        (vec!["VTASKS.FETCHN", "0", "{q}", "CONSUMER", "w"], "numqueues must be between 1 and 64"),
+        (vec!["VTASKS.FETCHN", "x", "{q}", "CONSUMER", "w"], "numqueues must be an integer"),
+        (vec!["VTASKS.FETCHN", "3", "{q}", "CONSUMER", "w"], "invalid queue 'CONSUMER'"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "COUNT", "5", "LEASE", "10"], "CONSUMER <name> is required"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "bad name"], "consumer name must be"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "COUNT", "0"], "COUNT must be between 1 and 1000"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "COUNT", "1001"], "COUNT must be between 1 and 1000"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "LEASE", "0"], "LEASE must be between"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "BLOCK", "-5"], "BLOCK must be between"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "WAIT", "5"], "unknown option 'WAIT'"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "2", "{q}", "t", "1", ""], "ACK announces 2 items"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "1", "{other}", "t", "1", ""], "not among the queues"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "1", "{q}", "t", "zero", ""], "token must be an integer"),
+        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "NACK", "1", "{q}", "t", "1", "soon", "e"], "retry delay must be an integer"),
+        // ACK / NACK / EXTEND / RELEASE
+        (vec!["VTASKS.ACK", "{q}", "1", "t", "0", "", "KEEP", "5"], "token must be between 1 and"),
+        (vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "KEEP", "-1"], "KEEP must be between"),
+        (vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "EXTRA"], "unknown option 'EXTRA'"),
+        (vec!["VTASKS.ACK", "{q}", "0", "t", "1", ""], "item count must be between"),
+        (vec!["VTASKS.NACK", "{q}", "1", "t", "1", "-1", "e"], "retry delay must be between"),
+        (vec!["VTASKS.NACK", "{q}", "1", "t", "1", "0", "e", "leftover"], "unexpected argument 'leftover'"),
+        (vec!["VTASKS.EXTEND", "{q}", "0", "1", "t", "1"], "lease must be between"),
+        (vec!["VTASKS.EXTEND", "{q}", "100", "2", "t", "1"], "EXTEND announces 2 items"),
+        (vec!["VTASKS.RELEASE", "{q}", "1", "t", "1", "x"], "unexpected argument 'x'"),
+        // others
+        (vec!["VTASKS.GET", "{q}", ""], "task id must be 1-256 bytes"),
+        (vec!["VTASKS.DEADLIST", "{q}", "COUNT", "0"], "COUNT must be between"),
+        (vec!["VTASKS.REQUEUE", "{q}", "SOME"], "expected ALL or IDS"),
+        (vec!["VTASKS.REQUEUE", "{q}", "IDS"], "IDS needs at least one task id"),
+        (vec!["VTASKS.PURGE", "{q}", "ALL", "now"], "unexpected argument 'now'"),
+        (vec!["VTASKS.PAUSE", "{q}", "x"], "wrong number of arguments"),
+    ];
+    for (words, expected) in &cases {
+        let err = query_err(&mut con, words);
+        assert!(err.contains(expected), "{words:?}: expected '{expected}' in '{err}'");
+        assert!(
+            err.starts_with("ERR") || err.starts_with("NOQUEUE") || err.starts_with("WRONGTYPE"),
+            "error replies carry a code: {err}"
+        );
+    }
+    assert!(server.alive());
+    assert_eq!(text(&query(&mut con, &["PING"])), "PONG");
+    // Nothing any of those calls did changed the queue.
+    assert_eq!(stat(&mut con, "{q}", "ready"), 1);
+    assert_eq!(stat(&mut con, "{q}", "enqueued"), 1);
+}
+
+#[test]
+fn oversized_payloads_and_results_are_refused() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let big = "x".repeat(BIG);
+    let err = query_err(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", &big]);
+    assert!(err.contains("payload of 16777217 bytes exceeds the limit of 16777216 bytes"), "{err}");
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
+    let err = query_err(&mut con, &["VTASKS.ACK", "{q}", "1", "t", &t.token.to_string(), &big]);
+    assert!(err.contains("result of 16777217 bytes exceeds"), "{err}");
+    assert_eq!(stat(&mut con, "{q}", "leased"), 1, "the refused ACK changed nothing");
+}
+
+#[test]
+fn too_many_tasks_in_one_enqueue_are_refused() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let mut c = redis::cmd("VTASKS.ENQUEUE");
+    c.arg("{q}");
+    for i in 0..10_001 {
+        c.arg("TASK").arg(format!("t{i}")).arg("{}");
+    }
+    let err = error_text(&c.query::<Value>(&mut con).unwrap_err());
+    assert!(err.contains("number of tasks in one ENQUEUE must be between 1 and 10000"), "{err}");
+    assert!(query_err(&mut con, &["VTASKS.STATS", "{q}"]).starts_with("NOQUEUE"));
+}
+
+#[test]
+fn keys_of_the_wrong_type_are_refused_without_writing() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["SET", "{q}:ready", "not a zset"]);
+    query(&mut con, &["SET", "{s}", "not a hash"]);
+    for words in [
+        vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"],
+        vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w"],
+        vec!["VTASKS.STATS", "{q}"],
+        vec!["VTASKS.ENQUEUE", "{s}", "TASK", "t", "{}"],
+        vec!["VTASKS.PAUSE", "{s}"],
+    ] {
+        let err = query_err(&mut con, &words);
+        assert!(err.starts_with("WRONGTYPE"), "{words:?}: {err}");
+    }
+    query(&mut con, &["SET", "{r}:t:x", "a string where a task hash belongs"]);
+    let err = query_err(&mut con, &["VTASKS.ENQUEUE", "{r}", "TASK", "x", "{}"]);
+    assert!(err.starts_with("WRONGTYPE"), "{err}");
+    let keys: Vec<String> = cmd(&["KEYS", "*"]).query(&mut con).unwrap();
+    assert_eq!(keys.len(), 3, "no key was created: {keys:?}");
+}
+
+#[test]
+fn random_garbage_never_takes_the_server_down() {
+    // A small in-process fuzz: random words from a vocabulary of command
+    // names, options, numbers and junk. Every reply must be well-formed.
+    let mut server = Server::start();
+    let mut con = server.connect();
+    let vocab = [
+        "VTASKS.ENQUEUE", "VTASKS.FETCHN", "VTASKS.ACK", "VTASKS.NACK", "VTASKS.EXTEND",
+        "VTASKS.RELEASE", "VTASKS.GET", "VTASKS.STATS", "VTASKS.DEADLIST", "VTASKS.REQUEUE",
+        "VTASKS.PURGE", "VTASKS.PAUSE", "VTASKS.RESUME", "VTASKS.CANCEL",
+        "{q}", "{r}", "q", "TASK", "CONSUMER", "COUNT", "BLOCK", "LEASE", "KEEP", "ACK", "NACK",
+        "PRIORITY", "DELAY", "RUNAT", "ATTEMPTS", "MAXLEN", "ALL", "IDS", "DEAD", "OFFSET",
+        "0", "1", "2", "3", "-1", "100", "-100", "9223372036854775807", "-9223372036854775808",
+        "1e3", "", "x", "{}", "\u{0}", "t", "🙂",
+    ];
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut errors = 0;
+    for _ in 0..20_000 {
+        let len = 1 + (next() % 12) as usize;
+        let mut words: Vec<&str> = (0..len).map(|_| vocab[(next() % vocab.len() as u64) as usize]).collect();
+        words[0] = vocab[(next() % 14) as usize];
+        // Blocking forever would stall the loop; the fuzz is about parsing.
+        if let Some(i) = words.iter().position(|w| *w == "BLOCK") {
+            words.truncate(i);
+            if words.len() < 2 {
+                continue;
+            }
+        }
+        match cmd(&words).query::<Value>(&mut con) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(e.code().is_some(), "{words:?}: not a server error reply: {e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 1000, "the vocabulary produces mostly bad commands");
+    assert!(server.alive());
+    assert_eq!(text(&query(&mut con, &["PING"])), "PONG");
+}
