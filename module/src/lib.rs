@@ -56,3 +56,18 @@ mod module_table {
         commands: [],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_reply() {
+        let outcome: VtResult<()> = guard(|| panic!("index out of bounds"));
+        let err = outcome.unwrap_err();
+        assert_eq!(err, VtError::Internal("index out of bounds".into()));
+        assert!(err.to_string().starts_with("ERR internal error"));
+        let formatted: VtResult<()> = guard(|| panic!("bad {}", 42));
+        assert_eq!(formatted.unwrap_err(), VtError::Internal("bad 42".into()));
+    }
+}

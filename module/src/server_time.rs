@@ -8,7 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis_module::{raw, Context, ContextFlags, RedisModuleTimerID};
+use std::cell::RefCell;
+
+use redis_module::server_events::{LoadingSubevent, ServerRole};
+use redis_module::{raw, Context, ContextFlags, KeysCursor, RedisModuleTimerID};
+use redis_module_macros::{loading_event_handler, role_changed_event_handler};
 
 use crate::core::error::VtResult;
 use crate::core::keys::{QueueKeys, MAINTENANCE_BATCH};
@@ -120,4 +124,51 @@ pub fn add_blocked(queues: &[QueueKeys], delta: i64) {
             }
         }
     });
+}
+
+/// The schedule lives in memory. After loading a dataset (restart, AOF or
+/// RDB) and when a replica becomes primary, queues with leases, delayed tasks
+/// or kept results are found by scanning the keyspace once, so their leases
+/// expire even if no consumer touches them again.
+fn rediscover(ctx: &Context) {
+    let queues = RefCell::new(std::collections::BTreeSet::new());
+    let cursor = KeysCursor::new();
+    let collect = |_: &Context, name: &redis_module::RedisString, _: Option<&redis_module::key::RedisKey>| {
+        let name = name.as_slice();
+        for suffix in [&b":leased"[..], b":delayed", b":done"] {
+            if let Some(queue) = name.strip_suffix(suffix) {
+                queues.borrow_mut().insert(queue.to_vec());
+            }
+        }
+    };
+    while cursor.scan(ctx, &collect) {}
+    let outcome = guard(|| {
+        for queue_name in queues.into_inner() {
+            let Ok(keys) = QueueKeys::parse(&queue_name) else {
+                continue; // a foreign key that merely ends like ours
+            };
+            let mut store = ValkeyStore::read_only(ctx.ctx);
+            let due = queue::next_due(&mut store, &keys).unwrap_or(None);
+            with_state(|st| st.schedule.set(&queue_name, due));
+        }
+        Ok(())
+    });
+    if let Err(err) = outcome {
+        ctx.log_warning(&format!("vtasks: rediscovering queues failed: {err}"));
+    }
+    arm(ctx);
+}
+
+#[loading_event_handler]
+fn on_loading(ctx: &Context, event: LoadingSubevent) {
+    if event == LoadingSubevent::Ended {
+        rediscover(ctx);
+    }
+}
+
+#[role_changed_event_handler]
+fn on_role_changed(ctx: &Context, role: ServerRole) {
+    if role == ServerRole::Primary {
+        rediscover(ctx);
+    }
 }

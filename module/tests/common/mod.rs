@@ -291,3 +291,58 @@ pub fn fetch(con: &mut Connection, words: &[&str]) -> Fetched {
 pub fn ids(tasks: &[Task]) -> Vec<String> {
     tasks.iter().map(|t| t.id.clone()).collect()
 }
+
+/// Every key with its type and content, sorted: two servers hold the same
+/// queue state exactly when their snapshots are equal.
+pub fn snapshot(con: &mut Connection) -> Vec<(String, String, String)> {
+    let mut keys: Vec<String> = cmd(&["KEYS", "*"]).query(con).unwrap();
+    keys.sort();
+    keys.into_iter()
+        .map(|key| {
+            let kind: String = cmd(&["TYPE", &key]).query(con).unwrap();
+            let content = match kind.as_str() {
+                "hash" => {
+                    let mut fields: Vec<(String, String)> = cmd(&["HGETALL", &key]).query(con).unwrap();
+                    fields.sort();
+                    format!("{fields:?}")
+                }
+                "zset" => {
+                    let members: Vec<(String, i64)> =
+                        cmd(&["ZRANGE", &key, "0", "-1", "WITHSCORES"]).query(con).unwrap();
+                    format!("{members:?}")
+                }
+                other => format!("unexpected type {other}"),
+            };
+            let ttl: i64 = cmd(&["PTTL", &key]).query(con).unwrap();
+            (key, kind, format!("{content} ttl={}", ttl > 0))
+        })
+        .collect()
+}
+
+/// Puts a queue through every state: ready, delayed, leased, done with a
+/// result, retrying, dead. Returns the leases still held.
+pub fn mixed_workload(con: &mut Connection, queue: &str) -> Vec<Task> {
+    let mut enqueue = vec!["VTASKS.ENQUEUE", queue];
+    let ids: Vec<String> = (0..30).map(|i| format!("t{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        enqueue.extend_from_slice(&["TASK", id, "{\"args\":[1,2]}", "ATTEMPTS", "2"]);
+        if i % 10 == 9 {
+            enqueue.extend_from_slice(&["DELAY", "600000"]);
+        }
+        if i % 7 == 0 {
+            enqueue.extend_from_slice(&["PRIORITY", "10"]);
+        }
+    }
+    query(con, &enqueue);
+    let got = fetch(con, &["1", queue, "CONSUMER", "w1", "COUNT", "12", "LEASE", "600000"]);
+    let (done, rest) = got.tasks.split_at(4);
+    let (failed, held) = rest.split_at(4);
+    for t in done {
+        query(con, &["VTASKS.ACK", queue, "1", &t.id, &t.token.to_string(), "\"result\""]);
+    }
+    for (i, t) in failed.iter().enumerate() {
+        let retry = if i % 2 == 0 { "DEAD" } else { "600000" };
+        query(con, &["VTASKS.NACK", queue, "1", &t.id, &t.token.to_string(), retry, "boom"]);
+    }
+    held.to_vec()
+}

@@ -1,0 +1,81 @@
+//! A primary and a replica, both with the module: the replica ends with the
+//! same data; timers act only on the primary; a promoted replica takes over
+//! the server-side duties.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn wait_synced(primary: &mut Connection, replica: &mut Connection) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let acked: i64 = cmd(&["WAIT", "1", "1000"]).query(primary).unwrap();
+        if acked == 1 && snapshot(primary) == snapshot(replica) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica never caught up:\nprimary {:?}\nreplica {:?}", snapshot(primary), snapshot(replica));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_pair() -> (Server, Server) {
+    let primary = Server::start();
+    let port = primary.port.to_string();
+    let replica = Server::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut con = replica.connect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = cmd(&["INFO", "replication"]).query(&mut con).unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica never linked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (primary, replica)
+}
+
+#[test]
+fn the_replica_ends_in_the_primarys_state() {
+    let (primary, replica) = start_pair();
+    let mut p = primary.connect();
+    let mut r = replica.connect();
+    mixed_workload(&mut p, "{q}");
+    // Effects made by the timer and by a woken blocked consumer replicate too.
+    query(&mut p, &["VTASKS.ENQUEUE", "{s}", "TASK", "soon", "{}", "DELAY", "100"]);
+    let got = fetch(&mut p, &["1", "{s}", "CONSUMER", "w", "BLOCK", "5000", "LEASE", "150"]);
+    assert_eq!(ids(&got.tasks), ["soon"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut p, "{s}", "expired") < 1 {
+        assert!(Instant::now() < deadline, "lease never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_synced(&mut p, &mut r);
+    assert!(snapshot(&mut r).len() > 20, "the replica holds the queue");
+    let err = query_err(&mut r, &["VTASKS.ENQUEUE", "{q}", "TASK", "x", "{}"]);
+    assert!(err.starts_with("READONLY"), "{err}");
+}
+
+#[test]
+fn timers_act_only_on_the_primary_until_a_replica_is_promoted() {
+    let (mut primary, replica) = start_pair();
+    let mut p = primary.connect();
+    let mut r = replica.connect();
+    query(&mut p, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    fetch(&mut p, &["1", "{q}", "CONSUMER", "lost", "LEASE", "300"]);
+    wait_synced(&mut p, &mut r);
+    primary.stop();
+
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(stat(&mut r, "{q}", "overdue_leases"), 1, "the replica left the lease alone");
+    assert_eq!(stat(&mut r, "{q}", "expired"), 0);
+
+    query(&mut r, &["REPLICAOF", "NO", "ONE"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut r, "{q}", "expired") < 1 {
+        assert!(Instant::now() < deadline, "the promoted replica never expired the lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = fetch(&mut r, &["1", "{q}", "CONSUMER", "new"]).tasks.remove(0);
+    assert_eq!((again.id.as_str(), again.attempt), ("t", 2));
+}
