@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what building and testing vtasks needs on Debian 12 (as root), and
+# nothing that is already there: a second run takes well under a second.
+#
+#   valkey-server      from bookworm-backports (Debian 12 main has none)
+#   redis-server       from Debian 12 main, for compatibility checks
+#   libclang1-14,      for bindgen, which generates the module API bindings
+#   libclang-common-14-dev
+set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+missing=()
+for pkg in redis-server libclang1-14 libclang-common-14-dev; do
+    installed "$pkg" || missing+=("$pkg")
+done
+need_valkey=0
+installed valkey-server || need_valkey=1
+
+if [ ${#missing[@]} -gt 0 ] || [ $need_valkey -eq 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    # Packages install without starting their services: tests start their own
+    # servers on free ports.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        added_policy=1
+    fi
+    if [ $need_valkey -eq 1 ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "deb http://deb.debian.org/debian bookworm-backports main" |
+            as_root tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+    fi
+    as_root apt-get update -qq
+    if [ ${#missing[@]} -gt 0 ]; then
+        as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    if [ $need_valkey -eq 1 ]; then
+        as_root apt-get install -y -qq --no-install-recommends -t bookworm-backports valkey-server >/dev/null
+    fi
+    [ $added_policy -eq 1 ] && as_root rm -f "$policy"
+fi
+
+for tool in valkey-server redis-server cargo; do
+    command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
+done
+for component in fmt clippy; do
+    cargo "$component" --version >/dev/null 2>&1 ||
+        { echo "setup: cargo $component is missing: rustup component add ${component/fmt/rustfmt}" >&2; exit 1; }
+done
