@@ -6,6 +6,7 @@
 #   redis-server       from Debian 12 main, for compatibility checks
 #   libclang1-14,      for bindgen, which generates the module API bindings
 #   libclang-common-14-dev
+#   cargo-nextest      the test runner (from crates.io, if missing)
 set -euo pipefail
 
 as_root() {
@@ -51,6 +52,7 @@ fi
 for tool in valkey-server redis-server cargo; do
     command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
 done
+cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
 for component in fmt clippy; do
     cargo "$component" --version >/dev/null 2>&1 ||
         { echo "setup: cargo $component is missing: rustup component add ${component/fmt/rustfmt}" >&2; exit 1; }

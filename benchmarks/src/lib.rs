@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `VTASKS_MODULE`, else the release build of the module.
@@ -89,7 +92,8 @@ pub fn server_cpu_seconds(con: &mut redis::Connection) -> f64 {
     info.lines()
         .filter_map(|l| {
             let (name, value) = l.split_once(':')?;
-            matches!(name, "used_cpu_sys" | "used_cpu_user").then(|| value.trim().parse::<f64>().ok())?
+            matches!(name, "used_cpu_sys" | "used_cpu_user")
+                .then(|| value.trim().parse::<f64>().ok())?
         })
         .sum()
 }

@@ -18,6 +18,11 @@ impl<'a> Args<'a> {
         self.pos >= self.items.len()
     }
 
+    /// Index of the next argument.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     pub fn remaining(&self) -> usize {
         self.items.len().saturating_sub(self.pos)
     }
@@ -89,9 +94,18 @@ mod tests {
         let items: Vec<&[u8]> = vec![b"12", b"x", b"-1", b"99999999999999999999"];
         let mut args = Args::new(&items);
         assert_eq!(args.next_int("COUNT", 0, 100).unwrap(), 12);
-        assert_eq!(args.next_int("COUNT", 0, 100), Err(VtError::NotAnInteger("COUNT")));
-        assert!(matches!(args.next_int("COUNT", 0, 100), Err(VtError::OutOfRange { .. })));
-        assert_eq!(args.next_int("COUNT", 0, 100), Err(VtError::NotAnInteger("COUNT")));
+        assert_eq!(
+            args.next_int("COUNT", 0, 100),
+            Err(VtError::NotAnInteger("COUNT"))
+        );
+        assert!(matches!(
+            args.next_int("COUNT", 0, 100),
+            Err(VtError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            args.next_int("COUNT", 0, 100),
+            Err(VtError::NotAnInteger("COUNT"))
+        );
         assert!(args.is_empty());
         assert!(args.next_bytes("id").is_err());
     }

@@ -9,9 +9,10 @@ use std::os::raw::{c_int, c_void};
 
 use redis_module::{raw, Context, RedisError, RedisValue};
 
-use crate::commands::fetchn::{fetch_reply, fetch_ready, FetchRequest};
+use crate::commands::fetchn::{fetch_ready, fetch_reply, replicate_woken_fetch, FetchRequest};
 use crate::guard;
 use crate::server_time;
+use crate::valkey_store::ValkeyStore;
 
 pub struct Pending {
     pub request: FetchRequest,
@@ -58,7 +59,15 @@ extern "C" fn on_ready(
 ) -> c_int {
     let context = Context::new(ctx);
     let pending = pending_of(ctx);
-    let outcome = guard(|| fetch_ready(&context, &pending.request, server_time::now_ms()));
+    let outcome = guard(|| {
+        let now = server_time::now_ms();
+        let mut store = ValkeyStore::for_command(ctx);
+        let outcome = fetch_ready(&context, &mut store, &pending.request, now);
+        if store.wrote() {
+            replicate_woken_fetch(&context, &pending.request, now);
+        }
+        outcome
+    });
     match outcome {
         Ok(tasks) if tasks.is_empty() => STAY_BLOCKED,
         Ok(tasks) => {

@@ -32,7 +32,9 @@ struct ServerTime {
 static STATE: Mutex<Option<ServerTime>> = Mutex::new(None);
 
 fn state() -> MutexGuard<'static, Option<ServerTime>> {
-    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn with_state<T>(f: impl FnOnce(&mut ServerTime) -> T) -> T {
@@ -98,7 +100,7 @@ fn maintain_due_queues(ctx: &Context) -> VtResult<()> {
     let due = with_state(|st| st.schedule.take_due(now));
     for queue_name in due {
         let keys = QueueKeys::parse(&queue_name)?;
-        let mut store = ValkeyStore::writable(ctx.ctx);
+        let mut store = ValkeyStore::replicating_effects(ctx.ctx);
         let report = queue::maintain(&mut store, &keys, now, MAINTENANCE_BATCH)?;
         let next = if report.more {
             Some(now) // more was due than one pass handles: continue next tick
@@ -133,14 +135,15 @@ pub fn add_blocked(queues: &[QueueKeys], delta: i64) {
 fn rediscover(ctx: &Context) {
     let queues = RefCell::new(std::collections::BTreeSet::new());
     let cursor = KeysCursor::new();
-    let collect = |_: &Context, name: &redis_module::RedisString, _: Option<&redis_module::key::RedisKey>| {
-        let name = name.as_slice();
-        for suffix in [&b":leased"[..], b":delayed", b":done"] {
-            if let Some(queue) = name.strip_suffix(suffix) {
-                queues.borrow_mut().insert(queue.to_vec());
+    let collect =
+        |_: &Context, name: &redis_module::RedisString, _: Option<&redis_module::key::RedisKey>| {
+            let name = name.as_slice();
+            for suffix in [&b":leased"[..], b":delayed", b":done"] {
+                if let Some(queue) = name.strip_suffix(suffix) {
+                    queues.borrow_mut().insert(queue.to_vec());
+                }
             }
-        }
-    };
+        };
     while cursor.scan(ctx, &collect) {}
     let outcome = guard(|| {
         for queue_name in queues.into_inner() {

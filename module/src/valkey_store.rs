@@ -1,10 +1,13 @@
 //! `Store` over Valkey's module key API.
 //!
-//! Every write is replicated as the native command with the same effect
-//! (`ZADD`, `HSET`, `PEXPIREAT` with absolute times, ...), never as the
-//! `VTASKS.*` command that caused it: a replica or an AOF replay reaches the
-//! same state without re-reading the clock, and without the module at all.
+//! Replication comes in two forms (see docs/DECISIONS.md). A command's writes
+//! are replicated by the command layer as the command itself with its clock
+//! reading attached, one cheap call per command; the store only records that
+//! something was written. The timer, which has no command to replicate,
+//! uses a store that replicates each write as the native command with the
+//! same resolved effect (`ZADD`, `HSET`, `PEXPIREAT` with absolute times).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
 use std::ptr;
@@ -28,7 +31,11 @@ struct ModString {
 impl ModString {
     fn new(ctx: *mut raw::RedisModuleCtx, bytes: &[u8]) -> Self {
         let ptr = unsafe {
-            raw::RedisModule_CreateString.unwrap()(ctx, bytes.as_ptr().cast::<c_char>(), bytes.len())
+            raw::RedisModule_CreateString.unwrap()(
+                ctx,
+                bytes.as_ptr().cast::<c_char>(),
+                bytes.len(),
+            )
         };
         ModString { ctx, ptr }
     }
@@ -51,42 +58,80 @@ fn take_bytes(ctx: *mut raw::RedisModuleCtx, s: *mut raw::RedisModuleString) -> 
     bytes
 }
 
-fn field_name(name: &str) -> CString {
-    CString::new(name).expect("field names are constants without NUL")
+/// A field name as a NUL-terminated C string, without allocating: field
+/// names are short constants.
+struct FieldName([u8; 32]);
+
+impl FieldName {
+    fn new(name: &str) -> Self {
+        let mut buf = [0u8; 32];
+        assert!(
+            name.len() < buf.len() && !name.contains('\0'),
+            "field name {name}"
+        );
+        buf[..name.len()].copy_from_slice(name.as_bytes());
+        FieldName(buf)
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.0.as_ptr().cast()
+    }
+}
+
+fn field_name(name: &str) -> FieldName {
+    FieldName::new(name)
 }
 
 pub struct ValkeyStore {
     ctx: *mut raw::RedisModuleCtx,
     mode: c_int,
-    /// Keys opened during this command; a command touches few distinct keys
-    /// many times, so each is opened once and closed when the store drops.
-    open: Vec<(Vec<u8>, *mut raw::RedisModuleKey)>,
+    /// Replicate each write as a native command (timer), or leave
+    /// replication to the caller (commands).
+    effects: bool,
+    wrote: bool,
+    /// Keys opened during this command; a command touches each key several
+    /// times, so each is opened once and closed when the store drops.
+    open: HashMap<Vec<u8>, *mut raw::RedisModuleKey>,
 }
 
 impl ValkeyStore {
-    pub fn writable(ctx: *mut raw::RedisModuleCtx) -> Self {
+    fn new(ctx: *mut raw::RedisModuleCtx, mode: c_int, effects: bool) -> Self {
         ValkeyStore {
             ctx,
-            mode: MODE_READ | MODE_WRITE,
-            open: Vec::new(),
+            mode,
+            effects,
+            wrote: false,
+            open: HashMap::new(),
         }
+    }
+
+    /// For a command, which replicates itself when `wrote()` says so.
+    pub fn for_command(ctx: *mut raw::RedisModuleCtx) -> Self {
+        Self::new(ctx, MODE_READ | MODE_WRITE, false)
+    }
+
+    /// For work with no command behind it (the timer): every write is
+    /// replicated as its native effect.
+    pub fn replicating_effects(ctx: *mut raw::RedisModuleCtx) -> Self {
+        Self::new(ctx, MODE_READ | MODE_WRITE, true)
     }
 
     pub fn read_only(ctx: *mut raw::RedisModuleCtx) -> Self {
-        ValkeyStore {
-            ctx,
-            mode: MODE_READ,
-            open: Vec::new(),
-        }
+        Self::new(ctx, MODE_READ, false)
+    }
+
+    /// Whether anything was written through this store.
+    pub fn wrote(&self) -> bool {
+        self.wrote
     }
 
     fn key(&mut self, name: &[u8]) -> *mut raw::RedisModuleKey {
-        if let Some((_, key)) = self.open.iter().find(|(n, _)| n == name) {
+        if let Some(key) = self.open.get(name) {
             return *key;
         }
         let name_str = ModString::new(self.ctx, name);
         let key = unsafe { raw::RedisModule_OpenKey.unwrap()(self.ctx, name_str.ptr, self.mode) };
-        self.open.push((name.to_vec(), key));
+        self.open.insert(name.to_vec(), key);
         key
     }
 
@@ -124,8 +169,13 @@ impl ValkeyStore {
         Ok(self.key(name))
     }
 
-    /// Replicates `cmd` with arguments given as byte strings.
-    fn replicate(&self, cmd: &str, args: &[&[u8]]) {
+    /// Records a write, and replicates it as `cmd` when this store
+    /// replicates effects.
+    fn replicate(&mut self, cmd: &str, args: &[&[u8]]) {
+        self.wrote = true;
+        if !self.effects {
+            return;
+        }
         let owned: Vec<ModString> = args.iter().map(|a| ModString::new(self.ctx, a)).collect();
         let mut argv: Vec<*mut raw::RedisModuleString> = owned.iter().map(|s| s.ptr).collect();
         let cmd = CString::new(cmd).expect("constant command name");
@@ -143,7 +193,7 @@ impl ValkeyStore {
 
 impl Drop for ValkeyStore {
     fn drop(&mut self) {
-        for (_, key) in self.open.drain(..) {
+        for (_, key) in self.open.drain() {
             if !key.is_null() {
                 unsafe { raw::RedisModule_CloseKey.unwrap()(key) };
             }
@@ -155,7 +205,8 @@ impl Store for ValkeyStore {
     fn zadd(&mut self, key: &[u8], score: i64, member: &[u8]) -> VtResult<()> {
         let k = self.writable_key(key, KeyKind::SortedSet)?;
         let m = ModString::new(self.ctx, member);
-        let status = unsafe { raw::RedisModule_ZsetAdd.unwrap()(k, score as f64, m.ptr, ptr::null_mut()) };
+        let status =
+            unsafe { raw::RedisModule_ZsetAdd.unwrap()(k, score as f64, m.ptr, ptr::null_mut()) };
         if status != OK {
             return Err(VtError::WrongType);
         }
@@ -243,7 +294,10 @@ impl Store for ValkeyStore {
         }
         let ctx = redis_module::Context::new(self.ctx);
         let key = String::from_utf8_lossy(key).into_owned();
-        match ctx.call("ZCOUNT", &[key.as_str(), &min.to_string(), &max.to_string()]) {
+        match ctx.call(
+            "ZCOUNT",
+            &[key.as_str(), &min.to_string(), &max.to_string()],
+        ) {
             Ok(redis_module::RedisValue::Integer(n)) => Ok(n as u64),
             other => Err(VtError::Internal(format!("ZCOUNT answered {other:?}"))),
         }
@@ -270,18 +324,34 @@ impl Store for ValkeyStore {
     fn hset(&mut self, key: &[u8], fields: &[(&str, Val)]) -> VtResult<()> {
         let k = self.writable_key(key, KeyKind::Hash)?;
         let values: Vec<Vec<u8>> = fields.iter().map(|(_, v)| v.to_bytes()).collect();
-        for ((name, _), value) in fields.iter().zip(&values) {
-            let name = field_name(name);
-            let value = ModString::new(self.ctx, value);
+        let names: Vec<FieldName> = fields.iter().map(|(n, _)| field_name(n)).collect();
+        let strings: Vec<ModString> = values.iter().map(|v| ModString::new(self.ctx, v)).collect();
+        let pairs: Vec<(*const c_char, *mut raw::RedisModuleString)> = names
+            .iter()
+            .zip(&strings)
+            .map(|(n, v)| (n.as_ptr(), v.ptr))
+            .collect();
+        // RedisModule_HashSet is variadic: up to four pairs per call.
+        let set = unsafe { raw::RedisModule_HashSet.unwrap() };
+        let end = ptr::null_mut::<c_char>();
+        for chunk in pairs.chunks(4) {
             unsafe {
-                raw::RedisModule_HashSet.unwrap()(
-                    k,
-                    HASH_CFIELDS,
-                    name.as_ptr(),
-                    value.ptr,
-                    ptr::null_mut::<c_char>(),
-                );
+                match *chunk {
+                    [(f1, v1)] => set(k, HASH_CFIELDS, f1, v1, end),
+                    [(f1, v1), (f2, v2)] => set(k, HASH_CFIELDS, f1, v1, f2, v2, end),
+                    [(f1, v1), (f2, v2), (f3, v3)] => {
+                        set(k, HASH_CFIELDS, f1, v1, f2, v2, f3, v3, end)
+                    }
+                    [(f1, v1), (f2, v2), (f3, v3), (f4, v4)] => {
+                        set(k, HASH_CFIELDS, f1, v1, f2, v2, f3, v3, f4, v4, end)
+                    }
+                    _ => unreachable!("chunks of one to four"),
+                };
             }
+        }
+        if !self.effects {
+            self.wrote = true;
+            return Ok(());
         }
         let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * fields.len());
         args.push(key);
@@ -334,7 +404,10 @@ impl Store for ValkeyStore {
                 ptr::null_mut::<c_char>(),
             );
         }
-        self.replicate("HINCRBY", &[key, field.as_bytes(), delta.to_string().as_bytes()]);
+        self.replicate(
+            "HINCRBY",
+            &[key, field.as_bytes(), delta.to_string().as_bytes()],
+        );
         Ok(current + delta)
     }
 

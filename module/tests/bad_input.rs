@@ -15,67 +15,309 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
     let long_queue = format!("{{{}}}", "q".repeat(129));
     let cases: Vec<(Vec<&str>, &str)> = vec![
         // arity
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK"], "wrong number of arguments"),
-        (vec!["VTASKS.FETCHN", "1", "{q}"], "wrong number of arguments"),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK"],
+            "wrong number of arguments",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}"],
+            "wrong number of arguments",
+        ),
         (vec!["VTASKS.GET", "{q}"], "wrong number of arguments"),
         (vec!["VTASKS.STATS"], "wrong number of arguments"),
         // queue names
-        (vec!["VTASKS.ENQUEUE", "q", "TASK", "t", "{}"], "invalid queue 'q'"),
-        (vec!["VTASKS.ENQUEUE", "{}", "TASK", "t", "{}"], "invalid queue"),
-        (vec!["VTASKS.ENQUEUE", "{a b}", "TASK", "t", "{}"], "invalid queue"),
-        (vec!["VTASKS.ENQUEUE", &long_queue, "TASK", "t", "{}"], "invalid queue"),
+        (
+            vec!["VTASKS.ENQUEUE", "q", "TASK", "t", "{}"],
+            "invalid queue 'q'",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{}", "TASK", "t", "{}"],
+            "invalid queue",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{a b}", "TASK", "t", "{}"],
+            "invalid queue",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", &long_queue, "TASK", "t", "{}"],
+            "invalid queue",
+        ),
         (vec!["VTASKS.STATS", "{unknown}"], "NOQUEUE"),
         (vec!["VTASKS.DEADLIST", "{unknown}"], "NOQUEUE"),
         (vec!["VTASKS.PURGE", "{unknown}", "ALL"], "NOQUEUE"),
         // ENQUEUE
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASKS", "t", "{}"], "expected TASK"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "", "{}"], "task id must be 1-256 bytes"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", &long_id, "{}"], "task id must be 1-256 bytes"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY", "101"], "PRIORITY must be between -100 and 100"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY", "high"], "PRIORITY must be an integer"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "-1"], "DELAY must be between"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "99999999999999999999999"], "DELAY must be an integer"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "1", "RUNAT", "5"], "cannot be combined"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "0"], "ATTEMPTS must be between 1 and 10000"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "COLOR", "red"], "unknown option 'COLOR'"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY"], "missing PRIORITY"),
-        (vec!["VTASKS.ENQUEUE", "{q}", "MAXLEN", "-3", "TASK", "t", "{}"], "MAXLEN must be between"),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASKS", "t", "{}"],
+            "expected TASK",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", "", "{}"],
+            "task id must be 1-256 bytes",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", &long_id, "{}"],
+            "task id must be 1-256 bytes",
+        ),
+        (
+            vec![
+                "VTASKS.ENQUEUE",
+                "{q}",
+                "TASK",
+                "t",
+                "{}",
+                "PRIORITY",
+                "101",
+            ],
+            "PRIORITY must be between -100 and 100",
+        ),
+        (
+            vec![
+                "VTASKS.ENQUEUE",
+                "{q}",
+                "TASK",
+                "t",
+                "{}",
+                "PRIORITY",
+                "high",
+            ],
+            "PRIORITY must be an integer",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "DELAY", "-1"],
+            "DELAY must be between",
+        ),
+        (
+            vec![
+                "VTASKS.ENQUEUE",
+                "{q}",
+                "TASK",
+                "t",
+                "{}",
+                "DELAY",
+                "99999999999999999999999",
+            ],
+            "DELAY must be an integer",
+        ),
+        (
+            vec![
+                "VTASKS.ENQUEUE",
+                "{q}",
+                "TASK",
+                "t",
+                "{}",
+                "DELAY",
+                "1",
+                "RUNAT",
+                "5",
+            ],
+            "cannot be combined",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "0"],
+            "ATTEMPTS must be between 1 and 10000",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "COLOR", "red"],
+            "unknown option 'COLOR'",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "PRIORITY"],
+            "missing PRIORITY",
+        ),
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "MAXLEN", "-3", "TASK", "t", "{}"],
+            "MAXLEN must be between",
+        ),
         // FETCHN
-        (vec!["VTASKS.FETCHN", "0", "{q}", "CONSUMER", "w"], "numqueues must be between 1 and 64"),
-        (vec!["VTASKS.FETCHN", "x", "{q}", "CONSUMER", "w"], "numqueues must be an integer"),
-        (vec!["VTASKS.FETCHN", "3", "{q}", "CONSUMER", "w"], "invalid queue 'CONSUMER'"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "COUNT", "5", "LEASE", "10"], "CONSUMER <name> is required"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "bad name"], "consumer name must be"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "COUNT", "0"], "COUNT must be between 1 and 1000"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "COUNT", "1001"], "COUNT must be between 1 and 1000"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "LEASE", "0"], "LEASE must be between"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "BLOCK", "-5"], "BLOCK must be between"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "WAIT", "5"], "unknown option 'WAIT'"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "2", "{q}", "t", "1", ""], "ACK announces 2 items"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "1", "{other}", "t", "1", ""], "not among the queues"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "ACK", "1", "{q}", "t", "zero", ""], "token must be an integer"),
-        (vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "NACK", "1", "{q}", "t", "1", "soon", "e"], "retry delay must be an integer"),
+        (
+            vec!["VTASKS.FETCHN", "0", "{q}", "CONSUMER", "w"],
+            "numqueues must be between 1 and 64",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "x", "{q}", "CONSUMER", "w"],
+            "numqueues must be an integer",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "3", "{q}", "CONSUMER", "w"],
+            "invalid queue 'CONSUMER'",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "COUNT", "5", "LEASE", "10"],
+            "CONSUMER <name> is required",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "bad name"],
+            "consumer name must be",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "COUNT", "0"],
+            "COUNT must be between 1 and 1000",
+        ),
+        (
+            vec![
+                "VTASKS.FETCHN",
+                "1",
+                "{q}",
+                "CONSUMER",
+                "w",
+                "COUNT",
+                "1001",
+            ],
+            "COUNT must be between 1 and 1000",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "LEASE", "0"],
+            "LEASE must be between",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "BLOCK", "-5"],
+            "BLOCK must be between",
+        ),
+        (
+            vec!["VTASKS.FETCHN", "1", "{q}", "CONSUMER", "w", "WAIT", "5"],
+            "unknown option 'WAIT'",
+        ),
+        (
+            vec![
+                "VTASKS.FETCHN",
+                "1",
+                "{q}",
+                "CONSUMER",
+                "w",
+                "ACK",
+                "2",
+                "{q}",
+                "t",
+                "1",
+                "",
+            ],
+            "ACK announces 2 items",
+        ),
+        (
+            vec![
+                "VTASKS.FETCHN",
+                "1",
+                "{q}",
+                "CONSUMER",
+                "w",
+                "ACK",
+                "1",
+                "{other}",
+                "t",
+                "1",
+                "",
+            ],
+            "not among the queues",
+        ),
+        (
+            vec![
+                "VTASKS.FETCHN",
+                "1",
+                "{q}",
+                "CONSUMER",
+                "w",
+                "ACK",
+                "1",
+                "{q}",
+                "t",
+                "zero",
+                "",
+            ],
+            "token must be an integer",
+        ),
+        (
+            vec![
+                "VTASKS.FETCHN",
+                "1",
+                "{q}",
+                "CONSUMER",
+                "w",
+                "NACK",
+                "1",
+                "{q}",
+                "t",
+                "1",
+                "soon",
+                "e",
+            ],
+            "retry delay must be an integer",
+        ),
         // ACK / NACK / EXTEND / RELEASE
-        (vec!["VTASKS.ACK", "{q}", "1", "t", "0", "", "KEEP", "5"], "token must be between 1 and"),
-        (vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "KEEP", "-1"], "KEEP must be between"),
-        (vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "EXTRA"], "unknown option 'EXTRA'"),
-        (vec!["VTASKS.ACK", "{q}", "0", "t", "1", ""], "item count must be between"),
-        (vec!["VTASKS.NACK", "{q}", "1", "t", "1", "-1", "e"], "retry delay must be between"),
-        (vec!["VTASKS.NACK", "{q}", "1", "t", "1", "0", "e", "leftover"], "unexpected argument 'leftover'"),
-        (vec!["VTASKS.EXTEND", "{q}", "0", "1", "t", "1"], "lease must be between"),
-        (vec!["VTASKS.EXTEND", "{q}", "100", "2", "t", "1"], "EXTEND announces 2 items"),
-        (vec!["VTASKS.RELEASE", "{q}", "1", "t", "1", "x"], "unexpected argument 'x'"),
+        (
+            vec!["VTASKS.ACK", "{q}", "1", "t", "0", "", "KEEP", "5"],
+            "token must be between 1 and",
+        ),
+        (
+            vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "KEEP", "-1"],
+            "KEEP must be between",
+        ),
+        (
+            vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "EXTRA"],
+            "unknown option 'EXTRA'",
+        ),
+        (
+            vec!["VTASKS.ACK", "{q}", "0", "t", "1", ""],
+            "item count must be between",
+        ),
+        (
+            vec!["VTASKS.NACK", "{q}", "1", "t", "1", "-1", "e"],
+            "retry delay must be between",
+        ),
+        (
+            vec!["VTASKS.NACK", "{q}", "1", "t", "1", "0", "e", "leftover"],
+            "unexpected argument 'leftover'",
+        ),
+        (
+            vec!["VTASKS.EXTEND", "{q}", "0", "1", "t", "1"],
+            "lease must be between",
+        ),
+        (
+            vec!["VTASKS.EXTEND", "{q}", "100", "2", "t", "1"],
+            "EXTEND announces 2 items",
+        ),
+        (
+            vec!["VTASKS.RELEASE", "{q}", "1", "t", "1", "x"],
+            "unexpected argument 'x'",
+        ),
         // others
         (vec!["VTASKS.GET", "{q}", ""], "task id must be 1-256 bytes"),
-        (vec!["VTASKS.DEADLIST", "{q}", "COUNT", "0"], "COUNT must be between"),
+        (
+            vec!["VTASKS.DEADLIST", "{q}", "COUNT", "0"],
+            "COUNT must be between",
+        ),
         (vec!["VTASKS.REQUEUE", "{q}", "SOME"], "expected ALL or IDS"),
-        (vec!["VTASKS.REQUEUE", "{q}", "IDS"], "IDS needs at least one task id"),
-        (vec!["VTASKS.PURGE", "{q}", "ALL", "now"], "unexpected argument 'now'"),
-        (vec!["VTASKS.PAUSE", "{q}", "x"], "wrong number of arguments"),
+        (
+            vec!["VTASKS.REQUEUE", "{q}", "IDS"],
+            "IDS needs at least one task id",
+        ),
+        (
+            vec!["VTASKS.PURGE", "{q}", "ALL", "now"],
+            "unexpected argument 'now'",
+        ),
+        (
+            vec!["VTASKS.PAUSE", "{q}", "x"],
+            "wrong number of arguments",
+        ),
+        // The clock reading only replication and AOF replays carry.
+        (
+            vec!["VTASKS.ENQUEUE", "{q}", "NOW", "5", "TASK", "t", "{}"],
+            "expected TASK, got 'NOW'",
+        ),
+        (
+            vec!["VTASKS.ACK", "{q}", "1", "t", "1", "", "NOW", "5"],
+            "unknown option 'NOW'",
+        ),
+        (
+            vec!["VTASKS.NACK", "{q}", "1", "t", "1", "0", "e", "NOW", "5"],
+            "unexpected argument 'NOW'",
+        ),
     ];
     for (words, expected) in &cases {
         let err = query_err(&mut con, words);
-        assert!(err.contains(expected), "{words:?}: expected '{expected}' in '{err}'");
+        assert!(
+            err.contains(expected),
+            "{words:?}: expected '{expected}' in '{err}'"
+        );
         assert!(
             err.starts_with("ERR") || err.starts_with("NOQUEUE") || err.starts_with("WRONGTYPE"),
             "error replies carry a code: {err}"
@@ -94,12 +336,24 @@ fn oversized_payloads_and_results_are_refused() {
     let mut con = server.connect();
     let big = "x".repeat(BIG);
     let err = query_err(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", &big]);
-    assert!(err.contains("payload of 16777217 bytes exceeds the limit of 16777216 bytes"), "{err}");
+    assert!(
+        err.contains("payload of 16777217 bytes exceeds the limit of 16777216 bytes"),
+        "{err}"
+    );
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
-    let err = query_err(&mut con, &["VTASKS.ACK", "{q}", "1", "t", &t.token.to_string(), &big]);
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
+    let err = query_err(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "t", &t.token.to_string(), &big],
+    );
     assert!(err.contains("result of 16777217 bytes exceeds"), "{err}");
-    assert_eq!(stat(&mut con, "{q}", "leased"), 1, "the refused ACK changed nothing");
+    assert_eq!(
+        stat(&mut con, "{q}", "leased"),
+        1,
+        "the refused ACK changed nothing"
+    );
 }
 
 #[test]
@@ -112,7 +366,10 @@ fn too_many_tasks_in_one_enqueue_are_refused() {
         c.arg("TASK").arg(format!("t{i}")).arg("{}");
     }
     let err = error_text(&c.query::<Value>(&mut con).unwrap_err());
-    assert!(err.contains("number of tasks in one ENQUEUE must be between 1 and 10000"), "{err}");
+    assert!(
+        err.contains("number of tasks in one ENQUEUE must be between 1 and 10000"),
+        "{err}"
+    );
     assert!(query_err(&mut con, &["VTASKS.STATS", "{q}"]).starts_with("NOQUEUE"));
 }
 
@@ -132,7 +389,10 @@ fn keys_of_the_wrong_type_are_refused_without_writing() {
         let err = query_err(&mut con, &words);
         assert!(err.starts_with("WRONGTYPE"), "{words:?}: {err}");
     }
-    query(&mut con, &["SET", "{r}:t:x", "a string where a task hash belongs"]);
+    query(
+        &mut con,
+        &["SET", "{r}:t:x", "a string where a task hash belongs"],
+    );
     let err = query_err(&mut con, &["VTASKS.ENQUEUE", "{r}", "TASK", "x", "{}"]);
     assert!(err.starts_with("WRONGTYPE"), "{err}");
     let keys: Vec<String> = cmd(&["KEYS", "*"]).query(&mut con).unwrap();
@@ -146,13 +406,56 @@ fn random_garbage_never_takes_the_server_down() {
     let mut server = Server::start();
     let mut con = server.connect();
     let vocab = [
-        "VTASKS.ENQUEUE", "VTASKS.FETCHN", "VTASKS.ACK", "VTASKS.NACK", "VTASKS.EXTEND",
-        "VTASKS.RELEASE", "VTASKS.GET", "VTASKS.STATS", "VTASKS.DEADLIST", "VTASKS.REQUEUE",
-        "VTASKS.PURGE", "VTASKS.PAUSE", "VTASKS.RESUME", "VTASKS.CANCEL",
-        "{q}", "{r}", "q", "TASK", "CONSUMER", "COUNT", "BLOCK", "LEASE", "KEEP", "ACK", "NACK",
-        "PRIORITY", "DELAY", "RUNAT", "ATTEMPTS", "MAXLEN", "ALL", "IDS", "DEAD", "OFFSET",
-        "0", "1", "2", "3", "-1", "100", "-100", "9223372036854775807", "-9223372036854775808",
-        "1e3", "", "x", "{}", "\u{0}", "t", "🙂",
+        "VTASKS.ENQUEUE",
+        "VTASKS.FETCHN",
+        "VTASKS.ACK",
+        "VTASKS.NACK",
+        "VTASKS.EXTEND",
+        "VTASKS.RELEASE",
+        "VTASKS.GET",
+        "VTASKS.STATS",
+        "VTASKS.DEADLIST",
+        "VTASKS.REQUEUE",
+        "VTASKS.PURGE",
+        "VTASKS.PAUSE",
+        "VTASKS.RESUME",
+        "VTASKS.CANCEL",
+        "{q}",
+        "{r}",
+        "q",
+        "TASK",
+        "CONSUMER",
+        "COUNT",
+        "BLOCK",
+        "LEASE",
+        "KEEP",
+        "ACK",
+        "NACK",
+        "PRIORITY",
+        "DELAY",
+        "RUNAT",
+        "ATTEMPTS",
+        "MAXLEN",
+        "ALL",
+        "IDS",
+        "DEAD",
+        "OFFSET",
+        "0",
+        "1",
+        "2",
+        "3",
+        "-1",
+        "100",
+        "-100",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1e3",
+        "",
+        "x",
+        "{}",
+        "\u{0}",
+        "t",
+        "🙂",
     ];
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = move || {
@@ -164,7 +467,9 @@ fn random_garbage_never_takes_the_server_down() {
     let mut errors = 0;
     for _ in 0..20_000 {
         let len = 1 + (next() % 12) as usize;
-        let mut words: Vec<&str> = (0..len).map(|_| vocab[(next() % vocab.len() as u64) as usize]).collect();
+        let mut words: Vec<&str> = (0..len)
+            .map(|_| vocab[(next() % vocab.len() as u64) as usize])
+            .collect();
         words[0] = vocab[(next() % 14) as usize];
         // Blocking forever would stall the loop; the fuzz is about parsing.
         if let Some(i) = words.iter().position(|w| *w == "BLOCK") {
@@ -176,7 +481,10 @@ fn random_garbage_never_takes_the_server_down() {
         match cmd(&words).query::<Value>(&mut con) {
             Ok(_) => {}
             Err(e) => {
-                assert!(e.code().is_some(), "{words:?}: not a server error reply: {e}");
+                assert!(
+                    e.code().is_some(),
+                    "{words:?}: not a server error reply: {e}"
+                );
                 errors += 1;
             }
         }

@@ -13,7 +13,10 @@ fn blocked_fetch(server: &Server, queue: &'static str) -> thread::JoinHandle<(Fe
     let mut con = server.connect();
     thread::spawn(move || {
         let started = Instant::now();
-        let got = fetch(&mut con, &["1", queue, "CONSUMER", "sleeper", "BLOCK", LONG_BLOCK]);
+        let got = fetch(
+            &mut con,
+            &["1", queue, "CONSUMER", "sleeper", "BLOCK", LONG_BLOCK],
+        );
         (got, started.elapsed())
     })
 }
@@ -39,7 +42,10 @@ fn enqueue_wakes_a_blocked_consumer() {
     let (got, _) = waiter.join().unwrap();
     let woke_after = enqueued_at.elapsed();
     assert_eq!(ids(&got.tasks), ["t"]);
-    assert!(woke_after < Duration::from_secs(5), "woken by the enqueue, not the timeout");
+    assert!(
+        woke_after < Duration::from_secs(5),
+        "woken by the enqueue, not the timeout"
+    );
     assert_eq!(stat(&mut con, "{q}", "blocked"), 0);
 }
 
@@ -47,12 +53,29 @@ fn enqueue_wakes_a_blocked_consumer() {
 fn a_delayed_task_falling_due_wakes_a_blocked_consumer() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "later", "{}", "DELAY", "300"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "later",
+            "{}",
+            "DELAY",
+            "300",
+        ],
+    );
     let waiter = blocked_fetch(&server, "{q}");
     let (got, waited) = waiter.join().unwrap();
     assert_eq!(ids(&got.tasks), ["later"]);
-    assert!(waited >= Duration::from_millis(250), "not before it is due: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "the timer promoted it: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "not before it is due: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the timer promoted it: {waited:?}"
+    );
 }
 
 #[test]
@@ -60,7 +83,10 @@ fn an_expired_lease_wakes_another_consumer() {
     let server = Server::start();
     let mut con = server.connect();
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    let first = fetch(&mut con, &["1", "{q}", "CONSUMER", "crashed", "LEASE", "200"]);
+    let first = fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "crashed", "LEASE", "200"],
+    );
     assert_eq!(first.tasks.len(), 1);
     let (got, waited) = blocked_fetch(&server, "{q}").join().unwrap();
     assert_eq!(ids(&got.tasks), ["t"]);
@@ -73,11 +99,20 @@ fn an_expired_lease_wakes_another_consumer() {
 fn timers_expire_leases_with_no_consumer_asking() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "1"]);
-    fetch(&mut con, &["1", "{q}", "CONSUMER", "crashed", "LEASE", "100"]);
+    query(
+        &mut con,
+        &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "1"],
+    );
+    fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "crashed", "LEASE", "100"],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&mut con, "{q}", "dead") != 1 {
-        assert!(Instant::now() < deadline, "the timer never dead-lettered the task");
+        assert!(
+            Instant::now() < deadline,
+            "the timer never dead-lettered the task"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let task = query(&mut con, &["VTASKS.GET", "{q}", "t"]);
@@ -89,14 +124,24 @@ fn block_times_out_with_an_empty_reply_and_reports_settlements() {
     let server = Server::start();
     let mut con = server.connect();
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
     let started = Instant::now();
     let token = t.token.to_string();
-    let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "150", "ACK", "1", "{q}", "t", &token, "42"]);
+    let got = fetch(
+        &mut con,
+        &[
+            "1", "{q}", "CONSUMER", "w", "BLOCK", "150", "ACK", "1", "{q}", "t", &token, "42",
+        ],
+    );
     assert!(got.tasks.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(140));
     assert_eq!(got.acks, ["OK"], "the ACK was applied before blocking");
-    assert_eq!(text(&field(&query(&mut con, &["VTASKS.GET", "{q}", "t"]), "result").unwrap()), "42");
+    assert_eq!(
+        text(&field(&query(&mut con, &["VTASKS.GET", "{q}", "t"]), "result").unwrap()),
+        "42"
+    );
 }
 
 #[test]
@@ -118,15 +163,38 @@ fn each_task_goes_to_exactly_one_of_many_blocked_consumers() {
     let mut con = server.connect();
     query(&mut con, &["VTASKS.PAUSE", "{q}"]);
     query(&mut con, &["VTASKS.RESUME", "{q}"]);
-    let waiters: Vec<_> = (0..4).map(|_| {
-        let mut c = server.connect();
-        thread::spawn(move || fetch(&mut c, &["1", "{q}", "CONSUMER", "w", "BLOCK", "3000"]).tasks)
-    }).collect();
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = server.connect();
+            thread::spawn(move || {
+                fetch(&mut c, &["1", "{q}", "CONSUMER", "w", "BLOCK", "3000"]).tasks
+            })
+        })
+        .collect();
     wait_blocked(&mut con, "{q}", 4);
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{}", "TASK", "b", "{}"]);
-    let mut got: Vec<String> = waiters.into_iter().flat_map(|w| ids(&w.join().unwrap())).collect();
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+        ],
+    );
+    let mut got: Vec<String> = waiters
+        .into_iter()
+        .flat_map(|w| ids(&w.join().unwrap()))
+        .collect();
     got.sort();
-    assert_eq!(got, ["a", "b"], "two consumers got one task each, two timed out");
+    assert_eq!(
+        got,
+        ["a", "b"],
+        "two consumers got one task each, two timed out"
+    );
 }
 
 #[test]
@@ -153,7 +221,13 @@ fn fetch_inside_multi_does_not_block() {
     let mut con = server.connect();
     let reply: Vec<Value> = redis::pipe()
         .atomic()
-        .cmd("VTASKS.FETCHN").arg(1).arg("{q}").arg("CONSUMER").arg("w").arg("BLOCK").arg(0)
+        .cmd("VTASKS.FETCHN")
+        .arg(1)
+        .arg("{q}")
+        .arg("CONSUMER")
+        .arg("w")
+        .arg("BLOCK")
+        .arg(0)
         .query(&mut con)
         .unwrap();
     let got = parse_fetch(&reply[0]);

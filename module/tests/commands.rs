@@ -7,7 +7,19 @@ use common::*;
 fn enqueue_fetch_ack_round_trip() {
     let server = Server::start();
     let mut con = server.connect();
-    let added = query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{\"n\":1}", "TASK", "b", "{\"n\":2}"]);
+    let added = query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{\"n\":1}",
+            "TASK",
+            "b",
+            "{\"n\":2}",
+        ],
+    );
     assert_eq!(items(&added).iter().map(int).collect::<Vec<_>>(), [1, 1]);
 
     let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w1", "COUNT", "10"]);
@@ -21,17 +33,38 @@ fn enqueue_fetch_ack_round_trip() {
     let b = &got.tasks[1];
     let acked = query(
         &mut con,
-        &["VTASKS.ACK", "{q}", "2", "a", &a.token.to_string(), "\"done-a\"", "b", &b.token.to_string(), "", "KEEP", "60000"],
+        &[
+            "VTASKS.ACK",
+            "{q}",
+            "2",
+            "a",
+            &a.token.to_string(),
+            "\"done-a\"",
+            "b",
+            &b.token.to_string(),
+            "",
+            "KEEP",
+            "60000",
+        ],
     );
-    assert_eq!(items(&acked).iter().map(text).collect::<Vec<_>>(), ["OK", "OK"]);
+    assert_eq!(
+        items(&acked).iter().map(text).collect::<Vec<_>>(),
+        ["OK", "OK"]
+    );
     let task = query(&mut con, &["VTASKS.GET", "{q}", "a"]);
     assert_eq!(text(&field(&task, "status").unwrap()), "done");
     assert_eq!(text(&field(&task, "result").unwrap()), "\"done-a\"");
     assert_eq!(text(&field(&task, "workers").unwrap()), "w1");
     let task_b = query(&mut con, &["VTASKS.GET", "{q}", "b"]);
-    assert!(field(&task_b, "result").is_none(), "an empty result means none");
+    assert!(
+        field(&task_b, "result").is_none(),
+        "an empty result means none"
+    );
     let ttl: i64 = cmd(&["PTTL", "{q}:t:a"]).query(&mut con).unwrap();
-    assert!(ttl > 50_000 && ttl <= 60_000, "result kept for KEEP ms, got {ttl}");
+    assert!(
+        ttl > 50_000 && ttl <= 60_000,
+        "result kept for KEEP ms, got {ttl}"
+    );
     assert_eq!(stat(&mut con, "{q}", "done"), 2);
     assert_eq!(stat(&mut con, "{q}", "acked"), 2);
     assert_eq!(query(&mut con, &["VTASKS.GET", "{q}", "nope"]), Value::Nil);
@@ -41,9 +74,27 @@ fn enqueue_fetch_ack_round_trip() {
 fn priority_then_fifo() {
     let server = Server::start();
     let mut con = server.connect();
-    let order = [("l1", "-5"), ("m1", "0"), ("h", "100"), ("m2", "0"), ("lowest", "-100"), ("l2", "-5")];
+    let order = [
+        ("l1", "-5"),
+        ("m1", "0"),
+        ("h", "100"),
+        ("m2", "0"),
+        ("lowest", "-100"),
+        ("l2", "-5"),
+    ];
     for (id, priority) in order {
-        query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", id, "{}", "PRIORITY", priority]);
+        query(
+            &mut con,
+            &[
+                "VTASKS.ENQUEUE",
+                "{q}",
+                "TASK",
+                id,
+                "{}",
+                "PRIORITY",
+                priority,
+            ],
+        );
     }
     let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "100"]);
     assert_eq!(ids(&got.tasks), ["h", "m1", "m2", "l1", "l2", "lowest"]);
@@ -53,17 +104,39 @@ fn priority_then_fifo() {
 fn fetch_serves_queues_in_the_order_given() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{low}", "TASK", "x1", "{}", "TASK", "x2", "{}"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{low}",
+            "TASK",
+            "x1",
+            "{}",
+            "TASK",
+            "x2",
+            "{}",
+        ],
+    );
     query(&mut con, &["VTASKS.ENQUEUE", "{high}", "TASK", "y1", "{}"]);
-    let got = fetch(&mut con, &["2", "{high}", "{low}", "CONSUMER", "w", "COUNT", "2"]);
+    let got = fetch(
+        &mut con,
+        &["2", "{high}", "{low}", "CONSUMER", "w", "COUNT", "2"],
+    );
     assert_eq!(ids(&got.tasks), ["y1", "x1"]);
     assert_eq!(got.tasks[0].queue, "{high}");
     assert_eq!(got.tasks[1].queue, "{low}");
     // Settle tasks of both queues in the next call.
     let acks = [
-        "ACK", "2",
-        "{high}", "y1", &got.tasks[0].token.to_string(), "",
-        "{low}", "x1", &got.tasks[1].token.to_string(), "",
+        "ACK",
+        "2",
+        "{high}",
+        "y1",
+        &got.tasks[0].token.to_string(),
+        "",
+        "{low}",
+        "x1",
+        &got.tasks[1].token.to_string(),
+        "",
     ];
     let mut words = vec!["2", "{high}", "{low}", "CONSUMER", "w", "COUNT", "5"];
     words.extend_from_slice(&acks);
@@ -77,16 +150,43 @@ fn enqueue_is_idempotent() {
     let server = Server::start();
     let mut con = server.connect();
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "first"]);
-    let again = query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "second", "TASK", "b", "x"]);
+    let again = query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "second",
+            "TASK",
+            "b",
+            "x",
+        ],
+    );
     assert_eq!(items(&again).iter().map(int).collect::<Vec<_>>(), [0, 1]);
     let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "10"]);
     assert_eq!(ids(&got.tasks), ["a", "b"]);
     assert_eq!(got.tasks[0].payload, "first");
     // Still refused while the task is leased, and while its result is kept.
     let t = &got.tasks[0];
-    assert_eq!(int(&items(&query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "third"]))[0]), 0);
-    query(&mut con, &["VTASKS.ACK", "{q}", "1", "a", &t.token.to_string(), ""]);
-    assert_eq!(int(&items(&query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "third"]))[0]), 0);
+    assert_eq!(
+        int(&items(&query(
+            &mut con,
+            &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "third"]
+        ))[0]),
+        0
+    );
+    query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "a", &t.token.to_string(), ""],
+    );
+    assert_eq!(
+        int(&items(&query(
+            &mut con,
+            &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "third"]
+        ))[0]),
+        0
+    );
 }
 
 #[test]
@@ -94,9 +194,13 @@ fn stale_tokens_are_fenced() {
     let server = Server::start();
     let mut con = server.connect();
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    let first = fetch(&mut con, &["1", "{q}", "CONSUMER", "old", "LEASE", "50"]).tasks.remove(0);
+    let first = fetch(&mut con, &["1", "{q}", "CONSUMER", "old", "LEASE", "50"])
+        .tasks
+        .remove(0);
     // The lease runs out; the task goes to another consumer.
-    let second = fetch(&mut con, &["1", "{q}", "CONSUMER", "new", "BLOCK", "5000"]).tasks.remove(0);
+    let second = fetch(&mut con, &["1", "{q}", "CONSUMER", "new", "BLOCK", "5000"])
+        .tasks
+        .remove(0);
     assert_eq!(second.id, "t");
     assert_eq!(second.attempt, 2);
     let old = first.token.to_string();
@@ -106,13 +210,27 @@ fn stale_tokens_are_fenced() {
         vec!["VTASKS.RELEASE", "{q}", "1", "t", &old],
         vec!["VTASKS.NACK", "{q}", "1", "t", &old, "0", "late failure"],
     ] {
-        assert_eq!(text(&items(&query(&mut con, &words))[0]), "STALE", "{words:?}");
+        assert_eq!(
+            text(&items(&query(&mut con, &words))[0]),
+            "STALE",
+            "{words:?}"
+        );
     }
     let task = query(&mut con, &["VTASKS.GET", "{q}", "t"]);
     assert_eq!(text(&field(&task, "status").unwrap()), "leased");
     assert_eq!(text(&field(&task, "consumer").unwrap()), "new");
     assert_eq!(text(&field(&task, "workers").unwrap()), "old,new");
-    let ok = query(&mut con, &["VTASKS.ACK", "{q}", "1", "t", &second.token.to_string(), "r"]);
+    let ok = query(
+        &mut con,
+        &[
+            "VTASKS.ACK",
+            "{q}",
+            "1",
+            "t",
+            &second.token.to_string(),
+            "r",
+        ],
+    );
     assert_eq!(text(&items(&ok)[0]), "OK");
     let unknown = query(&mut con, &["VTASKS.ACK", "{q}", "1", "zz", "1", ""]);
     assert_eq!(text(&items(&unknown)[0]), "NOTASK");
@@ -122,14 +240,46 @@ fn stale_tokens_are_fenced() {
 fn nack_retries_with_delay_then_dead_letters_and_requeue_purge() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "2"]);
-    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
-    let r = query(&mut con, &["VTASKS.NACK", "{q}", "1", "t", &t.token.to_string(), "100", "ValueError: boom"]);
+    query(
+        &mut con,
+        &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "2"],
+    );
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
+    let r = query(
+        &mut con,
+        &[
+            "VTASKS.NACK",
+            "{q}",
+            "1",
+            "t",
+            &t.token.to_string(),
+            "100",
+            "ValueError: boom",
+        ],
+    );
     assert_eq!(text(&items(&r)[0]), "RETRY");
-    assert_eq!(text(&field(&query(&mut con, &["VTASKS.GET", "{q}", "t"]), "status").unwrap()), "delayed");
-    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "5000"]).tasks.remove(0);
+    assert_eq!(
+        text(&field(&query(&mut con, &["VTASKS.GET", "{q}", "t"]), "status").unwrap()),
+        "delayed"
+    );
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "5000"])
+        .tasks
+        .remove(0);
     assert_eq!(t.attempt, 2);
-    let r = query(&mut con, &["VTASKS.NACK", "{q}", "1", "t", &t.token.to_string(), "100", "ValueError: again"]);
+    let r = query(
+        &mut con,
+        &[
+            "VTASKS.NACK",
+            "{q}",
+            "1",
+            "t",
+            &t.token.to_string(),
+            "100",
+            "ValueError: again",
+        ],
+    );
     assert_eq!(text(&items(&r)[0]), "DEAD");
 
     let dead = items(&query(&mut con, &["VTASKS.DEADLIST", "{q}"]));
@@ -139,10 +289,29 @@ fn nack_retries_with_delay_then_dead_letters_and_requeue_purge() {
     assert_eq!(int(&entry[2]), 2);
     assert_eq!(text(&entry[3]), "ValueError: again");
 
-    assert_eq!(int(&query(&mut con, &["VTASKS.REQUEUE", "{q}", "IDS", "t", "missing"])), 1);
-    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.remove(0);
+    assert_eq!(
+        int(&query(
+            &mut con,
+            &["VTASKS.REQUEUE", "{q}", "IDS", "t", "missing"]
+        )),
+        1
+    );
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
     assert_eq!(t.attempt, 1);
-    let r = query(&mut con, &["VTASKS.NACK", "{q}", "1", "t", &t.token.to_string(), "DEAD", "unknown task"]);
+    let r = query(
+        &mut con,
+        &[
+            "VTASKS.NACK",
+            "{q}",
+            "1",
+            "t",
+            &t.token.to_string(),
+            "DEAD",
+            "unknown task",
+        ],
+    );
     assert_eq!(text(&items(&r)[0]), "DEAD");
     assert_eq!(int(&query(&mut con, &["VTASKS.PURGE", "{q}", "ALL"])), 1);
     assert_eq!(query(&mut con, &["VTASKS.GET", "{q}", "t"]), Value::Nil);
@@ -154,22 +323,60 @@ fn nack_retries_with_delay_then_dead_letters_and_requeue_purge() {
 fn extend_keeps_a_long_task_leased_and_release_gives_it_back() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{}", "TASK", "b", "{}"]);
-    let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "2", "LEASE", "300"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+        ],
+    );
+    let got = fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "w", "COUNT", "2", "LEASE", "300"],
+    );
     let (a, b) = (&got.tasks[0], &got.tasks[1]);
     for _ in 0..4 {
         std::thread::sleep(std::time::Duration::from_millis(150));
-        let r = query(&mut con, &["VTASKS.EXTEND", "{q}", "300", "1", "a", &a.token.to_string()]);
+        let r = query(
+            &mut con,
+            &[
+                "VTASKS.EXTEND",
+                "{q}",
+                "300",
+                "1",
+                "a",
+                &a.token.to_string(),
+            ],
+        );
         assert_eq!(text(&items(&r)[0]), "OK");
     }
     // 600 ms after the 300 ms lease began, "a" is still held thanks to renewal.
-    assert_eq!(stat(&mut con, "{q}", "expired"), 1, "only the unrenewed task expired");
-    let r = query(&mut con, &["VTASKS.RELEASE", "{q}", "1", "a", &a.token.to_string()]);
+    assert_eq!(
+        stat(&mut con, "{q}", "expired"),
+        1,
+        "only the unrenewed task expired"
+    );
+    let r = query(
+        &mut con,
+        &["VTASKS.RELEASE", "{q}", "1", "a", &a.token.to_string()],
+    );
     assert_eq!(text(&items(&r)[0]), "OK");
     let again = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "2"]);
     assert_eq!(ids(&again.tasks), ["a", "b"]);
-    assert_eq!(again.tasks[0].attempt, 1, "a released task's attempt does not count");
-    assert_eq!(again.tasks[1].attempt, 2, "an expired lease counts as an attempt");
+    assert_eq!(
+        again.tasks[0].attempt, 1,
+        "a released task's attempt does not count"
+    );
+    assert_eq!(
+        again.tasks[1].attempt, 2,
+        "an expired lease counts as an attempt"
+    );
     assert_ne!(again.tasks[1].token, b.token);
 }
 
@@ -179,23 +386,50 @@ fn pause_and_resume() {
     let mut con = server.connect();
     query(&mut con, &["VTASKS.PAUSE", "{q}"]);
     query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    assert!(fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks.is_empty());
+    assert!(fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .is_empty());
     assert_eq!(stat(&mut con, "{q}", "paused"), 1);
     query(&mut con, &["VTASKS.RESUME", "{q}"]);
-    assert_eq!(ids(&fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks), ["t"]);
+    assert_eq!(
+        ids(&fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]).tasks),
+        ["t"]
+    );
 }
 
 #[test]
 fn cancel_and_maxlen() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "MAXLEN", "2", "TASK", "a", "{}", "TASK", "b", "{}", "DELAY", "60000"]);
-    let err = query_err(&mut con, &["VTASKS.ENQUEUE", "{q}", "MAXLEN", "2", "TASK", "c", "{}"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "MAXLEN",
+            "2",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+            "DELAY",
+            "60000",
+        ],
+    );
+    let err = query_err(
+        &mut con,
+        &["VTASKS.ENQUEUE", "{q}", "MAXLEN", "2", "TASK", "c", "{}"],
+    );
     assert!(err.starts_with("QUEUEFULL"), "{err}");
     let r = query(&mut con, &["VTASKS.CANCEL", "{q}", "a", "b", "zz"]);
     assert_eq!(items(&r).iter().map(int).collect::<Vec<_>>(), [1, 1, 0]);
     assert_eq!(stat(&mut con, "{q}", "cancelled"), 2);
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "MAXLEN", "2", "TASK", "c", "{}"]);
+    query(
+        &mut con,
+        &["VTASKS.ENQUEUE", "{q}", "MAXLEN", "2", "TASK", "c", "{}"],
+    );
     assert_eq!(stat(&mut con, "{q}", "ready"), 1);
 }
 
@@ -205,16 +439,58 @@ fn stats_report_every_count() {
     let mut con = server.connect();
     let err = query_err(&mut con, &["VTASKS.STATS", "{never}"]);
     assert!(err.starts_with("NOQUEUE"), "{err}");
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "r1", "{}", "TASK", "r2", "{}", "TASK", "d", "{}", "DELAY", "60000"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "r1",
+            "{}",
+            "TASK",
+            "r2",
+            "{}",
+            "TASK",
+            "d",
+            "{}",
+            "DELAY",
+            "60000",
+        ],
+    );
     fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]);
     std::thread::sleep(std::time::Duration::from_millis(30));
     let reply = query(&mut con, &["VTASKS.STATS", "{q}"]);
     let get = |name: &str| int(&field(&reply, name).unwrap_or_else(|| panic!("{name}")));
-    assert_eq!((get("ready"), get("delayed"), get("leased"), get("dead"), get("done")), (1, 1, 1, 0, 0));
+    assert_eq!(
+        (
+            get("ready"),
+            get("delayed"),
+            get("leased"),
+            get("dead"),
+            get("done")
+        ),
+        (1, 1, 1, 0, 0)
+    );
     assert_eq!(get("enqueued"), 3);
-    assert!(get("oldest_ready_age_ms") >= 30, "r2 has waited at least 30 ms");
+    assert!(
+        get("oldest_ready_age_ms") >= 30,
+        "r2 has waited at least 30 ms"
+    );
     let names: Vec<String> = pairs(&reply).into_iter().map(|(n, _)| n).collect();
-    for expected in ["blocked", "paused", "overdue_leases", "acked", "failed", "retried", "expired", "dead_lettered", "released", "requeued", "cancelled", "purged"] {
+    for expected in [
+        "blocked",
+        "paused",
+        "overdue_leases",
+        "acked",
+        "failed",
+        "retried",
+        "expired",
+        "dead_lettered",
+        "released",
+        "requeued",
+        "cancelled",
+        "purged",
+    ] {
         assert!(names.contains(&expected.to_string()), "missing {expected}");
     }
 }
@@ -223,12 +499,34 @@ fn stats_report_every_count() {
 fn data_uses_native_types_under_the_queue_hash_tag() {
     let server = Server::start();
     let mut con = server.connect();
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{}", "TASK", "b", "{}", "DELAY", "9000"]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+            "DELAY",
+            "9000",
+        ],
+    );
     fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]);
     let mut keys: Vec<String> = cmd(&["KEYS", "*"]).query(&mut con).unwrap();
     keys.sort();
-    assert_eq!(keys, ["{q}", "{q}:delayed", "{q}:leased", "{q}:t:a", "{q}:t:b"]);
-    for (key, kind) in [("{q}", "hash"), ("{q}:delayed", "zset"), ("{q}:leased", "zset"), ("{q}:t:a", "hash")] {
+    assert_eq!(
+        keys,
+        ["{q}", "{q}:delayed", "{q}:leased", "{q}:t:a", "{q}:t:b"]
+    );
+    for (key, kind) in [
+        ("{q}", "hash"),
+        ("{q}:delayed", "zset"),
+        ("{q}:leased", "zset"),
+        ("{q}:t:a", "hash"),
+    ] {
         let t: String = cmd(&["TYPE", key]).query(&mut con).unwrap();
         assert_eq!(t, kind, "{key}");
     }

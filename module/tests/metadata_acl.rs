@@ -7,20 +7,90 @@ use common::*;
 
 /// (command, arity, flags that must be present, ACL categories)
 const COMMANDS: &[(&str, i64, &[&str], &[&str])] = &[
-    ("vtasks.enqueue", -5, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.fetchn", -5, &["write", "denyoom", "movablekeys"], &["@write", "@slow", "@blocking", "@vtasks"]),
-    ("vtasks.ack", -6, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.nack", -7, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.extend", -6, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.release", -5, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.get", 3, &["readonly", "fast"], &["@read", "@fast", "@vtasks"]),
-    ("vtasks.stats", 2, &["readonly"], &["@read", "@slow", "@vtasks"]),
-    ("vtasks.deadlist", -2, &["readonly"], &["@read", "@slow", "@vtasks"]),
-    ("vtasks.requeue", -3, &["write", "denyoom"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.purge", -3, &["write"], &["@write", "@slow", "@vtasks"]),
-    ("vtasks.pause", 2, &["write", "denyoom", "fast"], &["@write", "@fast", "@vtasks"]),
-    ("vtasks.resume", 2, &["write", "fast"], &["@write", "@fast", "@vtasks"]),
-    ("vtasks.cancel", -3, &["write"], &["@write", "@slow", "@vtasks"]),
+    (
+        "vtasks.enqueue",
+        -5,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.fetchn",
+        -5,
+        &["write", "denyoom", "movablekeys"],
+        &["@write", "@slow", "@blocking", "@vtasks"],
+    ),
+    (
+        "vtasks.ack",
+        -6,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.nack",
+        -7,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.extend",
+        -6,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.release",
+        -5,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.get",
+        3,
+        &["readonly", "fast"],
+        &["@read", "@fast", "@vtasks"],
+    ),
+    (
+        "vtasks.stats",
+        2,
+        &["readonly"],
+        &["@read", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.deadlist",
+        -2,
+        &["readonly"],
+        &["@read", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.requeue",
+        -3,
+        &["write", "denyoom"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.purge",
+        -3,
+        &["write"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.pause",
+        2,
+        &["write", "denyoom", "fast"],
+        &["@write", "@fast", "@vtasks"],
+    ),
+    (
+        "vtasks.resume",
+        2,
+        &["write", "fast"],
+        &["@write", "@fast", "@vtasks"],
+    ),
+    (
+        "vtasks.cancel",
+        -3,
+        &["write"],
+        &["@write", "@slow", "@vtasks"],
+    ),
 ];
 
 #[test]
@@ -34,16 +104,25 @@ fn command_info_reports_arity_flags_categories_and_key_specs() {
         assert_eq!(int(&info[1]), *arity, "{name} arity");
         let got_flags: Vec<String> = items(&info[2]).iter().map(text).collect();
         for flag in *flags {
-            assert!(got_flags.contains(&flag.to_string()), "{name} lacks flag {flag}: {got_flags:?}");
+            assert!(
+                got_flags.contains(&flag.to_string()),
+                "{name} lacks flag {flag}: {got_flags:?}"
+            );
         }
         let got_categories: Vec<String> = items(&info[6]).iter().map(text).collect();
         assert_eq!(&got_categories, categories, "{name} ACL categories");
         let key_specs = items(&info[8]);
         assert_eq!(key_specs.len(), 1, "{name} declares one key spec");
         let spec = pairs(&key_specs[0]);
-        let spec_flags: Vec<String> = items(&spec.iter().find(|(n, _)| n == "flags").unwrap().1).iter().map(text).collect();
+        let spec_flags: Vec<String> = items(&spec.iter().find(|(n, _)| n == "flags").unwrap().1)
+            .iter()
+            .map(text)
+            .collect();
         let readonly = flags.contains(&"readonly");
-        assert!(spec_flags.contains(&(if readonly { "RO" } else { "RW" }).to_string()), "{name}: {spec_flags:?}");
+        assert!(
+            spec_flags.contains(&(if readonly { "RO" } else { "RW" }).to_string()),
+            "{name}: {spec_flags:?}"
+        );
     }
 }
 
@@ -53,8 +132,35 @@ fn command_getkeys_names_the_queues() {
     let mut con = server.connect();
     let cases: &[(&[&str], &[&str])] = &[
         (&["VTASKS.ENQUEUE", "{a}", "TASK", "t", "{}"], &["{a}"]),
-        (&["VTASKS.FETCHN", "2", "{a}", "{b}", "CONSUMER", "w", "COUNT", "5"], &["{a}", "{b}"]),
-        (&["VTASKS.FETCHN", "1", "{a}", "CONSUMER", "w", "ACK", "1", "{a}", "t", "1", ""], &["{a}"]),
+        (
+            &[
+                "VTASKS.FETCHN",
+                "2",
+                "{a}",
+                "{b}",
+                "CONSUMER",
+                "w",
+                "COUNT",
+                "5",
+            ],
+            &["{a}", "{b}"],
+        ),
+        (
+            &[
+                "VTASKS.FETCHN",
+                "1",
+                "{a}",
+                "CONSUMER",
+                "w",
+                "ACK",
+                "1",
+                "{a}",
+                "t",
+                "1",
+                "",
+            ],
+            &["{a}"],
+        ),
         (&["VTASKS.ACK", "{a}", "1", "t", "1", ""], &["{a}"]),
         (&["VTASKS.NACK", "{a}", "1", "t", "1", "0", "e"], &["{a}"]),
         (&["VTASKS.EXTEND", "{a}", "100", "1", "t", "1"], &["{a}"]),
@@ -74,14 +180,30 @@ fn command_getkeys_names_the_queues() {
         let keys: Vec<String> = items(&query(&mut con, &all)).iter().map(text).collect();
         assert_eq!(&keys, expected, "{words:?}");
     }
-    assert_eq!(COMMANDS.len(), cases.len() - 1, "every command has a GETKEYS case");
+    assert_eq!(
+        COMMANDS.len(),
+        cases.len() - 1,
+        "every command has a GETKEYS case"
+    );
 }
 
 #[test]
 fn an_acl_user_limited_to_one_queue_can_use_exactly_that_queue() {
     let server = Server::start();
     let mut admin = server.connect();
-    query(&mut admin, &["ACL", "SETUSER", "mailer", "on", ">secret", "~{emails}*", "+@vtasks", "+ping"]);
+    query(
+        &mut admin,
+        &[
+            "ACL",
+            "SETUSER",
+            "mailer",
+            "on",
+            ">secret",
+            "~{emails}*",
+            "+@vtasks",
+            "+ping",
+        ],
+    );
     let mut con = redis::Client::open(format!("redis://mailer:secret@127.0.0.1:{}/", server.port))
         .unwrap()
         .get_connection()
@@ -89,13 +211,30 @@ fn an_acl_user_limited_to_one_queue_can_use_exactly_that_queue() {
     query(&mut con, &["VTASKS.ENQUEUE", "{emails}", "TASK", "t", "{}"]);
     let got = fetch(&mut con, &["1", "{emails}", "CONSUMER", "w"]);
     assert_eq!(ids(&got.tasks), ["t"]);
-    query(&mut con, &["VTASKS.ACK", "{emails}", "1", "t", &got.tasks[0].token.to_string(), ""]);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ACK",
+            "{emails}",
+            "1",
+            "t",
+            &got.tasks[0].token.to_string(),
+            "",
+        ],
+    );
     assert_eq!(stat(&mut con, "{emails}", "acked"), 1);
 
     for words in [
         vec!["VTASKS.ENQUEUE", "{billing}", "TASK", "t", "{}"],
         vec!["VTASKS.FETCHN", "1", "{billing}", "CONSUMER", "w"],
-        vec!["VTASKS.FETCHN", "2", "{emails}", "{billing}", "CONSUMER", "w"],
+        vec![
+            "VTASKS.FETCHN",
+            "2",
+            "{emails}",
+            "{billing}",
+            "CONSUMER",
+            "w",
+        ],
         vec!["VTASKS.STATS", "{billing}"],
     ] {
         let err = query_err(&mut con, &words);

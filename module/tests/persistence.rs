@@ -9,8 +9,21 @@ fn survives_restart(server: &mut Server) {
     let mut con = server.connect();
     let held = mixed_workload(&mut con, "{q}");
     // A short lease that expires while the server is down.
-    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "short", "{}", "PRIORITY", "100"]);
-    let short = fetch(&mut con, &["1", "{q}", "CONSUMER", "w2", "LEASE", "300"]).tasks.remove(0);
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "short",
+            "{}",
+            "PRIORITY",
+            "100",
+        ],
+    );
+    let short = fetch(&mut con, &["1", "{q}", "CONSUMER", "w2", "LEASE", "300"])
+        .tasks
+        .remove(0);
     assert_eq!(short.id, "short");
     let before = snapshot(&mut con);
     drop(con);
@@ -22,17 +35,28 @@ fn survives_restart(server: &mut Server) {
     // The timer picks the queue up again without any consumer touching it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&mut con, "{q}", "expired") < 1 {
-        assert!(Instant::now() < deadline, "the expired lease was never returned");
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease was never returned"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let again = fetch(&mut con, &["1", "{q}", "CONSUMER", "w3"]).tasks.remove(0);
+    let again = fetch(&mut con, &["1", "{q}", "CONSUMER", "w3"])
+        .tasks
+        .remove(0);
     assert_eq!((again.id.as_str(), again.attempt), ("short", 2));
 
     // Leases held before the restart are still valid and fenced.
     let t = &held[0];
-    let r = query(&mut con, &["VTASKS.ACK", "{q}", "1", &t.id, &t.token.to_string(), ""]);
+    let r = query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", &t.id, &t.token.to_string(), ""],
+    );
     assert_eq!(text(&items(&r)[0]), "OK");
-    let r = query(&mut con, &["VTASKS.ACK", "{q}", "1", &t.id, &t.token.to_string(), ""]);
+    let r = query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", &t.id, &t.token.to_string(), ""],
+    );
     assert_eq!(text(&items(&r)[0]), "STALE");
 }
 

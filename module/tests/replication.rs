@@ -13,7 +13,12 @@ fn wait_synced(primary: &mut Connection, replica: &mut Connection) {
         if acked == 1 && snapshot(primary) == snapshot(replica) {
             return;
         }
-        assert!(Instant::now() < deadline, "replica never caught up:\nprimary {:?}\nreplica {:?}", snapshot(primary), snapshot(replica));
+        assert!(
+            Instant::now() < deadline,
+            "replica never caught up:\nprimary {:?}\nreplica {:?}",
+            snapshot(primary),
+            snapshot(replica)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -42,8 +47,22 @@ fn the_replica_ends_in_the_primarys_state() {
     let mut r = replica.connect();
     mixed_workload(&mut p, "{q}");
     // Effects made by the timer and by a woken blocked consumer replicate too.
-    query(&mut p, &["VTASKS.ENQUEUE", "{s}", "TASK", "soon", "{}", "DELAY", "100"]);
-    let got = fetch(&mut p, &["1", "{s}", "CONSUMER", "w", "BLOCK", "5000", "LEASE", "150"]);
+    query(
+        &mut p,
+        &[
+            "VTASKS.ENQUEUE",
+            "{s}",
+            "TASK",
+            "soon",
+            "{}",
+            "DELAY",
+            "100",
+        ],
+    );
+    let got = fetch(
+        &mut p,
+        &["1", "{s}", "CONSUMER", "w", "BLOCK", "5000", "LEASE", "150"],
+    );
     assert_eq!(ids(&got.tasks), ["soon"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&mut p, "{s}", "expired") < 1 {
@@ -67,15 +86,24 @@ fn timers_act_only_on_the_primary_until_a_replica_is_promoted() {
     primary.stop();
 
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(stat(&mut r, "{q}", "overdue_leases"), 1, "the replica left the lease alone");
+    assert_eq!(
+        stat(&mut r, "{q}", "overdue_leases"),
+        1,
+        "the replica left the lease alone"
+    );
     assert_eq!(stat(&mut r, "{q}", "expired"), 0);
 
     query(&mut r, &["REPLICAOF", "NO", "ONE"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while stat(&mut r, "{q}", "expired") < 1 {
-        assert!(Instant::now() < deadline, "the promoted replica never expired the lease");
+        assert!(
+            Instant::now() < deadline,
+            "the promoted replica never expired the lease"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let again = fetch(&mut r, &["1", "{q}", "CONSUMER", "new"]).tasks.remove(0);
+    let again = fetch(&mut r, &["1", "{q}", "CONSUMER", "new"])
+        .tasks
+        .remove(0);
     assert_eq!((again.id.as_str(), again.attempt), ("t", 2));
 }

@@ -27,7 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = redis::cmd("VTASKS.ENQUEUE");
         cmd.arg(QUEUE);
         for i in chunk {
-            cmd.arg("TASK").arg(format!("task-{i}")).arg(format!("{{\"n\":{i}}}"));
+            cmd.arg("TASK")
+                .arg(format!("task-{i}"))
+                .arg(format!("{{\"n\":{i}}}"));
         }
         let reply: Vec<i64> = cmd.query(&mut con)?;
         added += reply.iter().sum::<i64>();
@@ -84,11 +86,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(server);
     println!("valkey-server stopped");
     if !all_done || done.len() != TASKS || stat("acked") != TASKS as i64 {
-        return Err(format!("expected each of {TASKS} tasks done exactly once, got {} ({} unique)", done.len(), unique.len()).into());
+        return Err(format!(
+            "expected each of {TASKS} tasks done exactly once, got {} ({} unique)",
+            done.len(),
+            unique.len()
+        )
+        .into());
     }
     println!("every task was done exactly once");
     Ok(())
 }
+
+/// A FETCHN reply: leased `[queue, id, token, attempt, payload]`, ack and
+/// nack outcomes.
+type FetchReply = (
+    Vec<(String, String, i64, i64, String)>,
+    Vec<String>,
+    Vec<String>,
+);
 
 /// Fetches batches until the queue stays empty, acknowledging each batch in
 /// the call that fetches the next one. Returns its number of round trips.
@@ -102,17 +117,31 @@ fn worker(
     let mut round_trips = 0;
     loop {
         let mut cmd = redis::cmd("VTASKS.FETCHN");
-        cmd.arg(1).arg(QUEUE).arg("CONSUMER").arg(&name).arg("COUNT").arg(BATCH).arg("BLOCK").arg(200).arg("KEEP").arg(0);
+        cmd.arg(1)
+            .arg(QUEUE)
+            .arg("CONSUMER")
+            .arg(&name)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(200)
+            .arg("KEEP")
+            .arg(0);
         if !finished.is_empty() {
             cmd.arg("ACK").arg(finished.len());
             for (id, token) in &finished {
                 cmd.arg(QUEUE).arg(id).arg(*token).arg("");
             }
         }
-        let (tasks, acks, _nacks): (Vec<(String, String, i64, i64, String)>, Vec<String>, Vec<String>) = cmd.query(&mut con)?;
+        let (tasks, acks, _nacks): FetchReply = cmd.query(&mut con)?;
         round_trips += 1;
-        assert!(acks.iter().all(|a| a == "OK"), "acknowledgements refused: {acks:?}");
-        done.lock().unwrap().extend(finished.drain(..).map(|(id, _)| id));
+        assert!(
+            acks.iter().all(|a| a == "OK"),
+            "acknowledgements refused: {acks:?}"
+        );
+        done.lock()
+            .unwrap()
+            .extend(finished.drain(..).map(|(id, _)| id));
         if tasks.is_empty() {
             return Ok(round_trips);
         }

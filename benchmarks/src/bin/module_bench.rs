@@ -102,16 +102,30 @@ fn enqueue_cmd(ids: &[usize]) -> redis::Cmd {
 }
 
 /// Runs one scenario with `concurrency` callers sharing one connection.
-async fn drive(con: &MultiplexedConnection, scenario: Scenario, tasks: usize, concurrency: usize) -> usize {
+async fn drive(
+    con: &MultiplexedConnection,
+    scenario: Scenario,
+    tasks: usize,
+    concurrency: usize,
+) -> usize {
+    // Plain workers claim a task before BLMOVE, so BLMOVE never blocks the
+    // shared connection at the end of the run.
+    let unclaimed = std::sync::Arc::new(std::sync::atomic::AtomicIsize::new(tasks as isize));
     let mut handles = Vec::new();
     for w in 0..concurrency {
         let mut con = con.clone();
+        let unclaimed = unclaimed.clone();
         let mine: Vec<usize> = (w..tasks).step_by(concurrency).collect();
         handles.push(tokio::spawn(async move {
             match scenario {
                 Scenario::PlainEnqueue => {
                     for i in &mine {
-                        let _: i64 = redis::cmd("LPUSH").arg("plain:queue").arg(format!("{i}:{PAYLOAD}")).query_async(&mut con).await.unwrap();
+                        let _: i64 = redis::cmd("LPUSH")
+                            .arg("plain:queue")
+                            .arg(format!("{i}:{PAYLOAD}"))
+                            .query_async(&mut con)
+                            .await
+                            .unwrap();
                     }
                     mine.len()
                 }
@@ -123,12 +137,27 @@ async fn drive(con: &MultiplexedConnection, scenario: Scenario, tasks: usize, co
                 }
                 Scenario::PlainFetchAck => {
                     let mut done = 0;
-                    loop {
-                        let task: Option<String> = redis::cmd("BLMOVE").arg("plain:queue").arg("plain:processing").arg("RIGHT").arg("LEFT").arg(0.05).query_async(&mut con).await.unwrap();
+                    while unclaimed.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                        let task: Option<String> = redis::cmd("BLMOVE")
+                            .arg("plain:queue")
+                            .arg("plain:processing")
+                            .arg("RIGHT")
+                            .arg("LEFT")
+                            .arg(0.05)
+                            .query_async(&mut con)
+                            .await
+                            .unwrap();
                         let Some(task) = task else { return done };
-                        let _: i64 = redis::cmd("LREM").arg("plain:processing").arg(1).arg(&task).query_async(&mut con).await.unwrap();
+                        let _: i64 = redis::cmd("LREM")
+                            .arg("plain:processing")
+                            .arg(1)
+                            .arg(&task)
+                            .query_async(&mut con)
+                            .await
+                            .unwrap();
                         done += 1;
                     }
+                    done
                 }
                 Scenario::FetchAck(batch) => fetch_ack_loop(&mut con, w, batch).await,
             }
@@ -147,7 +176,14 @@ async fn fetch_ack_loop(con: &mut MultiplexedConnection, worker: usize, batch: u
     let mut done = 0;
     loop {
         let mut c = redis::cmd("VTASKS.FETCHN");
-        c.arg(1).arg(QUEUE).arg("CONSUMER").arg(&consumer).arg("COUNT").arg(batch).arg("KEEP").arg(0);
+        c.arg(1)
+            .arg(QUEUE)
+            .arg("CONSUMER")
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(batch)
+            .arg("KEEP")
+            .arg(0);
         if !held.is_empty() {
             c.arg("ACK").arg(held.len());
             for (id, token) in &held {
@@ -157,13 +193,17 @@ async fn fetch_ack_loop(con: &mut MultiplexedConnection, worker: usize, batch: u
         let reply: Vec<Value> = c.query_async(con).await.unwrap();
         done += held.len();
         held.clear();
-        let Value::Array(tasks) = &reply[0] else { panic!("bad reply {reply:?}") };
+        let Value::Array(tasks) = &reply[0] else {
+            panic!("bad reply {reply:?}")
+        };
         if tasks.is_empty() {
             return done;
         }
         for t in tasks {
             let Value::Array(f) = t else { panic!() };
-            let (Value::BulkString(id), Value::Int(token)) = (&f[1], &f[2]) else { panic!() };
+            let (Value::BulkString(id), Value::Int(token)) = (&f[1], &f[2]) else {
+                panic!()
+            };
             held.push((id.clone(), *token));
         }
     }
@@ -179,7 +219,12 @@ async fn measure(url: &str, scenario: Scenario, o: &Options) -> Measured {
     let done = drive(&con, scenario, o.tasks, o.concurrency).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = server_cpu_seconds(&mut sync_con) - cpu_before;
-    assert_eq!(done, o.tasks, "{}: every task handled once", scenario.name());
+    assert_eq!(
+        done,
+        o.tasks,
+        "{}: every task handled once",
+        scenario.name()
+    );
     Measured {
         tasks_per_s: done as f64 / elapsed,
         server_us_per_task: cpu * 1e6 / done as f64,
@@ -197,8 +242,16 @@ async fn main() {
     let server = Valkey::start(true).expect("start valkey-server with the module");
     let url = server.url();
     let scenarios = [
-        (Scenario::PlainEnqueue, Scenario::Enqueue(1), Scenario::Enqueue(100)),
-        (Scenario::PlainFetchAck, Scenario::FetchAck(1), Scenario::FetchAck(100)),
+        (
+            Scenario::PlainEnqueue,
+            Scenario::Enqueue(1),
+            Scenario::Enqueue(100),
+        ),
+        (
+            Scenario::PlainFetchAck,
+            Scenario::FetchAck(1),
+            Scenario::FetchAck(100),
+        ),
     ];
     let mut table = String::new();
     table.push_str("| Scenario | Tasks/s (median, min–max) | vs plain | Server CPU µs/task |\n|---|---|---|---|\n");
@@ -209,7 +262,13 @@ async fn main() {
             let mut cpus = Vec::new();
             for run in 0..o.runs {
                 let m = measure(&url, scenario, &o).await;
-                eprintln!("  {} run {}: {:.0} tasks/s, {:.2} µs server CPU/task", scenario.name(), run + 1, m.tasks_per_s, m.server_us_per_task);
+                eprintln!(
+                    "  {} run {}: {:.0} tasks/s, {:.2} µs server CPU/task",
+                    scenario.name(),
+                    run + 1,
+                    m.tasks_per_s,
+                    m.server_us_per_task
+                );
                 rates.push(m.tasks_per_s);
                 cpus.push(m.server_us_per_task);
             }
@@ -220,7 +279,12 @@ async fn main() {
             }
             let line = format!(
                 "| {} | {:.0} ({:.0}–{:.0}) | {:.2}× | {:.2} |\n",
-                scenario.name(), rate, lo, hi, rate / plain_rate, cpu
+                scenario.name(),
+                rate,
+                lo,
+                hi,
+                rate / plain_rate,
+                cpu
             );
             print!("{line}");
             table.push_str(&line);

@@ -1,7 +1,7 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::{statuses, write_one};
+use super::{statuses, write_one, Clock};
 use crate::args::{unknown_option, Args};
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
@@ -24,7 +24,7 @@ use crate::core::queue::{self, AckItem, Settled};
     }],
 })]
 fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
         let n = item_count(a, "ACK", 3)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {

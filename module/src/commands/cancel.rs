@@ -1,7 +1,7 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::{flags, write_one};
+use super::{flags, write_one, Clock};
 use crate::core::keys::validate_id;
 use crate::core::queue;
 
@@ -22,7 +22,7 @@ use crate::core::queue;
     }],
 })]
 fn vtasks_cancel(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
         let mut ids = Vec::new();
         while !a.is_empty() {
             let id = a.next_bytes("task id")?;

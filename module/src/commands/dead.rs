@@ -1,7 +1,7 @@
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
-use super::{bulk, read_one, write_one};
+use super::{bulk, read_one, write_one, Clock};
 use crate::args::{unknown_option, Args};
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
@@ -68,10 +68,12 @@ fn vtasks_deadlist(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_requeue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AfterQueue, |store, keys, a, now| {
         let selection = parse_selection(a)?;
         require_queue(store, keys)?;
-        Ok(RedisValue::Integer(queue::requeue(store, keys, &selection, now)? as i64))
+        Ok(RedisValue::Integer(
+            queue::requeue(store, keys, &selection, now)? as i64,
+        ))
     })
 }
 
@@ -92,10 +94,12 @@ fn vtasks_requeue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
         let selection = parse_selection(a)?;
         require_queue(store, keys)?;
-        Ok(RedisValue::Integer(queue::purge(store, keys, &selection)? as i64))
+        Ok(RedisValue::Integer(
+            queue::purge(store, keys, &selection)? as i64
+        ))
     })
 }
 

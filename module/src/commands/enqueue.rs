@@ -1,7 +1,7 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::{flags, write_one};
+use super::{flags, write_one, Clock};
 use crate::args::{unknown_option, Args};
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
@@ -24,7 +24,7 @@ use crate::core::queue::{self, NewTask, When};
     }],
 })]
 fn vtasks_enqueue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AfterQueue, |store, keys, a, now| {
         let maxlen = if a.peek_is("MAXLEN") {
             a.next_keyword();
             Some(a.next_int("MAXLEN", 0, i64::MAX)? as u64)
@@ -82,4 +82,3 @@ fn parse_tasks<'a>(a: &mut Args<'a>) -> VtResult<Vec<NewTask<'a>>> {
     }
     Ok(tasks)
 }
-

@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::ack::{item_count, parse_token};
-use super::{statuses, write_one};
+use super::{statuses, write_one, Clock};
 use crate::args::Args;
 use crate::core::error::VtResult;
 use crate::core::keys::*;
@@ -25,7 +25,7 @@ use crate::core::queue::{self, LeaseRef, Settled};
     }],
 })]
 fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
         let lease = a.next_int("lease", 1, MAX_DURATION_MS)?;
         let items = parse_lease_refs(a, "EXTEND")?;
         a.finish()?;
@@ -34,7 +34,10 @@ fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-pub(super) fn parse_lease_refs<'a>(a: &mut Args<'a>, what: &'static str) -> VtResult<Vec<LeaseRef<'a>>> {
+pub(super) fn parse_lease_refs<'a>(
+    a: &mut Args<'a>,
+    what: &'static str,
+) -> VtResult<Vec<LeaseRef<'a>>> {
     let n = item_count(a, what, 2)?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {

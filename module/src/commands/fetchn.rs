@@ -3,12 +3,13 @@ use redis_module_macros::command;
 
 use super::ack::{item_count, parse_ack_item};
 use super::nack::parse_nack_item;
-use super::{bulk, run, statuses};
+use super::{bulk, clock_and_args, replicate, statuses, to_reply, Clock};
 use crate::args::{unknown_option, Args};
 use crate::blocking::{self, Pending};
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
 use crate::core::queue::{self, AckItem, Leased, NackItem, NackOutcome, Settled};
+use crate::guard;
 use crate::server_time;
 use crate::valkey_store::ValkeyStore;
 
@@ -32,11 +33,31 @@ const MAX_QUEUES: i64 = 64;
     }],
 })]
 fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(&args, |a| {
-        let call = FetchCall::parse(a)?;
-        let now = server_time::now_ms();
-        let (acks, nacks) = settle(ctx, &call, now)?;
-        let tasks = fetch_ready(ctx, &call.request, now)?;
+    let raw_args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
+    to_reply(guard(|| {
+        let (now, parse_args) = clock_and_args(ctx, &raw_args, Clock::AtEnd)?;
+        let call = FetchCall::parse(&mut Args::new(&parse_args))?;
+        let mut store = ValkeyStore::for_command(ctx.ctx);
+        let outcome = settle(&mut store, &call, now).and_then(|(acks, nacks)| {
+            Ok((
+                acks,
+                nacks,
+                fetch_ready(ctx, &mut store, &call.request, now)?,
+            ))
+        });
+        if store.wrote() {
+            // Replicas never block: BLOCK is left out of the replicated form.
+            let skip = call.block_at.map(|i| vec![i, i + 1]).unwrap_or_default();
+            replicate(
+                ctx,
+                &args[0],
+                &args[1..],
+                Some(parse_args.len()),
+                now,
+                &skip,
+            );
+        }
+        let (acks, nacks, tasks) = outcome?;
         let may_block = !ctx
             .get_flags()
             .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
@@ -52,7 +73,7 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
             _ => Ok(fetch_reply(&call.request.queues, tasks, acks, nacks)),
         }
-    })
+    }))
 }
 
 /// What a consumer asked for, kept while it is blocked.
@@ -66,6 +87,8 @@ pub struct FetchRequest {
 struct FetchCall<'a> {
     request: FetchRequest,
     block_ms: Option<i64>,
+    /// Index of the BLOCK option among the arguments.
+    block_at: Option<usize>,
     keep_ms: i64,
     acks: Vec<(usize, AckItem<'a>)>,
     nacks: Vec<(usize, NackItem<'a>)>,
@@ -86,6 +109,7 @@ impl<'a> FetchCall<'a> {
                 lease_ms: DEFAULT_LEASE_MS,
             },
             block_ms: None,
+            block_at: None,
             keep_ms: DEFAULT_KEEP_MS,
             acks: Vec::new(),
             nacks: Vec::new(),
@@ -99,7 +123,10 @@ impl<'a> FetchCall<'a> {
                 }
                 "COUNT" => call.request.count = a.next_int("COUNT", 1, MAX_FETCH_COUNT)? as usize,
                 "LEASE" => call.request.lease_ms = a.next_int("LEASE", 1, MAX_DURATION_MS)?,
-                "BLOCK" => call.block_ms = Some(a.next_int("BLOCK", 0, MAX_DURATION_MS)?),
+                "BLOCK" => {
+                    call.block_at = Some(a.position() - 1);
+                    call.block_ms = Some(a.next_int("BLOCK", 0, MAX_DURATION_MS)?);
+                }
                 "KEEP" => call.keep_ms = a.next_int("KEEP", 0, MAX_DURATION_MS)?,
                 "ACK" => {
                     for _ in 0..item_count(a, "ACK", 4)? {
@@ -135,10 +162,13 @@ impl<'a> FetchCall<'a> {
 
 /// Applies the call's ACKs and NACKs, one core call per queue, and returns
 /// their outcomes in the order given.
-fn settle(ctx: &Context, call: &FetchCall, now: i64) -> VtResult<(RedisValue, RedisValue)> {
+fn settle(
+    store: &mut ValkeyStore,
+    call: &FetchCall,
+    now: i64,
+) -> VtResult<(RedisValue, RedisValue)> {
     let mut ack_out = vec![Settled::NoTask; call.acks.len()];
     let mut nack_out = vec![NackOutcome::Refused(Settled::NoTask); call.nacks.len()];
-    let mut store = ValkeyStore::writable(ctx.ctx);
     for (qi, keys) in call.request.queues.iter().enumerate() {
         let (positions, items): (Vec<usize>, Vec<AckItem>) = call
             .acks
@@ -148,7 +178,11 @@ fn settle(ctx: &Context, call: &FetchCall, now: i64) -> VtResult<(RedisValue, Re
             .map(|(pos, (_, item))| (pos, item.clone()))
             .unzip();
         if !items.is_empty() {
-            for (pos, outcome) in positions.into_iter().zip(queue::ack(&mut store, keys, &items, call.keep_ms, now)?) {
+            for (pos, outcome) in
+                positions
+                    .into_iter()
+                    .zip(queue::ack(store, keys, &items, call.keep_ms, now)?)
+            {
                 ack_out[pos] = outcome;
             }
         }
@@ -160,7 +194,10 @@ fn settle(ctx: &Context, call: &FetchCall, now: i64) -> VtResult<(RedisValue, Re
             .map(|(pos, (_, item))| (pos, item.clone()))
             .unzip();
         if !items.is_empty() {
-            for (pos, outcome) in positions.into_iter().zip(queue::nack(&mut store, keys, &items, now)?) {
+            for (pos, outcome) in positions
+                .into_iter()
+                .zip(queue::nack(store, keys, &items, now)?)
+            {
                 nack_out[pos] = outcome;
             }
         }
@@ -173,17 +210,28 @@ fn settle(ctx: &Context, call: &FetchCall, now: i64) -> VtResult<(RedisValue, Re
 
 /// Leases up to `count` tasks across the queues in order, after running any
 /// maintenance that is due on each (so nothing waits for the timer).
-pub fn fetch_ready(ctx: &Context, request: &FetchRequest, now: i64) -> VtResult<Vec<(usize, Leased)>> {
-    let mut store = ValkeyStore::writable(ctx.ctx);
+pub fn fetch_ready(
+    ctx: &Context,
+    store: &mut ValkeyStore,
+    request: &FetchRequest,
+    now: i64,
+) -> VtResult<Vec<(usize, Leased)>> {
     let mut tasks = Vec::new();
     for (qi, keys) in request.queues.iter().enumerate() {
-        queue::maintain(&mut store, keys, now, MAINTENANCE_BATCH)?;
+        queue::maintain(store, keys, now, MAINTENANCE_BATCH)?;
         let wanted = request.count - tasks.len();
         if wanted > 0 {
-            let leased = queue::fetch(&mut store, keys, &request.consumer, wanted, request.lease_ms, now)?;
+            let leased = queue::fetch(
+                store,
+                keys,
+                &request.consumer,
+                wanted,
+                request.lease_ms,
+                now,
+            )?;
             tasks.extend(leased.into_iter().map(|l| (qi, l)));
         }
-        server_time::reschedule(ctx, &mut store, keys)?;
+        server_time::reschedule(ctx, store, keys)?;
     }
     Ok(tasks)
 }
@@ -208,4 +256,21 @@ pub fn fetch_reply(
         })
         .collect();
     RedisValue::Array(vec![RedisValue::Array(tasks), acks, nacks])
+}
+
+/// Replicates the fetch a woken consumer made, as the FETCHN it amounts to.
+pub fn replicate_woken_fetch(ctx: &Context, request: &FetchRequest, now: i64) {
+    let mut words: Vec<Vec<u8>> = vec![request.queues.len().to_string().into_bytes()];
+    words.extend(request.queues.iter().map(|k| k.queue().to_vec()));
+    words.extend([
+        b"CONSUMER".to_vec(),
+        request.consumer.clone(),
+        b"COUNT".to_vec(),
+        request.count.to_string().into_bytes(),
+        b"LEASE".to_vec(),
+        request.lease_ms.to_string().into_bytes(),
+    ]);
+    let args: Vec<RedisString> = words.into_iter().map(|w| ctx.create_string(w)).collect();
+    let name = ctx.create_string("VTASKS.FETCHN");
+    replicate(ctx, &name, &args, Some(args.len()), now, &[]);
 }

@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::ack::{item_count, parse_token};
-use super::{statuses, write_one};
+use super::{statuses, write_one, Clock};
 use crate::args::{parse_int, Args};
 use crate::core::error::VtResult;
 use crate::core::keys::*;
@@ -25,7 +25,7 @@ use crate::core::queue::{self, NackItem, NackOutcome, Retry};
     }],
 })]
 fn vtasks_nack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
         let n = item_count(a, "NACK", 4)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {

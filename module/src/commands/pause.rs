@@ -1,7 +1,7 @@
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
-use super::write_one;
+use super::{write_one, Clock};
 use crate::core::queue;
 
 /// VTASKS.PAUSE <queue>
@@ -21,7 +21,7 @@ use crate::core::queue;
     }],
 })]
 fn vtasks_pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
         a.finish()?;
         queue::pause(store, keys)?;
         Ok(RedisValue::SimpleStringStatic("OK"))
@@ -45,7 +45,7 @@ fn vtasks_pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_resume(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
         a.finish()?;
         queue::resume(store, keys)?;
         Ok(RedisValue::SimpleStringStatic("OK"))

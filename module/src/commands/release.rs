@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::extend::parse_lease_refs;
-use super::{statuses, write_one};
+use super::{statuses, write_one, Clock};
 use crate::core::queue::{self, Settled};
 
 /// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
@@ -22,7 +22,7 @@ use crate::core::queue::{self, Settled};
     }],
 })]
 fn vtasks_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
         let items = parse_lease_refs(a, "RELEASE")?;
         a.finish()?;
         let outcomes = queue::release(store, keys, &items, now)?;

@@ -30,7 +30,10 @@ fn vtasks_stats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             stats
                 .into_iter()
                 .flat_map(|(name, value)| {
-                    [RedisValue::SimpleStringStatic(name), RedisValue::Integer(value)]
+                    [
+                        RedisValue::SimpleStringStatic(name),
+                        RedisValue::Integer(value),
+                    ]
                 })
                 .collect(),
         ))

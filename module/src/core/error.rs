@@ -33,7 +33,11 @@ pub enum VtError {
     /// A key of the queue holds a value of another type.
     WrongType,
     /// `MAXLEN` backpressure refused the whole enqueue.
-    QueueFull { queue: String, held: u64, limit: u64 },
+    QueueFull {
+        queue: String,
+        held: u64,
+        limit: u64,
+    },
     /// A read-only command named a queue that has never been used.
     NoQueue(String),
     /// An ACK/NACK inside FETCHN names a queue the call did not declare.

@@ -90,7 +90,13 @@ impl QueueKeys {
 
     /// The sorted sets whose types every command checks before writing.
     pub fn sets(&self) -> [&[u8]; 5] {
-        [&self.ready, &self.delayed, &self.leased, &self.dead, &self.done]
+        [
+            &self.ready,
+            &self.delayed,
+            &self.leased,
+            &self.dead,
+            &self.done,
+        ]
     }
 }
 

@@ -21,7 +21,6 @@ mod field {
     pub const READY_AT: &str = "ready_at";
     pub const STARTED_AT: &str = "started_at";
     pub const LEASED_AT: &str = "leased_at";
-    pub const DEADLINE: &str = "deadline";
     pub const TOKEN: &str = "token";
     pub const CONSUMER: &str = "consumer";
     pub const WORKERS: &str = "workers";
@@ -200,7 +199,10 @@ pub enum Selection<'a> {
 
 /// Fails with WRONGTYPE if any key of the queue holds a foreign type.
 pub fn check_types(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
-    if !matches!(store.key_kind(&keys.meta)?, KeyKind::Missing | KeyKind::Hash) {
+    if !matches!(
+        store.key_kind(&keys.meta)?,
+        KeyKind::Missing | KeyKind::Hash
+    ) {
         return Err(VtError::WrongType);
     }
     for key in keys.sets() {
@@ -261,16 +263,14 @@ fn make_dead(
     now: i64,
 ) -> VtResult<()> {
     store.zadd(&keys.dead, now, id)?;
-    let task = keys.task(id);
     store.hset(
-        &task,
+        &keys.task(id),
         &[
             (field::STATE, Val::Bytes(state::DEAD)),
             (field::FINISHED_AT, Val::Int(now)),
             (field::ERROR, Val::Bytes(truncate_error(error))),
         ],
-    )?;
-    store.hdel(&task, &[field::DEADLINE])
+    )
 }
 
 fn truncate_error(error: &[u8]) -> &[u8] {
@@ -329,26 +329,27 @@ pub fn enqueue(
     for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
         let task_key = keys.task(task.id);
         let at = run_at(task);
-        let common = [
+        let mut fields = vec![
             (field::PAYLOAD, Val::Bytes(task.payload)),
             (field::PRIORITY, Val::Int(task.priority)),
             (field::MAX_ATTEMPTS, Val::Int(task.max_attempts)),
-            (field::ATTEMPTS, Val::Int(0)),
             (field::ENQUEUED_AT, Val::Int(now)),
         ];
         if at <= now {
-            store.hset(&task_key, &common)?;
-            make_ready(store, keys, task.id, task.priority, seq, now)?;
+            fields.extend([
+                (field::STATE, Val::Bytes(state::READY)),
+                (field::SEQ, Val::Int(seq)),
+                (field::READY_AT, Val::Int(now)),
+            ]);
+            store.hset(&task_key, &fields)?;
+            store.zadd(&keys.ready, ready_score(task.priority, seq), task.id)?;
             seq += 1;
         } else {
-            store.hset(&task_key, &common)?;
-            store.hset(
-                &task_key,
-                &[
-                    (field::STATE, Val::Bytes(state::DELAYED)),
-                    (field::RUN_AT, Val::Int(at)),
-                ],
-            )?;
+            fields.extend([
+                (field::STATE, Val::Bytes(state::DELAYED)),
+                (field::RUN_AT, Val::Int(at)),
+            ]);
+            store.hset(&task_key, &fields)?;
             store.zadd(&keys.delayed, at, task.id)?;
         }
     }
@@ -396,16 +397,18 @@ pub fn fetch(
         let payload = store.hget(&task_key, field::PAYLOAD)?.unwrap_or_default();
         let attempt = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0) + 1;
         let token = last_token - (i as i64);
-        let workers = join_worker(store.hget(&task_key, field::WORKERS)?, consumer);
+        let workers = store.hget(&task_key, field::WORKERS)?;
+        let joined = join_worker(workers.as_deref(), consumer);
         let mut fields = vec![
             (field::STATE, Val::Bytes(state::LEASED)),
             (field::ATTEMPTS, Val::Int(attempt)),
             (field::TOKEN, Val::Int(token)),
             (field::CONSUMER, Val::Bytes(consumer)),
-            (field::WORKERS, Val::Bytes(&workers)),
             (field::LEASED_AT, Val::Int(now)),
-            (field::DEADLINE, Val::Int(deadline)),
         ];
+        if let Some(joined) = &joined {
+            fields.push((field::WORKERS, Val::Bytes(joined)));
+        }
         if attempt == 1 {
             fields.push((field::STARTED_AT, Val::Int(now)));
         }
@@ -421,16 +424,13 @@ pub fn fetch(
     Ok(leased)
 }
 
-/// Comma-separated consumers that leased a task, each once, in first-seen order.
-fn join_worker(existing: Option<Vec<u8>>, consumer: &[u8]) -> Vec<u8> {
+/// Comma-separated consumers that leased a task, each once, in first-seen
+/// order; None when `consumer` is already in the list.
+fn join_worker(existing: Option<&[u8]>, consumer: &[u8]) -> Option<Vec<u8>> {
     match existing {
-        None => consumer.to_vec(),
-        Some(list) if list.split(|c| *c == b',').any(|w| w == consumer) => list,
-        Some(mut list) => {
-            list.push(b',');
-            list.extend_from_slice(consumer);
-            list
-        }
+        None => Some(consumer.to_vec()),
+        Some(list) if list.split(|c| *c == b',').any(|w| w == consumer) => None,
+        Some(list) => Some([list, b",", consumer].concat()),
     }
 }
 
@@ -471,24 +471,24 @@ pub fn maintain(
         report.expired += 1;
         let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0);
         let max = store.hget_int(&task_key, field::MAX_ATTEMPTS)?.unwrap_or(1);
-        let error = format!("lease expired on attempt {attempts} of {max}: no acknowledgement before the deadline");
+        let error = format!(
+            "lease expired on attempt {attempts} of {max}: no acknowledgement before the deadline"
+        );
         store.hset(&task_key, &[(field::ERROR, Val::Bytes(error.as_bytes()))])?;
         if attempts >= max {
             make_dead(store, keys, &id, error.as_bytes(), now)?;
             bump(store, keys, meta::DEAD, 1)?;
         } else {
             let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
-            store.hdel(&task_key, &[field::DEADLINE])?;
             to_ready.push((id, priority));
         }
     }
     bump(store, keys, meta::EXPIRED, report.expired)?;
 
     if !to_ready.is_empty() {
-        let mut seq = allocate_seq(store, keys, to_ready.len())?;
-        for (id, priority) in &to_ready {
+        let first = allocate_seq(store, keys, to_ready.len())?;
+        for (seq, (id, priority)) in (first..).zip(&to_ready) {
             make_ready(store, keys, id, *priority, seq, now)?;
-            seq += 1;
         }
         store.wake(&keys.ready);
     }
@@ -519,7 +519,12 @@ pub fn next_due(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<i64
 }
 
 /// Whether `token` holds the current lease of task `id`.
-fn check_lease(store: &mut impl Store, keys: &QueueKeys, id: &[u8], token: i64) -> VtResult<Settled> {
+fn check_lease(
+    store: &mut impl Store,
+    keys: &QueueKeys,
+    id: &[u8],
+    token: i64,
+) -> VtResult<Settled> {
     let task_key = keys.task(id);
     if task_kind(store, &task_key)? == KeyKind::Missing {
         return Ok(Settled::NoTask);
@@ -564,7 +569,6 @@ pub fn ack(
             fields.push((field::RESULT, Val::Bytes(result)));
         }
         store.hset(&task_key, &fields)?;
-        store.hdel(&task_key, &[field::DEADLINE])?;
         store.pexpire_at(&task_key, now + keep_ms)?;
         store.zadd(&keys.done, now + keep_ms, item.id)?;
     }
@@ -606,8 +610,10 @@ pub fn nack(
             }
         };
         retried += 1;
-        store.hset(&task_key, &[(field::ERROR, Val::Bytes(truncate_error(item.error)))])?;
-        store.hdel(&task_key, &[field::DEADLINE])?;
+        store.hset(
+            &task_key,
+            &[(field::ERROR, Val::Bytes(truncate_error(item.error)))],
+        )?;
         if delay == 0 {
             let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
             let seq = allocate_seq(store, keys, 1)?;
@@ -649,7 +655,6 @@ pub fn extend(
         let outcome = check_lease(store, keys, item.id, item.token)?;
         if outcome == Settled::Ok {
             store.zadd(&keys.leased, deadline, item.id)?;
-            store.hset(&keys.task(item.id), &[(field::DEADLINE, Val::Int(deadline))])?;
         }
         outcomes.push(outcome);
     }
@@ -679,8 +684,10 @@ pub fn release(
         let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(1);
         let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
         let seq = store.hget_int(&task_key, field::SEQ)?.unwrap_or(0);
-        store.hset(&task_key, &[(field::ATTEMPTS, Val::Int((attempts - 1).max(0)))])?;
-        store.hdel(&task_key, &[field::DEADLINE])?;
+        store.hset(
+            &task_key,
+            &[(field::ATTEMPTS, Val::Int((attempts - 1).max(0)))],
+        )?;
         make_ready(store, keys, item.id, priority, seq, now)?;
     }
     bump(store, keys, meta::RELEASED, released)?;
@@ -692,7 +699,7 @@ pub fn release(
 
 /// Fields `VTASKS.GET` reports, in reply order, renamed where the stored
 /// name is an implementation detail.
-const GET_FIELDS: [(&str, &str); 15] = [
+const GET_FIELDS: [(&str, &str); 14] = [
     ("status", field::STATE),
     ("priority", field::PRIORITY),
     ("attempts", field::ATTEMPTS),
@@ -701,7 +708,6 @@ const GET_FIELDS: [(&str, &str); 15] = [
     ("run_at", field::RUN_AT),
     ("started_at", field::STARTED_AT),
     ("leased_at", field::LEASED_AT),
-    ("deadline", field::DEADLINE),
     ("finished_at", field::FINISHED_AT),
     ("consumer", field::CONSUMER),
     ("workers", field::WORKERS),
@@ -710,20 +716,27 @@ const GET_FIELDS: [(&str, &str); 15] = [
     ("payload", field::PAYLOAD),
 ];
 
-/// One task's state as name/value pairs (absent fields left out), or None.
-pub fn get(
-    store: &mut impl Store,
-    keys: &QueueKeys,
-    id: &[u8],
-) -> VtResult<Option<Vec<(&'static str, Vec<u8>)>>> {
+/// A task's state as name/value pairs, in `VTASKS.GET` order.
+pub type TaskFields = Vec<(&'static str, Vec<u8>)>;
+
+/// One task's state (absent fields left out), or None.
+pub fn get(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Option<TaskFields>> {
     let task_key = keys.task(id);
     if task_kind(store, &task_key)? == KeyKind::Missing {
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(GET_FIELDS.len());
+    let mut out = Vec::with_capacity(GET_FIELDS.len() + 1);
     for (name, stored) in GET_FIELDS {
-        if let Some(value) = store.hget(&task_key, stored)? {
-            out.push((name, value));
+        match store.hget(&task_key, stored)? {
+            Some(value) => out.push((name, value)),
+            None if stored == field::ATTEMPTS => out.push((name, b"0".to_vec())),
+            None => {}
+        }
+        if name == "leased_at" {
+            // The lease deadline lives only in the leased set's score.
+            if let Some(deadline) = store.zscore(&keys.leased, id)? {
+                out.push(("deadline", deadline.to_string().into_bytes()));
+            }
         }
     }
     Ok(Some(out))
@@ -750,7 +763,10 @@ pub fn stats(
         ("leased", store.zcard(&keys.leased)? as i64),
         ("dead", store.zcard(&keys.dead)? as i64),
         ("done", store.zcount(&keys.done, now + 1, SCORE_MAX)? as i64),
-        ("overdue_leases", store.zcount(&keys.leased, SCORE_MIN, now)? as i64),
+        (
+            "overdue_leases",
+            store.zcount(&keys.leased, SCORE_MIN, now)? as i64,
+        ),
         ("paused", is_paused(store, keys)? as i64),
         ("blocked", blocked as i64),
         ("oldest_ready_age_ms", oldest_ready_age(store, keys, now)?),
@@ -792,7 +808,9 @@ fn oldest_ready_age(store: &mut impl Store, keys: &QueueKeys, now: i64) -> VtRes
     let Some((_, id)) = oldest else {
         return Ok(0);
     };
-    let ready_at = store.hget_int(&keys.task(&id), field::READY_AT)?.unwrap_or(now);
+    let ready_at = store
+        .hget_int(&keys.task(&id), field::READY_AT)?
+        .unwrap_or(now);
     Ok((now - ready_at).max(0))
 }
 
@@ -855,15 +873,14 @@ pub fn requeue(
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut seq = allocate_seq(store, keys, ids.len())?;
-    for id in &ids {
+    let first = allocate_seq(store, keys, ids.len())?;
+    for (seq, id) in (first..).zip(&ids) {
         store.zrem(&keys.dead, id)?;
         let task_key = keys.task(id);
         let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
         store.hset(&task_key, &[(field::ATTEMPTS, Val::Int(0))])?;
         store.hdel(&task_key, &[field::FINISHED_AT])?;
         make_ready(store, keys, id, priority, seq, now)?;
-        seq += 1;
     }
     bump(store, keys, meta::REQUEUED, ids.len() as u64)?;
     store.wake(&keys.ready);
@@ -910,6 +927,11 @@ pub fn cancel(store: &mut impl Store, keys: &QueueKeys, ids: &[&[u8]]) -> VtResu
         }
         out.push(removed);
     }
-    bump(store, keys, meta::CANCELLED, out.iter().filter(|c| **c).count() as u64)?;
+    bump(
+        store,
+        keys,
+        meta::CANCELLED,
+        out.iter().filter(|c| **c).count() as u64,
+    )?;
     Ok(out)
 }

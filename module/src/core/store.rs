@@ -142,9 +142,14 @@ impl MemStore {
         }
     }
 
-    fn hash(&mut self, key: &[u8], create: bool) -> VtResult<Option<&mut BTreeMap<String, Vec<u8>>>> {
+    fn hash(
+        &mut self,
+        key: &[u8],
+        create: bool,
+    ) -> VtResult<Option<&mut BTreeMap<String, Vec<u8>>>> {
         if create && !self.data.contains_key(key) {
-            self.data.insert(key.to_vec(), MemValue::Hash(BTreeMap::new()));
+            self.data
+                .insert(key.to_vec(), MemValue::Hash(BTreeMap::new()));
         }
         match self.data.get_mut(key) {
             None => Ok(None),

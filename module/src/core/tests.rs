@@ -65,7 +65,10 @@ fn higher_priority_first_then_fifo() {
         ],
     );
     let got = fetch_ids(&mut s, 10, T0);
-    assert_eq!(ids(&got), ["high", "mid1", "mid2", "low1", "low2", "lowest"]);
+    assert_eq!(
+        ids(&got),
+        ["high", "mid1", "mid2", "low1", "low2", "lowest"]
+    );
     assert!(got.iter().all(|l| l.attempt == 1 && l.payload == b"{}"));
 }
 
@@ -74,7 +77,14 @@ fn enqueue_is_idempotent_by_id() {
     let mut s = MemStore::new();
     assert_eq!(add(&mut s, &[NewTask::new(b"a", b"1")]), [true]);
     assert_eq!(
-        add(&mut s, &[NewTask::new(b"a", b"2"), NewTask::new(b"b", b"3"), NewTask::new(b"b", b"4")]),
+        add(
+            &mut s,
+            &[
+                NewTask::new(b"a", b"2"),
+                NewTask::new(b"b", b"3"),
+                NewTask::new(b"b", b"4")
+            ]
+        ),
         [false, true, false]
     );
     let got = fetch_ids(&mut s, 10, T0);
@@ -130,7 +140,9 @@ fn expired_lease_redelivers_and_counts_an_attempt_until_dead() {
     maintain(&mut s, &q(), T0 + 2 * LEASE, 100).unwrap();
     assert!(fetch_ids(&mut s, 1, T0 + 2 * LEASE).is_empty());
     assert_eq!(field(&mut s, "t", "state").as_deref(), Some("dead"));
-    assert!(field(&mut s, "t", "error").unwrap().contains("lease expired"));
+    assert!(field(&mut s, "t", "error")
+        .unwrap()
+        .contains("lease expired"));
     assert_eq!(stat(&mut s, "dead", T0 + 2 * LEASE), 1);
     assert_eq!(stat(&mut s, "expired", T0 + 2 * LEASE), 2);
 }
@@ -148,13 +160,22 @@ fn a_stale_token_is_fenced_off() {
         token: old.token,
         result: None,
     };
-    assert_eq!(ack(&mut s, &q(), &[stale], 1000, T0 + LEASE).unwrap(), [Settled::Stale]);
+    assert_eq!(
+        ack(&mut s, &q(), &[stale], 1000, T0 + LEASE).unwrap(),
+        [Settled::Stale]
+    );
     let lease = LeaseRef {
         id: b"t",
         token: old.token,
     };
-    assert_eq!(extend(&mut s, &q(), &[lease], LEASE, T0 + LEASE).unwrap(), [Settled::Stale]);
-    assert_eq!(release(&mut s, &q(), &[lease], T0 + LEASE).unwrap(), [Settled::Stale]);
+    assert_eq!(
+        extend(&mut s, &q(), &[lease], LEASE, T0 + LEASE).unwrap(),
+        [Settled::Stale]
+    );
+    assert_eq!(
+        release(&mut s, &q(), &[lease], T0 + LEASE).unwrap(),
+        [Settled::Stale]
+    );
     let nack_old = NackItem {
         id: b"t",
         token: old.token,
@@ -172,14 +193,23 @@ fn a_stale_token_is_fenced_off() {
         token: new.token,
         result: Some(b"42"),
     };
-    assert_eq!(ack(&mut s, &q(), &[good.clone()], 1000, T0 + LEASE).unwrap(), [Settled::Ok]);
-    assert_eq!(ack(&mut s, &q(), &[good], 1000, T0 + LEASE).unwrap(), [Settled::Stale]);
+    assert_eq!(
+        ack(&mut s, &q(), std::slice::from_ref(&good), 1000, T0 + LEASE).unwrap(),
+        [Settled::Ok]
+    );
+    assert_eq!(
+        ack(&mut s, &q(), &[good], 1000, T0 + LEASE).unwrap(),
+        [Settled::Stale]
+    );
     let unknown = AckItem {
         id: b"nope",
         token: 1,
         result: None,
     };
-    assert_eq!(ack(&mut s, &q(), &[unknown], 1000, T0).unwrap(), [Settled::NoTask]);
+    assert_eq!(
+        ack(&mut s, &q(), &[unknown], 1000, T0).unwrap(),
+        [Settled::NoTask]
+    );
 }
 
 #[test]
@@ -197,7 +227,10 @@ fn ack_keeps_the_result_for_its_ttl() {
     let value = |name: &str| got.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
     assert_eq!(value("status").unwrap(), b"done");
     assert_eq!(value("result").unwrap(), b"\"ok\"");
-    assert_eq!(value("finished_at").unwrap(), (T0 + 10).to_string().as_bytes());
+    assert_eq!(
+        value("finished_at").unwrap(),
+        (T0 + 10).to_string().as_bytes()
+    );
     assert_eq!(value("workers").unwrap(), b"w1");
     assert_eq!(stat(&mut s, "done", T0 + 10), 1);
     assert_eq!(stat(&mut s, "leased", T0 + 10), 0);
@@ -239,15 +272,24 @@ fn nack_retries_after_delay_then_dead_letters() {
         retry: Retry::After(300),
         error: b"ValueError: boom",
     };
-    assert_eq!(nack(&mut s, &q(), &[failure(l.token)], T0).unwrap(), [NackOutcome::Retrying]);
+    assert_eq!(
+        nack(&mut s, &q(), &[failure(l.token)], T0).unwrap(),
+        [NackOutcome::Retrying]
+    );
     assert_eq!(field(&mut s, "t", "state").as_deref(), Some("delayed"));
-    assert_eq!(field(&mut s, "t", "error").as_deref(), Some("ValueError: boom"));
+    assert_eq!(
+        field(&mut s, "t", "error").as_deref(),
+        Some("ValueError: boom")
+    );
     maintain(&mut s, &q(), T0 + 299, 100).unwrap();
     assert!(fetch_ids(&mut s, 1, T0 + 299).is_empty());
     maintain(&mut s, &q(), T0 + 300, 100).unwrap();
     let l = fetch_ids(&mut s, 1, T0 + 300).remove(0);
     assert_eq!(l.attempt, 2);
-    assert_eq!(nack(&mut s, &q(), &[failure(l.token)], T0 + 300).unwrap(), [NackOutcome::Dead]);
+    assert_eq!(
+        nack(&mut s, &q(), &[failure(l.token)], T0 + 300).unwrap(),
+        [NackOutcome::Dead]
+    );
 
     let dead = dead_list(&mut s, &q(), 0, 10).unwrap();
     assert_eq!(dead.len(), 1);
@@ -262,7 +304,10 @@ fn nack_retries_after_delay_then_dead_letters() {
 #[test]
 fn nack_with_zero_delay_requeues_at_once_and_never_dead_letters_now() {
     let mut s = MemStore::new();
-    add(&mut s, &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}")]);
+    add(
+        &mut s,
+        &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}")],
+    );
     let got = fetch_ids(&mut s, 2, T0);
     let items = [
         NackItem {
@@ -288,7 +333,10 @@ fn nack_with_zero_delay_requeues_at_once_and_never_dead_letters_now() {
 #[test]
 fn release_returns_tasks_to_their_place_without_counting_an_attempt() {
     let mut s = MemStore::new();
-    add(&mut s, &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}")]);
+    add(
+        &mut s,
+        &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}")],
+    );
     let got = fetch_ids(&mut s, 1, T0);
     let late = NewTask::new(b"c", b"{}");
     add(&mut s, &[late]);
@@ -312,7 +360,10 @@ fn extend_moves_the_deadline() {
         id: b"t",
         token: l.token,
     };
-    assert_eq!(extend(&mut s, &q(), &[lease], 5_000, T0 + 900).unwrap(), [Settled::Ok]);
+    assert_eq!(
+        extend(&mut s, &q(), &[lease], 5_000, T0 + 900).unwrap(),
+        [Settled::Ok]
+    );
     assert_eq!(maintain(&mut s, &q(), T0 + 5_000, 100).unwrap().expired, 0);
     assert_eq!(maintain(&mut s, &q(), T0 + 5_900, 100).unwrap().expired, 1);
 }
@@ -336,17 +387,44 @@ fn maxlen_refuses_the_whole_batch() {
     add(&mut s, &[NewTask::new(b"a", b"{}")]);
     let batch = [NewTask::new(b"b", b"{}"), NewTask::new(b"c", b"{}")];
     let err = enqueue(&mut s, &q(), &batch, Some(2), T0).unwrap_err();
-    assert!(matches!(err, VtError::QueueFull { held: 1, limit: 2, .. }), "{err}");
-    assert_eq!(stat(&mut s, "ready", T0), 1, "nothing of the refused batch was added");
-    assert_eq!(enqueue(&mut s, &q(), &batch[..1], Some(2), T0).unwrap(), [true]);
+    assert!(
+        matches!(
+            err,
+            VtError::QueueFull {
+                held: 1,
+                limit: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        stat(&mut s, "ready", T0),
+        1,
+        "nothing of the refused batch was added"
+    );
+    assert_eq!(
+        enqueue(&mut s, &q(), &batch[..1], Some(2), T0).unwrap(),
+        [true]
+    );
     // A duplicate does not count against the limit.
-    assert_eq!(enqueue(&mut s, &q(), &batch[..1], Some(2), T0).unwrap(), [false]);
+    assert_eq!(
+        enqueue(&mut s, &q(), &batch[..1], Some(2), T0).unwrap(),
+        [false]
+    );
 }
 
 #[test]
 fn requeue_and_purge_dead_letters() {
     let mut s = MemStore::new();
-    add(&mut s, &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}"), NewTask::new(b"c", b"{}")]);
+    add(
+        &mut s,
+        &[
+            NewTask::new(b"a", b"{}"),
+            NewTask::new(b"b", b"{}"),
+            NewTask::new(b"c", b"{}"),
+        ],
+    );
     for l in fetch_ids(&mut s, 3, T0) {
         let item = NackItem {
             id: &l.id,
@@ -356,7 +434,10 @@ fn requeue_and_purge_dead_letters() {
         };
         nack(&mut s, &q(), &[item], T0).unwrap();
     }
-    assert_eq!(requeue(&mut s, &q(), &Selection::Ids(vec![b"a", b"zzz"]), T0).unwrap(), 1);
+    assert_eq!(
+        requeue(&mut s, &q(), &Selection::Ids(vec![b"a", b"zzz"]), T0).unwrap(),
+        1
+    );
     let again = fetch_ids(&mut s, 5, T0);
     assert_eq!(ids(&again), ["a"]);
     assert_eq!(again[0].attempt, 1, "attempts start over");
@@ -373,7 +454,14 @@ fn cancel_removes_waiting_tasks_only() {
         when: When::Delay(10_000),
         ..NewTask::new(b"d", b"{}")
     };
-    add(&mut s, &[NewTask::new(b"r", b"{}"), delayed, NewTask::new(b"l", b"{}")]);
+    add(
+        &mut s,
+        &[
+            NewTask::new(b"r", b"{}"),
+            delayed,
+            NewTask::new(b"l", b"{}"),
+        ],
+    );
     fetch_ids(&mut s, 1, T0); // leases "r"
     assert_eq!(
         cancel(&mut s, &q(), &[b"r", b"d", b"l", b"x"]).unwrap(),
@@ -387,9 +475,19 @@ fn cancel_removes_waiting_tasks_only() {
 #[test]
 fn stats_report_counts_and_oldest_ready_age() {
     let mut s = MemStore::new();
-    assert!(matches!(stats(&mut s, &q(), T0, 0), Err(VtError::NoQueue(_))));
+    assert!(matches!(
+        stats(&mut s, &q(), T0, 0),
+        Err(VtError::NoQueue(_))
+    ));
     add(&mut s, &[with_priority("old-low", -1)]);
-    enqueue(&mut s, &q(), &[with_priority("new-high", 9)], None, T0 + 700).unwrap();
+    enqueue(
+        &mut s,
+        &q(),
+        &[with_priority("new-high", 9)],
+        None,
+        T0 + 700,
+    )
+    .unwrap();
     assert_eq!(stat(&mut s, "ready", T0 + 1_000), 2);
     assert_eq!(stat(&mut s, "oldest_ready_age_ms", T0 + 1_000), 1_000);
     fetch_ids(&mut s, 1, T0 + 1_000);
@@ -446,7 +544,11 @@ fn every_task_is_accounted_for_through_a_mixed_run() {
         .map(|(i, id)| NewTask {
             priority: (i % 7) as i64 - 3,
             max_attempts: 3,
-            when: if i % 5 == 0 { When::Delay(50) } else { When::Now },
+            when: if i % 5 == 0 {
+                When::Delay(50)
+            } else {
+                When::Now
+            },
             ..NewTask::new(id.as_bytes(), b"{}")
         })
         .collect();
@@ -488,7 +590,10 @@ fn every_task_is_accounted_for_through_a_mixed_run() {
         }
     }
     let dead = stat(&mut s, "dead", now) as usize;
-    assert_eq!(stat(&mut s, "ready", now) + stat(&mut s, "delayed", now) + stat(&mut s, "leased", now), 0);
+    assert_eq!(
+        stat(&mut s, "ready", now) + stat(&mut s, "delayed", now) + stat(&mut s, "leased", now),
+        0
+    );
     assert_eq!(finished.len() + dead, n);
     assert_eq!(stat(&mut s, "acked", now) as usize, finished.len());
 }

@@ -17,7 +17,10 @@ pub fn module_path() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     profile_dir.join("libvtasks.so")
 }
 
@@ -108,7 +111,11 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("server exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "server did not answer PING:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not answer PING:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -180,7 +187,9 @@ pub fn cmd(words: &[&str]) -> redis::Cmd {
 }
 
 pub fn query(con: &mut Connection, words: &[&str]) -> Value {
-    cmd(words).query(con).unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
+    cmd(words)
+        .query(con)
+        .unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
 }
 
 pub fn query_err(con: &mut Connection, words: &[&str]) -> String {
@@ -213,7 +222,9 @@ pub fn text(v: &Value) -> String {
 pub fn int(v: &Value) -> i64 {
     match v {
         Value::Int(n) => *n,
-        other => text(other).parse().unwrap_or_else(|_| panic!("not an integer: {other:?}")),
+        other => text(other)
+            .parse()
+            .unwrap_or_else(|_| panic!("not an integer: {other:?}")),
     }
 }
 
@@ -234,7 +245,10 @@ pub fn pairs(v: &Value) -> Vec<(String, Value)> {
 }
 
 pub fn field(v: &Value, name: &str) -> Option<Value> {
-    pairs(v).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    pairs(v)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
 }
 
 pub fn stat(con: &mut Connection, queue: &str, name: &str) -> i64 {
@@ -302,13 +316,16 @@ pub fn snapshot(con: &mut Connection) -> Vec<(String, String, String)> {
             let kind: String = cmd(&["TYPE", &key]).query(con).unwrap();
             let content = match kind.as_str() {
                 "hash" => {
-                    let mut fields: Vec<(String, String)> = cmd(&["HGETALL", &key]).query(con).unwrap();
+                    let mut fields: Vec<(String, String)> =
+                        cmd(&["HGETALL", &key]).query(con).unwrap();
                     fields.sort();
                     format!("{fields:?}")
                 }
                 "zset" => {
                     let members: Vec<(String, i64)> =
-                        cmd(&["ZRANGE", &key, "0", "-1", "WITHSCORES"]).query(con).unwrap();
+                        cmd(&["ZRANGE", &key, "0", "-1", "WITHSCORES"])
+                            .query(con)
+                            .unwrap();
                     format!("{members:?}")
                 }
                 other => format!("unexpected type {other}"),
@@ -334,15 +351,41 @@ pub fn mixed_workload(con: &mut Connection, queue: &str) -> Vec<Task> {
         }
     }
     query(con, &enqueue);
-    let got = fetch(con, &["1", queue, "CONSUMER", "w1", "COUNT", "12", "LEASE", "600000"]);
+    let got = fetch(
+        con,
+        &[
+            "1", queue, "CONSUMER", "w1", "COUNT", "12", "LEASE", "600000",
+        ],
+    );
     let (done, rest) = got.tasks.split_at(4);
     let (failed, held) = rest.split_at(4);
     for t in done {
-        query(con, &["VTASKS.ACK", queue, "1", &t.id, &t.token.to_string(), "\"result\""]);
+        query(
+            con,
+            &[
+                "VTASKS.ACK",
+                queue,
+                "1",
+                &t.id,
+                &t.token.to_string(),
+                "\"result\"",
+            ],
+        );
     }
     for (i, t) in failed.iter().enumerate() {
         let retry = if i % 2 == 0 { "DEAD" } else { "600000" };
-        query(con, &["VTASKS.NACK", queue, "1", &t.id, &t.token.to_string(), retry, "boom"]);
+        query(
+            con,
+            &[
+                "VTASKS.NACK",
+                queue,
+                "1",
+                &t.id,
+                &t.token.to_string(),
+                retry,
+                "boom",
+            ],
+        );
     }
     held.to_vec()
 }

@@ -1,0 +1,44 @@
+# Targets mirror CI: `.ci/run` calls `make test`.
+#
+#   make test    install what is missing, check formatting and lints, build,
+#                run every test against real valkey-server processes
+#   make demo    start Valkey with the module, push 10,000 tasks through it
+#   make bench   module benchmark; writes benchmarks/RESULTS-module.md
+
+CARGO ?= cargo
+export RUST_BACKTRACE ?= 0
+
+.PHONY: setup fmt-check clippy build build-release test unit-test demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The integration tests load target/debug/libvtasks.so; `cargo test` does not
+# rebuild the cdylib by itself, so build it first.
+build: setup
+	$(CARGO) build -p vtasks-module
+
+build-release: setup
+	bash scripts/build-module.sh
+	$(CARGO) build --release -p vtasks-benchmarks
+
+unit-test:
+	$(CARGO) nextest run -p vtasks-module --lib
+
+test: setup fmt-check clippy build
+	$(CARGO) nextest run --workspace --no-tests=warn
+
+demo: build-release
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo
+
+bench: build-release
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/RESULTS-module.md
+
+clean:
+	$(CARGO) clean
