@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
 use std::os::raw::{c_char, c_int};
 use std::ptr;
 
@@ -19,8 +21,62 @@ use crate::core::store::{KeyKind, Store, Val};
 
 const MODE_READ: c_int = raw::REDISMODULE_READ as c_int;
 const MODE_WRITE: c_int = raw::REDISMODULE_WRITE as c_int;
-const HASH_CFIELDS: c_int = raw::REDISMODULE_HASH_CFIELDS as c_int;
 const OK: c_int = raw::REDISMODULE_OK as c_int;
+const HASH_NONE: c_int = raw::REDISMODULE_HASH_NONE as c_int;
+
+/// FNV-1a: key names are short and not attacker-chosen in bulk within one
+/// command, and SipHash showed up in profiles of the hot path.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        self.0 = h;
+    }
+}
+
+type OpenKeys = HashMap<Vec<u8>, *mut raw::RedisModuleKey, BuildHasherDefault<Fnv>>;
+
+/// Field names as module strings, created once and kept for the life of
+/// the module, so setting a field allocates nothing for its name.
+struct FieldNames(Vec<(&'static str, usize)>);
+
+static FIELD_NAMES: Mutex<FieldNames> = Mutex::new(FieldNames(Vec::new()));
+
+fn field_string(name: &str) -> *mut raw::RedisModuleString {
+    let mut names = FIELD_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, ptr)) = names.0.iter().find(|(n, _)| *n == name) {
+        return *ptr as *mut raw::RedisModuleString;
+    }
+    let ptr = unsafe {
+        raw::RedisModule_CreateString.unwrap()(ptr::null_mut(), name.as_ptr().cast(), name.len())
+    };
+    names.0.push((Box::leak(name.to_string().into_boxed_str()), ptr as usize));
+    ptr
+}
+
+/// A value as a module string; integers are formatted without allocating.
+fn value_string(ctx: *mut raw::RedisModuleCtx, value: &Val) -> ModString {
+    match value {
+        Val::Bytes(b) => ModString::new(ctx, b),
+        Val::Int(n) => {
+            let mut buf = [0u8; 24];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            std::io::Write::write_fmt(&mut cursor, format_args!("{n}")).expect("fits 24 bytes");
+            let len = cursor.position() as usize;
+            ModString::new(ctx, &buf[..len])
+        }
+    }
+}
 
 /// A module string owned by us, freed on drop.
 struct ModString {
@@ -58,29 +114,6 @@ fn take_bytes(ctx: *mut raw::RedisModuleCtx, s: *mut raw::RedisModuleString) -> 
     bytes
 }
 
-/// A field name as a NUL-terminated C string, without allocating: field
-/// names are short constants.
-struct FieldName([u8; 32]);
-
-impl FieldName {
-    fn new(name: &str) -> Self {
-        let mut buf = [0u8; 32];
-        assert!(
-            name.len() < buf.len() && !name.contains('\0'),
-            "field name {name}"
-        );
-        buf[..name.len()].copy_from_slice(name.as_bytes());
-        FieldName(buf)
-    }
-
-    fn as_ptr(&self) -> *const c_char {
-        self.0.as_ptr().cast()
-    }
-}
-
-fn field_name(name: &str) -> FieldName {
-    FieldName::new(name)
-}
 
 pub struct ValkeyStore {
     ctx: *mut raw::RedisModuleCtx,
@@ -91,7 +124,7 @@ pub struct ValkeyStore {
     wrote: bool,
     /// Keys opened during this command; a command touches each key several
     /// times, so each is opened once and closed when the store drops.
-    open: HashMap<Vec<u8>, *mut raw::RedisModuleKey>,
+    open: OpenKeys,
 }
 
 impl ValkeyStore {
@@ -101,7 +134,7 @@ impl ValkeyStore {
             mode,
             effects,
             wrote: false,
-            open: HashMap::new(),
+            open: OpenKeys::default(),
         }
     }
 
@@ -165,17 +198,23 @@ impl ValkeyStore {
 
     fn writable_key(&mut self, name: &[u8], kind: KeyKind) -> VtResult<*mut raw::RedisModuleKey> {
         self.ensure_writable()?;
-        self.expect(name, kind)?;
-        Ok(self.key(name))
+        let key = self.key(name);
+        match Self::kind_of(key) {
+            KeyKind::Missing => Ok(key),
+            k if k == kind => Ok(key),
+            _ => Err(VtError::WrongType),
+        }
     }
 
-    /// Records a write, and replicates it as `cmd` when this store
-    /// replicates effects.
-    fn replicate(&mut self, cmd: &str, args: &[&[u8]]) {
+    /// Records a write; true when the caller must replicate it as its
+    /// native effect.
+    fn record_write(&mut self) -> bool {
         self.wrote = true;
-        if !self.effects {
-            return;
-        }
+        self.effects
+    }
+
+    /// Replicates `cmd` with arguments given as byte strings.
+    fn replicate(&self, cmd: &str, args: &[&[u8]]) {
         let owned: Vec<ModString> = args.iter().map(|a| ModString::new(self.ctx, a)).collect();
         let mut argv: Vec<*mut raw::RedisModuleString> = owned.iter().map(|s| s.ptr).collect();
         let cmd = CString::new(cmd).expect("constant command name");
@@ -210,7 +249,9 @@ impl Store for ValkeyStore {
         if status != OK {
             return Err(VtError::WrongType);
         }
-        self.replicate("ZADD", &[key, score.to_string().as_bytes(), member]);
+        if self.record_write() {
+            self.replicate("ZADD", &[key, score.to_string().as_bytes(), member]);
+        }
         Ok(())
     }
 
@@ -223,7 +264,9 @@ impl Store for ValkeyStore {
         let mut deleted: c_int = 0;
         unsafe { raw::RedisModule_ZsetRem.unwrap()(k, m.ptr, &mut deleted) };
         if deleted != 0 {
-            self.replicate("ZREM", &[key, member]);
+            if self.record_write() {
+                self.replicate("ZREM", &[key, member]);
+            }
         }
         Ok(deleted != 0)
     }
@@ -307,13 +350,12 @@ impl Store for ValkeyStore {
         let Some(k) = self.expect(key, KeyKind::Hash)? else {
             return Ok(None);
         };
-        let name = field_name(field);
         let mut value: *mut raw::RedisModuleString = ptr::null_mut();
         unsafe {
             raw::RedisModule_HashGet.unwrap()(
                 k,
-                HASH_CFIELDS,
-                name.as_ptr(),
+                HASH_NONE,
+                field_string(field),
                 &mut value as *mut *mut raw::RedisModuleString,
                 ptr::null_mut::<c_char>(),
             );
@@ -323,43 +365,34 @@ impl Store for ValkeyStore {
 
     fn hset(&mut self, key: &[u8], fields: &[(&str, Val)]) -> VtResult<()> {
         let k = self.writable_key(key, KeyKind::Hash)?;
-        let values: Vec<Vec<u8>> = fields.iter().map(|(_, v)| v.to_bytes()).collect();
-        let names: Vec<FieldName> = fields.iter().map(|(n, _)| field_name(n)).collect();
-        let strings: Vec<ModString> = values.iter().map(|v| ModString::new(self.ctx, v)).collect();
-        let pairs: Vec<(*const c_char, *mut raw::RedisModuleString)> = names
-            .iter()
-            .zip(&strings)
-            .map(|(n, v)| (n.as_ptr(), v.ptr))
-            .collect();
+        let values: Vec<ModString> = fields.iter().map(|(_, v)| value_string(self.ctx, v)).collect();
+        let pairs: Vec<(*mut raw::RedisModuleString, *mut raw::RedisModuleString)> =
+            fields.iter().zip(&values).map(|((n, _), v)| (field_string(n), v.ptr)).collect();
         // RedisModule_HashSet is variadic: up to four pairs per call.
         let set = unsafe { raw::RedisModule_HashSet.unwrap() };
         let end = ptr::null_mut::<c_char>();
         for chunk in pairs.chunks(4) {
             unsafe {
                 match *chunk {
-                    [(f1, v1)] => set(k, HASH_CFIELDS, f1, v1, end),
-                    [(f1, v1), (f2, v2)] => set(k, HASH_CFIELDS, f1, v1, f2, v2, end),
-                    [(f1, v1), (f2, v2), (f3, v3)] => {
-                        set(k, HASH_CFIELDS, f1, v1, f2, v2, f3, v3, end)
-                    }
+                    [(f1, v1)] => set(k, HASH_NONE, f1, v1, end),
+                    [(f1, v1), (f2, v2)] => set(k, HASH_NONE, f1, v1, f2, v2, end),
+                    [(f1, v1), (f2, v2), (f3, v3)] => set(k, HASH_NONE, f1, v1, f2, v2, f3, v3, end),
                     [(f1, v1), (f2, v2), (f3, v3), (f4, v4)] => {
-                        set(k, HASH_CFIELDS, f1, v1, f2, v2, f3, v3, f4, v4, end)
+                        set(k, HASH_NONE, f1, v1, f2, v2, f3, v3, f4, v4, end)
                     }
                     _ => unreachable!("chunks of one to four"),
                 };
             }
         }
-        if !self.effects {
-            self.wrote = true;
-            return Ok(());
+        if self.record_write() {
+            let owned: Vec<Vec<u8>> = fields.iter().map(|(_, v)| v.to_bytes()).collect();
+            let mut args: Vec<&[u8]> = vec![key];
+            for ((name, _), value) in fields.iter().zip(&owned) {
+                args.push(name.as_bytes());
+                args.push(value);
+            }
+            self.replicate("HSET", &args);
         }
-        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * fields.len());
-        args.push(key);
-        for ((name, _), value) in fields.iter().zip(&values) {
-            args.push(name.as_bytes());
-            args.push(value);
-        }
-        self.replicate("HSET", &args);
         Ok(())
     }
 
@@ -370,12 +403,11 @@ impl Store for ValkeyStore {
         let k = self.writable_key(key, KeyKind::Hash)?;
         let mut removed: Vec<&[u8]> = vec![key];
         for name in fields {
-            let cname = field_name(name);
             let n = unsafe {
                 raw::RedisModule_HashSet.unwrap()(
                     k,
-                    HASH_CFIELDS,
-                    cname.as_ptr(),
+                    HASH_NONE,
+                    field_string(name),
                     raw::REDISMODULE_HASH_DELETE as *mut raw::RedisModuleString,
                     ptr::null_mut::<c_char>(),
                 )
@@ -384,7 +416,7 @@ impl Store for ValkeyStore {
                 removed.push(name.as_bytes());
             }
         }
-        if removed.len() > 1 {
+        if removed.len() > 1 && self.record_write() {
             self.replicate("HDEL", &removed);
         }
         Ok(())
@@ -393,21 +425,19 @@ impl Store for ValkeyStore {
     fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64> {
         let current = self.hget_int(key, field)?.unwrap_or(0);
         let k = self.writable_key(key, KeyKind::Hash)?;
-        let name = field_name(field);
-        let value = ModString::new(self.ctx, (current + delta).to_string().as_bytes());
+        let value = value_string(self.ctx, &Val::Int(current + delta));
         unsafe {
             raw::RedisModule_HashSet.unwrap()(
                 k,
-                HASH_CFIELDS,
-                name.as_ptr(),
+                HASH_NONE,
+                field_string(field),
                 value.ptr,
                 ptr::null_mut::<c_char>(),
             );
         }
-        self.replicate(
-            "HINCRBY",
-            &[key, field.as_bytes(), delta.to_string().as_bytes()],
-        );
+        if self.record_write() {
+            self.replicate("HINCRBY", &[key, field.as_bytes(), delta.to_string().as_bytes()]);
+        }
         Ok(current + delta)
     }
 
@@ -421,7 +451,9 @@ impl Store for ValkeyStore {
         let k = self.key(key);
         if Self::kind_of(k) != KeyKind::Missing {
             unsafe { raw::RedisModule_DeleteKey.unwrap()(k) };
-            self.replicate("DEL", &[key]);
+            if self.record_write() {
+                self.replicate("DEL", &[key]);
+            }
         }
         Ok(())
     }
@@ -433,7 +465,9 @@ impl Store for ValkeyStore {
             return Ok(());
         }
         unsafe { raw::RedisModule_SetAbsExpire.unwrap()(k, at_ms) };
-        self.replicate("PEXPIREAT", &[key, at_ms.to_string().as_bytes()]);
+        if self.record_write() {
+            self.replicate("PEXPIREAT", &[key, at_ms.to_string().as_bytes()]);
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //!               per task                    call acknowledging the previous batch
 //!
 //! Usage: module_bench [--tasks N] [--runs R] [--concurrency C] [--markdown FILE]
+//!                     [--url redis://...] [--only SCENARIO-SUBSTRING]
 
 use std::time::Instant;
 
@@ -23,6 +24,10 @@ struct Options {
     runs: usize,
     concurrency: usize,
     markdown: Option<String>,
+    /// A running server to use instead of starting one.
+    url: Option<String>,
+    /// Run only scenarios whose name contains this.
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -31,6 +36,8 @@ fn options() -> Options {
         runs: 3,
         concurrency: 32,
         markdown: None,
+        url: None,
+        only: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -40,6 +47,8 @@ fn options() -> Options {
             "--runs" => o.runs = value.parse().expect("--runs R"),
             "--concurrency" => o.concurrency = value.parse().expect("--concurrency C"),
             "--markdown" => o.markdown = Some(value),
+            "--url" => o.url = Some(value),
+            "--only" => o.only = Some(value),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -239,8 +248,11 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let o = options();
-    let server = Valkey::start(true).expect("start valkey-server with the module");
-    let url = server.url();
+    let server = match &o.url {
+        Some(_) => None,
+        None => Some(Valkey::start(true).expect("start valkey-server with the module")),
+    };
+    let url = o.url.clone().unwrap_or_else(|| server.as_ref().unwrap().url());
     let scenarios = [
         (
             Scenario::PlainEnqueue,
@@ -258,6 +270,9 @@ async fn main() {
     for (plain, one, hundred) in scenarios {
         let mut plain_rate = 0.0;
         for scenario in [plain, one, hundred] {
+            if o.only.as_ref().is_some_and(|only| !scenario.name().contains(only.as_str())) {
+                continue;
+            }
             let mut rates = Vec::new();
             let mut cpus = Vec::new();
             for run in 0..o.runs {
