@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::os::raw::{c_char, c_int};
 use std::ptr;
+use std::sync::Mutex;
 
 use redis_module::raw;
 
@@ -35,7 +35,11 @@ impl Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf29ce484222325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= *b as u64;
             h = h.wrapping_mul(0x100000001b3);
@@ -60,7 +64,9 @@ fn field_string(name: &str) -> *mut raw::RedisModuleString {
     let ptr = unsafe {
         raw::RedisModule_CreateString.unwrap()(ptr::null_mut(), name.as_ptr().cast(), name.len())
     };
-    names.0.push((Box::leak(name.to_string().into_boxed_str()), ptr as usize));
+    names
+        .0
+        .push((Box::leak(name.to_string().into_boxed_str()), ptr as usize));
     ptr
 }
 
@@ -113,7 +119,6 @@ fn take_bytes(ctx: *mut raw::RedisModuleCtx, s: *mut raw::RedisModuleString) -> 
     unsafe { raw::RedisModule_FreeString.unwrap()(ctx, s) };
     bytes
 }
-
 
 pub struct ValkeyStore {
     ctx: *mut raw::RedisModuleCtx,
@@ -263,10 +268,8 @@ impl Store for ValkeyStore {
         let m = ModString::new(self.ctx, member);
         let mut deleted: c_int = 0;
         unsafe { raw::RedisModule_ZsetRem.unwrap()(k, m.ptr, &mut deleted) };
-        if deleted != 0 {
-            if self.record_write() {
-                self.replicate("ZREM", &[key, member]);
-            }
+        if deleted != 0 && self.record_write() {
+            self.replicate("ZREM", &[key, member]);
         }
         Ok(deleted != 0)
     }
@@ -365,9 +368,15 @@ impl Store for ValkeyStore {
 
     fn hset(&mut self, key: &[u8], fields: &[(&str, Val)]) -> VtResult<()> {
         let k = self.writable_key(key, KeyKind::Hash)?;
-        let values: Vec<ModString> = fields.iter().map(|(_, v)| value_string(self.ctx, v)).collect();
-        let pairs: Vec<(*mut raw::RedisModuleString, *mut raw::RedisModuleString)> =
-            fields.iter().zip(&values).map(|((n, _), v)| (field_string(n), v.ptr)).collect();
+        let values: Vec<ModString> = fields
+            .iter()
+            .map(|(_, v)| value_string(self.ctx, v))
+            .collect();
+        let pairs: Vec<(*mut raw::RedisModuleString, *mut raw::RedisModuleString)> = fields
+            .iter()
+            .zip(&values)
+            .map(|((n, _), v)| (field_string(n), v.ptr))
+            .collect();
         // RedisModule_HashSet is variadic: up to four pairs per call.
         let set = unsafe { raw::RedisModule_HashSet.unwrap() };
         let end = ptr::null_mut::<c_char>();
@@ -376,7 +385,9 @@ impl Store for ValkeyStore {
                 match *chunk {
                     [(f1, v1)] => set(k, HASH_NONE, f1, v1, end),
                     [(f1, v1), (f2, v2)] => set(k, HASH_NONE, f1, v1, f2, v2, end),
-                    [(f1, v1), (f2, v2), (f3, v3)] => set(k, HASH_NONE, f1, v1, f2, v2, f3, v3, end),
+                    [(f1, v1), (f2, v2), (f3, v3)] => {
+                        set(k, HASH_NONE, f1, v1, f2, v2, f3, v3, end)
+                    }
                     [(f1, v1), (f2, v2), (f3, v3), (f4, v4)] => {
                         set(k, HASH_NONE, f1, v1, f2, v2, f3, v3, f4, v4, end)
                     }
@@ -436,7 +447,10 @@ impl Store for ValkeyStore {
             );
         }
         if self.record_write() {
-            self.replicate("HINCRBY", &[key, field.as_bytes(), delta.to_string().as_bytes()]);
+            self.replicate(
+                "HINCRBY",
+                &[key, field.as_bytes(), delta.to_string().as_bytes()],
+            );
         }
         Ok(current + delta)
     }

@@ -252,7 +252,10 @@ async fn main() {
         Some(_) => None,
         None => Some(Valkey::start(true).expect("start valkey-server with the module")),
     };
-    let url = o.url.clone().unwrap_or_else(|| server.as_ref().unwrap().url());
+    let url = o
+        .url
+        .clone()
+        .unwrap_or_else(|| server.as_ref().unwrap().url());
     let scenarios = [
         (
             Scenario::PlainEnqueue,
@@ -270,7 +273,10 @@ async fn main() {
     for (plain, one, hundred) in scenarios {
         let mut plain_rate = 0.0;
         for scenario in [plain, one, hundred] {
-            if o.only.as_ref().is_some_and(|only| !scenario.name().contains(only.as_str())) {
+            if o.only
+                .as_ref()
+                .is_some_and(|only| !scenario.name().contains(only.as_str()))
+            {
                 continue;
             }
             let mut rates = Vec::new();

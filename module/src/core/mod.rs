@@ -4,6 +4,7 @@
 pub mod error;
 pub mod keys;
 pub mod queue;
+pub mod record;
 pub mod schedule;
 pub mod store;
 

@@ -6,25 +6,14 @@
 
 use super::error::{VtError, VtResult};
 use super::keys::*;
+use super::record::{State, TaskRecord};
 use super::store::{KeyKind, Store, Val};
 
-/// Task hash fields.
+/// Task hash fields: the payload as enqueued, the packed record of small
+/// changing fields (see `record.rs`), the last error and the result.
 mod field {
     pub const PAYLOAD: &str = "payload";
-    pub const PRIORITY: &str = "priority";
-    pub const MAX_ATTEMPTS: &str = "max_attempts";
-    pub const ATTEMPTS: &str = "attempts";
-    pub const STATE: &str = "state";
-    pub const SEQ: &str = "seq";
-    pub const ENQUEUED_AT: &str = "enqueued_at";
-    pub const RUN_AT: &str = "run_at";
-    pub const READY_AT: &str = "ready_at";
-    pub const STARTED_AT: &str = "started_at";
-    pub const LEASED_AT: &str = "leased_at";
-    pub const TOKEN: &str = "token";
-    pub const CONSUMER: &str = "consumer";
-    pub const WORKERS: &str = "workers";
-    pub const FINISHED_AT: &str = "finished_at";
+    pub const RECORD: &str = "record";
     pub const ERROR: &str = "error";
     pub const RESULT: &str = "result";
 }
@@ -44,14 +33,6 @@ mod meta {
     pub const REQUEUED: &str = "requeued";
     pub const CANCELLED: &str = "cancelled";
     pub const PURGED: &str = "purged";
-}
-
-mod state {
-    pub const DELAYED: &[u8] = b"delayed";
-    pub const READY: &[u8] = b"ready";
-    pub const LEASED: &[u8] = b"leased";
-    pub const DONE: &[u8] = b"done";
-    pub const DEAD: &[u8] = b"dead";
 }
 
 /// Ready-set scores sort by priority band, then by sequence (FIFO). Scores
@@ -236,41 +217,58 @@ fn bump(store: &mut impl Store, keys: &QueueKeys, counter: &str, n: u64) -> VtRe
     Ok(())
 }
 
+/// A task's record, or None if the task does not exist.
+fn load(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Option<TaskRecord>> {
+    let task_key = keys.task(id);
+    if task_kind(store, &task_key)? == KeyKind::Missing {
+        return Ok(None);
+    }
+    match store.hget(&task_key, field::RECORD)? {
+        Some(bytes) => TaskRecord::decode(&bytes).map(Some),
+        None => Err(VtError::Internal("task hash without a record".into())),
+    }
+}
+
+fn save(store: &mut impl Store, keys: &QueueKeys, id: &[u8], rec: &TaskRecord) -> VtResult<()> {
+    store.hset(
+        &keys.task(id),
+        &[(field::RECORD, Val::Bytes(&rec.encode()))],
+    )
+}
+
 fn make_ready(
     store: &mut impl Store,
     keys: &QueueKeys,
     id: &[u8],
-    priority: i64,
+    rec: &mut TaskRecord,
     seq: i64,
     now: i64,
 ) -> VtResult<()> {
-    store.zadd(&keys.ready, ready_score(priority, seq), id)?;
-    store.hset(
-        &keys.task(id),
-        &[
-            (field::STATE, Val::Bytes(state::READY)),
-            (field::SEQ, Val::Int(seq)),
-            (field::READY_AT, Val::Int(now)),
-        ],
-    )
+    rec.state = State::Ready;
+    rec.seq = seq;
+    rec.ready_at = Some(now);
+    save(store, keys, id, rec)?;
+    store.zadd(&keys.ready, ready_score(rec.priority, seq), id)
 }
 
 fn make_dead(
     store: &mut impl Store,
     keys: &QueueKeys,
     id: &[u8],
+    rec: &mut TaskRecord,
     error: &[u8],
     now: i64,
 ) -> VtResult<()> {
-    store.zadd(&keys.dead, now, id)?;
+    rec.state = State::Dead;
+    rec.finished_at = Some(now);
     store.hset(
         &keys.task(id),
         &[
-            (field::STATE, Val::Bytes(state::DEAD)),
-            (field::FINISHED_AT, Val::Int(now)),
+            (field::RECORD, Val::Bytes(&rec.encode())),
             (field::ERROR, Val::Bytes(truncate_error(error))),
         ],
-    )
+    )?;
+    store.zadd(&keys.dead, now, id)
 }
 
 fn truncate_error(error: &[u8]) -> &[u8] {
@@ -327,29 +325,26 @@ pub fn enqueue(
         0
     };
     for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
-        let task_key = keys.task(task.id);
+        let mut rec = TaskRecord::new(task.priority, task.max_attempts, now);
         let at = run_at(task);
-        let mut fields = vec![
-            (field::PAYLOAD, Val::Bytes(task.payload)),
-            (field::PRIORITY, Val::Int(task.priority)),
-            (field::MAX_ATTEMPTS, Val::Int(task.max_attempts)),
-            (field::ENQUEUED_AT, Val::Int(now)),
-        ];
         if at <= now {
-            fields.extend([
-                (field::STATE, Val::Bytes(state::READY)),
-                (field::SEQ, Val::Int(seq)),
-                (field::READY_AT, Val::Int(now)),
-            ]);
-            store.hset(&task_key, &fields)?;
+            rec.seq = seq;
+            rec.ready_at = Some(now);
+        } else {
+            rec.state = State::Delayed;
+            rec.run_at = Some(at);
+        }
+        store.hset(
+            &keys.task(task.id),
+            &[
+                (field::PAYLOAD, Val::Bytes(task.payload)),
+                (field::RECORD, Val::Bytes(&rec.encode())),
+            ],
+        )?;
+        if at <= now {
             store.zadd(&keys.ready, ready_score(task.priority, seq), task.id)?;
             seq += 1;
         } else {
-            fields.extend([
-                (field::STATE, Val::Bytes(state::DELAYED)),
-                (field::RUN_AT, Val::Int(at)),
-            ]);
-            store.hset(&task_key, &fields)?;
             store.zadd(&keys.delayed, at, task.id)?;
         }
     }
@@ -390,48 +385,24 @@ pub fn fetch(
     let mut leased = Vec::with_capacity(picked.len());
     for (i, (id, _)) in picked.into_iter().enumerate() {
         store.zrem(&keys.ready, &id)?;
-        let task_key = keys.task(&id);
-        if task_kind(store, &task_key)? == KeyKind::Missing {
+        let Some(mut rec) = load(store, keys, &id)? else {
             continue; // deleted behind the queue's back: nothing to run
-        }
-        let payload = store.hget(&task_key, field::PAYLOAD)?.unwrap_or_default();
-        let attempt = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0) + 1;
+        };
         let token = last_token - (i as i64);
-        let workers = store.hget(&task_key, field::WORKERS)?;
-        let joined = join_worker(workers.as_deref(), consumer);
-        let mut fields = vec![
-            (field::STATE, Val::Bytes(state::LEASED)),
-            (field::ATTEMPTS, Val::Int(attempt)),
-            (field::TOKEN, Val::Int(token)),
-            (field::CONSUMER, Val::Bytes(consumer)),
-            (field::LEASED_AT, Val::Int(now)),
-        ];
-        if let Some(joined) = &joined {
-            fields.push((field::WORKERS, Val::Bytes(joined)));
-        }
-        if attempt == 1 {
-            fields.push((field::STARTED_AT, Val::Int(now)));
-        }
-        store.hset(&task_key, &fields)?;
+        rec.lease(consumer, token, now);
+        save(store, keys, &id, &rec)?;
         store.zadd(&keys.leased, deadline, &id)?;
+        let payload = store
+            .hget(&keys.task(&id), field::PAYLOAD)?
+            .unwrap_or_default();
         leased.push(Leased {
             id,
             token,
-            attempt,
+            attempt: rec.attempts,
             payload,
         });
     }
     Ok(leased)
-}
-
-/// Comma-separated consumers that leased a task, each once, in first-seen
-/// order; None when `consumer` is already in the list.
-fn join_worker(existing: Option<&[u8]>, consumer: &[u8]) -> Option<Vec<u8>> {
-    match existing {
-        None => Some(consumer.to_vec()),
-        Some(list) if list.split(|c| *c == b',').any(|w| w == consumer) => None,
-        Some(list) => Some([list, b",", consumer].concat()),
-    }
 }
 
 /// Server-side time: promotes due delayed tasks, returns expired leases to
@@ -451,44 +422,41 @@ pub fn maintain(
     let mut to_ready = Vec::with_capacity(due.len());
     for (id, _) in due {
         store.zrem(&keys.delayed, &id)?;
-        let task_key = keys.task(&id);
-        if task_kind(store, &task_key)? == KeyKind::Missing {
-            continue;
+        if let Some(rec) = load(store, keys, &id)? {
+            to_ready.push((id, rec));
+            report.promoted += 1;
         }
-        let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
-        to_ready.push((id, priority));
-        report.promoted += 1;
     }
 
     let expired = store.zrange_by_score(&keys.leased, SCORE_MIN, now, 0, limit)?;
     report.more |= expired.len() == limit;
     for (id, _) in expired {
         store.zrem(&keys.leased, &id)?;
-        let task_key = keys.task(&id);
-        if task_kind(store, &task_key)? == KeyKind::Missing {
+        let Some(mut rec) = load(store, keys, &id)? else {
             continue;
-        }
+        };
         report.expired += 1;
-        let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0);
-        let max = store.hget_int(&task_key, field::MAX_ATTEMPTS)?.unwrap_or(1);
         let error = format!(
-            "lease expired on attempt {attempts} of {max}: no acknowledgement before the deadline"
+            "lease expired on attempt {} of {}: no acknowledgement before the deadline",
+            rec.attempts, rec.max_attempts
         );
-        store.hset(&task_key, &[(field::ERROR, Val::Bytes(error.as_bytes()))])?;
-        if attempts >= max {
-            make_dead(store, keys, &id, error.as_bytes(), now)?;
+        if rec.attempts >= rec.max_attempts {
+            make_dead(store, keys, &id, &mut rec, error.as_bytes(), now)?;
             bump(store, keys, meta::DEAD, 1)?;
         } else {
-            let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
-            to_ready.push((id, priority));
+            store.hset(
+                &keys.task(&id),
+                &[(field::ERROR, Val::Bytes(error.as_bytes()))],
+            )?;
+            to_ready.push((id, rec));
         }
     }
     bump(store, keys, meta::EXPIRED, report.expired)?;
 
     if !to_ready.is_empty() {
         let first = allocate_seq(store, keys, to_ready.len())?;
-        for (seq, (id, priority)) in (first..).zip(&to_ready) {
-            make_ready(store, keys, id, *priority, seq, now)?;
+        for (seq, (id, rec)) in (first..).zip(to_ready.iter_mut()) {
+            make_ready(store, keys, id, rec, seq, now)?;
         }
         store.wake(&keys.ready);
     }
@@ -518,22 +486,25 @@ pub fn next_due(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<i64
     Ok(due)
 }
 
-/// Whether `token` holds the current lease of task `id`.
+/// The task's record if `token` holds its current lease, else why not.
 fn check_lease(
     store: &mut impl Store,
     keys: &QueueKeys,
     id: &[u8],
     token: i64,
-) -> VtResult<Settled> {
-    let task_key = keys.task(id);
-    if task_kind(store, &task_key)? == KeyKind::Missing {
-        return Ok(Settled::NoTask);
+) -> VtResult<Result<TaskRecord, Settled>> {
+    Ok(match load(store, keys, id)? {
+        None => Err(Settled::NoTask),
+        Some(rec) if rec.state != State::Leased || rec.token != token => Err(Settled::Stale),
+        Some(rec) => Ok(rec),
+    })
+}
+
+fn outcome<T>(held: &Result<T, Settled>) -> Settled {
+    match held {
+        Ok(_) => Settled::Ok,
+        Err(refused) => *refused,
     }
-    let leased = store.hget(&task_key, field::STATE)?.as_deref() == Some(state::LEASED);
-    if !leased || store.hget_int(&task_key, field::TOKEN)? != Some(token) {
-        return Ok(Settled::Stale);
-    }
-    Ok(Settled::Ok)
 }
 
 /// Marks leased tasks done, keeping their record (and result, if any) for
@@ -549,11 +520,11 @@ pub fn ack(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut acked = 0;
     for item in items {
-        let outcome = check_lease(store, keys, item.id, item.token)?;
-        outcomes.push(outcome);
-        if outcome != Settled::Ok {
+        let held = check_lease(store, keys, item.id, item.token)?;
+        outcomes.push(outcome(&held));
+        let Ok(mut rec) = held else {
             continue;
-        }
+        };
         acked += 1;
         store.zrem(&keys.leased, item.id)?;
         let task_key = keys.task(item.id);
@@ -561,10 +532,10 @@ pub fn ack(
             store.del(&task_key)?;
             continue;
         }
-        let mut fields = vec![
-            (field::STATE, Val::Bytes(state::DONE)),
-            (field::FINISHED_AT, Val::Int(now)),
-        ];
+        rec.state = State::Done;
+        rec.finished_at = Some(now);
+        let encoded = rec.encode();
+        let mut fields = vec![(field::RECORD, Val::Bytes(&encoded))];
         if let Some(result) = item.result {
             fields.push((field::RESULT, Val::Bytes(result)));
         }
@@ -590,20 +561,19 @@ pub fn nack(
     let (mut failed, mut retried, mut dead) = (0, 0, 0);
     let mut woke = false;
     for item in items {
-        let held = check_lease(store, keys, item.id, item.token)?;
-        if held != Settled::Ok {
-            outcomes.push(NackOutcome::Refused(held));
-            continue;
-        }
+        let mut rec = match check_lease(store, keys, item.id, item.token)? {
+            Ok(rec) => rec,
+            Err(refused) => {
+                outcomes.push(NackOutcome::Refused(refused));
+                continue;
+            }
+        };
         failed += 1;
         store.zrem(&keys.leased, item.id)?;
-        let task_key = keys.task(item.id);
-        let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0);
-        let max = store.hget_int(&task_key, field::MAX_ATTEMPTS)?.unwrap_or(1);
         let delay = match item.retry {
-            Retry::After(ms) if attempts < max => ms,
+            Retry::After(ms) if rec.attempts < rec.max_attempts => ms,
             _ => {
-                make_dead(store, keys, item.id, item.error, now)?;
+                make_dead(store, keys, item.id, &mut rec, item.error, now)?;
                 dead += 1;
                 outcomes.push(NackOutcome::Dead);
                 continue;
@@ -611,22 +581,17 @@ pub fn nack(
         };
         retried += 1;
         store.hset(
-            &task_key,
+            &keys.task(item.id),
             &[(field::ERROR, Val::Bytes(truncate_error(item.error)))],
         )?;
         if delay == 0 {
-            let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
             let seq = allocate_seq(store, keys, 1)?;
-            make_ready(store, keys, item.id, priority, seq, now)?;
+            make_ready(store, keys, item.id, &mut rec, seq, now)?;
             woke = true;
         } else {
-            store.hset(
-                &task_key,
-                &[
-                    (field::STATE, Val::Bytes(state::DELAYED)),
-                    (field::RUN_AT, Val::Int(now + delay)),
-                ],
-            )?;
+            rec.state = State::Delayed;
+            rec.run_at = Some(now + delay);
+            save(store, keys, item.id, &rec)?;
             store.zadd(&keys.delayed, now + delay, item.id)?;
         }
         outcomes.push(NackOutcome::Retrying);
@@ -649,14 +614,13 @@ pub fn extend(
     now: i64,
 ) -> VtResult<Vec<Settled>> {
     check_types(store, keys)?;
-    let deadline = now + lease_ms;
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
-        let outcome = check_lease(store, keys, item.id, item.token)?;
-        if outcome == Settled::Ok {
-            store.zadd(&keys.leased, deadline, item.id)?;
+        let held = check_lease(store, keys, item.id, item.token)?;
+        if held.is_ok() {
+            store.zadd(&keys.leased, now + lease_ms, item.id)?;
         }
-        outcomes.push(outcome);
+        outcomes.push(outcome(&held));
     }
     Ok(outcomes)
 }
@@ -673,22 +637,16 @@ pub fn release(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut released = 0;
     for item in items {
-        let outcome = check_lease(store, keys, item.id, item.token)?;
-        outcomes.push(outcome);
-        if outcome != Settled::Ok {
+        let held = check_lease(store, keys, item.id, item.token)?;
+        outcomes.push(outcome(&held));
+        let Ok(mut rec) = held else {
             continue;
-        }
+        };
         released += 1;
         store.zrem(&keys.leased, item.id)?;
-        let task_key = keys.task(item.id);
-        let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(1);
-        let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
-        let seq = store.hget_int(&task_key, field::SEQ)?.unwrap_or(0);
-        store.hset(
-            &task_key,
-            &[(field::ATTEMPTS, Val::Int((attempts - 1).max(0)))],
-        )?;
-        make_ready(store, keys, item.id, priority, seq, now)?;
+        rec.attempts = (rec.attempts - 1).max(0);
+        let seq = rec.seq;
+        make_ready(store, keys, item.id, &mut rec, seq, now)?;
     }
     bump(store, keys, meta::RELEASED, released)?;
     if released > 0 {
@@ -697,47 +655,47 @@ pub fn release(
     Ok(outcomes)
 }
 
-/// Fields `VTASKS.GET` reports, in reply order, renamed where the stored
-/// name is an implementation detail.
-const GET_FIELDS: [(&str, &str); 14] = [
-    ("status", field::STATE),
-    ("priority", field::PRIORITY),
-    ("attempts", field::ATTEMPTS),
-    ("max_attempts", field::MAX_ATTEMPTS),
-    ("enqueued_at", field::ENQUEUED_AT),
-    ("run_at", field::RUN_AT),
-    ("started_at", field::STARTED_AT),
-    ("leased_at", field::LEASED_AT),
-    ("finished_at", field::FINISHED_AT),
-    ("consumer", field::CONSUMER),
-    ("workers", field::WORKERS),
-    ("error", field::ERROR),
-    ("result", field::RESULT),
-    ("payload", field::PAYLOAD),
-];
-
 /// A task's state as name/value pairs, in `VTASKS.GET` order.
 pub type TaskFields = Vec<(&'static str, Vec<u8>)>;
 
 /// One task's state (absent fields left out), or None.
 pub fn get(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Option<TaskFields>> {
-    let task_key = keys.task(id);
-    if task_kind(store, &task_key)? == KeyKind::Missing {
+    let Some(rec) = load(store, keys, id)? else {
         return Ok(None);
-    }
-    let mut out = Vec::with_capacity(GET_FIELDS.len() + 1);
-    for (name, stored) in GET_FIELDS {
-        match store.hget(&task_key, stored)? {
-            Some(value) => out.push((name, value)),
-            None if stored == field::ATTEMPTS => out.push((name, b"0".to_vec())),
-            None => {}
-        }
-        if name == "leased_at" {
-            // The lease deadline lives only in the leased set's score.
-            if let Some(deadline) = store.zscore(&keys.leased, id)? {
-                out.push(("deadline", deadline.to_string().into_bytes()));
-            }
-        }
+    };
+    let task_key = keys.task(id);
+    let int = |n: i64| n.to_string().into_bytes();
+    let deadline = match rec.state {
+        State::Leased => store.zscore(&keys.leased, id)?,
+        _ => None,
+    };
+    let mut out: TaskFields = vec![
+        ("status", rec.state.as_bytes().to_vec()),
+        ("priority", int(rec.priority)),
+        ("attempts", int(rec.attempts)),
+        ("max_attempts", int(rec.max_attempts)),
+        ("enqueued_at", int(rec.enqueued_at)),
+    ];
+    let times = [
+        ("run_at", rec.run_at),
+        ("started_at", rec.started_at),
+        ("leased_at", rec.leased_at),
+        ("deadline", deadline),
+        ("finished_at", rec.finished_at),
+    ];
+    out.extend(
+        times
+            .into_iter()
+            .filter_map(|(name, t)| Some((name, int(t?)))),
+    );
+    out.extend(rec.consumer.map(|c| ("consumer", c)));
+    out.extend(rec.workers.map(|w| ("workers", w)));
+    for (name, stored) in [
+        ("error", field::ERROR),
+        ("result", field::RESULT),
+        ("payload", field::PAYLOAD),
+    ] {
+        out.extend(store.hget(&task_key, stored)?.map(|v| (name, v)));
     }
     Ok(Some(out))
 }
@@ -808,8 +766,8 @@ fn oldest_ready_age(store: &mut impl Store, keys: &QueueKeys, now: i64) -> VtRes
     let Some((_, id)) = oldest else {
         return Ok(0);
     };
-    let ready_at = store
-        .hget_int(&keys.task(&id), field::READY_AT)?
+    let ready_at = load(store, keys, &id)?
+        .and_then(|r| r.ready_at)
         .unwrap_or(now);
     Ok((now - ready_at).max(0))
 }
@@ -824,9 +782,10 @@ pub fn dead_list(
     check_types(store, keys)?;
     let mut out = Vec::new();
     for (id, dead_at) in store.zrange_by_score(&keys.dead, SCORE_MIN, SCORE_MAX, offset, count)? {
-        let task_key = keys.task(&id);
-        let attempts = store.hget_int(&task_key, field::ATTEMPTS)?.unwrap_or(0);
-        let error = store.hget(&task_key, field::ERROR)?.unwrap_or_default();
+        let attempts = load(store, keys, &id)?.map_or(0, |r| r.attempts);
+        let error = store
+            .hget(&keys.task(&id), field::ERROR)?
+            .unwrap_or_default();
         out.push(DeadEntry {
             id,
             dead_at,
@@ -876,11 +835,12 @@ pub fn requeue(
     let first = allocate_seq(store, keys, ids.len())?;
     for (seq, id) in (first..).zip(&ids) {
         store.zrem(&keys.dead, id)?;
-        let task_key = keys.task(id);
-        let priority = store.hget_int(&task_key, field::PRIORITY)?.unwrap_or(0);
-        store.hset(&task_key, &[(field::ATTEMPTS, Val::Int(0))])?;
-        store.hdel(&task_key, &[field::FINISHED_AT])?;
-        make_ready(store, keys, id, priority, seq, now)?;
+        let Some(mut rec) = load(store, keys, id)? else {
+            continue;
+        };
+        rec.attempts = 0;
+        rec.finished_at = None;
+        make_ready(store, keys, id, &mut rec, seq, now)?;
     }
     bump(store, keys, meta::REQUEUED, ids.len() as u64)?;
     store.wake(&keys.ready);

@@ -3,7 +3,7 @@
 use super::error::VtError;
 use super::keys::QueueKeys;
 use super::queue::*;
-use super::store::{MemStore, Store};
+use super::store::MemStore;
 
 const T0: i64 = 1_700_000_000_000;
 const LEASE: i64 = 1_000;
@@ -35,10 +35,11 @@ fn with_priority<'a>(id: &'a str, priority: i64) -> NewTask<'a> {
 }
 
 fn field(store: &mut MemStore, id: &str, name: &str) -> Option<String> {
-    store
-        .hget(&q().task(id.as_bytes()), name)
-        .unwrap()
-        .map(|v| String::from_utf8(v).unwrap())
+    get(store, &q(), id.as_bytes())
+        .unwrap()?
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| String::from_utf8(v).unwrap())
 }
 
 fn stat(store: &mut MemStore, name: &str, now: i64) -> i64 {
@@ -139,7 +140,7 @@ fn expired_lease_redelivers_and_counts_an_attempt_until_dead() {
 
     maintain(&mut s, &q(), T0 + 2 * LEASE, 100).unwrap();
     assert!(fetch_ids(&mut s, 1, T0 + 2 * LEASE).is_empty());
-    assert_eq!(field(&mut s, "t", "state").as_deref(), Some("dead"));
+    assert_eq!(field(&mut s, "t", "status").as_deref(), Some("dead"));
     assert!(field(&mut s, "t", "error")
         .unwrap()
         .contains("lease expired"));
@@ -186,7 +187,7 @@ fn a_stale_token_is_fenced_off() {
         nack(&mut s, &q(), &[nack_old], T0 + LEASE).unwrap(),
         [NackOutcome::Refused(Settled::Stale)]
     );
-    assert_eq!(field(&mut s, "t", "state").as_deref(), Some("leased"));
+    assert_eq!(field(&mut s, "t", "status").as_deref(), Some("leased"));
 
     let good = AckItem {
         id: b"t",
@@ -276,7 +277,7 @@ fn nack_retries_after_delay_then_dead_letters() {
         nack(&mut s, &q(), &[failure(l.token)], T0).unwrap(),
         [NackOutcome::Retrying]
     );
-    assert_eq!(field(&mut s, "t", "state").as_deref(), Some("delayed"));
+    assert_eq!(field(&mut s, "t", "status").as_deref(), Some("delayed"));
     assert_eq!(
         field(&mut s, "t", "error").as_deref(),
         Some("ValueError: boom")
