@@ -50,6 +50,15 @@ impl<'a> Args<'a> {
         Some(String::from_utf8_lossy(item).to_ascii_uppercase())
     }
 
+    /// Takes the next argument if it is `keyword` (any case).
+    pub fn take_keyword(&mut self, keyword: &str) -> bool {
+        let matched = self.peek_is(keyword);
+        if matched {
+            self.pos += 1;
+        }
+        matched
+    }
+
     /// Looks at the next argument without taking it.
     pub fn peek_is(&self, keyword: &str) -> bool {
         self.items

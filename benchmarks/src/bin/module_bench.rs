@@ -220,7 +220,13 @@ async fn fetch_ack_loop(con: &mut MultiplexedConnection, worker: usize, batch: u
 
 async fn measure(url: &str, scenario: Scenario, o: &Options) -> Measured {
     let client = redis::Client::open(url).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    // No response timeout: a profiled server answers slowly, and a lost
+    // reply would show up as a task count mismatch anyway.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
     let mut sync_con = client.get_connection().unwrap();
     prepare(&mut con, scenario, o.tasks).await;
     let cpu_before = server_cpu_seconds(&mut sync_con);

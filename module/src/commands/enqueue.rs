@@ -25,8 +25,7 @@ use crate::core::queue::{self, NewTask, When};
 })]
 fn vtasks_enqueue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     write_one(ctx, &args, Clock::AfterQueue, |store, keys, a, now| {
-        let maxlen = if a.peek_is("MAXLEN") {
-            a.next_keyword();
+        let maxlen = if a.take_keyword("MAXLEN") {
             Some(a.next_int("MAXLEN", 0, i64::MAX)? as u64)
         } else {
             None
@@ -39,8 +38,9 @@ fn vtasks_enqueue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 fn parse_tasks<'a>(a: &mut Args<'a>) -> VtResult<Vec<NewTask<'a>>> {
     let mut tasks = Vec::new();
-    while let Some(word) = a.next_keyword() {
-        if word != "TASK" {
+    while !a.is_empty() {
+        if !a.take_keyword("TASK") {
+            let word = a.next_keyword().unwrap_or_default();
             return Err(VtError::syntax(format!("expected TASK, got '{word}'")));
         }
         if tasks.len() == MAX_ENQUEUE_BATCH {

@@ -219,11 +219,14 @@ fn bump(store: &mut impl Store, keys: &QueueKeys, counter: &str, n: u64) -> VtRe
 
 /// A task's record, or None if the task does not exist.
 fn load(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Option<TaskRecord>> {
-    let task_key = keys.task(id);
-    if task_kind(store, &task_key)? == KeyKind::Missing {
+    load_at(store, &keys.task(id))
+}
+
+fn load_at(store: &mut impl Store, task_key: &[u8]) -> VtResult<Option<TaskRecord>> {
+    if task_kind(store, task_key)? == KeyKind::Missing {
         return Ok(None);
     }
-    match store.hget(&task_key, field::RECORD)? {
+    match store.hget(task_key, field::RECORD)? {
         Some(bytes) => TaskRecord::decode(&bytes).map(Some),
         None => Err(VtError::Internal("task hash without a record".into())),
     }
