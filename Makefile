@@ -3,7 +3,7 @@
 #   make test    install what is missing, check formatting and lints, build,
 #                run every test against real valkey-server processes
 #   make demo    start Valkey with the module, push 10,000 tasks through it
-#   make bench   module benchmark; writes benchmarks/RESULTS-module.md
+#   make bench   module benchmark; writes benchmarks/results/module.md
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
@@ -38,7 +38,7 @@ demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo
 
 bench: build-release
-	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/RESULTS-module.md
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/results/module.md
 
 clean:
 	$(CARGO) clean

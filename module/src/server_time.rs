@@ -53,6 +53,11 @@ fn is_primary(ctx: &Context) -> bool {
 /// After a command changed a queue: record when it next needs maintenance
 /// and make sure the timer fires by then.
 pub fn reschedule(ctx: &Context, store: &mut ValkeyStore, keys: &QueueKeys) -> VtResult<()> {
+    // Only these sets hold deadlines; a command that left them alone (an
+    // immediate enqueue, a GET) cannot have moved the queue's next deadline.
+    if !store.changed_any(&[&keys.delayed, &keys.leased, &keys.done]) {
+        return Ok(());
+    }
     let due = queue::next_due(store, keys)?;
     with_state(|st| st.schedule.set(keys.queue(), due));
     arm(ctx);

@@ -127,6 +127,8 @@ pub struct ValkeyStore {
     /// replication to the caller (commands).
     effects: bool,
     wrote: bool,
+    /// Sorted sets this store added to or removed from.
+    changed_sets: Vec<Vec<u8>>,
     /// Keys opened during this command; a command touches each key several
     /// times, so each is opened once and closed when the store drops.
     open: OpenKeys,
@@ -139,6 +141,7 @@ impl ValkeyStore {
             mode,
             effects,
             wrote: false,
+            changed_sets: Vec::new(),
             open: OpenKeys::default(),
         }
     }
@@ -161,6 +164,19 @@ impl ValkeyStore {
     /// Whether anything was written through this store.
     pub fn wrote(&self) -> bool {
         self.wrote
+    }
+
+    /// Whether any of these sorted sets changed through this store.
+    pub fn changed_any(&self, sets: &[&[u8]]) -> bool {
+        self.changed_sets
+            .iter()
+            .any(|k| sets.contains(&k.as_slice()))
+    }
+
+    fn note_set_change(&mut self, key: &[u8]) {
+        if !self.changed_sets.iter().any(|k| k == key) {
+            self.changed_sets.push(key.to_vec());
+        }
     }
 
     fn key(&mut self, name: &[u8]) -> *mut raw::RedisModuleKey {
@@ -254,6 +270,7 @@ impl Store for ValkeyStore {
         if status != OK {
             return Err(VtError::WrongType);
         }
+        self.note_set_change(key);
         if self.record_write() {
             self.replicate("ZADD", &[key, score.to_string().as_bytes(), member]);
         }
@@ -268,8 +285,11 @@ impl Store for ValkeyStore {
         let m = ModString::new(self.ctx, member);
         let mut deleted: c_int = 0;
         unsafe { raw::RedisModule_ZsetRem.unwrap()(k, m.ptr, &mut deleted) };
-        if deleted != 0 && self.record_write() {
-            self.replicate("ZREM", &[key, member]);
+        if deleted != 0 {
+            self.note_set_change(key);
+            if self.record_write() {
+                self.replicate("ZREM", &[key, member]);
+            }
         }
         Ok(deleted != 0)
     }
