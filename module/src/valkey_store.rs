@@ -142,7 +142,7 @@ impl ValkeyStore {
             effects,
             wrote: false,
             changed_sets: Vec::new(),
-            open: OpenKeys::default(),
+            open: OpenKeys::with_capacity_and_hasher(32, Default::default()),
         }
     }
 
