@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redis::Value;
-use vtasks_benchmarks::Valkey;
+use vtasks_benchmarks::Server;
 
 const TASKS: usize = 10_000;
 const BATCH: usize = 100;
@@ -16,7 +16,7 @@ const WORKERS: usize = 4;
 const QUEUE: &str = "{demo}";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = Valkey::start(true)?;
+    let server = Server::start();
     println!("valkey-server with vtasks on port {}", server.port);
     let client = redis::Client::open(server.url())?;
     let mut con = client.get_connection()?;

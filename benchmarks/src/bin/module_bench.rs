@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use vtasks_benchmarks::{server_cpu_seconds, Valkey};
+use vtasks_benchmarks::{server_cpu_seconds, Server};
 
 const PAYLOAD: &str = r#"{"task":"app.tasks.noop","args":[12345],"kwargs":{}}"#;
 const QUEUE: &str = "{bench}";
@@ -256,7 +256,7 @@ async fn main() {
     let o = options();
     let server = match &o.url {
         Some(_) => None,
-        None => Some(Valkey::start(true).expect("start valkey-server with the module")),
+        None => Some(Server::start()),
     };
     let url = o
         .url

@@ -1,0 +1,203 @@
+//! The one Valkey server harness: each user (a test, the demo, a benchmark)
+//! starts its own `valkey-server` on a free port, in its own directory, from
+//! the project's `module/valkey.conf` with the `loadmodule` line pointed at
+//! the module under test (or removed, for a server without the module).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+
+/// The module library: `VTASKS_MODULE`, else the one cargo built in the
+/// same profile as the running binary (`target/<profile>/libvtasks.so`,
+/// found from `target/<profile>/deps/<test>` or `target/<profile>/<bin>`).
+pub fn module_path() -> PathBuf {
+    if let Ok(path) = std::env::var("VTASKS_MODULE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("path of the running binary");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("libvtasks.so"))
+        .find(|lib| lib.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libvtasks.so not found near {}: run `make build`",
+                exe.display()
+            )
+        })
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn server_binary() -> String {
+    std::env::var("VTASKS_SERVER").unwrap_or_else(|_| "valkey-server".to_string())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The project's config with its `loadmodule` line pointed at `module`, or
+/// dropped when there is none; everything else is used as written.
+fn config_text(module: Option<&Path>) -> String {
+    let conf = repo_root().join("module/valkey.conf");
+    let text = std::fs::read_to_string(&conf).expect("module/valkey.conf");
+    text.lines()
+        .filter_map(
+            |line| match (line.trim_start().starts_with("loadmodule "), module) {
+                (true, Some(module)) => Some(format!("loadmodule {}", module.display())),
+                (true, None) => None,
+                (false, _) => Some(line.to_string()),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// A server with the module loaded.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with the module and extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
+        Server::launch_new(Some(&module_path()), extra)
+    }
+
+    /// A server from the same config without the module.
+    pub fn start_without_module(extra: &[&str]) -> Server {
+        Server::launch_new(None, extra)
+    }
+
+    fn launch_new(module: Option<&Path>, extra: &[&str]) -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "vtasks-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("valkey.conf"), config_text(module)).unwrap();
+        let mut server = Server {
+            port: free_port(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = Command::new(server_binary())
+            .arg(self.dir.join("valkey.conf"))
+            .args(["--port", &self.port.to_string()])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("valkey-server on PATH (run `make setup`)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut con) = self.try_connect() {
+                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not answer PING:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn try_connect(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(self.url())?.get_connection()
+    }
+
+    pub fn connect(&self) -> Connection {
+        self.try_connect().expect("connect to test server")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (SHUTDOWN, saving per its config) and starts it
+    /// again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(mut con) = self.try_connect() {
+                let _: redis::RedisResult<Value> = redis::cmd("SHUTDOWN").query(&mut con);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running (it must survive bad input).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("server log kept in {}", self.dir.display());
+        }
+    }
+}
