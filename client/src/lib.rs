@@ -1,1 +1,29 @@
-//! The vtasks client. The async client and worker core land with the client issue.
+//! The vtasks client: every `VTASKS.*` command over one multiplexed,
+//! self-reconnecting connection, and the worker core (batched fetch and
+//! acknowledgement in one round trip, lease renewal, graceful shutdown).
+//!
+//! ```no_run
+//! # async fn demo() -> vtasks_client::Result<()> {
+//! use vtasks_client::{payload, Client, NewTask, QueueName};
+//! let client = Client::connect("valkey://127.0.0.1:6379").await?;
+//! let queue = QueueName::new("emails")?;
+//! let body = payload::encode(&serde_json::json!({"to": "ada@example.com"}))?;
+//! client.enqueue(&queue, NewTask::new("welcome-42", body)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod error;
+pub mod payload;
+pub mod protocol;
+pub mod queue;
+pub mod worker;
+
+pub use client::{BlockingFetcher, Client, ClientOptions};
+pub use error::{Error, Result};
+pub use protocol::{
+    Ack, DeadTask, Delivery, Fetch, Fetched, Nack, NackOutcome, NewTask, QueueStats, Retry,
+    Settled, Status, TaskInfo, When,
+};
+pub use queue::QueueName;
+pub use worker::{run, Outcome, WorkerCore, WorkerOptions, WorkerStats};

@@ -1,0 +1,333 @@
+//! `Client`: every module command over one multiplexed connection that
+//! reconnects by itself. Clones share the connection, and concurrent calls
+//! are pipelined on it.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+
+use crate::error::{Error, Result};
+use crate::protocol::*;
+use crate::queue::QueueName;
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `valkey://`, `redis://`, `valkeys://`/`rediss://` or `unix://` URL.
+    pub url: String,
+    pub connect_timeout: Duration,
+    /// How long one command may take before it fails (blocking fetches add
+    /// their block time to this).
+    pub response_timeout: Duration,
+    /// Reconnection attempts per failed command, with exponential backoff.
+    pub reconnect_retries: usize,
+}
+
+impl ClientOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientOptions {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(10),
+            reconnect_retries: 6,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    conn: ConnectionManager,
+    redis: redis::Client,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.options.url)
+            .finish()
+    }
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Client> {
+        Client::connect_with(ClientOptions::new(url)).await
+    }
+
+    pub async fn connect_with(options: ClientOptions) -> Result<Client> {
+        let redis = redis::Client::open(options.url.as_str())
+            .map_err(|e| Error::InvalidInput(format!("URL {:?}: {e}", options.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(options.reconnect_retries)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = redis
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(Error::from)?;
+        Ok(Client {
+            conn,
+            redis,
+            options,
+        })
+    }
+
+    async fn send(&self, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(Error::from)
+    }
+
+    /// Whether the server has the vtasks module loaded.
+    pub async fn has_module(&self) -> Result<bool> {
+        let reply = self
+            .send(redis::cmd("COMMAND").arg("INFO").arg("VTASKS.FETCHN"))
+            .await?;
+        Ok(matches!(array(reply)?.first(), Some(v) if *v != Value::Nil))
+    }
+
+    /// Adds one task; false if a task with its id already exists.
+    pub async fn enqueue(&self, queue: &QueueName, task: NewTask) -> Result<bool> {
+        let tasks = [task];
+        Ok(self.enqueue_many(queue, &tasks, None).await?[0])
+    }
+
+    /// Adds tasks atomically in one command; per task, whether it was added.
+    pub async fn enqueue_many(
+        &self,
+        queue: &QueueName,
+        tasks: &[NewTask],
+        maxlen: Option<u64>,
+    ) -> Result<Vec<bool>> {
+        let command = Enqueue {
+            queue,
+            tasks,
+            maxlen,
+        };
+        command.from_reply(self.send(&command.to_cmd()?).await?)
+    }
+
+    /// A FETCHN that does not block (blocking fetches hold a connection:
+    /// use a `BlockingFetcher`).
+    pub async fn fetch(&self, fetch: &Fetch) -> Result<Fetched> {
+        if fetch.block.is_some() {
+            return Err(Error::InvalidInput(
+                "a blocking fetch needs its own connection: use Client::blocking_fetcher".into(),
+            ));
+        }
+        fetch.from_reply(self.send(&fetch.to_cmd()?).await?)
+    }
+
+    pub async fn ack(
+        &self,
+        queue: &QueueName,
+        items: &[(String, i64, Option<Vec<u8>>)],
+        keep: Option<Duration>,
+    ) -> Result<Vec<Settled>> {
+        settled_list(self.send(&AckCmd { queue, items, keep }.to_cmd()).await?)
+    }
+
+    pub async fn nack(
+        &self,
+        queue: &QueueName,
+        items: &[(String, i64, Retry, String)],
+    ) -> Result<Vec<NackOutcome>> {
+        nack_list(self.send(&NackCmd { queue, items }.to_cmd()).await?)
+    }
+
+    /// Renews leases: each deadline becomes now + `lease`.
+    pub async fn extend(
+        &self,
+        queue: &QueueName,
+        items: &[(String, i64)],
+        lease: Duration,
+    ) -> Result<Vec<Settled>> {
+        let cmd = LeaseCmd {
+            queue,
+            items,
+            extend_by: Some(lease),
+        };
+        settled_list(self.send(&cmd.to_cmd()).await?)
+    }
+
+    /// Gives back leased tasks that were never started.
+    pub async fn release(
+        &self,
+        queue: &QueueName,
+        items: &[(String, i64)],
+    ) -> Result<Vec<Settled>> {
+        let cmd = LeaseCmd {
+            queue,
+            items,
+            extend_by: None,
+        };
+        settled_list(self.send(&cmd.to_cmd()).await?)
+    }
+
+    pub async fn get(&self, queue: &QueueName, id: &str) -> Result<Option<TaskInfo>> {
+        TaskInfo::from_reply(
+            self.send(redis::cmd("VTASKS.GET").arg(queue.wire()).arg(id))
+                .await?,
+        )
+    }
+
+    pub async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        QueueStats::from_reply(
+            self.send(redis::cmd("VTASKS.STATS").arg(queue.wire()))
+                .await?,
+        )
+    }
+
+    pub async fn dead_letters(
+        &self,
+        queue: &QueueName,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<DeadTask>> {
+        let mut cmd = redis::cmd("VTASKS.DEADLIST");
+        cmd.arg(queue.wire())
+            .arg("OFFSET")
+            .arg(offset)
+            .arg("COUNT")
+            .arg(count);
+        dead_list(self.send(&cmd).await?)
+    }
+
+    /// Puts dead tasks back (all of them when `ids` is None, in batches).
+    pub async fn requeue_dead(&self, queue: &QueueName, ids: Option<&[String]>) -> Result<u64> {
+        self.dead_bulk("VTASKS.REQUEUE", queue, ids).await
+    }
+
+    /// Deletes dead tasks (all of them when `ids` is None, in batches).
+    pub async fn purge_dead(&self, queue: &QueueName, ids: Option<&[String]>) -> Result<u64> {
+        self.dead_bulk("VTASKS.PURGE", queue, ids).await
+    }
+
+    async fn dead_bulk(
+        &self,
+        name: &str,
+        queue: &QueueName,
+        ids: Option<&[String]>,
+    ) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(queue.wire());
+            match ids {
+                None => cmd.arg("ALL"),
+                Some([]) => return Ok(0),
+                Some(ids) => cmd.arg("IDS").arg(ids),
+            };
+            let moved = int(self.send(&cmd).await?)? as u64;
+            total += moved;
+            if ids.is_some() || moved == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub async fn pause(&self, queue: &QueueName) -> Result<()> {
+        self.send(redis::cmd("VTASKS.PAUSE").arg(queue.wire()))
+            .await
+            .map(drop)
+    }
+
+    pub async fn resume(&self, queue: &QueueName) -> Result<()> {
+        self.send(redis::cmd("VTASKS.RESUME").arg(queue.wire()))
+            .await
+            .map(drop)
+    }
+
+    /// Cancels waiting tasks; per id, whether it was cancelled.
+    pub async fn cancel(&self, queue: &QueueName, ids: &[String]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self
+            .send(redis::cmd("VTASKS.CANCEL").arg(queue.wire()).arg(ids))
+            .await?;
+        array(reply)?
+            .into_iter()
+            .map(|v| int(v).map(|n| n == 1))
+            .collect()
+    }
+
+    /// A second connection for fetches that block server-side.
+    pub fn blocking_fetcher(&self) -> BlockingFetcher {
+        BlockingFetcher {
+            redis: self.redis.clone(),
+            options: self.options.clone(),
+            conn: None,
+            id: None,
+        }
+    }
+
+    /// Ends the server-side wait of the connection with this `CLIENT ID`
+    /// (its FETCHN returns as if its block timed out).
+    pub async fn unblock(&self, connection_id: i64) -> Result<bool> {
+        let reply = self
+            .send(redis::cmd("CLIENT").arg("UNBLOCK").arg(connection_id))
+            .await?;
+        Ok(int(reply)? == 1)
+    }
+}
+
+/// A connection of its own for `FETCHN ... BLOCK`, which holds the
+/// connection while it waits. Reconnects on the next call after a failure.
+pub struct BlockingFetcher {
+    redis: redis::Client,
+    options: ClientOptions,
+    conn: Option<MultiplexedConnection>,
+    id: Option<i64>,
+}
+
+impl BlockingFetcher {
+    /// Connects if needed; returns the connection's `CLIENT ID`, with which
+    /// `Client::unblock` can end a wait early.
+    pub async fn connect(&mut self) -> Result<i64> {
+        if let (Some(_), Some(id)) = (&self.conn, self.id) {
+            return Ok(id);
+        }
+        // The block time bounds the wait; `fetch` adds its own timeout for
+        // a server that stopped answering.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(None);
+        let mut conn = self
+            .redis
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(Error::from)?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::from)?;
+        self.conn = Some(conn);
+        self.id = Some(id);
+        Ok(id)
+    }
+
+    pub async fn fetch(&mut self, fetch: &Fetch) -> Result<Fetched> {
+        let cmd = fetch.to_cmd()?;
+        self.connect().await?;
+        let conn = self.conn.as_mut().expect("connected above");
+        let limit = fetch.block.unwrap_or_default() + self.options.response_timeout;
+        let outcome = match tokio::time::timeout(limit, cmd.query_async::<Value>(conn)).await {
+            Ok(reply) => reply.map_err(Error::from),
+            Err(_) => Err(Error::Connection(format!("no reply within {limit:?}"))),
+        };
+        match outcome {
+            Ok(reply) => fetch.from_reply(reply),
+            Err(err) => {
+                if err.is_connection() {
+                    self.conn = None;
+                    self.id = None;
+                }
+                Err(err)
+            }
+        }
+    }
+}

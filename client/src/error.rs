@@ -1,0 +1,73 @@
+//! Errors of the client, with the server's error code kept.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The server answered with an error reply; `code` is its first word
+    /// (`ERR`, `WRONGTYPE`, `QUEUEFULL`, `NOQUEUE`, `NOPERM`, ...).
+    Server { code: String, message: String },
+    /// The server could not be reached, or the connection broke.
+    Connection(String),
+    /// An argument the client refuses before sending anything.
+    InvalidInput(String),
+    /// A reply that does not have the shape `docs/PROTOCOL.md` specifies.
+    Protocol(String),
+    /// A payload that is not valid JSON (or not valid compressed JSON).
+    Payload(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call after reconnecting can succeed.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::Connection(_))
+    }
+
+    pub(crate) fn protocol(what: impl Into<String>) -> Self {
+        Error::Protocol(what.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Server { code, message } => write!(f, "{code} {message}"),
+            Error::Connection(detail) => write!(f, "connection to Valkey failed: {detail}"),
+            Error::InvalidInput(detail) => write!(f, "invalid input: {detail}"),
+            Error::Protocol(detail) => write!(f, "unexpected reply from Valkey: {detail}"),
+            Error::Payload(detail) => write!(f, "bad payload: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_timeout()
+            || err.is_unrecoverable_error()
+        {
+            return Error::Connection(err.to_string());
+        }
+        match err.code() {
+            Some(code) => Error::Server {
+                code: code.to_string(),
+                message: err.detail().unwrap_or_default().to_string(),
+            },
+            None => Error::Connection(err.to_string()),
+        }
+    }
+}

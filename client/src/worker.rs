@@ -1,0 +1,505 @@
+//! The worker core: what every vtasks worker does around running tasks.
+//!
+//! - asks for as many tasks as it has free slots, blocking server-side when
+//!   the queues are empty, and sends the acknowledgements and failures
+//!   gathered since the last fetch in the same command (one round trip per
+//!   batch);
+//! - renews the leases of running tasks, one EXTEND per queue per interval,
+//!   so leases can be short and a dead worker's tasks come back quickly;
+//! - when a fetch is blocked (the queues are empty, so round trips are
+//!   cheap), sends settlements at once instead of waiting for it;
+//! - on shutdown, stops fetching, lets running tasks finish within a grace
+//!   period and gives back the ones never started without counting an
+//!   attempt;
+//! - on connection loss, keeps its settlements and running set and carries
+//!   on once the server is back.
+//!
+//! It uses at most two connections: the client's shared one and one for the
+//! blocking fetch. `run` drives it with an async handler; other runtimes
+//! (the Python worker) call `next_batch` and `complete` themselves.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::client::{BlockingFetcher, Client};
+use crate::error::{Error, Result};
+use crate::protocol::*;
+use crate::queue::QueueName;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Queues to serve, in order of preference.
+    pub queues: Vec<QueueName>,
+    /// Names this worker in leases (`VTASKS.GET` reports it).
+    pub consumer: String,
+    /// Most tasks leased to this worker at once.
+    pub concurrency: usize,
+    /// Lease length; running tasks are renewed every `lease / 3`.
+    pub lease: Duration,
+    /// Longest server-side wait of one fetch when the queues are empty.
+    pub block: Duration,
+    /// How long finished tasks' results are kept (None: server default).
+    pub keep_results: Option<Duration>,
+    /// Return once the queues are empty and nothing is running.
+    pub burst: bool,
+}
+
+impl WorkerOptions {
+    pub fn new(queues: Vec<QueueName>, consumer: impl Into<String>) -> Self {
+        WorkerOptions {
+            queues,
+            consumer: consumer.into(),
+            concurrency: 10,
+            lease: Duration::from_secs(30),
+            block: Duration::from_secs(5),
+            keep_results: None,
+            burst: false,
+        }
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, with an encoded result to keep (or none).
+    Success(Option<Vec<u8>>),
+    /// Failed: retry after a delay, or dead-letter.
+    Failure { error: String, retry: Retry },
+}
+
+/// Counters, for logs and `repr`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub fetched: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub released: u64,
+    /// Settlements the server refused: the lease had expired and the task
+    /// went to another worker.
+    pub stale: u64,
+    /// Renewals that found the lease already lost.
+    pub lost_leases: u64,
+    /// Connection failures survived.
+    pub reconnects: u64,
+    pub round_trips: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Leased to this worker and not yet settled: (queue, id) -> token.
+    running: HashMap<(QueueName, String), i64>,
+    acks: Vec<Ack>,
+    nacks: Vec<Nack>,
+    stats: WorkerStats,
+}
+
+struct Inner {
+    client: Client,
+    options: WorkerOptions,
+    state: Mutex<State>,
+    /// A slot freed or a settlement is waiting.
+    changed: Notify,
+    stopping: AtomicBool,
+    /// A fetch is in flight and may be blocked server-side.
+    fetching: AtomicBool,
+    /// `CLIENT ID` of the fetch connection, to end its wait on shutdown.
+    fetch_connection: AtomicI64,
+}
+
+/// Cheap to clone; clones share the worker.
+#[derive(Clone)]
+pub struct WorkerCore {
+    inner: Arc<Inner>,
+}
+
+impl WorkerCore {
+    pub fn new(client: Client, options: WorkerOptions) -> Result<WorkerCore> {
+        if options.queues.is_empty() {
+            return Err(Error::InvalidInput(
+                "a worker needs at least one queue".into(),
+            ));
+        }
+        if options.concurrency == 0 || options.concurrency > 100_000 {
+            return Err(Error::InvalidInput("concurrency must be 1..=100000".into()));
+        }
+        if options.lease < Duration::from_millis(100) {
+            return Err(Error::InvalidInput("lease must be at least 100 ms".into()));
+        }
+        Ok(WorkerCore {
+            inner: Arc::new(Inner {
+                client,
+                options,
+                state: Mutex::new(State::default()),
+                changed: Notify::new(),
+                stopping: AtomicBool::new(false),
+                fetching: AtomicBool::new(false),
+                fetch_connection: AtomicI64::new(0),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn options(&self) -> &WorkerOptions {
+        &self.inner.options
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.state().stats.clone()
+    }
+
+    pub fn running(&self) -> usize {
+        self.state().running.len()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops fetching: `next_batch` returns at once from now on, and a
+    /// fetch waiting server-side is ended early (its tasks, if any arrive,
+    /// are returned to the caller, who should release them).
+    pub async fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+        let id = self.inner.fetch_connection.load(Ordering::SeqCst);
+        if self.inner.fetching.load(Ordering::SeqCst) && id != 0 {
+            let _ = self.inner.client.unblock(id).await;
+        }
+    }
+
+    /// The next batch of tasks: as many as there are free slots. Waits for
+    /// a free slot first; blocks server-side up to `block` when the queues
+    /// are empty and then returns an empty batch. Returns an empty batch at
+    /// once when stopping. Survives connection loss by retrying with
+    /// backoff, keeping its pending settlements.
+    pub async fn next_batch(&self, fetcher: &mut BlockingFetcher) -> Result<Vec<Delivery>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.is_stopping() {
+                return Ok(Vec::new());
+            }
+            let changed = self.inner.changed.notified();
+            let (free, acks, nacks) = {
+                let mut st = self.state();
+                let free = self
+                    .inner
+                    .options
+                    .concurrency
+                    .saturating_sub(st.running.len());
+                if free == 0 {
+                    (0, Vec::new(), Vec::new())
+                } else {
+                    (
+                        free,
+                        std::mem::take(&mut st.acks),
+                        std::mem::take(&mut st.nacks),
+                    )
+                }
+            };
+            if free == 0 {
+                changed.await;
+                continue;
+            }
+            let fetch = Fetch {
+                queues: self.inner.options.queues.clone(),
+                consumer: self.inner.options.consumer.clone(),
+                count: free,
+                lease: self.inner.options.lease,
+                block: Some(self.inner.options.block),
+                keep: self.inner.options.keep_results,
+                acks,
+                nacks,
+            };
+            self.inner.fetching.store(true, Ordering::SeqCst);
+            let outcome = match fetcher.connect().await {
+                Ok(id) => {
+                    self.inner.fetch_connection.store(id, Ordering::SeqCst);
+                    fetcher.fetch(&fetch).await
+                }
+                Err(err) => Err(err),
+            };
+            self.inner.fetching.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(fetched) => {
+                    let mut st = self.state();
+                    st.stats.round_trips += 1;
+                    st.stats.fetched += fetched.tasks.len() as u64;
+                    st.stats.stale +=
+                        fetched.acks.iter().filter(|s| **s != Settled::Ok).count() as u64;
+                    st.stats.stale += fetched
+                        .nacks
+                        .iter()
+                        .filter(|s| matches!(s, NackOutcome::Refused(_)))
+                        .count() as u64;
+                    for task in &fetched.tasks {
+                        st.running
+                            .insert((task.queue.clone(), task.id.clone()), task.token);
+                    }
+                    return Ok(fetched.tasks);
+                }
+                Err(err) => {
+                    // The settlements may or may not have been applied;
+                    // sending them again is harmless (a repeat is STALE).
+                    let mut st = self.state();
+                    let mut acks = fetch.acks;
+                    acks.append(&mut st.acks);
+                    st.acks = acks;
+                    let mut nacks = fetch.nacks;
+                    nacks.append(&mut st.nacks);
+                    st.nacks = nacks;
+                    if !err.is_connection() {
+                        return Err(err);
+                    }
+                    st.stats.reconnects += 1;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Records how a task ended; it is sent with the next fetch (or at once
+    /// if the worker is waiting on empty queues). A task not leased to this
+    /// worker is ignored.
+    pub fn complete(&self, delivery: &Delivery, outcome: Outcome) {
+        let mut st = self.state();
+        let key = (delivery.queue.clone(), delivery.id.clone());
+        if st.running.remove(&key).is_none() {
+            return;
+        }
+        match outcome {
+            Outcome::Success(result) => {
+                st.stats.succeeded += 1;
+                st.acks.push(Ack {
+                    queue: delivery.queue.clone(),
+                    id: delivery.id.clone(),
+                    token: delivery.token,
+                    result,
+                });
+            }
+            Outcome::Failure { error, retry } => {
+                st.stats.failed += 1;
+                st.nacks.push(Nack {
+                    queue: delivery.queue.clone(),
+                    id: delivery.id.clone(),
+                    token: delivery.token,
+                    retry,
+                    error,
+                });
+            }
+        }
+        drop(st);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Sends pending settlements now, with ACK and NACK commands on the
+    /// shared connection. Kept for the next attempt if the server is away.
+    pub async fn flush(&self) -> Result<()> {
+        let (acks, nacks) = {
+            let mut st = self.state();
+            (std::mem::take(&mut st.acks), std::mem::take(&mut st.nacks))
+        };
+        if acks.is_empty() && nacks.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.send_settlements(&acks, &nacks).await;
+        let mut st = self.state();
+        match outcome {
+            Ok((stale, trips)) => {
+                st.stats.stale += stale;
+                st.stats.round_trips += trips;
+                Ok(())
+            }
+            Err(err) => {
+                st.acks.splice(0..0, acks);
+                st.nacks.splice(0..0, nacks);
+                Err(err)
+            }
+        }
+    }
+
+    async fn send_settlements(&self, acks: &[Ack], nacks: &[Nack]) -> Result<(u64, u64)> {
+        let client = &self.inner.client;
+        let (mut stale, mut trips) = (0, 0);
+        for queue in &self.inner.options.queues {
+            let items: Vec<(String, i64, Option<Vec<u8>>)> = acks
+                .iter()
+                .filter(|a| &a.queue == queue)
+                .map(|a| (a.id.clone(), a.token, a.result.clone()))
+                .collect();
+            if !items.is_empty() {
+                let outcome = client
+                    .ack(queue, &items, self.inner.options.keep_results)
+                    .await?;
+                stale += outcome.iter().filter(|s| **s != Settled::Ok).count() as u64;
+                trips += 1;
+            }
+            let items: Vec<(String, i64, Retry, String)> = nacks
+                .iter()
+                .filter(|n| &n.queue == queue)
+                .map(|n| (n.id.clone(), n.token, n.retry, n.error.clone()))
+                .collect();
+            if !items.is_empty() {
+                let outcome = client.nack(queue, &items).await?;
+                stale += outcome
+                    .iter()
+                    .filter(|s| matches!(s, NackOutcome::Refused(_)))
+                    .count() as u64;
+                trips += 1;
+            }
+        }
+        Ok((stale, trips))
+    }
+
+    /// Renews the leases of every running task: one EXTEND per queue.
+    pub async fn renew(&self) -> Result<()> {
+        let by_queue: HashMap<QueueName, Vec<(String, i64)>> = {
+            let st = self.state();
+            let mut map: HashMap<QueueName, Vec<(String, i64)>> = HashMap::new();
+            for ((queue, id), token) in &st.running {
+                map.entry(queue.clone())
+                    .or_default()
+                    .push((id.clone(), *token));
+            }
+            map
+        };
+        for (queue, items) in by_queue {
+            let outcome = self
+                .inner
+                .client
+                .extend(&queue, &items, self.inner.options.lease)
+                .await?;
+            let lost = outcome.iter().filter(|s| **s != Settled::Ok).count() as u64;
+            let mut st = self.state();
+            st.stats.lost_leases += lost;
+            st.stats.round_trips += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back tasks that were fetched but never started (shutdown): they
+    /// return to their place in the queue without counting an attempt.
+    pub async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+        for queue in &self.inner.options.queues {
+            let items: Vec<(String, i64)> = deliveries
+                .iter()
+                .filter(|d| &d.queue == queue)
+                .map(|d| (d.id.clone(), d.token))
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            self.inner.client.release(queue, &items).await?;
+            let mut st = self.state();
+            for (id, _) in &items {
+                st.running.remove(&(queue.clone(), id.clone()));
+            }
+            st.stats.released += items.len() as u64;
+            st.stats.round_trips += 1;
+        }
+        self.inner.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Background duties until the worker stops: lease renewal every third
+    /// of the lease, and prompt settlement while a fetch waits on empty
+    /// queues. Errors are retried on the next tick.
+    pub async fn maintain(&self) {
+        let renew_every = self.inner.options.lease / 3;
+        let mut next_renewal = tokio::time::Instant::now() + renew_every;
+        while !self.is_stopping() {
+            let changed = self.inner.changed.notified();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_renewal) => {
+                    let _ = self.renew().await;
+                    next_renewal = tokio::time::Instant::now() + renew_every;
+                }
+                _ = changed => {
+                    // Let completions that arrive together go in one command.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    if self.inner.fetching.load(Ordering::SeqCst) {
+                        let _ = self.flush().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a worker with an async handler until `shutdown` resolves (or, in
+/// burst mode, until the queues are empty). Running tasks get `grace` to
+/// finish; settlements are flushed before returning.
+pub async fn run<H, F>(
+    core: WorkerCore,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<WorkerStats>
+where
+    H: Fn(Delivery) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let maintenance = tokio::spawn({
+        let core = core.clone();
+        async move { core.maintain().await }
+    });
+    let mut fetcher = core.inner.client.blocking_fetcher();
+    tokio::pin!(shutdown);
+    let mut shutting_down = false;
+    let outcome: Result<()> = loop {
+        // The fetch is never dropped half-way: on shutdown it is ended early
+        // and awaited, so neither its settlements nor its tasks get lost.
+        let fetch = core.next_batch(&mut fetcher);
+        tokio::pin!(fetch);
+        let batch = tokio::select! {
+            batch = &mut fetch => batch,
+            _ = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                core.stop().await;
+                fetch.await
+            }
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => break Err(err),
+        };
+        if core.is_stopping() {
+            if !batch.is_empty() {
+                if let Err(err) = core.release(&batch).await {
+                    break Err(err);
+                }
+            }
+            break Ok(());
+        }
+        if batch.is_empty() && core.options().burst && core.running() == 0 {
+            break Ok(());
+        }
+        for delivery in batch {
+            let core = core.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let outcome = handler(delivery.clone()).await;
+                core.complete(&delivery, outcome);
+            });
+        }
+    };
+    core.stop().await;
+    let deadline = tokio::time::Instant::now() + grace;
+    while core.running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let flushed = core.flush().await;
+    maintenance.abort();
+    outcome?;
+    flushed?;
+    Ok(core.stats())
+}

@@ -1,0 +1,153 @@
+//! The client against a real valkey-server with the module.
+
+use std::time::Duration;
+
+use serde_json::json;
+use vtasks_client::*;
+use vtasks_testkit::Server;
+
+fn q(name: &str) -> QueueName {
+    QueueName::new(name).unwrap()
+}
+
+#[tokio::test]
+async fn enqueue_fetch_ack_get_stats() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    assert!(client.has_module().await.unwrap());
+    let queue = q("emails");
+    let body = payload::encode(&json!({"to": "ada@example.com"})).unwrap();
+    assert!(client
+        .enqueue(&queue, NewTask::new("t1", body.clone()))
+        .await
+        .unwrap());
+    assert!(
+        !client
+            .enqueue(&queue, NewTask::new("t1", body.clone()))
+            .await
+            .unwrap(),
+        "idempotent"
+    );
+
+    let fetch = Fetch {
+        queues: vec![queue.clone()],
+        consumer: "w1".into(),
+        count: 10,
+        lease: Duration::from_secs(30),
+        block: None,
+        keep: None,
+        acks: vec![],
+        nacks: vec![],
+    };
+    let got = client.fetch(&fetch).await.unwrap();
+    assert_eq!(got.tasks.len(), 1);
+    let task = &got.tasks[0];
+    assert_eq!(
+        payload::decode(&task.payload).unwrap()["to"],
+        "ada@example.com"
+    );
+    let result = payload::encode(&json!("sent")).unwrap();
+    let acked = client
+        .ack(&queue, &[(task.id.clone(), task.token, Some(result))], None)
+        .await
+        .unwrap();
+    assert_eq!(acked, [Settled::Ok]);
+
+    let info = client.get(&queue, "t1").await.unwrap().unwrap();
+    assert_eq!(info.status, Status::Done);
+    assert_eq!(info.attempts, 1);
+    assert_eq!(info.workers, ["w1"]);
+    assert_eq!(
+        payload::decode(info.result.as_ref().unwrap()).unwrap(),
+        json!("sent")
+    );
+    assert!(info.finished_at.unwrap() >= info.enqueued_at);
+    assert_eq!(client.get(&queue, "nope").await.unwrap(), None);
+    let stats = client.stats(&queue).await.unwrap();
+    assert_eq!(stats.get("acked"), Some(1));
+    assert_eq!(stats.get("done"), Some(1));
+}
+
+#[tokio::test]
+async fn server_errors_keep_their_codes() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let err = client.stats(&q("never")).await.unwrap_err();
+    assert_eq!(err.code(), Some("NOQUEUE"), "{err}");
+    client
+        .enqueue_many(&q("small"), &[NewTask::new("a", b"{}".to_vec())], Some(1))
+        .await
+        .unwrap();
+    let err = client
+        .enqueue_many(&q("small"), &[NewTask::new("b", b"{}".to_vec())], Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("QUEUEFULL"), "{err}");
+    let bad_priority = NewTask {
+        priority: 500,
+        ..NewTask::new("c", b"{}".to_vec())
+    };
+    assert!(matches!(
+        client.enqueue(&q("small"), bad_priority).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+}
+
+#[tokio::test]
+async fn bad_urls_and_absent_servers_are_clear_errors() {
+    let err = Client::connect("http://localhost").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = ClientOptions {
+        reconnect_retries: 1,
+        connect_timeout: Duration::from_millis(500),
+        ..ClientOptions::new(format!("valkey://127.0.0.1:{port}"))
+    };
+    let err = Client::connect_with(options).await.unwrap_err();
+    assert!(err.is_connection(), "{err}");
+}
+
+#[tokio::test]
+async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let queue = q("jobs");
+    let mut fetcher = client.blocking_fetcher();
+    let id = fetcher.connect().await.unwrap();
+    let fetch = Fetch {
+        queues: vec![queue.clone()],
+        consumer: "w".into(),
+        count: 5,
+        lease: Duration::from_secs(30),
+        block: Some(Duration::from_secs(20)),
+        keep: None,
+        acks: vec![],
+        nacks: vec![],
+    };
+    let waiting = tokio::spawn({
+        let fetch = fetch.clone();
+        async move { (fetcher.fetch(&fetch).await, fetcher) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .enqueue(&queue, NewTask::new("x", b"1".to_vec()))
+        .await
+        .unwrap();
+    let (got, mut fetcher) = waiting.await.unwrap();
+    assert_eq!(got.unwrap().tasks[0].id, "x");
+
+    let waiting = tokio::spawn(async move { fetcher.fetch(&fetch).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert!(client.unblock(id).await.unwrap());
+    let got = waiting.await.unwrap().unwrap();
+    assert!(got.tasks.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ended by CLIENT UNBLOCK"
+    );
+}

@@ -1,0 +1,284 @@
+//! The worker core against a real valkey-server with the module.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vtasks_client::*;
+use vtasks_testkit::Server;
+
+fn queue() -> QueueName {
+    QueueName::new("work").unwrap()
+}
+
+async fn enqueue_n(client: &Client, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("task-{i}")).collect();
+    for chunk in ids.chunks(1000) {
+        let tasks: Vec<NewTask> = chunk
+            .iter()
+            .map(|id| NewTask::new(id.clone(), format!("{{\"id\":\"{id}\"}}").into_bytes()))
+            .collect();
+        client.enqueue_many(&queue(), &tasks, None).await.unwrap();
+    }
+    ids
+}
+
+fn options(consumer: &str) -> WorkerOptions {
+    WorkerOptions {
+        concurrency: 50,
+        block: Duration::from_millis(200),
+        burst: true,
+        ..WorkerOptions::new(vec![queue()], consumer)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tasks_each_run_exactly_once() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let ids = enqueue_n(&client, 10_000).await;
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
+    let stats = run(
+        core,
+        {
+            let seen = seen.clone();
+            move |d: Delivery| {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().unwrap().entry(d.id.clone()).or_default() += 1;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        for id in &ids {
+            assert_eq!(seen.get(id), Some(&1), "{id} ran once");
+        }
+        assert_eq!(seen.len(), ids.len());
+    }
+    assert_eq!(stats.succeeded, 10_000);
+    assert_eq!(stats.stale, 0);
+    assert!(
+        stats.round_trips < 1_000,
+        "batched: {} round trips",
+        stats.round_trips
+    );
+    let s = client.stats(&queue()).await.unwrap();
+    assert_eq!(
+        (s.get("acked"), s.get("ready"), s.get("leased")),
+        (Some(10_000), Some(0), Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered_with_the_error() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let task = NewTask {
+        max_attempts: Some(3),
+        ..NewTask::new("flaky", b"{}".to_vec())
+    };
+    client.enqueue(&queue(), task).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
+    let opts = WorkerOptions {
+        burst: false,
+        ..options("w1")
+    };
+    let core2 = WorkerCore::new(client.clone(), opts).unwrap();
+    drop(core);
+    let handle = tokio::spawn(run(
+        core2,
+        {
+            let attempts = attempts.clone();
+            move |d: Delivery| {
+                let attempts = attempts.clone();
+                async move {
+                    attempts.lock().unwrap().push(d.attempt);
+                    Outcome::Failure {
+                        error: format!("ValueError: attempt {}", d.attempt),
+                        retry: Retry::After(Duration::from_millis(50)),
+                    }
+                }
+            }
+        },
+        async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        },
+        Duration::from_secs(1),
+    ));
+    let stats = handle.await.unwrap().unwrap();
+    assert_eq!(*attempts.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(stats.failed, 3);
+    let info = client.get(&queue(), "flaky").await.unwrap().unwrap();
+    assert_eq!(info.status, Status::Dead);
+    assert_eq!(info.error.as_deref(), Some("ValueError: attempt 3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_a_task_longer_than_its_lease_running_once() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    client
+        .enqueue(&queue(), NewTask::new("slow", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(0));
+    let opts = WorkerOptions {
+        lease: Duration::from_millis(300),
+        ..options("w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let stats = run(
+        core,
+        {
+            let runs = runs.clone();
+            move |_d: Delivery| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().unwrap() += 1;
+                    tokio::time::sleep(Duration::from_millis(1_200)).await;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*runs.lock().unwrap(), 1);
+    assert_eq!(stats.stale, 0, "the acknowledgement was accepted");
+    assert_eq!(stats.lost_leases, 0);
+    let s = client.stats(&queue()).await.unwrap();
+    assert_eq!((s.get("acked"), s.get("expired")), (Some(1), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
+    let server = Server::start();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let ids = enqueue_n(&client, 200).await;
+    let done: Arc<Mutex<Vec<String>>> = Arc::default();
+    let opts = WorkerOptions {
+        concurrency: 10,
+        burst: false,
+        ..options("w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let stats = run(
+        core,
+        {
+            let done = done.clone();
+            move |d: Delivery| {
+                let done = done.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    done.lock().unwrap().push(d.id);
+                    Outcome::Success(None)
+                }
+            }
+        },
+        tokio::time::sleep(Duration::from_millis(150)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let first = done.lock().unwrap().len();
+    assert!(first > 0 && first < 200, "stopped part-way: {first}");
+    let s = client.stats(&queue()).await.unwrap();
+    assert_eq!(
+        s.get("leased"),
+        Some(0),
+        "nothing left leased after shutdown"
+    );
+    assert_eq!(s.get("acked"), Some(first as i64));
+    assert_eq!(s.get("expired"), Some(0));
+    assert_eq!(stats.succeeded as usize, first);
+
+    // A second worker finishes the rest; every task ran exactly once.
+    let core = WorkerCore::new(client.clone(), options("w2")).unwrap();
+    run(
+        core,
+        {
+            let done = done.clone();
+            move |d: Delivery| {
+                let done = done.clone();
+                async move {
+                    done.lock().unwrap().push(d.id);
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut all = done.lock().unwrap().clone();
+    all.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_run_is_survived() {
+    let mut server = Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let client = Client::connect(&server.url()).await.unwrap();
+    let ids = enqueue_n(&client, 3_000).await;
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let opts = WorkerOptions {
+        concurrency: 20,
+        lease: Duration::from_secs(2),
+        ..options("w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let worker = tokio::spawn(run(
+        core,
+        {
+            let seen = seen.clone();
+            move |d: Delivery| {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    *seen.lock().unwrap().entry(d.id.clone()).or_default() += 1;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker finished")
+        .unwrap()
+        .unwrap();
+    assert!(
+        stats.reconnects > 0,
+        "the restart cut the worker's connection"
+    );
+    let seen = seen.lock().unwrap();
+    for id in &ids {
+        assert!(seen.contains_key(id), "{id} was never run");
+    }
+    // Only tasks whose fetch reply was lost in the cut may run twice (after
+    // their lease expired); at most one batch of them.
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert!(twice <= 20, "{twice} tasks ran twice");
+}
