@@ -1,1 +1,35 @@
-//! PyO3 bindings land with the client issue; this crate holds their place in the workspace.
+//! `vtasks._native`: the thin boundary between Python and the Rust client.
+//! It translates types, bridges futures and maps errors; the queue logic is
+//! in `vtasks-client`, where Rust tests reach it.
+
+mod bridge;
+mod client;
+mod errors;
+mod worker;
+
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+
+/// One Tokio runtime per process, shared by every client and worker.
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vtasks-io")
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime")
+    })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<bridge::Bridge>()?;
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<worker::NativeWorker>()?;
+    errors::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

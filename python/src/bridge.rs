@@ -1,0 +1,187 @@
+//! The asyncio bridge. Rust futures run on the Tokio runtime; each result
+//! is pushed into a shared list and, when the list goes from empty to
+//! non-empty, one byte is written to a socket the event loop watches
+//! (`loop.add_reader`). The loop then takes every finished result in one
+//! `drain()` call and resolves their futures, so a burst of completions
+//! costs one wake-up and one crossing of the boundary, not one each.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use vtasks_client::{DeadTask, Delivery, Error, Status, TaskInfo};
+
+use crate::errors::to_pyerr;
+use crate::runtime;
+
+/// A finished operation's value, turned into Python objects on the loop.
+pub enum Reply {
+    None,
+    Bool(bool),
+    Bools(Vec<bool>),
+    Int(i64),
+    Words(Vec<&'static str>),
+    Deliveries(Vec<Delivery>),
+    Task(Option<TaskInfo>),
+    Stats(Vec<(String, i64)>),
+    Dead(Vec<DeadTask>),
+}
+
+type Completion = (u64, Result<Reply, Error>);
+
+pub struct Shared {
+    done: Mutex<Vec<Completion>>,
+    signaled: AtomicBool,
+    writer: UnixStream,
+    reader: UnixStream,
+    next_ticket: AtomicU64,
+}
+
+impl Shared {
+    fn push(&self, completion: Completion) {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(completion);
+        if !self.signaled.swap(true, Ordering::AcqRel) {
+            // A full socket buffer already means "wake up"; nothing is lost.
+            let _ = (&self.writer).write(&[1]);
+        }
+    }
+}
+
+#[pyclass(frozen, module = "vtasks._native")]
+pub struct Bridge {
+    pub shared: Arc<Shared>,
+}
+
+impl Bridge {
+    /// Runs `work` on the runtime; returns the ticket its result will carry.
+    pub fn spawn<F>(&self, work: F) -> u64
+    where
+        F: Future<Output = Result<Reply, Error>> + Send + 'static,
+    {
+        let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        runtime().spawn(async move {
+            let outcome = work.await;
+            shared.push((ticket, outcome));
+        });
+        ticket
+    }
+}
+
+#[pymethods]
+impl Bridge {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        Ok(Bridge {
+            shared: Arc::new(Shared {
+                done: Mutex::new(Vec::new()),
+                signaled: AtomicBool::new(false),
+                writer,
+                reader,
+                next_ticket: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The file descriptor the event loop watches.
+    fn fileno(&self) -> i32 {
+        self.shared.reader.as_raw_fd()
+    }
+
+    /// Every finished operation since the last call, as
+    /// `(ticket, succeeded, value_or_exception)` tuples.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.shared.signaled.store(false, Ordering::Release);
+        let mut sink = [0u8; 256];
+        while matches!((&self.shared.reader).read(&mut sink), Ok(n) if n > 0) {}
+        let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()));
+        let items = PyList::empty(py);
+        for (ticket, outcome) in done {
+            let entry = match outcome {
+                Ok(reply) => (ticket, true, to_python(py, reply)?),
+                Err(err) => (ticket, false, to_pyerr(err).into_value(py).into_any()),
+            };
+            items.append(PyTuple::new(py, [
+                ticket.into_pyobject(py)?.into_any(),
+                entry.1.into_pyobject(py)?.to_owned().into_any(),
+                entry.2.into_bound(py),
+            ])?)?;
+        }
+        Ok(items)
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Delayed => "delayed",
+        Status::Ready => "ready",
+        Status::Leased => "leased",
+        Status::Done => "done",
+        Status::Dead => "dead",
+    }
+}
+
+pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
+    Ok(match reply {
+        Reply::None => py.None(),
+        Reply::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        Reply::Int(n) => n.into_pyobject(py)?.into_any().unbind(),
+        Reply::Bools(v) => PyList::new(py, v)?.into_any().unbind(),
+        Reply::Words(v) => PyList::new(py, v)?.into_any().unbind(),
+        Reply::Deliveries(tasks) => {
+            let list = PyList::empty(py);
+            for t in tasks {
+                list.append((
+                    t.queue.name(),
+                    t.id,
+                    t.token,
+                    t.attempt,
+                    PyBytes::new(py, &t.payload),
+                ))?;
+            }
+            list.into_any().unbind()
+        }
+        Reply::Task(None) => py.None(),
+        Reply::Task(Some(info)) => {
+            let d = PyDict::new(py);
+            d.set_item("status", status_name(info.status))?;
+            d.set_item("priority", info.priority)?;
+            d.set_item("attempts", info.attempts)?;
+            d.set_item("max_attempts", info.max_attempts)?;
+            d.set_item("enqueued_at", info.enqueued_at)?;
+            d.set_item("run_at", info.run_at)?;
+            d.set_item("started_at", info.started_at)?;
+            d.set_item("leased_at", info.leased_at)?;
+            d.set_item("deadline", info.deadline)?;
+            d.set_item("finished_at", info.finished_at)?;
+            d.set_item("consumer", info.consumer)?;
+            d.set_item("workers", info.workers)?;
+            d.set_item("error", info.error)?;
+            d.set_item("result", info.result.map(|r| PyBytes::new(py, &r)))?;
+            d.set_item("payload", PyBytes::new(py, &info.payload))?;
+            d.into_any().unbind()
+        }
+        Reply::Stats(values) => {
+            let d = PyDict::new(py);
+            for (name, value) in values {
+                d.set_item(name, value)?;
+            }
+            d.into_any().unbind()
+        }
+        Reply::Dead(entries) => {
+            let list = PyList::empty(py);
+            for e in entries {
+                list.append((e.id, e.dead_at, e.attempts, e.error))?;
+            }
+            list.into_any().unbind()
+        }
+    })
+}

@@ -1,0 +1,169 @@
+//! `NativeClient`: each method runs its command on the Tokio runtime. Given
+//! a `Bridge` it returns a ticket at once and the result arrives through
+//! the bridge (async callers); given `None` it waits, without holding the
+//! GIL, and returns the result (sync callers).
+
+use std::future::Future;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use vtasks_client::{Client, ClientOptions, Error, NewTask, QueueName, When};
+
+use crate::bridge::{to_python, Bridge, Reply};
+use crate::errors::to_pyerr;
+use crate::runtime;
+
+#[pyclass(frozen, module = "vtasks._native")]
+pub struct NativeClient {
+    pub client: Client,
+}
+
+/// Runs `work` through the bridge (returns a ticket) or to completion.
+pub fn dispatch<F>(py: Python<'_>, bridge: Option<&Bridge>, work: F) -> PyResult<Py<PyAny>>
+where
+    F: Future<Output = Result<Reply, Error>> + Send + 'static,
+{
+    match bridge {
+        Some(bridge) => Ok(bridge.spawn(work).into_pyobject(py)?.into_any().unbind()),
+        None => {
+            let reply = py.detach(|| runtime().block_on(work)).map_err(to_pyerr)?;
+            to_python(py, reply)
+        }
+    }
+}
+
+fn queue(name: &str) -> PyResult<QueueName> {
+    QueueName::new(name).map_err(to_pyerr)
+}
+
+/// A task as Python passes it: (id, payload, priority, delay_ms, run_at_ms, max_attempts).
+type TaskTuple = (String, Vec<u8>, i32, Option<u64>, Option<u64>, Option<u32>);
+
+#[pymethods]
+impl NativeClient {
+    #[new]
+    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0))]
+    fn new(py: Python<'_>, url: String, connect_timeout: f64, response_timeout: f64) -> PyResult<Self> {
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
+            response_timeout: Duration::from_secs_f64(response_timeout.max(0.001)),
+            ..ClientOptions::new(url)
+        };
+        let client = py
+            .detach(|| runtime().block_on(Client::connect_with(options)))
+            .map_err(to_pyerr)?;
+        Ok(NativeClient { client })
+    }
+
+    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None))]
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        tasks: Vec<TaskTuple>,
+        maxlen: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let tasks: Vec<NewTask> = tasks
+            .into_iter()
+            .map(|(id, payload, priority, delay, run_at, attempts)| NewTask {
+                priority,
+                when: match (delay, run_at) {
+                    (_, Some(at)) => When::At(at),
+                    (Some(ms), None) => When::After(Duration::from_millis(ms)),
+                    (None, None) => When::Now,
+                },
+                max_attempts: attempts,
+                ..NewTask::new(id, payload)
+            })
+            .collect();
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.enqueue_many(&queue, &tasks, maxlen).await.map(Reply::Bools)
+        })
+    }
+
+    fn get(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str, id: String) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move { client.get(&queue, &id).await.map(Reply::Task) })
+    }
+
+    fn stats(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.stats(&queue).await.map(|s| Reply::Stats(s.values))
+        })
+    }
+
+    #[pyo3(signature = (bridge, queue_name, offset=0, count=100))]
+    fn dead_letters(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        offset: u64,
+        count: u64,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.dead_letters(&queue, offset, count).await.map(Reply::Dead)
+        })
+    }
+
+    #[pyo3(signature = (bridge, queue_name, ids=None))]
+    fn requeue_dead(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.requeue_dead(&queue, ids.as_deref()).await.map(|n| Reply::Int(n as i64))
+        })
+    }
+
+    #[pyo3(signature = (bridge, queue_name, ids=None))]
+    fn purge_dead(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.purge_dead(&queue, ids.as_deref()).await.map(|n| Reply::Int(n as i64))
+        })
+    }
+
+    fn pause(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move { client.pause(&queue).await.map(|_| Reply::None) })
+    }
+
+    fn resume(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move { client.resume(&queue).await.map(|_| Reply::None) })
+    }
+
+    fn cancel(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str, ids: Vec<String>) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move { client.cancel(&queue, &ids).await.map(Reply::Bools) })
+    }
+
+    fn has_module(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
+        let client = self.client.clone();
+        dispatch(py, bridge, async move { client.has_module().await.map(Reply::Bool) })
+    }
+}

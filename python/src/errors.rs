@@ -1,0 +1,49 @@
+//! Rust errors as Python exceptions, one class per kind of failure.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use vtasks_client::Error;
+
+create_exception!(_native, VtasksError, PyException, "Base class of vtasks errors.");
+create_exception!(_native, ConnectionFailed, VtasksError, "Valkey could not be reached, or the connection broke.");
+create_exception!(_native, ServerError, VtasksError, "Valkey answered with an error; `code` is its error code.");
+create_exception!(_native, QueueFull, ServerError, "The queue holds as many tasks as its MAXLEN allows.");
+create_exception!(_native, NoSuchQueue, ServerError, "The queue has never been used.");
+create_exception!(_native, InvalidArgument, VtasksError, "An argument vtasks refuses before sending anything.");
+create_exception!(_native, PayloadError, VtasksError, "A payload that is not valid (compressed) JSON.");
+create_exception!(_native, ProtocolError, VtasksError, "A reply that does not follow the vtasks protocol.");
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("VtasksError", py.get_type::<VtasksError>())?;
+    m.add("ConnectionFailed", py.get_type::<ConnectionFailed>())?;
+    m.add("ServerError", py.get_type::<ServerError>())?;
+    m.add("QueueFull", py.get_type::<QueueFull>())?;
+    m.add("NoSuchQueue", py.get_type::<NoSuchQueue>())?;
+    m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
+    m.add("PayloadError", py.get_type::<PayloadError>())?;
+    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
+    Ok(())
+}
+
+pub fn to_pyerr(err: Error) -> PyErr {
+    match &err {
+        Error::Server { code, .. } => {
+            let exc = match code.as_str() {
+                "QUEUEFULL" => QueueFull::new_err(err.to_string()),
+                "NOQUEUE" => NoSuchQueue::new_err(err.to_string()),
+                _ => ServerError::new_err(err.to_string()),
+            };
+            let code = code.clone();
+            Python::attach(|py| {
+                let _ = exc.value(py).setattr("code", code);
+            });
+            exc
+        }
+        Error::Connection(_) => ConnectionFailed::new_err(err.to_string()),
+        Error::InvalidInput(_) => InvalidArgument::new_err(err.to_string()),
+        Error::Payload(_) => PayloadError::new_err(err.to_string()),
+        Error::Protocol(_) => ProtocolError::new_err(err.to_string()),
+    }
+}

@@ -1,0 +1,154 @@
+//! `NativeWorker`: the Rust worker core, driven from Python. Python asks
+//! for batches through the bridge and reports each task's outcome with a
+//! plain call; settlements travel with the next fetch. Lease renewal runs
+//! on the Tokio runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tokio::sync::Mutex as AsyncMutex;
+use vtasks_client::{BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions};
+
+use crate::bridge::{Bridge, Reply};
+use crate::client::{dispatch, NativeClient};
+use crate::errors::to_pyerr;
+use crate::runtime;
+
+#[pyclass(frozen, module = "vtasks._native")]
+pub struct NativeWorker {
+    core: WorkerCore,
+    fetcher: Arc<AsyncMutex<BlockingFetcher>>,
+    maintenance: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn delivery(queue: &str, id: String, token: i64) -> PyResult<Delivery> {
+    Ok(Delivery {
+        queue: QueueName::new(queue).map_err(to_pyerr)?,
+        id,
+        token,
+        attempt: 0,
+        payload: Vec::new(),
+    })
+}
+
+#[pymethods]
+impl NativeWorker {
+    #[new]
+    #[pyo3(signature = (client, queues, consumer, concurrency, lease, block, keep_results=None))]
+    fn new(
+        client: &NativeClient,
+        queues: Vec<String>,
+        consumer: String,
+        concurrency: usize,
+        lease: f64,
+        block: f64,
+        keep_results: Option<f64>,
+    ) -> PyResult<Self> {
+        let queues = queues
+            .iter()
+            .map(|q| QueueName::new(q))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_pyerr)?;
+        let options = WorkerOptions {
+            concurrency,
+            lease: Duration::from_secs_f64(lease.max(0.0)),
+            block: Duration::from_secs_f64(block.max(0.0)),
+            keep_results: keep_results.map(|k| Duration::from_secs_f64(k.max(0.0))),
+            ..WorkerOptions::new(queues, consumer)
+        };
+        let core = WorkerCore::new(client.client.clone(), options).map_err(to_pyerr)?;
+        let fetcher = client.client.blocking_fetcher();
+        Ok(NativeWorker {
+            core,
+            fetcher: Arc::new(AsyncMutex::new(fetcher)),
+            maintenance: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Starts lease renewal and prompt settlement in the background.
+    fn start(&self) {
+        let mut slot = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let core = self.core.clone();
+            *slot = Some(runtime().spawn(async move { core.maintain().await }));
+        }
+    }
+
+    /// The next batch (through the bridge): `[(queue, id, token, attempt, payload)]`.
+    fn next_batch(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
+        let core = self.core.clone();
+        let fetcher = self.fetcher.clone();
+        dispatch(py, Some(bridge), async move {
+            let mut fetcher = fetcher.lock().await;
+            core.next_batch(&mut fetcher).await.map(Reply::Deliveries)
+        })
+    }
+
+    /// A task succeeded; `result` is its encoded result, if any.
+    #[pyo3(signature = (queue, id, token, result=None))]
+    fn succeeded(&self, queue: &str, id: String, token: i64, result: Option<Vec<u8>>) -> PyResult<()> {
+        self.core.complete(&delivery(queue, id, token)?, Outcome::Success(result));
+        Ok(())
+    }
+
+    /// A task failed: retried after `retry_in` seconds, or dead-lettered
+    /// when `retry_in` is None (or its attempts are used up).
+    #[pyo3(signature = (queue, id, token, error, retry_in=None))]
+    fn failed(&self, queue: &str, id: String, token: i64, error: String, retry_in: Option<f64>) -> PyResult<()> {
+        let retry = match retry_in {
+            Some(secs) => Retry::After(Duration::from_secs_f64(secs.max(0.0))),
+            None => Retry::Never,
+        };
+        self.core
+            .complete(&delivery(queue, id, token)?, Outcome::Failure { error, retry });
+        Ok(())
+    }
+
+    /// Gives back tasks fetched but never started: `[(queue, id, token)]`.
+    fn release(&self, py: Python<'_>, bridge: Option<&Bridge>, tasks: Vec<(String, String, i64)>) -> PyResult<Py<PyAny>> {
+        let deliveries = tasks
+            .into_iter()
+            .map(|(q, id, token)| delivery(&q, id, token))
+            .collect::<PyResult<Vec<_>>>()?;
+        let core = self.core.clone();
+        dispatch(py, bridge, async move { core.release(&deliveries).await.map(|_| Reply::None) })
+    }
+
+    /// Stops fetching and ends a fetch waiting server-side.
+    fn stop(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
+        let core = self.core.clone();
+        dispatch(py, bridge, async move {
+            core.stop().await;
+            Ok(Reply::None)
+        })
+    }
+
+    /// Sends pending settlements now and stops background duties.
+    fn close(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
+        if let Some(handle) = self.maintenance.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            handle.abort();
+        }
+        let core = self.core.clone();
+        dispatch(py, bridge, async move { core.flush().await.map(|_| Reply::None) })
+    }
+
+    fn running(&self) -> usize {
+        self.core.running()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.core.stats();
+        let d = PyDict::new(py);
+        d.set_item("fetched", s.fetched)?;
+        d.set_item("succeeded", s.succeeded)?;
+        d.set_item("failed", s.failed)?;
+        d.set_item("released", s.released)?;
+        d.set_item("stale", s.stale)?;
+        d.set_item("lost_leases", s.lost_leases)?;
+        d.set_item("reconnects", s.reconnects)?;
+        d.set_item("round_trips", s.round_trips)?;
+        Ok(d)
+    }
+}
