@@ -8,6 +8,7 @@
 #   libclang-common-14-dev
 #   cargo-nextest      the test runner (from crates.io, if missing)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -57,3 +58,30 @@ for component in fmt clippy; do
     cargo "$component" --version >/dev/null 2>&1 ||
         { echo "setup: cargo $component is missing: rustup component add ${component/fmt/rustfmt}" >&2; exit 1; }
 done
+
+# A Python >= 3.12 virtualenv in .venv with the tools from requirements-dev.txt.
+find_python() {
+    for candidate in "${VTASKS_PYTHON:-}" python3.13 python3.12 python3 \
+        /root/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3 \
+        /usr/local/bin/python3.13 /usr/local/bin/python3.12; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || [ -x "$candidate" ] || continue
+        if PYENV_VERSION= "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+venv=.venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+    python=$(find_python) || { echo "setup: no Python >= 3.12 found (set VTASKS_PYTHON)" >&2; exit 1; }
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+fi
+stamp="$venv/.requirements-installed"
+if [ ! -f "$stamp" ] || ! cmp -s requirements-dev.txt "$stamp"; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    cp requirements-dev.txt "$stamp"
+fi

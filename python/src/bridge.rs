@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use vtasks_client::{DeadTask, Delivery, Error, Status, TaskInfo};
+use vtasks_client::{payload, DeadTask, Delivery, Error, Status, TaskInfo};
 
 use crate::errors::to_pyerr;
 use crate::runtime;
@@ -99,9 +99,12 @@ impl Bridge {
     /// Every finished operation since the last call, as
     /// `(ticket, succeeded, value_or_exception)` tuples.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.shared.signaled.store(false, Ordering::Release);
+        // Order matters: consume the wake-up bytes, then clear the flag, then
+        // take the results. A result pushed after the flag is cleared writes
+        // a new byte, so it is never left without a wake-up.
         let mut sink = [0u8; 256];
         while matches!((&self.shared.reader).read(&mut sink), Ok(n) if n > 0) {}
+        self.shared.signaled.store(false, Ordering::Release);
         let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()));
         let items = PyList::empty(py);
         for (ticket, outcome) in done {
@@ -139,13 +142,10 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
         Reply::Deliveries(tasks) => {
             let list = PyList::empty(py);
             for t in tasks {
-                list.append((
-                    t.queue.name(),
-                    t.id,
-                    t.token,
-                    t.attempt,
-                    PyBytes::new(py, &t.payload),
-                ))?;
+                // A payload that does not decompress goes to Python as it
+                // is; the worker then fails to parse it and dead-letters it.
+                let body = payload::json_text(&t.payload).unwrap_or(t.payload.as_slice().into());
+                list.append((t.queue.name(), t.id, t.token, t.attempt, PyBytes::new(py, &body)))?;
             }
             list.into_any().unbind()
         }
@@ -165,8 +165,9 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             d.set_item("consumer", info.consumer)?;
             d.set_item("workers", info.workers)?;
             d.set_item("error", info.error)?;
-            d.set_item("result", info.result.map(|r| PyBytes::new(py, &r)))?;
-            d.set_item("payload", PyBytes::new(py, &info.payload))?;
+            let text = |b: &[u8]| payload::json_text(b).map(|t| t.into_owned()).unwrap_or_else(|_| b.to_vec());
+            d.set_item("result", info.result.map(|r| PyBytes::new(py, &text(&r))))?;
+            d.set_item("payload", PyBytes::new(py, &text(&info.payload)))?;
             d.into_any().unbind()
         }
         Reply::Stats(values) => {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use vtasks_client::{Client, ClientOptions, Error, NewTask, QueueName, When};
+use vtasks_client::{payload, Client, ClientOptions, Error, NewTask, QueueName, When};
 
 use crate::bridge::{to_python, Bridge, Reply};
 use crate::errors::to_pyerr;
@@ -65,19 +65,21 @@ impl NativeClient {
         maxlen: Option<u64>,
     ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
-        let tasks: Vec<NewTask> = tasks
+        let tasks = tasks
             .into_iter()
-            .map(|(id, payload, priority, delay, run_at, attempts)| NewTask {
-                priority,
-                when: match (delay, run_at) {
-                    (_, Some(at)) => When::At(at),
-                    (Some(ms), None) => When::After(Duration::from_millis(ms)),
-                    (None, None) => When::Now,
-                },
-                max_attempts: attempts,
-                ..NewTask::new(id, payload)
+            .map(|(id, body, priority, delay, run_at, attempts)| {
+                Ok(NewTask {
+                    priority,
+                    when: match (delay, run_at) {
+                        (_, Some(at)) => When::At(at),
+                        (Some(ms), None) => When::After(Duration::from_millis(ms)),
+                        (None, None) => When::Now,
+                    },
+                    max_attempts: attempts,
+                    ..NewTask::new(id, payload::compress(body).map_err(to_pyerr)?)
+                })
             })
-            .collect();
+            .collect::<PyResult<Vec<_>>>()?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
             client.enqueue_many(&queue, &tasks, maxlen).await.map(Reply::Bools)

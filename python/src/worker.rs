@@ -9,7 +9,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::Mutex as AsyncMutex;
-use vtasks_client::{BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions};
+use vtasks_client::{payload, BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions};
 
 use crate::bridge::{Bridge, Reply};
 use crate::client::{dispatch, NativeClient};
@@ -89,6 +89,7 @@ impl NativeWorker {
     /// A task succeeded; `result` is its encoded result, if any.
     #[pyo3(signature = (queue, id, token, result=None))]
     fn succeeded(&self, queue: &str, id: String, token: i64, result: Option<Vec<u8>>) -> PyResult<()> {
+        let result = result.map(payload::compress).transpose().map_err(to_pyerr)?;
         self.core.complete(&delivery(queue, id, token)?, Outcome::Success(result));
         Ok(())
     }

@@ -1,0 +1,34 @@
+"""vtasks: a task queue whose primitives run inside Valkey."""
+
+from ._native import __version__
+from .client import Client, TaskState
+from .errors import (
+    ConnectionFailed,
+    InvalidArgument,
+    NoSuchQueue,
+    PayloadError,
+    ProtocolError,
+    QueueFull,
+    ServerError,
+    TaskNotRegistered,
+    VtasksError,
+)
+from .tasks import task
+from .worker import Worker
+
+__all__ = [
+    "Client",
+    "ConnectionFailed",
+    "InvalidArgument",
+    "NoSuchQueue",
+    "PayloadError",
+    "ProtocolError",
+    "QueueFull",
+    "ServerError",
+    "TaskNotRegistered",
+    "TaskState",
+    "VtasksError",
+    "Worker",
+    "__version__",
+    "task",
+]

@@ -1,0 +1,266 @@
+"""``vtasks.Client``: enqueue tasks and inspect queues.
+
+Every method has an async form (a native coroutine: no thread-pool hop;
+concurrent awaits share one pipelined connection) and a ``_sync`` form for
+synchronous code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import _native
+from ._bridge import LoopBridge
+from .payloads import encode_call, loads
+from .tasks import options_of
+
+DEFAULT_URL = "valkey://127.0.0.1:6379"
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task as ``VTASKS.GET`` reports it; times are aware datetimes."""
+
+    id: str
+    queue: str
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    enqueued_at: dt.datetime
+    run_at: dt.datetime | None
+    started_at: dt.datetime | None
+    last_attempted_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    workers: list[str]
+    error: dict[str, Any] | None
+    result: Any
+    payload: bytes
+
+    @property
+    def has_result(self) -> bool:
+        return self.status == "done"
+
+
+def _when(ms: int | None) -> dt.datetime | None:
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def _task_state(queue: str, id: str, raw: dict[str, Any] | None) -> TaskState | None:
+    if raw is None:
+        return None
+    error = raw["error"]
+    if error is not None:
+        try:
+            error = loads(error)
+        except Exception:
+            error = {"exception_class": "", "message": error, "traceback": ""}
+    result = raw["result"]
+    return TaskState(
+        id=id,
+        queue=queue,
+        status=raw["status"],
+        priority=raw["priority"],
+        attempts=raw["attempts"],
+        max_attempts=raw["max_attempts"],
+        enqueued_at=_when(raw["enqueued_at"]),  # type: ignore[arg-type]
+        run_at=_when(raw["run_at"]),
+        started_at=_when(raw["started_at"]),
+        last_attempted_at=_when(raw["leased_at"]),
+        finished_at=_when(raw["finished_at"]),
+        workers=list(raw["workers"]),
+        error=error,
+        result=None if result is None else loads(result),
+        payload=raw["payload"],
+    )
+
+
+def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
+    if delay is None:
+        return None
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+    if seconds < 0:
+        raise ValueError(f"delay must not be negative, got {delay!r}")
+    return int(seconds * 1000)
+
+
+def _run_at_ms(run_at: dt.datetime | None) -> int | None:
+    if run_at is None:
+        return None
+    if run_at.tzinfo is None:
+        raise ValueError("run_at must be a timezone-aware datetime")
+    return max(0, int(run_at.timestamp() * 1000))
+
+
+class Client:
+    """A connection to Valkey with the vtasks module.
+
+    ``url``: ``valkey://``, ``redis://``, ``valkeys://``/``rediss://`` or
+    ``unix://``. The connection is opened on first use and reconnects by
+    itself.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._timeouts = (connect_timeout, response_timeout)
+        self._native_client: _native.NativeClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def native(self) -> _native.NativeClient:
+        if self._native_client is None:
+            with self._lock:
+                if self._native_client is None:
+                    self._native_client = _native.NativeClient(self.url, *self._timeouts)
+        return self._native_client
+
+    def __repr__(self) -> str:
+        return f"<vtasks.Client {self.url}>"
+
+    def _task_tuple(
+        self,
+        task: Callable[..., Any] | str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        id: str | None,
+        priority: int | None,
+        delay: float | dt.timedelta | None,
+        run_at: dt.datetime | None,
+        max_attempts: int | None,
+    ) -> tuple[str, tuple[str, bytes, int, int | None, int | None, int | None]]:
+        opts = options_of(task)
+        priority = opts.priority if priority is None else priority
+        if not isinstance(priority, int) or not -100 <= priority <= 100:
+            raise ValueError(f"priority must be an integer in -100..100, got {priority!r}")
+        attempts = opts.max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {attempts}")
+        if delay is not None and run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        task_id = id or uuid.uuid4().hex
+        body = encode_call(opts.name, args, kwargs)
+        return opts.queue, (task_id, body, priority, _delay_ms(delay), _run_at_ms(run_at), attempts)
+
+    async def enqueue(self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        """Enqueues ``task(*args, **kwargs)`` with the task's own options;
+        returns the task id. See :meth:`enqueue_call` for options."""
+        return await self.enqueue_call(task, args, kwargs)
+
+    def enqueue_sync(self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        return self.enqueue_call_sync(task, args, kwargs)
+
+    async def enqueue_call(
+        self,
+        task: Callable[..., Any] | str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | dt.timedelta | None = None,
+        run_at: dt.datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Enqueues one call with explicit options; returns the task id.
+
+        ``id`` makes the enqueue idempotent: enqueueing an id that exists
+        changes nothing. ``delay`` (seconds or timedelta) or ``run_at`` (an
+        aware datetime) postpone it.
+        """
+        target, item = self._task_tuple(
+            task, tuple(args), kwargs or {}, id=id, priority=priority, delay=delay,
+            run_at=run_at, max_attempts=max_attempts,
+        )
+        bridge = LoopBridge.current()
+        await bridge.wait(self.native.enqueue(bridge.native, queue or target, [item]))
+        return item[0]
+
+    def enqueue_call_sync(
+        self,
+        task: Callable[..., Any] | str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | dt.timedelta | None = None,
+        run_at: dt.datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        target, item = self._task_tuple(
+            task, tuple(args), kwargs or {}, id=id, priority=priority, delay=delay,
+            run_at=run_at, max_attempts=max_attempts,
+        )
+        self.native.enqueue(None, queue or target, [item])
+        return item[0]
+
+    async def enqueue_many(
+        self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *, queue: str | None = None,
+    ) -> list[str]:
+        """Enqueues many calls of one task in one command; returns their ids."""
+        items = [
+            self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
+                             max_attempts=None)
+            for a, k in calls
+        ]
+        if not items:
+            return []
+        bridge = LoopBridge.current()
+        target = queue or items[0][0]
+        await bridge.wait(self.native.enqueue(bridge.native, target, [i for _, i in items]))
+        return [i[0] for _, i in items]
+
+    async def get(self, queue: str, id: str) -> TaskState | None:
+        bridge = LoopBridge.current()
+        return _task_state(queue, id, await bridge.wait(self.native.get(bridge.native, queue, id)))
+
+    def get_sync(self, queue: str, id: str) -> TaskState | None:
+        return _task_state(queue, id, self.native.get(None, queue, id))
+
+    async def stats(self, queue: str) -> dict[str, int]:
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.stats(bridge.native, queue))
+
+    def stats_sync(self, queue: str) -> dict[str, int]:
+        return self.native.stats(None, queue)
+
+    async def dead_letters(self, queue: str, offset: int = 0, count: int = 100) -> list[tuple[str, int, int, str]]:
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.dead_letters(bridge.native, queue, offset, count))
+
+    async def requeue_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.requeue_dead(bridge.native, queue, ids))
+
+    async def purge_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.purge_dead(bridge.native, queue, ids))
+
+    async def pause(self, queue: str) -> None:
+        bridge = LoopBridge.current()
+        await bridge.wait(self.native.pause(bridge.native, queue))
+
+    async def resume(self, queue: str) -> None:
+        bridge = LoopBridge.current()
+        await bridge.wait(self.native.resume(bridge.native, queue))
+
+    async def cancel(self, queue: str, ids: list[str]) -> list[bool]:
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.cancel(bridge.native, queue, ids))
+
+    def has_module_sync(self) -> bool:
+        return self.native.has_module(None)

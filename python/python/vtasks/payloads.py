@@ -1,0 +1,64 @@
+"""The JSON shape of a task payload and of a failure record.
+
+A payload is ``{"task": <registered name>, "args": [...], "kwargs": {...}}``
+as JSON text (the native layer compresses large ones). Only JSON: never
+pickle, so a payload can never run code by being read.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+try:
+    import orjson
+
+    def dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def loads(data: bytes) -> Any:
+        return orjson.loads(data)
+
+except ImportError:  # pragma: no cover - orjson is a dependency
+    import json
+
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+def encode_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return dumps({"task": name, "args": list(args), "kwargs": kwargs})
+    except TypeError as exc:
+        raise TypeError(f"arguments of task {name} are not JSON-serializable: {exc}") from exc
+
+
+def decode_call(data: bytes) -> tuple[str, list[Any], dict[str, Any]]:
+    """The task name, positional and keyword arguments; ValueError if malformed."""
+    try:
+        body = loads(data)
+    except Exception as exc:
+        raise ValueError(f"payload is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError("payload is not a JSON object")
+    name, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
+    if not isinstance(name, str) or not name:
+        raise ValueError("payload has no task name")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("payload args must be a list and kwargs an object")
+    return name, args, kwargs
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A failure record, JSON: exception class path, message, traceback."""
+    cls = type(exc)
+    return dumps(
+        {
+            "exception_class": f"{cls.__module__}.{cls.__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+    ).decode()

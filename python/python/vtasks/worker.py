@@ -1,0 +1,212 @@
+"""``vtasks.Worker``: runs registered tasks from Valkey queues.
+
+Async tasks run on the event loop, sync tasks in a thread pool, at most
+``concurrency`` at a time. Batches of tasks cross from Rust in one call, and
+outcomes go back with the next fetch: one round trip per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+from typing import Any, Callable
+
+from . import _native
+from ._bridge import LoopBridge
+from .client import Client
+from .errors import TaskNotRegistered
+from .payloads import decode_call, describe_exception, dumps
+from .tasks import resolve
+
+logger = logging.getLogger("vtasks.worker")
+
+Resolver = Callable[[str], Callable[..., Any]]
+
+
+class Worker:
+    """Fetches tasks from ``queues`` (in order of preference) and runs them.
+
+    ``burst=True`` drains the queues and returns. ``handle_signals`` turns
+    SIGTERM/SIGINT into a graceful shutdown: no new tasks, running ones get
+    ``grace`` seconds, fetched-but-unstarted ones go back to the queue
+    without counting an attempt. ``resolver`` maps a payload's task name to
+    the callable to run; by default only tasks registered with
+    ``@vtasks.task``. A payload naming anything else is dead-lettered.
+    """
+
+    def __init__(
+        self,
+        client: Client | str,
+        *,
+        queues: list[str] | tuple[str, ...] = ("default",),
+        concurrency: int = 10,
+        burst: bool = False,
+        handle_signals: bool = True,
+        resolver: Resolver | None = None,
+        lease: float = 30.0,
+        block: float = 5.0,
+        keep_results: float | None = None,
+        grace: float = 30.0,
+        max_tasks: int | None = None,
+        retry_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        consumer: str | None = None,
+    ) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.client = Client(client) if isinstance(client, str) else client
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.resolver = resolver or resolve
+        self.lease = lease
+        self.block = min(block, 0.2) if burst else block
+        self.keep_results = keep_results
+        self.grace = grace
+        self.max_tasks = max_tasks
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.succeeded = 0
+        self.failed = 0
+        self.dead_lettered = 0
+        self._running: set[asyncio.Future[Any]] = set()
+        self._stopping = False
+        self._native: _native.NativeWorker | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<vtasks.Worker {self.consumer} queues={self.queues} running={len(self._running)} "
+            f"succeeded={self.succeeded} failed={self.failed} dead={self.dead_lettered}>"
+        )
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of the native core (fetched, round_trips, stale, ...)."""
+        return self._native.stats() if self._native is not None else {}
+
+    async def run(self) -> None:
+        """Runs until stopped (or, in burst mode, until the queues are empty)."""
+        loop = asyncio.get_running_loop()
+        bridge = LoopBridge.current()
+        self._native = _native.NativeWorker(
+            self.client.native, self.queues, self.consumer, self.concurrency,
+            self.lease, self.block, self.keep_results,
+        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="vtasks-task"
+        )
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        self._native.start()
+        logger.info("worker %s serving %s, concurrency %d", self.consumer, self.queues, self.concurrency)
+        try:
+            await self._loop(bridge)
+        finally:
+            await self._shutdown(bridge)
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            logger.info("worker %s stopped: %r", self.consumer, self)
+
+    async def _loop(self, bridge: LoopBridge) -> None:
+        native = self._native
+        assert native is not None
+        while not self._stopping:
+            batch = await bridge.wait(native.next_batch(bridge.native))
+            if self._stopping:
+                if batch:
+                    await bridge.wait(native.release(bridge.native, [(q, i, t) for q, i, t, _, _ in batch]))
+                return
+            if not batch and self.burst and native.running() == 0 and not self._running:
+                return
+            for queue, task_id, token, attempt, body in batch:
+                self._start(queue, task_id, token, attempt, body)
+            if self.max_tasks is not None and self.succeeded + self.failed >= self.max_tasks:
+                self.stop()
+
+    def stop(self) -> None:
+        """Requests a graceful shutdown (safe to call from a signal handler)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._native is not None:
+            bridge = LoopBridge.current()
+            bridge.wait(self._native.stop(bridge.native))
+
+    async def close(self) -> None:
+        """Stops the worker; ``run`` returns once running tasks finish."""
+        self.stop()
+
+    async def _shutdown(self, bridge: LoopBridge) -> None:
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=self.grace)
+            for future in pending:
+                future.cancel()
+        native = self._native
+        if native is not None:
+            await bridge.wait(native.close(bridge.native))
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> None:
+        native = self._native
+        assert native is not None
+        try:
+            name, args, kwargs = decode_call(body)
+            fn = self.resolver(name)
+        except (ValueError, TaskNotRegistered) as exc:
+            logger.error("task %s in %s cannot run and is dead-lettered: %s", task_id, queue, exc)
+            self.dead_lettered += 1
+            native.failed(queue, task_id, token, describe_exception(exc), None)
+            return
+        if inspect.iscoroutinefunction(fn):
+            future: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
+        else:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        self._running.add(future)
+        future.add_done_callback(
+            lambda f: self._finished(f, queue, task_id, token, attempt, name)
+        )
+
+    def _finished(
+        self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
+    ) -> None:
+        self._running.discard(future)
+        native = self._native
+        assert native is not None
+        if future.cancelled():
+            # Cut off by shutdown: the lease runs out and another worker
+            # retries it.
+            return
+        exc = future.exception()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        if exc is None:
+            try:
+                result = dumps(future.result())
+            except TypeError as err:
+                self.dead_lettered += 1
+                error = TypeError(f"result of task {name} is not JSON-serializable: {err}")
+                native.failed(queue, task_id, token, describe_exception(error), None)
+                return
+            self.succeeded += 1
+            native.succeeded(queue, task_id, token, result)
+            return
+        self.failed += 1
+        delay = min(self.retry_backoff * 2 ** (attempt - 1), self.max_backoff)
+        delay *= random.uniform(0.5, 1.5)
+        logger.warning("task %s (%s) attempt %d failed: %r", task_id, name, attempt, exc)
+        native.failed(queue, task_id, token, describe_exception(exc), delay)

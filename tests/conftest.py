@@ -1,0 +1,109 @@
+"""The server harness for the Python tests: each test gets its own
+valkey-server on a free port, in its own directory, started from the
+project's module/valkey.conf with the module under test loaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_path() -> Path:
+    env = os.environ.get("VTASKS_MODULE")
+    if env:
+        return Path(env)
+    for profile in ("debug", "release"):
+        candidate = ROOT / "target" / profile / "libvtasks.so"
+        if candidate.exists():
+            return candidate
+    raise RuntimeError("libvtasks.so not built: run `make build`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ValkeyServer:
+    def __init__(self, extra: list[str] | None = None, with_module: bool = True) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="vtasks-pytest-"))
+        self.extra = extra or []
+        lines = []
+        for line in (ROOT / "module" / "valkey.conf").read_text().splitlines():
+            if line.strip().startswith("loadmodule "):
+                if with_module:
+                    lines.append(f"loadmodule {module_path()}")
+            else:
+                lines.append(line)
+        (self.dir / "valkey.conf").write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"valkey://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.dir / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [os.environ.get("VTASKS_SERVER", "valkey-server"), str(self.dir / "valkey.conf"),
+             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), *self.extra],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"valkey-server did not start:\n{(self.dir / 'server.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def valkey() -> Iterator[ValkeyServer]:
+    server = ValkeyServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def valkey_aof() -> Iterator[ValkeyServer]:
+    server = ValkeyServer(["--appendonly", "yes", "--appendfsync", "always"])
+    yield server
+    server.close()

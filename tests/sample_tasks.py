@@ -1,0 +1,57 @@
+"""Tasks the tests register. Each records its run by appending a line to
+the file named by VTASKS_TEST_RUNS, so tests (and worker subprocesses) can
+check exactly which tasks ran and how often."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import vtasks
+
+
+def record(kind: str, value: object) -> None:
+    path = os.environ.get("VTASKS_TEST_RUNS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{kind} {value}\n")
+
+
+@vtasks.task(name="tests.add")
+def add(a: int, b: int) -> int:
+    record("add", a)
+    return a + b
+
+
+@vtasks.task(name="tests.async_add")
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    record("async_add", a)
+    return a + b
+
+
+@vtasks.task(name="tests.mark", max_attempts=5)
+async def mark(n: int, sleep: float = 0.0) -> int:
+    if sleep:
+        await asyncio.sleep(sleep)
+    record("mark", n)
+    return n
+
+
+@vtasks.task(name="tests.slow_sync")
+def slow_sync(n: int, seconds: float) -> int:
+    time.sleep(seconds)
+    record("slow_sync", n)
+    return n
+
+
+@vtasks.task(name="tests.boom", max_attempts=3)
+def boom(n: int) -> None:
+    record("boom", n)
+    raise ValueError(f"boom {n}")
+
+
+@vtasks.task(name="tests.unserializable_result")
+def unserializable_result() -> object:
+    return object()

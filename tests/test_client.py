@@ -1,0 +1,98 @@
+"""vtasks.Client against a real valkey-server with the module."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+import vtasks
+from tests import sample_tasks
+
+
+def test_sync_enqueue_get_stats(valkey):
+    client = vtasks.Client(valkey.url)
+    task_id = client.enqueue_sync(sample_tasks.add, 2, 3)
+    state = client.get_sync("default", task_id)
+    assert state is not None
+    assert state.status == "ready"
+    assert state.attempts == 0
+    assert state.max_attempts == 3
+    assert state.enqueued_at <= dt.datetime.now(dt.UTC)
+    assert client.stats_sync("default")["ready"] == 1
+    assert client.get_sync("default", "no-such-task") is None
+
+
+def test_async_enqueue_with_options_and_idempotent_ids(valkey):
+    async def main():
+        client = vtasks.Client(valkey.url)
+        first = await client.enqueue_call(sample_tasks.add, (1, 2), id="fixed", priority=10, queue="other")
+        again = await client.enqueue_call(sample_tasks.add, (9, 9), id="fixed", queue="other")
+        assert first == again == "fixed"
+        state = await client.get("other", "fixed")
+        assert state.priority == 10
+        assert b'"args":[1,2]' in state.payload, "the first enqueue wins"
+        later = await client.enqueue_call(sample_tasks.add, (1, 1), delay=60)
+        assert (await client.get("default", later)).status == "delayed"
+        at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        scheduled = await client.enqueue_call(sample_tasks.add, (1, 1), run_at=at)
+        state = await client.get("default", scheduled)
+        assert abs((state.run_at - at).total_seconds()) < 0.01
+        stats = await client.stats("default")
+        assert stats["delayed"] == 2
+
+    asyncio.run(main())
+
+
+def test_concurrent_awaits_share_one_connection(valkey):
+    async def main():
+        client = vtasks.Client(valkey.url)
+        ids = await asyncio.gather(*(client.enqueue(sample_tasks.add, i, i) for i in range(2000)))
+        assert len(set(ids)) == 2000
+        assert (await client.stats("default"))["ready"] == 2000
+
+    asyncio.run(main())
+
+
+def test_bad_inputs_raise_clear_exceptions(valkey):
+    client = vtasks.Client(valkey.url)
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        client.enqueue_sync(sample_tasks.add, object(), 1)
+    with pytest.raises(ValueError, match="priority"):
+        client.enqueue_call_sync(sample_tasks.add, (1, 2), priority=101)
+    with pytest.raises(ValueError, match="negative"):
+        client.enqueue_call_sync(sample_tasks.add, (1, 2), delay=-1)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        client.enqueue_call_sync(sample_tasks.add, (1, 2), run_at=dt.datetime.now())
+    with pytest.raises(vtasks.TaskNotRegistered):
+        client.enqueue_sync(len, "x")
+    with pytest.raises(vtasks.TaskNotRegistered):
+        client.enqueue_sync("no.such.task")
+    with pytest.raises(vtasks.InvalidArgument):
+        client.enqueue_call_sync(sample_tasks.add, (1, 2), queue="bad queue")
+    with pytest.raises(vtasks.NoSuchQueue):
+        client.stats_sync("never-used")
+    with pytest.raises(vtasks.InvalidArgument, match="URL"):
+        vtasks.Client("http://localhost").enqueue_sync(sample_tasks.add, 1, 2)
+
+
+def test_server_down_raises_connection_failed():
+    with socket_port() as port:
+        client = vtasks.Client(f"valkey://127.0.0.1:{port}", connect_timeout=0.5)
+        with pytest.raises(vtasks.ConnectionFailed):
+            client.enqueue_sync(sample_tasks.add, 1, 2)
+
+
+class socket_port:
+    """A port nothing listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
