@@ -1,14 +1,18 @@
 # Targets mirror CI: `.ci/run` calls `make test`.
 #
 #   make test    install what is missing, check formatting and lints, build,
-#                run every test against real valkey-server processes
+#                run every test (Rust, then Python) against real valkey-server
+#                processes
 #   make demo    start Valkey with the module, push 10,000 tasks through it
 #   make bench   module benchmark; writes benchmarks/results/module.md
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
 
-.PHONY: setup fmt-check clippy build build-release test unit-test demo bench clean
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup fmt-check clippy ruff build build-release python test unit-test rust-test py-test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +22,9 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+ruff: setup
+	$(VENV)/bin/ruff check python/python tests
 
 # The integration tests load target/debug/libvtasks.so; `cargo test` does not
 # rebuild the cdylib by itself, so build it first.
@@ -31,8 +38,17 @@ build-release: setup
 unit-test:
 	$(CARGO) nextest run -p vtasks-module --lib
 
-test: setup fmt-check clippy build
+# The Python package, built in place into .venv (`vtasks` importable there).
+python: setup
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --quiet -m python/Cargo.toml
+
+rust-test: build
 	$(CARGO) nextest run --workspace --no-tests=warn
+
+py-test: build python
+	$(PY) -m pytest
+
+test: setup fmt-check clippy ruff rust-test py-test
 
 demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo

@@ -6,8 +6,8 @@ import asyncio
 import datetime as dt
 
 import pytest
-
 import vtasks
+
 from tests import sample_tasks
 
 

@@ -75,7 +75,19 @@ impl Client {
         })
     }
 
+    /// Sends a command, once more if the connection broke: a connection
+    /// that died while idle fails the first command sent on it, and the
+    /// manager reconnects behind it. Every command sent this way is safe to
+    /// repeat: ENQUEUE is idempotent by id, settlements are fenced by their
+    /// token (a repeat is STALE), the rest read or set state.
     async fn send(&self, cmd: &redis::Cmd) -> Result<Value> {
+        match self.send_once(cmd).await {
+            Err(err) if err.is_connection() => self.send_once(cmd).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn send_once(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(Error::from)
     }
@@ -117,7 +129,8 @@ impl Client {
                 "a blocking fetch needs its own connection: use Client::blocking_fetcher".into(),
             ));
         }
-        fetch.from_reply(self.send(&fetch.to_cmd()?).await?)
+        // Not repeated: a lost reply's tasks stay leased until they expire.
+        fetch.from_reply(self.send_once(&fetch.to_cmd()?).await?)
     }
 
     pub async fn ack(

@@ -44,7 +44,10 @@ pub struct Shared {
 
 impl Shared {
     fn push(&self, completion: Completion) {
-        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(completion);
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(completion);
         if !self.signaled.swap(true, Ordering::AcqRel) {
             // A full socket buffer already means "wake up"; nothing is lost.
             let _ = (&self.writer).write(&[1]);
@@ -112,11 +115,14 @@ impl Bridge {
                 Ok(reply) => (ticket, true, to_python(py, reply)?),
                 Err(err) => (ticket, false, to_pyerr(err).into_value(py).into_any()),
             };
-            items.append(PyTuple::new(py, [
-                ticket.into_pyobject(py)?.into_any(),
-                entry.1.into_pyobject(py)?.to_owned().into_any(),
-                entry.2.into_bound(py),
-            ])?)?;
+            items.append(PyTuple::new(
+                py,
+                [
+                    ticket.into_pyobject(py)?.into_any(),
+                    entry.1.into_pyobject(py)?.to_owned().into_any(),
+                    entry.2.into_bound(py),
+                ],
+            )?)?;
         }
         Ok(items)
     }
@@ -145,7 +151,13 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
                 // A payload that does not decompress goes to Python as it
                 // is; the worker then fails to parse it and dead-letters it.
                 let body = payload::json_text(&t.payload).unwrap_or(t.payload.as_slice().into());
-                list.append((t.queue.name(), t.id, t.token, t.attempt, PyBytes::new(py, &body)))?;
+                list.append((
+                    t.queue.name(),
+                    t.id,
+                    t.token,
+                    t.attempt,
+                    PyBytes::new(py, &body),
+                ))?;
             }
             list.into_any().unbind()
         }
@@ -165,7 +177,11 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             d.set_item("consumer", info.consumer)?;
             d.set_item("workers", info.workers)?;
             d.set_item("error", info.error)?;
-            let text = |b: &[u8]| payload::json_text(b).map(|t| t.into_owned()).unwrap_or_else(|_| b.to_vec());
+            let text = |b: &[u8]| {
+                payload::json_text(b)
+                    .map(|t| t.into_owned())
+                    .unwrap_or_else(|_| b.to_vec())
+            };
             d.set_item("result", info.result.map(|r| PyBytes::new(py, &text(&r))))?;
             d.set_item("payload", PyBytes::new(py, &text(&info.payload)))?;
             d.into_any().unbind()

@@ -43,7 +43,12 @@ type TaskTuple = (String, Vec<u8>, i32, Option<u64>, Option<u64>, Option<u32>);
 impl NativeClient {
     #[new]
     #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0))]
-    fn new(py: Python<'_>, url: String, connect_timeout: f64, response_timeout: f64) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        url: String,
+        connect_timeout: f64,
+        response_timeout: f64,
+    ) -> PyResult<Self> {
         let options = ClientOptions {
             connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
             response_timeout: Duration::from_secs_f64(response_timeout.max(0.001)),
@@ -82,17 +87,33 @@ impl NativeClient {
             .collect::<PyResult<Vec<_>>>()?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
-            client.enqueue_many(&queue, &tasks, maxlen).await.map(Reply::Bools)
+            client
+                .enqueue_many(&queue, &tasks, maxlen)
+                .await
+                .map(Reply::Bools)
         })
     }
 
-    fn get(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str, id: String) -> PyResult<Py<PyAny>> {
+    fn get(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        id: String,
+    ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
-        dispatch(py, bridge, async move { client.get(&queue, &id).await.map(Reply::Task) })
+        dispatch(py, bridge, async move {
+            client.get(&queue, &id).await.map(Reply::Task)
+        })
     }
 
-    fn stats(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+    fn stats(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+    ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
@@ -112,7 +133,10 @@ impl NativeClient {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
-            client.dead_letters(&queue, offset, count).await.map(Reply::Dead)
+            client
+                .dead_letters(&queue, offset, count)
+                .await
+                .map(Reply::Dead)
         })
     }
 
@@ -127,7 +151,10 @@ impl NativeClient {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
-            client.requeue_dead(&queue, ids.as_deref()).await.map(|n| Reply::Int(n as i64))
+            client
+                .requeue_dead(&queue, ids.as_deref())
+                .await
+                .map(|n| Reply::Int(n as i64))
         })
     }
 
@@ -142,30 +169,57 @@ impl NativeClient {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
-            client.purge_dead(&queue, ids.as_deref()).await.map(|n| Reply::Int(n as i64))
+            client
+                .purge_dead(&queue, ids.as_deref())
+                .await
+                .map(|n| Reply::Int(n as i64))
         })
     }
 
-    fn pause(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+    fn pause(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+    ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
-        dispatch(py, bridge, async move { client.pause(&queue).await.map(|_| Reply::None) })
+        dispatch(py, bridge, async move {
+            client.pause(&queue).await.map(|_| Reply::None)
+        })
     }
 
-    fn resume(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str) -> PyResult<Py<PyAny>> {
+    fn resume(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+    ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
-        dispatch(py, bridge, async move { client.resume(&queue).await.map(|_| Reply::None) })
+        dispatch(py, bridge, async move {
+            client.resume(&queue).await.map(|_| Reply::None)
+        })
     }
 
-    fn cancel(&self, py: Python<'_>, bridge: Option<&Bridge>, queue_name: &str, ids: Vec<String>) -> PyResult<Py<PyAny>> {
+    fn cancel(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        ids: Vec<String>,
+    ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
-        dispatch(py, bridge, async move { client.cancel(&queue, &ids).await.map(Reply::Bools) })
+        dispatch(py, bridge, async move {
+            client.cancel(&queue, &ids).await.map(Reply::Bools)
+        })
     }
 
     fn has_module(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
         let client = self.client.clone();
-        dispatch(py, bridge, async move { client.has_module().await.map(Reply::Bool) })
+        dispatch(py, bridge, async move {
+            client.has_module().await.map(Reply::Bool)
+        })
     }
 }

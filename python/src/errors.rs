@@ -5,14 +5,54 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use vtasks_client::Error;
 
-create_exception!(_native, VtasksError, PyException, "Base class of vtasks errors.");
-create_exception!(_native, ConnectionFailed, VtasksError, "Valkey could not be reached, or the connection broke.");
-create_exception!(_native, ServerError, VtasksError, "Valkey answered with an error; `code` is its error code.");
-create_exception!(_native, QueueFull, ServerError, "The queue holds as many tasks as its MAXLEN allows.");
-create_exception!(_native, NoSuchQueue, ServerError, "The queue has never been used.");
-create_exception!(_native, InvalidArgument, VtasksError, "An argument vtasks refuses before sending anything.");
-create_exception!(_native, PayloadError, VtasksError, "A payload that is not valid (compressed) JSON.");
-create_exception!(_native, ProtocolError, VtasksError, "A reply that does not follow the vtasks protocol.");
+create_exception!(
+    _native,
+    VtasksError,
+    PyException,
+    "Base class of vtasks errors."
+);
+create_exception!(
+    _native,
+    ConnectionFailed,
+    VtasksError,
+    "Valkey could not be reached, or the connection broke."
+);
+create_exception!(
+    _native,
+    ServerError,
+    VtasksError,
+    "Valkey answered with an error; `code` is its error code."
+);
+create_exception!(
+    _native,
+    QueueFull,
+    ServerError,
+    "The queue holds as many tasks as its MAXLEN allows."
+);
+create_exception!(
+    _native,
+    NoSuchQueue,
+    ServerError,
+    "The queue has never been used."
+);
+create_exception!(
+    _native,
+    InvalidArgument,
+    VtasksError,
+    "An argument vtasks refuses before sending anything."
+);
+create_exception!(
+    _native,
+    PayloadError,
+    VtasksError,
+    "A payload that is not valid (compressed) JSON."
+);
+create_exception!(
+    _native,
+    ProtocolError,
+    VtasksError,
+    "A reply that does not follow the vtasks protocol."
+);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

@@ -9,7 +9,9 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::Mutex as AsyncMutex;
-use vtasks_client::{payload, BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions};
+use vtasks_client::{
+    payload, BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions,
+};
 
 use crate::bridge::{Bridge, Reply};
 use crate::client::{dispatch, NativeClient};
@@ -88,33 +90,59 @@ impl NativeWorker {
 
     /// A task succeeded; `result` is its encoded result, if any.
     #[pyo3(signature = (queue, id, token, result=None))]
-    fn succeeded(&self, queue: &str, id: String, token: i64, result: Option<Vec<u8>>) -> PyResult<()> {
-        let result = result.map(payload::compress).transpose().map_err(to_pyerr)?;
-        self.core.complete(&delivery(queue, id, token)?, Outcome::Success(result));
+    fn succeeded(
+        &self,
+        queue: &str,
+        id: String,
+        token: i64,
+        result: Option<Vec<u8>>,
+    ) -> PyResult<()> {
+        let result = result
+            .map(payload::compress)
+            .transpose()
+            .map_err(to_pyerr)?;
+        self.core
+            .complete(&delivery(queue, id, token)?, Outcome::Success(result));
         Ok(())
     }
 
     /// A task failed: retried after `retry_in` seconds, or dead-lettered
     /// when `retry_in` is None (or its attempts are used up).
     #[pyo3(signature = (queue, id, token, error, retry_in=None))]
-    fn failed(&self, queue: &str, id: String, token: i64, error: String, retry_in: Option<f64>) -> PyResult<()> {
+    fn failed(
+        &self,
+        queue: &str,
+        id: String,
+        token: i64,
+        error: String,
+        retry_in: Option<f64>,
+    ) -> PyResult<()> {
         let retry = match retry_in {
             Some(secs) => Retry::After(Duration::from_secs_f64(secs.max(0.0))),
             None => Retry::Never,
         };
-        self.core
-            .complete(&delivery(queue, id, token)?, Outcome::Failure { error, retry });
+        self.core.complete(
+            &delivery(queue, id, token)?,
+            Outcome::Failure { error, retry },
+        );
         Ok(())
     }
 
     /// Gives back tasks fetched but never started: `[(queue, id, token)]`.
-    fn release(&self, py: Python<'_>, bridge: Option<&Bridge>, tasks: Vec<(String, String, i64)>) -> PyResult<Py<PyAny>> {
+    fn release(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        tasks: Vec<(String, String, i64)>,
+    ) -> PyResult<Py<PyAny>> {
         let deliveries = tasks
             .into_iter()
             .map(|(q, id, token)| delivery(&q, id, token))
             .collect::<PyResult<Vec<_>>>()?;
         let core = self.core.clone();
-        dispatch(py, bridge, async move { core.release(&deliveries).await.map(|_| Reply::None) })
+        dispatch(py, bridge, async move {
+            core.release(&deliveries).await.map(|_| Reply::None)
+        })
     }
 
     /// Stops fetching and ends a fetch waiting server-side.
@@ -128,11 +156,18 @@ impl NativeWorker {
 
     /// Sends pending settlements now and stops background duties.
     fn close(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
-        if let Some(handle) = self.maintenance.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(handle) = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             handle.abort();
         }
         let core = self.core.clone();
-        dispatch(py, bridge, async move { core.flush().await.map(|_| Reply::None) })
+        dispatch(py, bridge, async move {
+            core.flush().await.map(|_| Reply::None)
+        })
     }
 
     fn running(&self) -> usize {

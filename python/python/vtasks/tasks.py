@@ -3,8 +3,9 @@ resolved by the resolver it was given), never an arbitrary import path."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import TaskNotRegistered
 
@@ -52,7 +53,7 @@ def task(
 def options_of(fn: Callable[..., Any] | str) -> TaskOptions:
     """The options of a registered task, by callable or name."""
     if isinstance(fn, str):
-        return getattr(resolve(fn), "__vtasks__")
+        return resolve(fn).__vtasks__
     opts = getattr(fn, "__vtasks__", None)
     if opts is None:
         raise TaskNotRegistered(f"{fn!r} is not a registered task: decorate it with @vtasks.task")

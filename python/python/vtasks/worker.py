@@ -15,7 +15,8 @@ import os
 import random
 import signal
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _native
 from ._bridge import LoopBridge

@@ -1,0 +1,222 @@
+"""vtasks.Worker against a real valkey-server with the module."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import vtasks
+
+from tests import sample_tasks
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "runs.txt"
+    path.touch()
+    monkeypatch.setenv("VTASKS_TEST_RUNS", str(path))
+    return path
+
+
+def run_counts(path: Path, kind: str) -> collections.Counter[int]:
+    counts: collections.Counter[int] = collections.Counter()
+    for line in path.read_text().splitlines():
+        k, value = line.split(" ", 1)
+        if k == kind:
+            counts[int(value)] += 1
+    return counts
+
+
+def burst(client: vtasks.Client, **options) -> vtasks.Worker:
+    worker = vtasks.Worker(client, burst=True, handle_signals=False, **options)
+    asyncio.run(worker.run())
+    return worker
+
+
+def test_sync_and_async_tasks_round_trip_with_results(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    sync_id = client.enqueue_sync(sample_tasks.add, 2, 3)
+    async_id = client.enqueue_sync(sample_tasks.async_add, 10, 20)
+    worker = burst(client)
+    assert (worker.succeeded, worker.failed) == (2, 0)
+    sync_state = client.get_sync("default", sync_id)
+    async_state = client.get_sync("default", async_id)
+    assert (sync_state.status, sync_state.result) == ("done", 5)
+    assert (async_state.status, async_state.result) == ("done", 30)
+    assert sync_state.workers == [worker.consumer]
+    assert sync_state.started_at <= sync_state.finished_at
+    assert run_counts(runs, "add") == {2: 1}
+    assert run_counts(runs, "async_add") == {10: 1}
+
+
+def test_ten_thousand_tasks_each_run_exactly_once(valkey, runs):
+    client = vtasks.Client(valkey.url)
+
+    async def enqueue_all():
+        for start in range(0, 10_000, 1000):
+            await client.enqueue_many(sample_tasks.mark, [((n,), {}) for n in range(start, start + 1000)])
+
+    asyncio.run(enqueue_all())
+    worker = burst(client, concurrency=50)
+    counts = run_counts(runs, "mark")
+    assert sorted(counts) == list(range(10_000)), "every task ran"
+    assert set(counts.values()) == {1}, "no task ran twice"
+    assert worker.succeeded == 10_000
+    stats = client.stats_sync("default")
+    assert (stats["acked"], stats["ready"], stats["leased"]) == (10_000, 0, 0)
+    assert worker.stats["round_trips"] < 2_000, worker.stats
+
+
+def test_failures_retry_with_backoff_then_dead_letter_with_traceback(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    task_id = client.enqueue_sync(sample_tasks.boom, 7)
+    worker = vtasks.Worker(client, handle_signals=False, retry_backoff=0.05, block=0.2)
+
+    async def run_until_dead():
+        runner = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 20
+        while (await client.get("default", task_id)).status != "dead":
+            assert time.monotonic() < deadline, "never dead-lettered"
+            await asyncio.sleep(0.05)
+        await worker.close()
+        await runner
+
+    asyncio.run(run_until_dead())
+    assert run_counts(runs, "boom") == {7: 3}, "three attempts, as max_attempts says"
+    state = client.get_sync("default", task_id)
+    assert state.attempts == 3
+    assert state.error["exception_class"] == "builtins.ValueError"
+    assert state.error["message"] == "boom 7"
+    assert "raise ValueError" in state.error["traceback"]
+    assert worker.failed == 3
+    dead = client.native.dead_letters(None, "default", 0, 10)
+    assert [d[0] for d in dead] == [task_id]
+
+
+def test_a_task_longer_than_its_lease_is_renewed_and_runs_once(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    task_id = client.enqueue_sync(sample_tasks.slow_sync, 1, 1.5)
+    worker = burst(client, lease=0.5)
+    assert run_counts(runs, "slow_sync") == {1: 1}
+    state = client.get_sync("default", task_id)
+    assert (state.status, state.attempts) == ("done", 1)
+    assert worker.stats["lost_leases"] == 0
+    assert client.stats_sync("default")["expired"] == 0
+
+
+def test_payloads_that_cannot_run_are_dead_lettered_and_the_worker_goes_on(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    raw = [
+        ("not-registered", b'{"task":"os.system","args":["echo pwned"],"kwargs":{}}', 0, None, None, 3),
+        ("not-json", b"\x80\x81 not json", 0, None, None, 3),
+        ("wrong-shape", b'{"task":"tests.add","args":{"a":1}}', 0, None, None, 3),
+    ]
+    client.native.enqueue(None, "default", raw)
+    good = client.enqueue_sync(sample_tasks.add, 1, 1)
+    bad_result = client.enqueue_sync(sample_tasks.unserializable_result)
+    worker = burst(client)
+    assert client.get_sync("default", good).result == 2
+    for task_id, expected in [
+        ("not-registered", "no task is registered as 'os.system'"),
+        ("not-json", "not valid JSON"),
+        ("wrong-shape", "args must be a list"),
+        (bad_result, "not JSON-serializable"),
+    ]:
+        state = client.get_sync("default", task_id)
+        assert state.status == "dead", task_id
+        assert state.attempts == 1, "never retried"
+        assert expected in state.error["message"], state.error
+    assert worker.dead_lettered == 4
+
+
+def start_worker_process(url: str, lease: float = 30.0, concurrency: int = 10) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.run_worker", url, str(lease), str(concurrency)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def wait_for_runs(path: Path, kind: str, at_least: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(run_counts(path, kind).values()) < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} runs"
+        time.sleep(0.02)
+
+
+def test_sigterm_mid_run_loses_nothing_and_runs_nothing_twice(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    for n in range(300):
+        client.enqueue_call_sync(sample_tasks.mark, (n,), {"sleep": 0.02})
+    process = start_worker_process(valkey.url, concurrency=20)
+    wait_for_runs(runs, "mark", 50)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    first = run_counts(runs, "mark")
+    assert 50 <= sum(first.values()) < 300, "stopped part-way"
+    stats = client.stats_sync("default")
+    assert stats["leased"] == 0, "running tasks finished and unstarted ones went back"
+    assert stats["expired"] == 0
+    burst(client, concurrency=20)
+    counts = run_counts(runs, "mark")
+    assert sorted(counts) == list(range(300))
+    assert set(counts.values()) == {1}, "nothing ran twice"
+
+
+def test_kill_9_tasks_are_redelivered_after_the_lease_and_all_complete(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    for n in range(100):
+        client.enqueue_call_sync(sample_tasks.mark, (n,), {"sleep": 0.05})
+    process = start_worker_process(valkey.url, lease=1.0, concurrency=10)
+    wait_for_runs(runs, "mark", 20)
+    process.kill()
+    process.wait()
+    killed_at = time.monotonic()
+    survivor = vtasks.Worker(client, concurrency=10, lease=1.0, block=0.2, handle_signals=False)
+
+    async def run_until_all_done():
+        runner = asyncio.create_task(survivor.run())
+        deadline = time.monotonic() + 30
+        while len(run_counts(runs, "mark")) < 100:
+            assert time.monotonic() < deadline, f"only {len(run_counts(runs, 'mark'))} of 100 ran"
+            await asyncio.sleep(0.05)
+        await survivor.close()
+        await runner
+
+    asyncio.run(run_until_all_done())
+    counts = run_counts(runs, "mark")
+    assert sorted(counts) == list(range(100)), "every task completed"
+    twice = [n for n, c in counts.items() if c > 1]
+    assert len(twice) <= 10, f"only tasks running at the kill may run twice: {twice}"
+    stats = client.stats_sync("default")
+    assert stats["leased"] == 0
+    assert stats["expired"] >= 1, "the killed worker's leases expired"
+    assert time.monotonic() - killed_at >= 0.9, "redelivered only after the lease"
+
+
+def test_valkey_restart_mid_run_the_worker_reconnects_and_finishes(valkey_aof, runs):
+    client = vtasks.Client(valkey_aof.url)
+    for n in range(400):
+        client.enqueue_call_sync(sample_tasks.mark, (n,), {"sleep": 0.01})
+    process = start_worker_process(valkey_aof.url, lease=2.0, concurrency=10)
+    wait_for_runs(runs, "mark", 50)
+    valkey_aof.restart()
+    deadline = time.monotonic() + 60
+    while len(run_counts(runs, "mark")) < 400:
+        assert time.monotonic() < deadline, f"only {len(run_counts(runs, 'mark'))} of 400 ran"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    counts = run_counts(runs, "mark")
+    assert sorted(counts) == list(range(400))
+    stats = client.stats_sync("default")
+    assert stats["ready"] + stats["leased"] + stats["delayed"] == 0
