@@ -84,6 +84,7 @@ class Worker:
         self._stopping = False
         self._native: _native.NativeWorker | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._is_async: dict[Callable[..., Any], bool] = {}
 
     def __repr__(self) -> str:
         return (
@@ -172,15 +173,21 @@ class Worker:
             self.dead_lettered += 1
             native.failed(queue, task_id, token, describe_exception(exc), None)
             return
-        if inspect.iscoroutinefunction(fn):
-            future: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
+        is_async = self._is_async.get(fn)
+        if is_async is None:
+            is_async = self._is_async[fn] = inspect.iscoroutinefunction(fn)
+        loop = asyncio.get_running_loop()
+        if is_async:
+            # Started eagerly: a task that finishes without awaiting anything
+            # is settled at once, without a trip through the event loop.
+            future: asyncio.Future[Any] = asyncio.Task(fn(*args, **kwargs), loop=loop, eager_start=True)
+            if future.done():
+                self._finished(future, queue, task_id, token, attempt, name)
+                return
         else:
-            loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         self._running.add(future)
-        future.add_done_callback(
-            lambda f: self._finished(f, queue, task_id, token, attempt, name)
-        )
+        future.add_done_callback(lambda f: self._finished(f, queue, task_id, token, attempt, name))
 
     def _finished(
         self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str

@@ -1,0 +1,125 @@
+"""The Python package's speed: enqueue and process rates with one worker
+process at concurrency 200 against a local Valkey with the module.
+
+    .venv/bin/python -m benchmarks.python_bench [--tasks 20000] [--runs 3]
+
+Prints a Markdown table (and writes it with --markdown FILE)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import vtasks
+from benchmarks import bench_tasks
+from tests.conftest import ROOT, ValkeyServer
+
+
+async def enqueue_sequential(client: vtasks.Client, task, n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        await client.enqueue(task)
+    return n / (time.perf_counter() - started)
+
+
+async def enqueue_concurrent(client: vtasks.Client, task, n: int, producers: int = 100) -> float:
+    async def producer(count: int) -> None:
+        for _ in range(count):
+            await client.enqueue(task)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(producer(n // producers) for _ in range(producers)))
+    return (n // producers * producers) / (time.perf_counter() - started)
+
+
+def connected_clients(client: vtasks.Client) -> int:
+    import socket
+
+    host, port = client.url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"INFO clients\r\n")
+        data = b""
+        while b"connected_clients:" not in data or not data.endswith(b"\r\n"):
+            data += s.recv(65536)
+    line = next(line for line in data.decode().splitlines() if line.startswith("connected_clients:"))
+    return int(line.split(":")[1])
+
+
+def process(server: ValkeyServer, client: vtasks.Client, concurrency: int) -> dict:
+    baseline = connected_clients(client)
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], connected_clients(client) - baseline)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.python_worker", server.url, str(concurrency)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    done.set()
+    watcher.join()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["connections"] = peak[0]
+    return result
+
+
+def median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+
+
+def main() -> None:
+    # Measure the build users run: the release module (tests use debug).
+    os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    rows = []
+    for name, task in [("no-op", bench_tasks.noop), ("sleep 10 ms", bench_tasks.sleep10)]:
+        seq, conc, rates, rss, conns, first = [], [], [], [], [], []
+        for _ in range(args.runs):
+            server = ValkeyServer()
+            try:
+                client = vtasks.Client(server.url)
+                seq.append(asyncio.run(enqueue_sequential(client, task, min(args.tasks, 5_000))))
+                conc.append(asyncio.run(enqueue_concurrent(client, task, args.tasks)))
+                total = client.stats_sync("default")["ready"]
+                result = process(server, client, args.concurrency)
+                assert result["done"] == total, result
+                rates.append(result["done"] / result["elapsed_s"])
+                rss.append(result["peak_rss_mb"])
+                conns.append(result["connections"])
+                first.append(result["first_task_s"] * 1000)
+            finally:
+                server.close()
+        rows.append(
+            f"| {name} | {total:,} | {median_range(seq)} | {median_range(conc)} | {median_range(rates)} "
+            f"| {statistics.median(rss):.0f} | {max(conns)} | {statistics.median(first):.0f} |"
+        )
+        print(rows[-1], flush=True)
+    table = (
+        "| Task | Tasks processed | Enqueue/s sequential | Enqueue/s 100 producers | Process/s "
+        "| Peak RSS MB | Valkey conns | First task ms |\n|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n"
+    )
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+
+
+if __name__ == "__main__":
+    main()
