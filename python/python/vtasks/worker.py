@@ -8,6 +8,7 @@ outcomes go back with the next fetch: one round trip per batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import inspect
 import logging
@@ -33,6 +34,10 @@ Resolver = Callable[[str], Callable[..., Any]]
 class Worker:
     """Fetches tasks from ``queues`` (in order of preference) and runs them.
 
+    At most ``concurrency`` tasks run at once; up to ``prefetch`` more
+    (default: a quarter of ``concurrency``) wait leased in the worker, so a
+    finished task's slot is refilled without waiting for a round trip.
+
     ``burst=True`` drains the queues and returns. ``handle_signals`` turns
     SIGTERM/SIGINT into a graceful shutdown: no new tasks, running ones get
     ``grace`` seconds, fetched-but-unstarted ones go back to the queue
@@ -47,6 +52,7 @@ class Worker:
         *,
         queues: list[str] | tuple[str, ...] = ("default",),
         concurrency: int = 10,
+        prefetch: int | None = None,
         burst: bool = False,
         handle_signals: bool = True,
         resolver: Resolver | None = None,
@@ -66,6 +72,7 @@ class Worker:
         self.client = Client(client) if isinstance(client, str) else client
         self.queues = list(queues)
         self.concurrency = concurrency
+        self.prefetch = max(0, concurrency // 4 if prefetch is None else prefetch)
         self.burst = burst
         self.handle_signals = handle_signals
         self.resolver = resolver or resolve
@@ -85,6 +92,9 @@ class Worker:
         self._native: _native.NativeWorker | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._is_async: dict[Callable[..., Any], bool] = {}
+        # Leased, not started yet: (queue, id, token, attempt, payload).
+        self._backlog: collections.deque[tuple[str, str, int, int, bytes]] = collections.deque()
+        self._starting = False
 
     def __repr__(self) -> str:
         return (
@@ -102,7 +112,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         bridge = LoopBridge.current()
         self._native = _native.NativeWorker(
-            self.client.native, self.queues, self.consumer, self.concurrency,
+            self.client.native, self.queues, self.consumer, self.concurrency + self.prefetch,
             self.lease, self.block, self.keep_results,
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -133,8 +143,8 @@ class Worker:
                 return
             if not batch and self.burst and native.running() == 0 and not self._running:
                 return
-            for queue, task_id, token, attempt, body in batch:
-                self._start(queue, task_id, token, attempt, body)
+            self._backlog.extend(batch)
+            self._start_waiting()
             if self.max_tasks is not None and self.succeeded + self.failed >= self.max_tasks:
                 self.stop()
 
@@ -151,12 +161,29 @@ class Worker:
         """Stops the worker; ``run`` returns once running tasks finish."""
         self.stop()
 
+    def _start_waiting(self) -> None:
+        # Not re-entered: a task that finishes while being started (eagerly)
+        # frees its slot for the loop already running here.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._backlog and len(self._running) < self.concurrency and not self._stopping:
+                self._start(*self._backlog.popleft())
+        finally:
+            self._starting = False
+
     async def _shutdown(self, bridge: LoopBridge) -> None:
+        native = self._native
+        if native is not None and self._backlog:
+            # Fetched but never started: back to the queue, no attempt counted.
+            unstarted = [(q, i, t) for q, i, t, _, _ in self._backlog]
+            self._backlog.clear()
+            await bridge.wait(native.release(bridge.native, unstarted))
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=self.grace)
             for future in pending:
                 future.cancel()
-        native = self._native
         if native is not None:
             await bridge.wait(native.close(bridge.native))
         if self._pool is not None:
@@ -193,6 +220,14 @@ class Worker:
         self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
     ) -> None:
         self._running.discard(future)
+        try:
+            self._settle(future, queue, task_id, token, attempt, name)
+        finally:
+            self._start_waiting()
+
+    def _settle(
+        self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
+    ) -> None:
         native = self._native
         assert native is not None
         if future.cancelled():
