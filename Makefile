@@ -4,7 +4,7 @@
 #                run every test (Rust, then Python) against real valkey-server
 #                processes
 #   make demo    start Valkey with the module, push 10,000 tasks through it
-#   make bench   module benchmark; writes benchmarks/results/module.md
+#   make bench   module and Python benchmarks; write benchmarks/results/*.md
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
@@ -53,8 +53,10 @@ test: setup fmt-check clippy ruff rust-test py-test
 demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo
 
-bench: build-release
+bench: build-release setup
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/results/module.md
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
 
 clean:
 	$(CARGO) clean

@@ -186,7 +186,15 @@ async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
                 }
             }
         },
-        tokio::time::sleep(Duration::from_millis(150)),
+        {
+            // Shut down once a few tasks are done, whatever the machine's speed.
+            let done = done.clone();
+            async move {
+                while done.lock().unwrap().len() < 20 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        },
         Duration::from_secs(5),
     )
     .await
@@ -257,7 +265,10 @@ async fn a_server_restart_mid_run_is_survived() {
         std::future::pending(),
         Duration::from_secs(5),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Restart once the run is well under way and far from finished.
+    while seen.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _server = tokio::task::spawn_blocking(move || {
         server.restart();
         server
