@@ -6,6 +6,7 @@
 #   redis-server       from Debian 12 main, for compatibility checks
 #   libclang1-14,      for bindgen, which generates the module API bindings
 #   libclang-common-14-dev
+#   openssl            makes the certificates of the TLS tests
 #   cargo-nextest      the test runner (from crates.io, if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ installed() {
 }
 
 missing=()
-for pkg in redis-server libclang1-14 libclang-common-14-dev; do
+for pkg in redis-server libclang1-14 libclang-common-14-dev openssl; do
     installed "$pkg" || missing+=("$pkg")
 done
 need_valkey=0

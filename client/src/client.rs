@@ -35,6 +35,16 @@ impl ClientOptions {
     }
 }
 
+/// TLS (`rediss://`, `valkeys://`) uses rustls with the ring provider;
+/// rustls needs it chosen once per process.
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Another library of the process may have installed one already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 #[derive(Clone)]
 pub struct Client {
     conn: ConnectionManager,
@@ -56,6 +66,7 @@ impl Client {
     }
 
     pub async fn connect_with(options: ClientOptions) -> Result<Client> {
+        install_tls_provider();
         let redis = redis::Client::open(options.url.as_str())
             .map_err(|e| Error::InvalidInput(format!("URL {:?}: {e}", options.url)))?;
         let config = ConnectionManagerConfig::new()

@@ -151,3 +151,64 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
         "ended by CLIENT UNBLOCK"
     );
 }
+
+#[tokio::test]
+async fn tls_connections_work() {
+    let dir = std::env::temp_dir().join(format!("vtasks-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (installed by scripts/setup.sh)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls_port = tls_port.to_string();
+    let server = Server::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // The certificate is self-signed, so this test skips verification;
+    // production URLs verify against the system's roots.
+    let client = Client::connect(&format!("rediss://127.0.0.1:{tls_port}/#insecure"))
+        .await
+        .unwrap();
+    assert!(client
+        .enqueue(&q("secure"), NewTask::new("t", b"{}".to_vec()))
+        .await
+        .unwrap());
+    assert_eq!(
+        client.stats(&q("secure")).await.unwrap().get("ready"),
+        Some(1)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
