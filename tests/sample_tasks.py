@@ -55,3 +55,18 @@ def boom(n: int) -> None:
 @vtasks.task(name="tests.unserializable_result")
 def unserializable_result() -> object:
     return object()
+
+
+gauge_now: dict[str, int] = {}
+gauge_peak: dict[str, int] = {}
+
+
+@vtasks.task(name="tests.gauge")
+async def gauge(n: int, group: str) -> int:
+    """Tracks how many tasks of `group` run at once in this process."""
+    gauge_now[group] = gauge_now.get(group, 0) + 1
+    gauge_peak[group] = max(gauge_peak.get(group, 0), gauge_now[group])
+    await asyncio.sleep(0.02)
+    gauge_now[group] -= 1
+    record("gauge", n)
+    return n

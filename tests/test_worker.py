@@ -220,3 +220,17 @@ def test_valkey_restart_mid_run_the_worker_reconnects_and_finishes(valkey_aof, r
     assert sorted(counts) == list(range(400))
     stats = client.stats_sync("default")
     assert stats["ready"] + stats["leased"] + stats["delayed"] == 0
+
+
+def test_a_queue_concurrency_cap_limits_running_tasks_of_that_queue(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    for n in range(12):
+        client.enqueue_call_sync(sample_tasks.gauge, (n, "capped"), queue="capped")
+    for n in range(100, 130):
+        client.enqueue_call_sync(sample_tasks.gauge, (n, "free"), queue="free")
+    worker = burst(client, queues=["capped", "free"], concurrency=10, queue_concurrency={"capped": 2})
+    assert worker.succeeded == 42
+    assert sample_tasks.gauge_peak["capped"] == 2, sample_tasks.gauge_peak
+    assert sample_tasks.gauge_peak["free"] > 2, "the other queue still used the free slots"
+    with pytest.raises(ValueError, match="does not serve"):
+        vtasks.Worker(client, queues=["a"], queue_concurrency={"b": 1})

@@ -95,6 +95,9 @@ struct State {
     running: HashMap<(QueueName, String), i64>,
     acks: Vec<Ack>,
     nacks: Vec<Nack>,
+    /// Queues the caller asked not to fetch from for now (at their own
+    /// concurrency limit).
+    held_back: std::collections::HashSet<QueueName>,
     stats: WorkerStats,
 }
 
@@ -187,18 +190,27 @@ impl WorkerCore {
                 return Ok(Vec::new());
             }
             let changed = self.inner.changed.notified();
-            let (free, acks, nacks) = {
+            let (free, queues, acks, nacks) = {
                 let mut st = self.state();
                 let free = self
                     .inner
                     .options
                     .concurrency
                     .saturating_sub(st.running.len());
-                if free == 0 {
-                    (0, Vec::new(), Vec::new())
+                let queues: Vec<QueueName> = self
+                    .inner
+                    .options
+                    .queues
+                    .iter()
+                    .filter(|q| !st.held_back.contains(*q))
+                    .cloned()
+                    .collect();
+                if free == 0 || queues.is_empty() {
+                    (0, queues, Vec::new(), Vec::new())
                 } else {
                     (
                         free,
+                        queues,
                         std::mem::take(&mut st.acks),
                         std::mem::take(&mut st.nacks),
                     )
@@ -208,8 +220,28 @@ impl WorkerCore {
                 changed.await;
                 continue;
             }
+            // A FETCHN may settle only tasks of the queues it names; tasks of
+            // held-back queues are settled with their own ACK/NACK.
+            let (acks, aside_acks): (Vec<Ack>, Vec<Ack>) =
+                acks.into_iter().partition(|a| queues.contains(&a.queue));
+            let (nacks, aside_nacks): (Vec<Nack>, Vec<Nack>) =
+                nacks.into_iter().partition(|n| queues.contains(&n.queue));
+            if !aside_acks.is_empty() || !aside_nacks.is_empty() {
+                match self.send_settlements(&aside_acks, &aside_nacks).await {
+                    Ok((stale, trips)) => {
+                        let mut st = self.state();
+                        st.stats.stale += stale;
+                        st.stats.round_trips += trips;
+                    }
+                    Err(_) => {
+                        let mut st = self.state();
+                        st.acks.extend(aside_acks);
+                        st.nacks.extend(aside_nacks);
+                    }
+                }
+            }
             let fetch = Fetch {
-                queues: self.inner.options.queues.clone(),
+                queues,
                 consumer: self.inner.options.consumer.clone(),
                 count: free,
                 lease: self.inner.options.lease,
@@ -263,6 +295,21 @@ impl WorkerCore {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Stops fetching from `queue` (true) or resumes (false): per-queue
+    /// concurrency limits are kept by the caller, which knows what runs.
+    pub fn hold_back(&self, queue: &QueueName, held: bool) {
+        let mut st = self.state();
+        let changed = if held {
+            st.held_back.insert(queue.clone())
+        } else {
+            st.held_back.remove(queue)
+        };
+        drop(st);
+        if changed {
+            self.inner.changed.notify_waiters();
         }
     }
 

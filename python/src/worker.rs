@@ -170,6 +170,13 @@ impl NativeWorker {
         })
     }
 
+    /// Stops (or resumes) fetching from one queue: its own limit is reached.
+    fn hold_back(&self, queue: &str, held: bool) -> PyResult<()> {
+        self.core
+            .hold_back(&QueueName::new(queue).map_err(to_pyerr)?, held);
+        Ok(())
+    }
+
     fn running(&self) -> usize {
         self.core.running()
     }

@@ -37,6 +37,8 @@ class Worker:
     At most ``concurrency`` tasks run at once; up to ``prefetch`` more
     (default: a quarter of ``concurrency``) wait leased in the worker, so a
     finished task's slot is refilled without waiting for a round trip.
+    ``queue_concurrency`` caps how many tasks of one queue run at once; the
+    worker stops fetching from a queue while it is at its cap.
 
     ``burst=True`` drains the queues and returns. ``handle_signals`` turns
     SIGTERM/SIGINT into a graceful shutdown: no new tasks, running ones get
@@ -53,6 +55,7 @@ class Worker:
         queues: list[str] | tuple[str, ...] = ("default",),
         concurrency: int = 10,
         prefetch: int | None = None,
+        queue_concurrency: dict[str, int] | None = None,
         burst: bool = False,
         handle_signals: bool = True,
         resolver: Resolver | None = None,
@@ -73,6 +76,14 @@ class Worker:
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = max(0, concurrency // 4 if prefetch is None else prefetch)
+        self.queue_concurrency = dict(queue_concurrency or {})
+        unknown = set(self.queue_concurrency) - set(self.queues)
+        if unknown:
+            raise ValueError(f"queue_concurrency names queues the worker does not serve: {sorted(unknown)}")
+        if any(limit < 1 for limit in self.queue_concurrency.values()):
+            raise ValueError("each queue_concurrency limit must be at least 1")
+        # Per queue: tasks leased to this worker and not finished.
+        self._held: collections.Counter[str] = collections.Counter()
         self.burst = burst
         self.handle_signals = handle_signals
         self.resolver = resolver or resolve
@@ -144,6 +155,8 @@ class Worker:
             if not batch and self.burst and native.running() == 0 and not self._running:
                 return
             self._backlog.extend(batch)
+            for queue, *_ in batch:
+                self._count(queue, +1)
             self._start_waiting()
             if self.max_tasks is not None and self.succeeded + self.failed >= self.max_tasks:
                 self.stop()
@@ -169,9 +182,32 @@ class Worker:
         self._starting = True
         try:
             while self._backlog and len(self._running) < self.concurrency and not self._stopping:
-                self._start(*self._backlog.popleft())
+                item = self._next_startable()
+                if item is None:
+                    return
+                self._start(*item)
         finally:
             self._starting = False
+
+    def _next_startable(self) -> tuple[str, str, int, int, bytes] | None:
+        """The oldest waiting task whose queue is under its running cap."""
+        if not self.queue_concurrency:
+            return self._backlog.popleft()
+        running = collections.Counter(q for q, *_ in self._backlog)
+        for index, item in enumerate(self._backlog):
+            queue = item[0]
+            limit = self.queue_concurrency.get(queue)
+            if limit is None or self._held[queue] - running[queue] < limit:
+                del self._backlog[index]
+                return item
+        return None
+
+    def _count(self, queue: str, delta: int) -> None:
+        """Tracks tasks held per queue and holds back fetching at the cap."""
+        self._held[queue] += delta
+        limit = self.queue_concurrency.get(queue)
+        if limit is not None and self._native is not None:
+            self._native.hold_back(queue, self._held[queue] >= limit)
 
     async def _shutdown(self, bridge: LoopBridge) -> None:
         native = self._native
@@ -199,6 +235,7 @@ class Worker:
             logger.error("task %s in %s cannot run and is dead-lettered: %s", task_id, queue, exc)
             self.dead_lettered += 1
             native.failed(queue, task_id, token, describe_exception(exc), None)
+            self._count(queue, -1)
             return
         is_async = self._is_async.get(fn)
         if is_async is None:
@@ -220,6 +257,7 @@ class Worker:
         self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
     ) -> None:
         self._running.discard(future)
+        self._count(queue, -1)
         try:
             self._settle(future, queue, task_id, token, attempt, name)
         finally:
