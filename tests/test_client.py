@@ -96,3 +96,42 @@ class socket_port:
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
+
+
+def test_queue_administration_sync_and_async(valkey):
+    client = vtasks.Client(valkey.url)
+    waiting = client.enqueue_sync(sample_tasks.add, 1, 2)
+    doomed = client.enqueue_call_sync(sample_tasks.boom, (1,), max_attempts=1)
+    assert client.cancel_sync("default", [waiting, "unknown"]) == [True, False]
+    client.pause_sync("default")
+    assert client.stats_sync("default")["paused"] == 1
+    burst = vtasks.Worker(client, burst=True, handle_signals=False)
+    asyncio.run(burst.run())
+    assert burst.succeeded + burst.failed == 0, "a paused queue hands out nothing"
+    client.resume_sync("default")
+    asyncio.run(vtasks.Worker(client, burst=True, handle_signals=False).run())
+    dead = client.dead_letters_sync("default")
+    assert [d[0] for d in dead] == [doomed]
+
+    async def main():
+        assert await client.requeue_dead("default", [doomed]) == 1
+        assert (await client.get("default", doomed)).status == "ready"
+        await client.pause("default")
+        await client.resume("default")
+        assert await client.cancel("default", [doomed]) == [True]
+        assert await client.purge_dead("default") == 0
+
+    asyncio.run(main())
+
+
+def test_unix_socket_urls(tmp_path):
+    from tests.conftest import ValkeyServer
+
+    sock = tmp_path / "valkey.sock"
+    server = ValkeyServer(["--unixsocket", str(sock), "--unixsocketperm", "700"])
+    try:
+        client = vtasks.Client(f"unix://{sock}")
+        task_id = client.enqueue_sync(sample_tasks.add, 1, 2)
+        assert client.get_sync("default", task_id).status == "ready"
+    finally:
+        server.close()

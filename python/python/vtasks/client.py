@@ -240,28 +240,51 @@ class Client:
         return self.native.stats(None, queue)
 
     async def dead_letters(self, queue: str, offset: int = 0, count: int = 100) -> list[tuple[str, int, int, str]]:
+        """Dead-lettered tasks, oldest first: ``(id, dead_at_ms, attempts, error)``."""
         bridge = LoopBridge.current()
         return await bridge.wait(self.native.dead_letters(bridge.native, queue, offset, count))
 
+    def dead_letters_sync(self, queue: str, offset: int = 0, count: int = 100) -> list[tuple[str, int, int, str]]:
+        return self.native.dead_letters(None, queue, offset, count)
+
     async def requeue_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        """Puts dead tasks back (all when ``ids`` is None); returns how many."""
         bridge = LoopBridge.current()
         return await bridge.wait(self.native.requeue_dead(bridge.native, queue, ids))
 
+    def requeue_dead_sync(self, queue: str, ids: list[str] | None = None) -> int:
+        return self.native.requeue_dead(None, queue, ids)
+
     async def purge_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        """Deletes dead tasks (all when ``ids`` is None); returns how many."""
         bridge = LoopBridge.current()
         return await bridge.wait(self.native.purge_dead(bridge.native, queue, ids))
 
+    def purge_dead_sync(self, queue: str, ids: list[str] | None = None) -> int:
+        return self.native.purge_dead(None, queue, ids)
+
     async def pause(self, queue: str) -> None:
+        """Workers get nothing from a paused queue; enqueue still works."""
         bridge = LoopBridge.current()
         await bridge.wait(self.native.pause(bridge.native, queue))
+
+    def pause_sync(self, queue: str) -> None:
+        self.native.pause(None, queue)
 
     async def resume(self, queue: str) -> None:
         bridge = LoopBridge.current()
         await bridge.wait(self.native.resume(bridge.native, queue))
 
+    def resume_sync(self, queue: str) -> None:
+        self.native.resume(None, queue)
+
     async def cancel(self, queue: str, ids: list[str]) -> list[bool]:
+        """Cancels tasks still waiting; per id, whether it was cancelled."""
         bridge = LoopBridge.current()
         return await bridge.wait(self.native.cancel(bridge.native, queue, ids))
+
+    def cancel_sync(self, queue: str, ids: list[str]) -> list[bool]:
+        return self.native.cancel(None, queue, ids)
 
     def has_module_sync(self) -> bool:
         return self.native.has_module(None)
