@@ -12,7 +12,7 @@ export RUST_BACKTRACE ?= 0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup fmt-check clippy ruff build build-release python test unit-test rust-test py-test demo bench clean
+.PHONY: setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,12 @@ clippy:
 
 ruff: setup
 	$(VENV)/bin/ruff check python/python tests
+
+# Types of the Python package, and the hand-written stub of the extension
+# checked against the built module.
+mypy: python
+	$(VENV)/bin/mypy --disallow-untyped-defs python/python/vtasks
+	$(PY) -m mypy.stubtest vtasks._native
 
 # The integration tests load target/debug/libvtasks.so; `cargo test` does not
 # rebuild the cdylib by itself, so build it first.
@@ -48,7 +54,7 @@ rust-test: build
 py-test: build python
 	$(PY) -m pytest
 
-test: setup fmt-check clippy ruff rust-test py-test
+test: setup fmt-check clippy ruff mypy rust-test py-test
 
 demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo

@@ -1,6 +1,22 @@
-"""Type stubs of the native extension (vtasks._native)."""
+"""Type stubs of the native extension (vtasks._native), checked against
+the built module by ``python -m mypy.stubtest vtasks._native``."""
 
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "Bridge",
+    "NativeClient",
+    "NativeWorker",
+    "VtasksError",
+    "ConnectionFailed",
+    "ServerError",
+    "QueueFull",
+    "NoSuchQueue",
+    "InvalidArgument",
+    "PayloadError",
+    "ProtocolError",
+    "__version__",
+]
 
 __version__: str
 
@@ -14,17 +30,19 @@ class InvalidArgument(VtasksError): ...
 class PayloadError(VtasksError): ...
 class ProtocolError(VtasksError): ...
 
+@final
 class Bridge:
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Bridge: ...
     def fileno(self) -> int: ...
     def drain(self) -> list[tuple[int, bool, Any]]: ...
 
-TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
+_TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
 
+@final
 class NativeClient:
-    def __init__(self, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0) -> None: ...
+    def __new__(cls, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0) -> NativeClient: ...
     def enqueue(
-        self, bridge: Bridge | None, queue_name: str, tasks: list[TaskTuple], maxlen: int | None = None
+        self, bridge: Bridge | None, queue_name: str, tasks: list[_TaskTuple], maxlen: int | None = None
     ) -> Any: ...
     def get(self, bridge: Bridge | None, queue_name: str, id: str) -> Any: ...
     def stats(self, bridge: Bridge | None, queue_name: str) -> Any: ...
@@ -36,9 +54,10 @@ class NativeClient:
     def cancel(self, bridge: Bridge | None, queue_name: str, ids: list[str]) -> Any: ...
     def has_module(self, bridge: Bridge | None) -> Any: ...
 
+@final
 class NativeWorker:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         client: NativeClient,
         queues: list[str],
         consumer: str,
@@ -46,7 +65,7 @@ class NativeWorker:
         lease: float,
         block: float,
         keep_results: float | None = None,
-    ) -> None: ...
+    ) -> NativeWorker: ...
     def start(self) -> None: ...
     def next_batch(self, bridge: Bridge) -> int: ...
     def succeeded(self, queue: str, id: str, token: int, result: bytes | None = None) -> None: ...

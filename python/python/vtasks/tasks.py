@@ -52,9 +52,8 @@ def task(
 
 def options_of(fn: Callable[..., Any] | str) -> TaskOptions:
     """The options of a registered task, by callable or name."""
-    if isinstance(fn, str):
-        return resolve(fn).__vtasks__
-    opts = getattr(fn, "__vtasks__", None)
+    target = resolve(fn) if isinstance(fn, str) else fn
+    opts: TaskOptions | None = getattr(target, "__vtasks__", None)
     if opts is None:
         raise TaskNotRegistered(f"{fn!r} is not a registered task: decorate it with @vtasks.task")
     return opts
