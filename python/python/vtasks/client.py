@@ -208,6 +208,37 @@ class Client:
         self.native.enqueue(None, queue or target, [item])
         return item[0]
 
+    async def enqueue_payload(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        id: str,
+        priority: int = 0,
+        run_at: dt.datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> bool:
+        """Enqueues an already-encoded payload (framework integrations);
+        returns False if a task with this id already exists."""
+        item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
+        bridge = LoopBridge.current()
+        added: list[bool] = await bridge.wait(self.native.enqueue(bridge.native, queue, [item]))
+        return added[0]
+
+    def enqueue_payload_sync(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        id: str,
+        priority: int = 0,
+        run_at: dt.datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> bool:
+        item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
+        added: list[bool] = self.native.enqueue(None, queue, [item])
+        return added[0]
+
     async def enqueue_many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *, queue: str | None = None,

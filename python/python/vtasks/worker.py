@@ -31,6 +31,17 @@ logger = logging.getLogger("vtasks.worker")
 Resolver = Callable[[str], Callable[..., Any]]
 
 
+class Delivery:
+    """What a task wrapper learns about the run it belongs to (resolvers
+    that mark their callable with ``wants_delivery = True`` get it as the
+    first argument)."""
+
+    __slots__ = ("queue", "id", "attempt", "consumer")
+
+    def __init__(self, queue: str, id: str, attempt: int, consumer: str) -> None:
+        self.queue, self.id, self.attempt, self.consumer = queue, id, attempt, consumer
+
+
 class Worker:
     """Fetches tasks from ``queues`` (in order of preference) and runs them.
 
@@ -240,6 +251,8 @@ class Worker:
         is_async = self._is_async.get(fn)
         if is_async is None:
             is_async = self._is_async[fn] = inspect.iscoroutinefunction(fn)
+        if getattr(fn, "wants_delivery", False):
+            args = [Delivery(queue, task_id, attempt, self.consumer), *args]
         loop = asyncio.get_running_loop()
         if is_async:
             # Started eagerly: a task that finishes without awaiting anything

@@ -1,0 +1,14 @@
+"""Django settings of the integration tests; each test points TASKS at its
+own valkey-server (see the `django_valkey` fixture)."""
+
+SECRET_KEY = "vtasks-tests"
+INSTALLED_APPS = ["vtasks.django"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+USE_TZ = True
+TASKS = {
+    "default": {
+        "BACKEND": "vtasks.django.ValkeyTaskBackend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {"URL": "valkey://127.0.0.1:1"},
+    }
+}

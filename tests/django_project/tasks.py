@@ -1,0 +1,40 @@
+"""Plain Django tasks, as a project would write them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.tasks import task
+
+from tests.sample_tasks import record
+
+
+@task
+def add(a: int, b: int) -> int:
+    record("django_add", a)
+    return a + b
+
+
+@task(queue_name="emails", priority=5)
+async def send_email(n: int) -> str:
+    await asyncio.sleep(0)
+    record("django_send", n)
+    return f"sent {n}"
+
+
+@task(takes_context=True)
+def attempt_number(context, n: int) -> int:
+    record("django_context", context.attempt)
+    return context.attempt
+
+
+@task
+def fails(n: int) -> None:
+    record("django_fails", n)
+    raise ValueError(f"failed {n}")
+
+
+@task
+def ordered(n: int) -> int:
+    record("django_ordered", n)
+    return n

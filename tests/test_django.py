@@ -1,0 +1,201 @@
+"""The Django Tasks backend and `runworker`, against a real valkey-server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+import vtasks
+from django.core.management import call_command
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued, task_finished, task_started
+from vtasks.django.worker import make_worker
+
+from tests.conftest import ValkeyServer
+from tests.django_project import tasks
+from tests.test_worker import run_counts
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    path = tmp_path / "runs.txt"
+    path.touch()
+    monkeypatch.setenv("VTASKS_TEST_RUNS", str(path))
+    return path
+
+
+def point_tasks_at(settings, url: str, **options) -> None:
+    settings.TASKS = {
+        "default": {
+            "BACKEND": "vtasks.django.ValkeyTaskBackend",
+            "QUEUES": ["default", "emails"],
+            "OPTIONS": {"URL": url, **options},
+        }
+    }
+
+
+@pytest.fixture
+def django_valkey(valkey, settings):
+    point_tasks_at(settings, valkey.url)
+    return valkey
+
+
+def run_worker_burst(**options) -> vtasks.Worker:
+    worker = make_worker(task_backends["default"], burst=True, handle_signals=False, **options)
+    asyncio.run(worker.run())
+    return worker
+
+
+def test_enqueue_and_get_result_through_every_status(django_valkey, runs):
+    result = tasks.add.enqueue(2, 3)
+    assert result.status == TaskResultStatus.READY
+    assert result.id.endswith("@default")
+    fetched = tasks.add.get_result(result.id)
+    assert (fetched.status, fetched.args, fetched.task.func) == (TaskResultStatus.READY, [2, 3], tasks.add.func)
+    worker = run_worker_burst()
+    done = tasks.add.get_result(result.id)
+    assert done.status == TaskResultStatus.SUCCESSFUL
+    assert done.return_value == 5
+    assert done.worker_ids == [worker.consumer]
+    assert done.attempts == 1
+    assert done.enqueued_at <= done.started_at <= done.finished_at
+    assert done.last_attempted_at is not None
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result("no-such-id@default")
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result("malformed")
+
+
+def test_async_enqueue_is_native_and_async_tasks_run(django_valkey, runs):
+    async def main():
+        result = await tasks.send_email.aenqueue(7)
+        assert result.status == TaskResultStatus.READY
+        return result.id
+
+    rid = asyncio.run(main())
+    assert rid.endswith("@emails")
+    run_worker_burst()
+
+    async def check():
+        done = await tasks.send_email.aget_result(rid)
+        assert done.return_value == "sent 7"
+        await done.arefresh()
+
+    asyncio.run(check())
+    assert run_counts(runs, "django_send") == {7: 1}
+
+
+def test_priority_orders_work_and_run_after_defers_it(django_valkey, runs):
+    for n, priority in [(1, -10), (2, 0), (3, 50)]:
+        tasks.ordered.using(priority=priority).enqueue(n)
+    later = tasks.ordered.using(run_after=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).enqueue(99)
+    run_worker_burst(concurrency=1, prefetch=0)
+    lines = [line.split()[1] for line in runs.read_text().splitlines() if line.startswith("django_ordered")]
+    assert lines == ["3", "2", "1"], "higher priority first"
+    assert tasks.ordered.get_result(later.id).status == TaskResultStatus.READY, "not before run_after"
+
+
+def test_takes_context_gets_the_attempt(django_valkey, runs):
+    result = tasks.attempt_number.enqueue(1)
+    run_worker_burst()
+    assert tasks.attempt_number.get_result(result.id).return_value == 1
+
+
+def test_signals_are_sent(django_valkey, runs):
+    seen: list[tuple[str, str]] = []
+
+    def receiver(name):
+        def handle(sender, task_result, **kwargs):
+            seen.append((name, task_result.status))
+
+        return handle
+
+    handlers = [receiver("enqueued"), receiver("started"), receiver("finished")]
+    for signal, handler in zip((task_enqueued, task_started, task_finished), handlers, strict=True):
+        signal.connect(handler)
+    try:
+        tasks.add.enqueue(1, 1)
+        run_worker_burst()
+    finally:
+        for signal, handler in zip((task_enqueued, task_started, task_finished), handlers, strict=True):
+            signal.disconnect(handler)
+    assert seen == [
+        ("enqueued", TaskResultStatus.READY),
+        ("started", TaskResultStatus.RUNNING),
+        ("finished", TaskResultStatus.SUCCESSFUL),
+    ]
+
+
+def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
+    result = tasks.fails.enqueue(4)
+    worker = run_worker_burst()
+    failed = tasks.fails.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert failed.errors[0].exception_class is ValueError
+    assert "failed 4" in failed.errors[0].traceback
+    with pytest.raises(ValueError, match="Task failed"):
+        _ = failed.return_value
+    assert worker.failed == 1
+
+
+def test_retries_follow_max_attempts(valkey, settings, runs):
+    point_tasks_at(settings, valkey.url, MAX_ATTEMPTS=3, RETRY_BACKOFF=0.01)
+    result = tasks.fails.enqueue(5)
+    backend = task_backends["default"]
+    worker = make_worker(backend, handle_signals=False, block=0.2)
+
+    async def run_until_failed():
+        runner = asyncio.create_task(worker.run())
+        while (await backend.aget_result(result.id)).status != TaskResultStatus.FAILED:
+            await asyncio.sleep(0.05)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(run_until_failed(), 30))
+    assert run_counts(runs, "django_fails") == {5: 3}
+    assert tasks.fails.get_result(result.id).attempts == 3
+
+
+def test_only_django_task_objects_run(django_valkey, runs):
+    client = task_backends["default"].client
+    for name in ("os.system", "tests.sample_tasks.record", "no.such.module.thing"):
+        client.enqueue_payload_sync("default", vtasks.payloads.dumps({"task": name, "args": ["x"], "kwargs": {}}),
+                                    id=name)
+    worker = run_worker_burst()
+    assert worker.dead_lettered == 3
+    for name in ("os.system", "tests.sample_tasks.record", "no.such.module.thing"):
+        state = client.get_sync("default", name)
+        assert state.status == "dead"
+        assert "Task" in state.error["message"] or "cannot import" in state.error["message"]
+    assert runs.read_text() == "", "nothing ran"
+
+
+def test_queue_names_are_validated(django_valkey):
+    with pytest.raises(InvalidTask):
+        tasks.add.using(queue_name="elsewhere").enqueue(1, 2)
+
+
+def test_system_checks_report_an_unreachable_server_and_a_missing_module(settings):
+    point_tasks_at(settings, "valkey://127.0.0.1:1", CONNECT_TIMEOUT=0.5)
+    messages = task_backends["default"].check()
+    assert [m.id for m in messages] == ["vtasks.E001"]
+    assert messages[0].hint
+    plain = ValkeyServer(with_module=False)
+    try:
+        point_tasks_at(settings, plain.url)
+        assert [m.id for m in task_backends["default"].check()] == ["vtasks.E002"]
+    finally:
+        plain.close()
+
+
+def test_runworker_command_in_burst_mode(django_valkey, runs, capsys):
+    for n in range(20):
+        tasks.add.enqueue(n, n)
+    call_command("runworker", "--burst", "--concurrency", "5", "--queue", "default")
+    out = capsys.readouterr().out
+    assert "20 succeeded" in out
+    assert sorted(run_counts(runs, "django_add")) == list(range(20))
+    with pytest.raises(Exception, match="not configured"):
+        call_command("runworker", "--burst", "--queue", "nowhere")
