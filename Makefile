@@ -3,7 +3,9 @@
 #   make test    install what is missing, check formatting and lints, build,
 #                run every test (Rust, then Python) against real valkey-server
 #                processes
-#   make demo    start Valkey with the module, push 10,000 tasks through it
+#   make demo    the example Django project: 20,000 tasks enqueued from async
+#                views, run by `manage.py runworker`, every result checked
+#   make module-demo  10,000 tasks through the module with a Rust program
 #   make bench   module and Python benchmarks; write benchmarks/results/*.md
 
 CARGO ?= cargo
@@ -12,7 +14,7 @@ export RUST_BACKTRACE ?= 0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test demo bench clean
+.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,7 +26,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ruff: setup
-	$(VENV)/bin/ruff check python/python tests
+	$(VENV)/bin/ruff check python/python tests example
 
 # Types of the Python package, and the hand-written stub of the extension
 # checked against the built module.
@@ -56,7 +58,11 @@ py-test: build python
 
 test: setup fmt-check clippy ruff mypy rust-test py-test
 
-demo: build-release
+demo: build-release setup
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+	$(PY) example/demo.py
+
+module-demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo
 
 bench: build-release setup
