@@ -199,3 +199,52 @@ def test_runworker_command_in_burst_mode(django_valkey, runs, capsys):
     assert sorted(run_counts(runs, "django_add")) == list(range(20))
     with pytest.raises(Exception, match="not configured"):
         call_command("runworker", "--burst", "--queue", "nowhere")
+
+
+def test_vtasks_options_on_the_standard_decorator(django_valkey, runs):
+    assert tasks.fails_twice.max_attempts == 2
+    result = tasks.fails_twice.enqueue(1)
+    backend = task_backends["default"]
+    worker = make_worker(backend, handle_signals=False, block=0.2)
+
+    async def run_until_failed():
+        runner = asyncio.create_task(worker.run())
+        while (await backend.aget_result(result.id)).status != TaskResultStatus.FAILED:
+            await asyncio.sleep(0.05)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(run_until_failed(), 30))
+    assert run_counts(runs, "django_fails_twice") == {1: 2}, "max_attempts from @task"
+    once = tasks.fails_twice.options(max_attempts=1)
+    assert once.max_attempts == 1 and tasks.fails_twice.max_attempts == 2
+    with pytest.raises(InvalidTask, match="max_attempts"):
+        tasks.fails_twice.options(max_attempts=0).enqueue(1)
+
+
+def test_a_timeout_fails_a_slow_async_task(django_valkey):
+    result = tasks.too_slow.enqueue()
+    started = dt.datetime.now(dt.UTC)
+    run_worker_burst()
+    failed = tasks.too_slow.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert failed.errors[0].exception_class is TimeoutError
+    assert (dt.datetime.now(dt.UTC) - started).total_seconds() < 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_waits_for_the_transaction(valkey, settings, runs):
+    from django.db import transaction
+
+    point_tasks_at(settings, valkey.url, ENQUEUE_ON_COMMIT=True)
+    client = task_backends["default"].client
+    with transaction.atomic():
+        kept = tasks.add.enqueue(1, 1)
+        with pytest.raises(vtasks.NoSuchQueue):
+            client.stats_sync("default")  # nothing sent yet
+    assert client.stats_sync("default")["ready"] == 1
+    assert tasks.add.get_result(kept.id).status == TaskResultStatus.READY
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue(2, 2)
+        raise RuntimeError("rolled back")
+    assert client.stats_sync("default")["ready"] == 1, "a rolled-back enqueue never happens"

@@ -38,3 +38,14 @@ def fails(n: int) -> None:
 def ordered(n: int) -> int:
     record("django_ordered", n)
     return n
+
+
+@task(max_attempts=2, retry_backoff=0.01)
+def fails_twice(n: int) -> None:
+    record("django_fails_twice", n)
+    raise RuntimeError(f"again {n}")
+
+
+@task(timeout=0.2)
+async def too_slow() -> None:
+    await asyncio.sleep(10)

@@ -38,6 +38,12 @@ def encode_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> byt
 
 def decode_call(data: bytes) -> tuple[str, list[Any], dict[str, Any]]:
     """The task name, positional and keyword arguments; ValueError if malformed."""
+    name, args, kwargs, _ = decode_call_with_options(data)
+    return name, args, kwargs
+
+
+def decode_call_with_options(data: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
+    """As `decode_call`, plus the payload's run options (`backoff`, `timeout`)."""
     try:
         body = loads(data)
     except Exception as exc:
@@ -49,7 +55,10 @@ def decode_call(data: bytes) -> tuple[str, list[Any], dict[str, Any]]:
         raise ValueError("payload has no task name")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError("payload args must be a list and kwargs an object")
-    return name, args, kwargs
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise ValueError("payload options must be an object")
+    return name, args, kwargs, options
 
 
 def describe_exception(exc: BaseException) -> str:

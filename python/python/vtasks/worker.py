@@ -23,7 +23,7 @@ from . import _native
 from ._bridge import LoopBridge
 from .client import Client
 from .errors import TaskNotRegistered
-from .payloads import decode_call, describe_exception, dumps
+from .payloads import decode_call_with_options, describe_exception, dumps
 from .tasks import resolve
 
 logger = logging.getLogger("vtasks.worker")
@@ -240,7 +240,7 @@ class Worker:
         native = self._native
         assert native is not None
         try:
-            name, args, kwargs = decode_call(body)
+            name, args, kwargs, options = decode_call_with_options(body)
             fn = self.resolver(name)
         except (ValueError, TaskNotRegistered) as exc:
             logger.error("task %s in %s cannot run and is dead-lettered: %s", task_id, queue, exc)
@@ -251,33 +251,52 @@ class Worker:
         is_async = self._is_async.get(fn)
         if is_async is None:
             is_async = self._is_async[fn] = inspect.iscoroutinefunction(fn)
+        backoff = float(options.get("backoff", self.retry_backoff))
         if getattr(fn, "wants_delivery", False):
             args = [Delivery(queue, task_id, attempt, self.consumer), *args]
         loop = asyncio.get_running_loop()
         if is_async:
             # Started eagerly: a task that finishes without awaiting anything
             # is settled at once, without a trip through the event loop.
-            future: asyncio.Future[Any] = asyncio.Task(fn(*args, **kwargs), loop=loop, eager_start=True)
+            coro = fn(*args, **kwargs)
+            timeout = options.get("timeout")
+            if timeout is not None:
+                coro = asyncio.wait_for(coro, float(timeout))
+            future: asyncio.Future[Any] = asyncio.Task(coro, loop=loop, eager_start=True)
             if future.done():
-                self._finished(future, queue, task_id, token, attempt, name)
+                self._finished(future, queue, task_id, token, attempt, name, backoff)
                 return
         else:
             future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         self._running.add(future)
-        future.add_done_callback(lambda f: self._finished(f, queue, task_id, token, attempt, name))
+        future.add_done_callback(lambda f: self._finished(f, queue, task_id, token, attempt, name, backoff))
 
     def _finished(
-        self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
+        self,
+        future: asyncio.Future[Any],
+        queue: str,
+        task_id: str,
+        token: int,
+        attempt: int,
+        name: str,
+        backoff: float,
     ) -> None:
         self._running.discard(future)
         self._count(queue, -1)
         try:
-            self._settle(future, queue, task_id, token, attempt, name)
+            self._settle(future, queue, task_id, token, attempt, name, backoff)
         finally:
             self._start_waiting()
 
     def _settle(
-        self, future: asyncio.Future[Any], queue: str, task_id: str, token: int, attempt: int, name: str
+        self,
+        future: asyncio.Future[Any],
+        queue: str,
+        task_id: str,
+        token: int,
+        attempt: int,
+        name: str,
+        backoff: float,
     ) -> None:
         native = self._native
         assert native is not None
@@ -300,7 +319,7 @@ class Worker:
             native.succeeded(queue, task_id, token, result)
             return
         self.failed += 1
-        delay = min(self.retry_backoff * 2 ** (attempt - 1), self.max_backoff)
+        delay = min(backoff * 2 ** (attempt - 1), self.max_backoff)
         delay *= random.uniform(0.5, 1.5)
         logger.warning("task %s (%s) attempt %d failed: %r", task_id, name, attempt, exc)
         native.failed(queue, task_id, token, describe_exception(exc), delay)

@@ -6,14 +6,16 @@ nothing but the id and costs one round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 from django.core import checks
+from django.db import connections, transaction
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError
-from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -66,6 +68,35 @@ def resolve_task(path: str) -> Task:
     return obj
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class VtasksTask(Task):
+    """A Django Task with vtasks' own options. ``@task(max_attempts=5,
+    retry_backoff=2.0, timeout=30)`` sets them (Django's decorator passes
+    extra keywords to the backend's task class), and ``.options(...)``
+    changes them like ``.using(...)`` changes the standard ones."""
+
+    # Attempts before the task is marked FAILED (None: the backend's MAX_ATTEMPTS).
+    max_attempts: int | None = None
+    # Seconds before the first retry, doubled per attempt (None: RETRY_BACKOFF).
+    retry_backoff: float | None = None
+    # Seconds an async task may run before it is cancelled and counted as failed.
+    timeout: float | None = None
+
+    def options(
+        self,
+        *,
+        max_attempts: int | None = None,
+        retry_backoff: float | None = None,
+        timeout: float | None = None,
+    ) -> VtasksTask:
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (("max_attempts", max_attempts), ("retry_backoff", retry_backoff), ("timeout", timeout))
+            if value is not None
+        }
+        return dataclasses.replace(self, **changes)
+
+
 class ValkeyTaskBackend(BaseTaskBackend):
     # Tasks can be scheduled with run_after.
     supports_defer = True
@@ -75,6 +106,8 @@ class ValkeyTaskBackend(BaseTaskBackend):
     supports_get_result = True
     # Higher priority first, FIFO within a priority.
     supports_priority = True
+
+    task_class = VtasksTask
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -87,16 +120,42 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.connect_timeout: float = float(options.get("CONNECT_TIMEOUT", 5.0))
         self.response_timeout: float = float(options.get("RESPONSE_TIMEOUT", 10.0))
         self.queue_concurrency: dict[str, int] = dict(options.get("QUEUE_CONCURRENCY", {}))
+        # Defer a sync enqueue made inside a transaction until it commits.
+        self.enqueue_on_commit: bool = bool(options.get("ENQUEUE_ON_COMMIT", False))
 
     @property
     def client(self) -> Client:
         return client_for(self.url, self.connect_timeout, self.response_timeout)
 
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        max_attempts = getattr(task, "max_attempts", None)
+        if max_attempts is not None and not 1 <= max_attempts <= 10_000:
+            raise InvalidTask("max_attempts must be between 1 and 10000.")
+        for name in ("retry_backoff", "timeout"):
+            value = getattr(task, name, None)
+            if value is not None and value <= 0:
+                raise InvalidTask(f"{name} must be a positive number of seconds.")
+
+    def _attempts(self, task: Task) -> int:
+        return getattr(task, "max_attempts", None) or self.max_attempts
+
     def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, bytes]:
         self.validate_task(task)
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
         task_id = uuid.uuid4().hex
-        payload = dumps({"task": task.module_path, "args": args, "kwargs": kwargs})
+        body: dict[str, Any] = {"task": task.module_path, "args": args, "kwargs": kwargs}
+        run_options = {
+            key: value
+            for key, value in (
+                ("backoff", getattr(task, "retry_backoff", None)),
+                ("timeout", getattr(task, "timeout", None)),
+            )
+            if value is not None
+        }
+        if run_options:
+            body["options"] = run_options
+        payload = dumps(body)
         result = TaskResult(
             task=task,
             id=result_id(task_id, task.queue_name),
@@ -121,18 +180,28 @@ class ValkeyTaskBackend(BaseTaskBackend):
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         result, payload = self._prepare(task, args, kwargs)
         task_id, queue = split_result_id(result.id)
-        self.client.enqueue_payload_sync(
-            queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-            max_attempts=self.max_attempts,
-        )
-        return self._enqueued(result)
+
+        def send() -> None:
+            self.client.enqueue_payload_sync(
+                queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
+                max_attempts=self._attempts(task),
+            )
+            self._enqueued(result)
+
+        if self.enqueue_on_commit and any(c.in_atomic_block for c in connections.all(initialized_only=True)):
+            # The task must not run before the data it needs is committed,
+            # nor at all if the transaction rolls back.
+            transaction.on_commit(send)
+        else:
+            send()
+        return result
 
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         result, payload = self._prepare(task, args, kwargs)
         task_id, queue = split_result_id(result.id)
         await self.client.enqueue_payload(
             queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-            max_attempts=self.max_attempts,
+            max_attempts=self._attempts(task),
         )
         return self._enqueued(result)
 
