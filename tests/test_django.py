@@ -248,3 +248,33 @@ def test_enqueue_on_commit_waits_for_the_transaction(valkey, settings, runs):
         tasks.add.enqueue(2, 2)
         raise RuntimeError("rolled back")
     assert client.stats_sync("default")["ready"] == 1, "a rolled-back enqueue never happens"
+
+
+def test_a_worker_embedded_in_the_asgi_lifespan(django_valkey, runs):
+    from django.core.asgi import get_asgi_application
+    from vtasks.django.asgi import with_worker
+
+    app = with_worker(get_asgi_application(), concurrency=5, block=0.2)
+
+    async def main():
+        inbox: asyncio.Queue = asyncio.Queue()
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        lifespan = asyncio.create_task(app({"type": "lifespan"}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        while not sent:
+            await asyncio.sleep(0.01)
+        assert sent == [{"type": "lifespan.startup.complete"}]
+        results = [await tasks.add.aenqueue(n, n) for n in range(10)]
+        for result in results:
+            while (await tasks.add.aget_result(result.id)).status != TaskResultStatus.SUCCESSFUL:
+                await asyncio.sleep(0.02)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 10)
+        assert sent[-1] == {"type": "lifespan.shutdown.complete"}
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert sorted(run_counts(runs, "django_add")) == list(range(10))
