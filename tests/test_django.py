@@ -278,3 +278,25 @@ def test_a_worker_embedded_in_the_asgi_lifespan(django_valkey, runs):
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert sorted(run_counts(runs, "django_add")) == list(range(10))
+
+
+def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):
+    first = tasks.refresh_cache.enqueue("home")
+    again = tasks.refresh_cache.enqueue("home")
+    other = tasks.refresh_cache.enqueue("about")
+    assert first.id == again.id != other.id
+    assert task_backends["default"].client.stats_sync("default")["ready"] == 2, "the duplicate was not added"
+    run_worker_burst()
+    assert tasks.refresh_cache.get_result(first.id).return_value == "home"
+    after = tasks.refresh_cache.enqueue("home")
+    assert after.id == first.id
+    assert tasks.refresh_cache.get_result(after.id).status == TaskResultStatus.READY, "a finished one is replaced"
+
+    digest = tasks.send_digest.enqueue(7)
+    assert tasks.send_digest.enqueue(7).id == digest.id
+    run_worker_burst()
+    assert tasks.send_digest.enqueue(7).id == digest.id
+    assert tasks.send_digest.get_result(digest.id).status == TaskResultStatus.SUCCESSFUL, "still throttled"
+    assert run_counts(runs, "django_digest") == {7: 1}
+    with pytest.raises(InvalidTask, match="unique_period"):
+        tasks.add.options(unique="throttle").enqueue(1, 1)

@@ -33,6 +33,20 @@ impl Error {
         matches!(self, Error::Connection(_))
     }
 
+    /// Whether the same call is worth retrying after a pause: the
+    /// connection broke, or the server is briefly unable to serve (loading
+    /// its data after a restart, busy with a script, failing over).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connection(_) => true,
+            Error::Server { code, .. } => matches!(
+                code.as_str(),
+                "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY"
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn protocol(what: impl Into<String>) -> Self {
         Error::Protocol(what.into())
     }

@@ -32,6 +32,9 @@ pub struct NewTask {
     pub when: When,
     /// None: the server's default (3).
     pub max_attempts: Option<u32>,
+    /// Replace a finished task with the same id (unique tasks): at most one
+    /// waiting or running task per id.
+    pub replace_finished: bool,
 }
 
 impl NewTask {
@@ -42,6 +45,7 @@ impl NewTask {
             priority: 0,
             when: When::Now,
             max_attempts: None,
+            replace_finished: false,
         }
     }
 }
@@ -87,6 +91,9 @@ impl Enqueue<'_> {
             }
             if let Some(n) = task.max_attempts {
                 cmd.arg("ATTEMPTS").arg(n);
+            }
+            if task.replace_finished {
+                cmd.arg("REPLACEFINISHED");
             }
         }
         Ok(cmd)

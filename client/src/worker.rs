@@ -287,7 +287,7 @@ impl WorkerCore {
                     let mut nacks = fetch.nacks;
                     nacks.append(&mut st.nacks);
                     st.nacks = nacks;
-                    if !err.is_connection() {
+                    if !err.is_transient() {
                         return Err(err);
                     }
                     st.stats.reconnects += 1;

@@ -212,3 +212,18 @@ async fn tls_connections_work() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_loading_server_is_a_transient_error() {
+    let loading = Error::Server {
+        code: "LOADING".into(),
+        message: "Valkey is loading the dataset in memory".into(),
+    };
+    assert!(loading.is_transient());
+    assert!(Error::Connection("reset".into()).is_transient());
+    let full = Error::Server {
+        code: "QUEUEFULL".into(),
+        message: String::new(),
+    };
+    assert!(!full.is_transient());
+}

@@ -531,3 +531,41 @@ fn data_uses_native_types_under_the_queue_hash_tag() {
         assert_eq!(t, kind, "{key}");
     }
 }
+
+#[test]
+fn replace_finished_keeps_one_active_task_per_id() {
+    let server = Server::start();
+    let mut con = server.connect();
+    fn unique(payload: &str) -> Vec<&str> {
+        vec![
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "u",
+            payload,
+            "REPLACEFINISHED",
+        ]
+    }
+    assert_eq!(int(&items(&query(&mut con, &unique("1")))[0]), 1);
+    assert_eq!(
+        int(&items(&query(&mut con, &unique("2")))[0]),
+        0,
+        "waiting: unchanged"
+    );
+    let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
+    query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "u", &t.token.to_string(), "r"],
+    );
+    assert_eq!(
+        int(&items(&query(&mut con, &unique("3")))[0]),
+        1,
+        "finished: replaced"
+    );
+    let again = fetch(&mut con, &["1", "{q}", "CONSUMER", "w"])
+        .tasks
+        .remove(0);
+    assert_eq!((again.payload.as_str(), again.attempt), ("3", 1));
+}

@@ -60,7 +60,7 @@ impl NativeClient {
         Ok(NativeClient { client })
     }
 
-    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None))]
+    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false))]
     fn enqueue(
         &self,
         py: Python<'_>,
@@ -68,6 +68,7 @@ impl NativeClient {
         queue_name: &str,
         tasks: Vec<TaskTuple>,
         maxlen: Option<u64>,
+        replace_finished: bool,
     ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let tasks = tasks
@@ -81,6 +82,7 @@ impl NativeClient {
                         (None, None) => When::Now,
                     },
                     max_attempts: attempts,
+                    replace_finished,
                     ..NewTask::new(id, payload::compress(body).map_err(to_pyerr)?)
                 })
             })

@@ -49,3 +49,15 @@ def fails_twice(n: int) -> None:
 @task(timeout=0.2)
 async def too_slow() -> None:
     await asyncio.sleep(10)
+
+
+@task(unique="mutex")
+def refresh_cache(key: str) -> str:
+    record("django_refresh", 1)
+    return key
+
+
+@task(unique="throttle", unique_period=3600)
+def send_digest(user: int) -> int:
+    record("django_digest", user)
+    return user

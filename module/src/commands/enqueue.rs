@@ -7,7 +7,7 @@ use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
 use crate::core::queue::{self, NewTask, When};
 
-/// VTASKS.ENQUEUE <queue> [MAXLEN <n>] TASK <id> <payload> [PRIORITY <p>] [DELAY <ms> | RUNAT <unix-ms>] [ATTEMPTS <n>] [TASK ...]
+/// VTASKS.ENQUEUE <queue> [MAXLEN <n>] TASK <id> <payload> [PRIORITY <p>] [DELAY <ms> | RUNAT <unix-ms>] [ATTEMPTS <n>] [REPLACEFINISHED] [TASK ...]
 #[command({
     name: "VTASKS.ENQUEUE",
     flags: [Write, DenyOOM],
@@ -61,6 +61,7 @@ fn parse_tasks<'a>(a: &mut Args<'a>) -> VtResult<Vec<NewTask<'a>>> {
             match option.as_str() {
                 "PRIORITY" => task.priority = a.next_int("PRIORITY", MIN_PRIORITY, MAX_PRIORITY)?,
                 "ATTEMPTS" => task.max_attempts = a.next_int("ATTEMPTS", 1, MAX_ATTEMPTS)?,
+                "REPLACEFINISHED" => task.replace_finished = true,
                 "DELAY" | "RUNAT" if scheduled => {
                     return Err(VtError::syntax("DELAY and RUNAT cannot be combined"))
                 }

@@ -67,12 +67,16 @@ pub struct NewTask<'a> {
     pub priority: i64,
     pub when: When,
     pub max_attempts: i64,
+    /// Replace a finished (done or dead) task with the same id instead of
+    /// leaving it: at most one waiting or running task per id.
+    pub replace_finished: bool,
 }
 
 impl<'a> NewTask<'a> {
     pub fn new(id: &'a [u8], payload: &'a [u8]) -> Self {
         NewTask {
             id,
+            replace_finished: false,
             payload,
             priority: 0,
             when: When::Now,
@@ -293,10 +297,21 @@ pub fn enqueue(
 ) -> VtResult<Vec<bool>> {
     check_types(store, keys)?;
     let mut added = Vec::with_capacity(tasks.len());
+    let mut replaced = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(tasks.len());
     for task in tasks {
-        let exists = task_kind(store, &keys.task(task.id))? != KeyKind::Missing;
-        added.push(!exists && seen.insert(task.id));
+        let mut free = match load(store, keys, task.id)? {
+            None => true,
+            Some(old)
+                if task.replace_finished && matches!(old.state, State::Done | State::Dead) =>
+            {
+                replaced.push(task.id);
+                true
+            }
+            Some(_) => false,
+        };
+        free &= seen.insert(task.id);
+        added.push(free);
     }
     let new_count = added.iter().filter(|a| **a).count();
     if new_count == 0 {
@@ -327,6 +342,11 @@ pub fn enqueue(
     } else {
         0
     };
+    for id in replaced {
+        store.zrem(&keys.done, id)?;
+        store.zrem(&keys.dead, id)?;
+        store.del(&keys.task(id))?;
+    }
     for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
         let mut rec = TaskRecord::new(task.priority, task.max_attempts, now);
         let at = run_at(task);

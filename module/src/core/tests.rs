@@ -598,3 +598,31 @@ fn every_task_is_accounted_for_through_a_mixed_run() {
     assert_eq!(finished.len() + dead, n);
     assert_eq!(stat(&mut s, "acked", now) as usize, finished.len());
 }
+
+#[test]
+fn replace_finished_allows_one_active_task_per_id() {
+    let mut s = MemStore::new();
+    let unique = |payload: &'static [u8]| NewTask {
+        replace_finished: true,
+        ..NewTask::new(b"u", payload)
+    };
+    assert_eq!(add(&mut s, &[unique(b"1")]), [true]);
+    assert_eq!(add(&mut s, &[unique(b"2")]), [false], "waiting: left alone");
+    let l = fetch_ids(&mut s, 1, T0).remove(0);
+    assert_eq!(add(&mut s, &[unique(b"3")]), [false], "running: left alone");
+    let item = AckItem {
+        id: b"u",
+        token: l.token,
+        result: Some(b"r"),
+    };
+    ack(&mut s, &q(), &[item], 60_000, T0).unwrap();
+    assert_eq!(
+        add(&mut s, &[NewTask::new(b"u", b"4")]),
+        [false],
+        "without the flag a kept result blocks"
+    );
+    assert_eq!(add(&mut s, &[unique(b"5")]), [true], "finished: replaced");
+    let again = fetch_ids(&mut s, 1, T0).remove(0);
+    assert_eq!((again.payload.as_slice(), again.attempt), (&b"5"[..], 1));
+    assert_eq!(stat(&mut s, "done", T0), 0, "the old result is gone");
+}

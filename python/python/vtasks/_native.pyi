@@ -42,7 +42,12 @@ _TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
 class NativeClient:
     def __new__(cls, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0) -> NativeClient: ...
     def enqueue(
-        self, bridge: Bridge | None, queue_name: str, tasks: list[_TaskTuple], maxlen: int | None = None
+        self,
+        bridge: Bridge | None,
+        queue_name: str,
+        tasks: list[_TaskTuple],
+        maxlen: int | None = None,
+        replace_finished: bool = False,
     ) -> Any: ...
     def get(self, bridge: Bridge | None, queue_name: str, id: str) -> Any: ...
     def stats(self, bridge: Bridge | None, queue_name: str) -> Any: ...

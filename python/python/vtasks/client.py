@@ -217,12 +217,16 @@ class Client:
         priority: int = 0,
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
+        replace_finished: bool = False,
     ) -> bool:
         """Enqueues an already-encoded payload (framework integrations);
-        returns False if a task with this id already exists."""
+        returns False if a task with this id already exists. With
+        ``replace_finished`` a finished task with the id is replaced."""
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
         bridge = LoopBridge.current()
-        added: list[bool] = await bridge.wait(self.native.enqueue(bridge.native, queue, [item]))
+        added: list[bool] = await bridge.wait(
+            self.native.enqueue(bridge.native, queue, [item], None, replace_finished)
+        )
         return added[0]
 
     def enqueue_payload_sync(
@@ -234,9 +238,10 @@ class Client:
         priority: int = 0,
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
+        replace_finished: bool = False,
     ) -> bool:
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        added: list[bool] = self.native.enqueue(None, queue, [item])
+        added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished)
         return added[0]
 
     async def enqueue_many(

@@ -7,6 +7,8 @@ nothing but the id and costs one round trip.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -81,6 +83,10 @@ class VtasksTask(Task):
     retry_backoff: float | None = None
     # Seconds an async task may run before it is cancelled and counted as failed.
     timeout: float | None = None
+    # "mutex": at most one waiting or running task per task and arguments;
+    # "throttle": at most one enqueue per `unique_period` seconds.
+    unique: str | None = None
+    unique_period: float | None = None
 
     def options(
         self,
@@ -88,12 +94,17 @@ class VtasksTask(Task):
         max_attempts: int | None = None,
         retry_backoff: float | None = None,
         timeout: float | None = None,
+        unique: str | None = None,
+        unique_period: float | None = None,
     ) -> VtasksTask:
-        changes: dict[str, Any] = {
-            name: value
-            for name, value in (("max_attempts", max_attempts), ("retry_backoff", retry_backoff), ("timeout", timeout))
-            if value is not None
+        given = {
+            "max_attempts": max_attempts,
+            "retry_backoff": retry_backoff,
+            "timeout": timeout,
+            "unique": unique,
+            "unique_period": unique_period,
         }
+        changes: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         return dataclasses.replace(self, **changes)
 
 
@@ -132,10 +143,29 @@ class ValkeyTaskBackend(BaseTaskBackend):
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None and not 1 <= max_attempts <= 10_000:
             raise InvalidTask("max_attempts must be between 1 and 10000.")
-        for name in ("retry_backoff", "timeout"):
+        for name in ("retry_backoff", "timeout", "unique_period"):
             value = getattr(task, name, None)
             if value is not None and value <= 0:
                 raise InvalidTask(f"{name} must be a positive number of seconds.")
+        unique = getattr(task, "unique", None)
+        if unique not in (None, "mutex", "throttle"):
+            raise InvalidTask("unique must be 'mutex' or 'throttle'.")
+        if unique == "throttle" and getattr(task, "unique_period", None) is None:
+            raise InvalidTask("unique='throttle' needs unique_period (seconds).")
+
+    @staticmethod
+    def _task_id(task: Task, args: Any, kwargs: Any) -> str:
+        """A random id, or for unique tasks one derived from the task and its
+        arguments (and, throttled, the current period), so that the
+        server's idempotent enqueue keeps the duplicates out."""
+        unique = getattr(task, "unique", None)
+        if unique is None:
+            return uuid.uuid4().hex
+        digest = hashlib.sha256(dumps([task.module_path, args, kwargs])).hexdigest()[:32]
+        if unique == "mutex":
+            return f"mutex-{digest}"
+        period = float(getattr(task, "unique_period", 0) or 0)
+        return f"throttle-{digest}-{int(time.time() // period)}"
 
     def _attempts(self, task: Task) -> int:
         return getattr(task, "max_attempts", None) or self.max_attempts
@@ -143,7 +173,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
     def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, bytes]:
         self.validate_task(task)
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        task_id = uuid.uuid4().hex
+        task_id = self._task_id(task, args, kwargs)
         body: dict[str, Any] = {"task": task.module_path, "args": args, "kwargs": kwargs}
         run_options = {
             key: value
@@ -184,7 +214,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         def send() -> None:
             self.client.enqueue_payload_sync(
                 queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-                max_attempts=self._attempts(task),
+                max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
             )
             self._enqueued(result)
 
@@ -201,7 +231,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         task_id, queue = split_result_id(result.id)
         await self.client.enqueue_payload(
             queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-            max_attempts=self._attempts(task),
+            max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
         )
         return self._enqueued(result)
 
