@@ -300,3 +300,36 @@ def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):
     assert run_counts(runs, "django_digest") == {7: 1}
     with pytest.raises(InvalidTask, match="unique_period"):
         tasks.add.options(unique="throttle").enqueue(1, 1)
+
+
+def test_get_result_reports_running_while_the_task_runs(django_valkey):
+    result = tasks.slow.enqueue(1.0)
+    worker = make_worker(task_backends["default"], handle_signals=False, burst=True, block=0.2)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        seen = set()
+        while not runner.done():
+            seen.add((await tasks.slow.aget_result(result.id)).status)
+            await asyncio.sleep(0.05)
+        await runner
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), 30))
+    assert TaskResultStatus.RUNNING in seen
+    running_then_done = tasks.slow.get_result(result.id)
+    assert running_then_done.status == TaskResultStatus.SUCCESSFUL
+    assert running_then_done.return_value == "slow done"
+
+
+def test_runworker_worker_id_and_max_tasks(django_valkey, runs, capsys):
+    for n in range(30):
+        tasks.add.enqueue(n, n)
+    call_command("runworker", "--concurrency", "1", "--max-tasks", "5", "--worker-id", "box-1")
+    out = capsys.readouterr().out
+    assert "vtasks worker box-1" in out
+    done = sum(run_counts(runs, "django_add").values())
+    assert 5 <= done < 30, f"stopped after about 5 tasks, ran {done}"
+    stats = task_backends["default"].client.stats_sync("default")
+    assert stats["leased"] == 0, "nothing left leased"
+    assert stats["acked"] + stats["ready"] == 30

@@ -61,3 +61,9 @@ def refresh_cache(key: str) -> str:
 def send_digest(user: int) -> int:
     record("django_digest", user)
     return user
+
+
+@task
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slow done"
