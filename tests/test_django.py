@@ -48,6 +48,21 @@ def run_worker_burst(**options) -> vtasks.Worker:
     return worker
 
 
+def run_worker_until(result_id: str, status: TaskResultStatus, timeout: float = 30) -> None:
+    """Runs a worker (not in burst mode: retries wait) until the task has `status`."""
+    backend = task_backends["default"]
+    worker = make_worker(backend, handle_signals=False, block=0.2)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        while (await backend.aget_result(result_id)).status != status:
+            await asyncio.sleep(0.05)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(main(), timeout))
+
+
 def test_enqueue_and_get_result_through_every_status(django_valkey, runs):
     result = tasks.add.enqueue(2, 3)
     assert result.status == TaskResultStatus.READY
@@ -143,17 +158,7 @@ def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
 def test_retries_follow_max_attempts(valkey, settings, runs):
     point_tasks_at(settings, valkey.url, MAX_ATTEMPTS=3, RETRY_BACKOFF=0.01)
     result = tasks.fails.enqueue(5)
-    backend = task_backends["default"]
-    worker = make_worker(backend, handle_signals=False, block=0.2)
-
-    async def run_until_failed():
-        runner = asyncio.create_task(worker.run())
-        while (await backend.aget_result(result.id)).status != TaskResultStatus.FAILED:
-            await asyncio.sleep(0.05)
-        await worker.close()
-        await runner
-
-    asyncio.run(asyncio.wait_for(run_until_failed(), 30))
+    run_worker_until(result.id, TaskResultStatus.FAILED)
     assert run_counts(runs, "django_fails") == {5: 3}
     assert tasks.fails.get_result(result.id).attempts == 3
 
@@ -204,17 +209,7 @@ def test_runworker_command_in_burst_mode(django_valkey, runs, capsys):
 def test_vtasks_options_on_the_standard_decorator(django_valkey, runs):
     assert tasks.fails_twice.max_attempts == 2
     result = tasks.fails_twice.enqueue(1)
-    backend = task_backends["default"]
-    worker = make_worker(backend, handle_signals=False, block=0.2)
-
-    async def run_until_failed():
-        runner = asyncio.create_task(worker.run())
-        while (await backend.aget_result(result.id)).status != TaskResultStatus.FAILED:
-            await asyncio.sleep(0.05)
-        await worker.close()
-        await runner
-
-    asyncio.run(asyncio.wait_for(run_until_failed(), 30))
+    run_worker_until(result.id, TaskResultStatus.FAILED)
     assert run_counts(runs, "django_fails_twice") == {1: 2}, "max_attempts from @task"
     once = tasks.fails_twice.options(max_attempts=1)
     assert once.max_attempts == 1 and tasks.fails_twice.max_attempts == 2
