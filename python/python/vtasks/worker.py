@@ -173,13 +173,16 @@ class Worker:
                 self.stop()
 
     def stop(self) -> None:
-        """Requests a graceful shutdown (safe to call from a signal handler)."""
+        """Requests a graceful shutdown; call it on the worker's event loop
+        (signal handlers installed by ``run`` do)."""
         if self._stopping:
             return
         self._stopping = True
         if self._native is not None:
             bridge = LoopBridge.current()
-            bridge.wait(self._native.stop(bridge.native))
+            stopped = bridge.wait(self._native.stop(bridge.native))
+            # Nobody awaits it; retrieve its outcome so a failure is not reported as unhandled.
+            stopped.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def close(self) -> None:
         """Stops the worker; ``run`` returns once running tasks finish."""
