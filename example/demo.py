@@ -88,14 +88,19 @@ def main() -> int:
             cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         started = time.perf_counter()
-        acked = 0
+        live = sys.stdout.isatty()  # a redrawn bar on a terminal; a few lines in a log
+        reported = 0
         while worker.poll() is None:
             acked = client.stats_sync("default")["acked"]
-            print("\rprocessing " + bar(acked, len(ids)), end="", flush=True)
+            if live:
+                print("\rprocessing " + bar(acked, len(ids)), end="", flush=True)
+            elif acked >= reported + len(ids) // 4:
+                reported = acked
+                print("processing " + bar(acked, len(ids)), flush=True)
             time.sleep(0.1)
         elapsed = time.perf_counter() - started
         stats = client.stats_sync("default")
-        print("\rprocessing " + bar(stats["acked"], len(ids)))
+        print(("\r" if live else "") + "processing " + bar(stats["acked"], len(ids)))
         output = worker.stdout.read() if worker.stdout else ""
         if worker.returncode != 0:
             print(output, file=sys.stderr)
