@@ -18,7 +18,9 @@ import threading
 import time
 
 import vtasks
+
 from benchmarks import bench_tasks
+from benchmarks.latency_proxy import LatencyProxy
 from tests.conftest import ROOT, ValkeyServer
 
 
@@ -52,7 +54,7 @@ def connected_clients(client: vtasks.Client) -> int:
     return int(line.split(":")[1])
 
 
-def process(server: ValkeyServer, client: vtasks.Client, concurrency: int) -> dict:
+def process(url: str, client: vtasks.Client, concurrency: int) -> dict:
     baseline = connected_clients(client)
     peak = [0]
     done = threading.Event()
@@ -65,7 +67,7 @@ def process(server: ValkeyServer, client: vtasks.Client, concurrency: int) -> di
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.python_worker", server.url, str(concurrency)],
+        [sys.executable, "-m", "benchmarks.python_worker", url, str(concurrency)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     done.set()
@@ -87,24 +89,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--markdown")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each direction by a proxy")
     args = parser.parse_args()
     rows = []
     for name, task in [("no-op", bench_tasks.noop), ("sleep 10 ms", bench_tasks.sleep10)]:
         seq, conc, rates, rss, conns, first = [], [], [], [], [], []
         for _ in range(args.runs):
             server = ValkeyServer()
+            proxy = None
             try:
-                client = vtasks.Client(server.url)
+                url = server.url
+                if args.latency_ms:
+                    proxy = LatencyProxy("127.0.0.1", server.port, args.latency_ms / 1000).start()
+                    url = f"valkey://127.0.0.1:{proxy.port}"
+                    print(f"  round trip through the proxy: {proxy.measured_rtt_ms():.2f} ms", flush=True)
+                client = vtasks.Client(url)
                 seq.append(asyncio.run(enqueue_sequential(client, task, min(args.tasks, 5_000))))
                 conc.append(asyncio.run(enqueue_concurrent(client, task, args.tasks)))
                 total = client.stats_sync("default")["ready"]
-                result = process(server, client, args.concurrency)
+                result = process(url, client, args.concurrency)
                 assert result["done"] == total, result
                 rates.append(result["done"] / result["elapsed_s"])
                 rss.append(result["peak_rss_mb"])
                 conns.append(result["connections"])
                 first.append(result["first_task_s"] * 1000)
             finally:
+                if proxy is not None:
+                    proxy.stop()
                 server.close()
         rows.append(
             f"| {name} | {total:,} | {median_range(seq)} | {median_range(conc)} | {median_range(rates)} "

@@ -12,6 +12,7 @@ import sys
 import time
 
 import vtasks
+
 from benchmarks import bench_tasks
 
 
