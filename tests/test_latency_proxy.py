@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import vtasks
+
 from benchmarks.latency_proxy import LatencyProxy
 from tests import sample_tasks
 
