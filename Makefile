@@ -26,7 +26,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ruff: setup
-	$(VENV)/bin/ruff check python/python tests example
+	$(VENV)/bin/ruff check python/python tests example benchmarks
 
 # Types of the Python package, and the hand-written stub of the extension
 # checked against the built module.
