@@ -226,20 +226,8 @@ impl WorkerCore {
                 acks.into_iter().partition(|a| queues.contains(&a.queue));
             let (nacks, aside_nacks): (Vec<Nack>, Vec<Nack>) =
                 nacks.into_iter().partition(|n| queues.contains(&n.queue));
-            if !aside_acks.is_empty() || !aside_nacks.is_empty() {
-                match self.send_settlements(&aside_acks, &aside_nacks).await {
-                    Ok((stale, trips)) => {
-                        let mut st = self.state();
-                        st.stats.stale += stale;
-                        st.stats.round_trips += trips;
-                    }
-                    Err(_) => {
-                        let mut st = self.state();
-                        st.acks.extend(aside_acks);
-                        st.nacks.extend(aside_nacks);
-                    }
-                }
-            }
+            // On failure they are kept for the next attempt.
+            let _ = self.settle_now(aside_acks, aside_nacks).await;
             let fetch = Fetch {
                 queues,
                 consumer: self.inner.options.consumer.clone(),
@@ -281,12 +269,7 @@ impl WorkerCore {
                     // The settlements may or may not have been applied;
                     // sending them again is harmless (a repeat is STALE).
                     let mut st = self.state();
-                    let mut acks = fetch.acks;
-                    acks.append(&mut st.acks);
-                    st.acks = acks;
-                    let mut nacks = fetch.nacks;
-                    nacks.append(&mut st.nacks);
-                    st.nacks = nacks;
+                    put_back(&mut st, fetch.acks, fetch.nacks);
                     if !err.is_transient() {
                         return Err(err);
                     }
@@ -354,6 +337,12 @@ impl WorkerCore {
             let mut st = self.state();
             (std::mem::take(&mut st.acks), std::mem::take(&mut st.nacks))
         };
+        self.settle_now(acks, nacks).await
+    }
+
+    /// Sends these settlements with their own ACK/NACK commands; puts them
+    /// back in front of the pending ones if that fails.
+    async fn settle_now(&self, acks: Vec<Ack>, nacks: Vec<Nack>) -> Result<()> {
         if acks.is_empty() && nacks.is_empty() {
             return Ok(());
         }
@@ -366,8 +355,7 @@ impl WorkerCore {
                 Ok(())
             }
             Err(err) => {
-                st.acks.splice(0..0, acks);
-                st.nacks.splice(0..0, nacks);
+                put_back(&mut st, acks, nacks);
                 Err(err)
             }
         }
@@ -479,6 +467,13 @@ impl WorkerCore {
             }
         }
     }
+}
+
+/// Returns settlements that were not delivered to the front of the pending
+/// ones (sending them again is harmless: a repeat is STALE).
+fn put_back(st: &mut State, acks: Vec<Ack>, nacks: Vec<Nack>) {
+    st.acks.splice(0..0, acks);
+    st.nacks.splice(0..0, nacks);
 }
 
 /// Runs a worker with an async handler until `shutdown` resolves (or, in

@@ -453,28 +453,6 @@ impl Store for ValkeyStore {
         Ok(())
     }
 
-    fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64> {
-        let current = self.hget_int(key, field)?.unwrap_or(0);
-        let k = self.writable_key(key, KeyKind::Hash)?;
-        let value = value_string(self.ctx, &Val::Int(current + delta));
-        unsafe {
-            raw::RedisModule_HashSet.unwrap()(
-                k,
-                HASH_NONE,
-                field_string(field),
-                value.ptr,
-                ptr::null_mut::<c_char>(),
-            );
-        }
-        if self.record_write() {
-            self.replicate(
-                "HINCRBY",
-                &[key, field.as_bytes(), delta.to_string().as_bytes()],
-            );
-        }
-        Ok(current + delta)
-    }
-
     fn key_kind(&mut self, key: &[u8]) -> VtResult<KeyKind> {
         let k = self.key(key);
         Ok(Self::kind_of(k))

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use vtasks_client::{payload, DeadTask, Delivery, Error, Status, TaskInfo};
 
 use crate::errors::to_pyerr;
@@ -111,18 +111,11 @@ impl Bridge {
         let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()));
         let items = PyList::empty(py);
         for (ticket, outcome) in done {
-            let entry = match outcome {
-                Ok(reply) => (ticket, true, to_python(py, reply)?),
-                Err(err) => (ticket, false, to_pyerr(err).into_value(py).into_any()),
+            let (ok, value) = match outcome {
+                Ok(reply) => (true, to_python(py, reply)?),
+                Err(err) => (false, to_pyerr(err).into_value(py).into_any()),
             };
-            items.append(PyTuple::new(
-                py,
-                [
-                    ticket.into_pyobject(py)?.into_any(),
-                    entry.1.into_pyobject(py)?.to_owned().into_any(),
-                    entry.2.into_bound(py),
-                ],
-            )?)?;
+            items.append((ticket, ok, value))?;
         }
         Ok(items)
     }

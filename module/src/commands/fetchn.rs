@@ -170,34 +170,17 @@ fn settle(
     let mut ack_out = vec![Settled::NoTask; call.acks.len()];
     let mut nack_out = vec![NackOutcome::Refused(Settled::NoTask); call.nacks.len()];
     for (qi, keys) in call.request.queues.iter().enumerate() {
-        let (positions, items): (Vec<usize>, Vec<AckItem>) = call
-            .acks
-            .iter()
-            .enumerate()
-            .filter(|(_, (q, _))| *q == qi)
-            .map(|(pos, (_, item))| (pos, item.clone()))
-            .unzip();
+        let (positions, items) = of_queue(&call.acks, qi);
         if !items.is_empty() {
-            for (pos, outcome) in
-                positions
-                    .into_iter()
-                    .zip(queue::ack(store, keys, &items, call.keep_ms, now)?)
-            {
+            let outcomes = queue::ack(store, keys, &items, call.keep_ms, now)?;
+            for (pos, outcome) in positions.into_iter().zip(outcomes) {
                 ack_out[pos] = outcome;
             }
         }
-        let (positions, items): (Vec<usize>, Vec<NackItem>) = call
-            .nacks
-            .iter()
-            .enumerate()
-            .filter(|(_, (q, _))| *q == qi)
-            .map(|(pos, (_, item))| (pos, item.clone()))
-            .unzip();
+        let (positions, items) = of_queue(&call.nacks, qi);
         if !items.is_empty() {
-            for (pos, outcome) in positions
-                .into_iter()
-                .zip(queue::nack(store, keys, &items, now)?)
-            {
+            let outcomes = queue::nack(store, keys, &items, now)?;
+            for (pos, outcome) in positions.into_iter().zip(outcomes) {
                 nack_out[pos] = outcome;
             }
         }
@@ -206,6 +189,16 @@ fn settle(
         statuses(ack_out, Settled::as_str),
         statuses(nack_out, NackOutcome::as_str),
     ))
+}
+
+/// The items that settle tasks of queue `qi`, with their places in the call.
+fn of_queue<T: Clone>(items: &[(usize, T)], qi: usize) -> (Vec<usize>, Vec<T>) {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, (q, _))| *q == qi)
+        .map(|(pos, (_, item))| (pos, item.clone()))
+        .unzip()
 }
 
 /// Leases up to `count` tasks across the queues in order, after running any

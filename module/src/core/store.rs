@@ -45,7 +45,13 @@ pub trait Store {
     fn hget(&mut self, key: &[u8], field: &str) -> VtResult<Option<Vec<u8>>>;
     fn hset(&mut self, key: &[u8], fields: &[(&str, Val)]) -> VtResult<()>;
     fn hdel(&mut self, key: &[u8], fields: &[&str]) -> VtResult<()>;
-    fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64>;
+    /// Adds to an integer field; written (and replicated) as the resolved
+    /// value, so replay does not depend on the order of increments.
+    fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64> {
+        let next = self.hget_int(key, field)?.unwrap_or(0) + delta;
+        self.hset(key, &[(field, Val::Int(next))])?;
+        Ok(next)
+    }
 
     /// Type of a key: checked before a command writes anything.
     fn key_kind(&mut self, key: &[u8]) -> VtResult<KeyKind>;
@@ -256,12 +262,6 @@ impl Store for MemStore {
         }
         self.drop_if_empty(key);
         Ok(())
-    }
-
-    fn hincrby(&mut self, key: &[u8], field: &str, delta: i64) -> VtResult<i64> {
-        let current = self.hget_int(key, field)?.unwrap_or(0);
-        self.hset(key, &[(field, Val::Int(current + delta))])?;
-        Ok(current + delta)
     }
 
     fn key_kind(&mut self, key: &[u8]) -> VtResult<KeyKind> {
