@@ -2,11 +2,12 @@
 //! reconnects by itself. Clones share the connection, and concurrent calls
 //! are pipelined on it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 
+use crate::engine::{self, Engine, EngineChoice, EngineState};
 use crate::error::{Error, Result};
 use crate::protocol::*;
 use crate::queue::QueueName;
@@ -22,6 +23,8 @@ pub struct ClientOptions {
     pub response_timeout: Duration,
     /// Reconnection attempts per failed command, with exponential backoff.
     pub reconnect_retries: usize,
+    /// The module, the scripts, or whichever the server supports.
+    pub engine: EngineChoice,
 }
 
 impl ClientOptions {
@@ -31,6 +34,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
             reconnect_retries: 6,
+            engine: EngineChoice::Auto,
         }
     }
 }
@@ -50,12 +54,14 @@ pub struct Client {
     conn: ConnectionManager,
     redis: redis::Client,
     options: ClientOptions,
+    engine: EngineState,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("url", &self.options.url)
+            .field("engine", &self.engine.get())
             .finish()
     }
 }
@@ -79,11 +85,22 @@ impl Client {
             .get_connection_manager_with_config(config)
             .await
             .map_err(Error::from)?;
+        let module_loaded = match options.engine {
+            EngineChoice::Scripts => false,
+            _ => engine::has_module(&mut conn.clone()).await?,
+        };
+        let engine = engine::resolve(options.engine, module_loaded, &options.url)?;
         Ok(Client {
             conn,
             redis,
+            engine: EngineState::new(engine, options.engine),
             options,
         })
+    }
+
+    /// The engine this client runs its commands with.
+    pub fn engine(&self) -> Engine {
+        self.engine.get()
     }
 
     /// Sends a command, once more if the connection broke: a connection
@@ -100,15 +117,18 @@ impl Client {
 
     async fn send_once(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.conn.clone();
+        self.engine.query(&mut conn, cmd).await
+    }
+
+    /// Sends a plain Valkey command (not a `VTASKS.*` one).
+    async fn send_plain(&self, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(Error::from)
     }
 
     /// Whether the server has the vtasks module loaded.
     pub async fn has_module(&self) -> Result<bool> {
-        let reply = self
-            .send(redis::cmd("COMMAND").arg("INFO").arg("VTASKS.FETCHN"))
-            .await?;
-        Ok(matches!(array(reply)?.first(), Some(v) if *v != Value::Nil))
+        engine::has_module(&mut self.conn.clone()).await
     }
 
     /// Adds one task; false if a task with its id already exists.
@@ -283,6 +303,7 @@ impl Client {
         BlockingFetcher {
             redis: self.redis.clone(),
             options: self.options.clone(),
+            engine: self.engine.clone(),
             conn: None,
             id: None,
         }
@@ -292,7 +313,7 @@ impl Client {
     /// (its FETCHN returns as if its block timed out).
     pub async fn unblock(&self, connection_id: i64) -> Result<bool> {
         let reply = self
-            .send(redis::cmd("CLIENT").arg("UNBLOCK").arg(connection_id))
+            .send_plain(redis::cmd("CLIENT").arg("UNBLOCK").arg(connection_id))
             .await?;
         Ok(int(reply)? == 1)
     }
@@ -303,6 +324,7 @@ impl Client {
 pub struct BlockingFetcher {
     redis: redis::Client,
     options: ClientOptions,
+    engine: EngineState,
     conn: Option<MultiplexedConnection>,
     id: Option<i64>,
 }
@@ -335,23 +357,108 @@ impl BlockingFetcher {
     }
 
     pub async fn fetch(&mut self, fetch: &Fetch) -> Result<Fetched> {
-        let cmd = fetch.to_cmd()?;
         self.connect().await?;
-        let conn = self.conn.as_mut().expect("connected above");
-        let limit = fetch.block.unwrap_or_default() + self.options.response_timeout;
-        let outcome = match tokio::time::timeout(limit, cmd.query_async::<Value>(conn)).await {
-            Ok(reply) => reply.map_err(Error::from),
-            Err(_) => Err(Error::Connection(format!("no reply within {limit:?}"))),
+        let outcome = match (self.engine.get(), fetch.block) {
+            (Engine::Scripts, Some(block)) => self.fetch_sleeping(fetch, block).await,
+            _ => self.fetch_once(fetch).await.map(|(fetched, _)| fetched),
         };
-        match outcome {
-            Ok(reply) => fetch.from_reply(reply),
-            Err(err) => {
-                if err.is_connection() {
-                    self.conn = None;
-                    self.id = None;
-                }
-                Err(err)
-            }
+        if outcome.as_ref().is_err_and(Error::is_connection) {
+            self.conn = None;
+            self.id = None;
         }
+        outcome
+    }
+
+    /// One FETCHN (blocking server-side with the module); with the scripts,
+    /// also how long to sleep on the wake lists when nothing was ready.
+    async fn fetch_once(&mut self, fetch: &Fetch) -> Result<(Fetched, Option<u64>)> {
+        let cmd = fetch.to_cmd()?;
+        let limit = match self.engine.get() {
+            Engine::Module => fetch.block.unwrap_or_default(),
+            Engine::Scripts => Duration::ZERO,
+        } + self.options.response_timeout;
+        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+        let reply = match tokio::time::timeout(limit, self.engine.query(conn, &cmd)).await {
+            Ok(reply) => reply?,
+            Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
+        };
+        let (reply, sleep_ms) = split_sleep_hint(reply);
+        Ok((fetch.from_reply(reply)?, sleep_ms))
+    }
+
+    /// A blocking fetch with the scripts engine, which cannot block inside
+    /// the server: fetch; if nothing was ready, sleep in `BLPOP` on the
+    /// queues' wake lists (an enqueue pushes a token) for as long as the
+    /// script says (until the block ends or the queues' next delayed task
+    /// or lease deadline), then fetch again. The settlements go with the
+    /// first fetch only.
+    async fn fetch_sleeping(&mut self, fetch: &Fetch, block: Duration) -> Result<Fetched> {
+        let started = Instant::now();
+        let (mut fetched, mut sleep_ms) = self.fetch_once(fetch).await?;
+        let mut again = fetch.clone();
+        again.acks.clear();
+        again.nacks.clear();
+        let wake_keys: Vec<String> = fetch
+            .queues
+            .iter()
+            .map(|q| format!("{}:wake", q.wire()))
+            .collect();
+        while let Some(sleep) = sleep_ms.filter(|_| fetched.tasks.is_empty()) {
+            let remaining = if block.is_zero() {
+                Duration::MAX // BLOCK 0 waits until there is work
+            } else {
+                block.saturating_sub(started.elapsed())
+            };
+            let wait = Duration::from_millis(sleep).min(remaining);
+            if wait.is_zero() {
+                break;
+            }
+            let slept_from = Instant::now();
+            let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+            let mut blpop = redis::cmd("BLPOP");
+            blpop
+                .arg(&wake_keys)
+                .arg(format!("{:.3}", wait.as_secs_f64()));
+            let limit = wait + self.options.response_timeout;
+            let popped = match tokio::time::timeout(limit, blpop.query_async::<Value>(conn)).await {
+                Ok(reply) => reply.map_err(Error::from)?,
+                Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
+            };
+            // Nothing popped well before the wait was over: CLIENT UNBLOCK
+            // ended it (a worker stopping), which ends the fetch as well.
+            if popped == Value::Nil && slept_from.elapsed() + Duration::from_millis(50) < wait {
+                break;
+            }
+            again.block = Some(if block.is_zero() {
+                Duration::ZERO
+            } else {
+                block
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1))
+            });
+            let (next, next_sleep) = self.fetch_once(&again).await?;
+            fetched.tasks = next.tasks;
+            sleep_ms = next_sleep;
+        }
+        Ok(fetched)
+    }
+}
+
+fn not_connected() -> Error {
+    Error::Connection("the blocking connection is not open".into())
+}
+
+/// The scripts engine's FETCHN reply carries a fourth element, the ms to
+/// sleep when nothing was ready and BLOCK was given; the module's has three.
+fn split_sleep_hint(reply: Value) -> (Value, Option<u64>) {
+    match reply {
+        Value::Array(mut items) if items.len() == 4 => {
+            let hint = match items.pop() {
+                Some(Value::Int(ms)) => Some(ms.max(1) as u64),
+                _ => None,
+            };
+            (Value::Array(items), hint)
+        }
+        other => (other, None),
     }
 }

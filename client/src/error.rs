@@ -15,6 +15,8 @@ pub enum Error {
     Protocol(String),
     /// A payload that is not valid JSON (or not valid compressed JSON).
     Payload(String),
+    /// The module engine was asked for on a server without the module.
+    ModuleMissing(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -60,6 +62,7 @@ impl fmt::Display for Error {
             Error::InvalidInput(detail) => write!(f, "invalid input: {detail}"),
             Error::Protocol(detail) => write!(f, "unexpected reply from Valkey: {detail}"),
             Error::Payload(detail) => write!(f, "bad payload: {detail}"),
+            Error::ModuleMissing(detail) => f.write_str(detail),
         }
     }
 }

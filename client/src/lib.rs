@@ -1,6 +1,8 @@
 //! The vtasks client: every `VTASKS.*` command over one multiplexed,
 //! self-reconnecting connection, and the worker core (batched fetch and
-//! acknowledgement in one round trip, lease renewal, graceful shutdown).
+//! acknowledgement in one round trip, lease renewal, graceful shutdown),
+//! with the module or, on servers that cannot load it, the same commands as
+//! a Lua script (`engine`, `scripts`).
 //!
 //! ```no_run
 //! # async fn demo() -> vtasks_client::Result<()> {
@@ -13,13 +15,16 @@
 //! ```
 
 pub mod client;
+pub mod engine;
 pub mod error;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
+pub mod scripts;
 pub mod worker;
 
 pub use client::{BlockingFetcher, Client, ClientOptions};
+pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
 pub use protocol::{
     Ack, DeadTask, Delivery, Fetch, Fetched, Nack, NackOutcome, NewTask, QueueStats, Retry,

@@ -365,7 +365,7 @@ fn too_many_tasks_in_one_enqueue_are_refused() {
     for i in 0..10_001 {
         c.arg("TASK").arg(format!("t{i}")).arg("{}");
     }
-    let err = error_text(&c.query::<Value>(&mut con).unwrap_err());
+    let err = error_text(&run(&mut con, &c).unwrap_err());
     assert!(
         err.contains("number of tasks in one ENQUEUE must be between 1 and 10000"),
         "{err}"
@@ -478,7 +478,7 @@ fn random_garbage_never_takes_the_server_down() {
                 continue;
             }
         }
-        match cmd(&words).query::<Value>(&mut con) {
+        match run(&mut con, &cmd(&words)) {
             Ok(_) => {}
             Err(e) => {
                 assert!(

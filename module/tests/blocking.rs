@@ -96,7 +96,7 @@ fn an_expired_lease_wakes_another_consumer() {
 }
 
 #[test]
-fn timers_expire_leases_with_no_consumer_asking() {
+fn module_only_timers_expire_leases_with_no_consumer_asking() {
     let server = Server::start();
     let mut con = server.connect();
     query(
@@ -198,7 +198,7 @@ fn each_task_goes_to_exactly_one_of_many_blocked_consumers() {
 }
 
 #[test]
-fn a_disconnected_blocked_consumer_is_forgotten() {
+fn module_only_a_disconnected_blocked_consumer_is_forgotten() {
     let server = Server::start();
     let mut con = server.connect();
     query(&mut con, &["VTASKS.PAUSE", "{q}"]);
@@ -216,7 +216,7 @@ fn a_disconnected_blocked_consumer_is_forgotten() {
 }
 
 #[test]
-fn fetch_inside_multi_does_not_block() {
+fn module_only_fetch_inside_multi_does_not_block() {
     let server = Server::start();
     let mut con = server.connect();
     let reply: Vec<Value> = redis::pipe()

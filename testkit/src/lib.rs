@@ -43,6 +43,51 @@ pub fn server_binary() -> String {
     std::env::var("VTASKS_SERVER").unwrap_or_else(|_| "valkey-server".to_string())
 }
 
+/// What the conformance suite runs against, from `VTASKS_TARGET`: the same
+/// tests prove the same behaviour on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `module` (the default): Valkey with the module, module engine.
+    Module,
+    /// `scripts-valkey`: Valkey without the module, scripts engine.
+    ScriptsValkey,
+    /// `scripts-redis`: Redis (`redis-server`), scripts engine.
+    ScriptsRedis,
+}
+
+impl Target {
+    pub fn current() -> Target {
+        match std::env::var("VTASKS_TARGET").as_deref() {
+            Err(_) | Ok("") | Ok("module") => Target::Module,
+            Ok("scripts-valkey") => Target::ScriptsValkey,
+            Ok("scripts-redis") => Target::ScriptsRedis,
+            Ok(other) => {
+                panic!("VTASKS_TARGET={other:?}: expected module, scripts-valkey or scripts-redis")
+            }
+        }
+    }
+
+    /// Whether commands go through the scripts engine.
+    pub fn uses_scripts(self) -> bool {
+        self != Target::Module
+    }
+
+    /// The engine name clients are given (`ClientOptions::engine`).
+    pub fn engine(self) -> &'static str {
+        match self {
+            Target::Module => "module",
+            _ => "scripts",
+        }
+    }
+
+    fn binary(self) -> String {
+        match self {
+            Target::ScriptsRedis => "redis-server".to_string(),
+            _ => server_binary(),
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -71,26 +116,42 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
+    binary: String,
     extra: Vec<String>,
 }
 
 impl Server {
-    /// A server with the module loaded.
+    /// The server of the current `Target`: with the module unless the
+    /// target is a scripts one.
     pub fn start() -> Server {
         Server::start_with(&[])
     }
 
-    /// A server with the module and extra `--option value` arguments.
+    /// The current target's server with extra `--option value` arguments.
     pub fn start_with(extra: &[&str]) -> Server {
-        Server::launch_new(Some(&module_path()), extra)
+        let target = Target::current();
+        match target {
+            Target::Module => Server::launch_new(Some(&module_path()), extra, server_binary()),
+            _ => Server::launch_new(None, extra, target.binary()),
+        }
+    }
+
+    /// Valkey with the module, whatever the target.
+    pub fn start_with_module(extra: &[&str]) -> Server {
+        Server::launch_new(Some(&module_path()), extra, server_binary())
     }
 
     /// A server from the same config without the module.
     pub fn start_without_module(extra: &[&str]) -> Server {
-        Server::launch_new(None, extra)
+        Server::launch_new(None, extra, server_binary())
     }
 
-    fn launch_new(module: Option<&Path>, extra: &[&str]) -> Server {
+    /// `redis-server` from the same config, without the module.
+    pub fn start_redis(extra: &[&str]) -> Server {
+        Server::launch_new(None, extra, "redis-server".to_string())
+    }
+
+    fn launch_new(module: Option<&Path>, extra: &[&str], binary: String) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "vtasks-test-{}-{}",
             std::process::id(),
@@ -102,6 +163,7 @@ impl Server {
             port: free_port(),
             dir,
             child: None,
+            binary,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.launch();
@@ -110,7 +172,7 @@ impl Server {
 
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        let child = Command::new(server_binary())
+        let child = Command::new(&self.binary)
             .arg(self.dir.join("valkey.conf"))
             .args(["--port", &self.port.to_string()])
             .args(["--dir", self.dir.to_str().unwrap()])
@@ -120,7 +182,7 @@ impl Server {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("valkey-server on PATH (run `make setup`)");
+            .unwrap_or_else(|e| panic!("{} on PATH (run `make setup`): {e}", self.binary));
         self.child = Some(child);
         self.wait_ready();
     }

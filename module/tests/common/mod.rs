@@ -1,11 +1,122 @@
 //! Helpers for the module's integration tests; the server harness itself is
 //! `vtasks-testkit`.
+//!
+//! These tests are also the conformance suite of the scripts engine: with
+//! `VTASKS_TARGET=scripts-valkey` or `scripts-redis` the server has no
+//! module and every `VTASKS.*` command is sent as the scripts engine sends
+//! it (`EVALSHA` of the same arguments; a blocking FETCHN sleeps on the wake
+//! lists in between). Tests of what only the module can do carry
+//! `module_only` in their names and are left out of those runs.
 #![allow(dead_code)]
 
-pub use redis::{Connection, Value};
-pub use vtasks_testkit::Server;
+use std::time::{Duration, Instant};
 
-/// Sends a command given as words; every argument is a byte string.
+pub use redis::{Connection, Value};
+use vtasks_client::scripts;
+pub use vtasks_testkit::{Server, Target};
+
+/// Runs a command on the current target: `VTASKS.*` commands through the
+/// scripts engine when the target has no module, anything else as is.
+pub fn run(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+    let name = cmd
+        .args_iter()
+        .next()
+        .and_then(|a| match a {
+            redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).to_ascii_uppercase()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if !Target::current().uses_scripts() || !name.starts_with("VTASKS.") {
+        return cmd.query(con);
+    }
+    let reply = run_script(con, cmd)?;
+    if name != "VTASKS.FETCHN" {
+        return Ok(reply);
+    }
+    sleep_until_fetched(con, cmd, reply)
+}
+
+/// `EVALSHA`, loading the script first if the server does not have it.
+fn run_script(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+    let eval = scripts::evalsha(cmd);
+    match eval.query(con) {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(scripts::SOURCE)
+                .query::<Value>(con)?;
+            eval.query(con)
+        }
+        outcome => outcome,
+    }
+}
+
+/// The scripts engine's blocking FETCHN, as the client does it: while the
+/// reply says "nothing yet, sleep N ms" (and hands a sleeper ticket), wait
+/// on the queues' wake lists and fetch again with `SLEPT <ticket>`.
+/// Repeating the call repeats its settlements, which then find their tasks
+/// settled and change nothing; their first outcomes are kept.
+fn sleep_until_fetched(
+    con: &mut Connection,
+    cmd: &redis::Cmd,
+    first: Value,
+) -> redis::RedisResult<Value> {
+    let words: Vec<Vec<u8>> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let block_ms = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case(b"BLOCK"))
+        .and_then(|i| words.get(i + 1))
+        .and_then(|w| String::from_utf8_lossy(w).parse::<u64>().ok());
+    let n = String::from_utf8_lossy(&words[1])
+        .parse::<usize>()
+        .unwrap_or(0);
+    let wake_keys: Vec<String> = words[2..2 + n]
+        .iter()
+        .map(|q| format!("{}:wake", String::from_utf8_lossy(q)))
+        .collect();
+    let started = Instant::now();
+    let mut reply = first;
+    loop {
+        let Value::Array(mut parts) = reply else {
+            return Ok(reply);
+        };
+        if parts.len() != 5 {
+            return Ok(Value::Array(parts));
+        }
+        let ticket = parts.pop().unwrap();
+        let sleep = match parts.pop() {
+            Some(Value::Int(ms)) => Duration::from_millis(ms.max(1) as u64),
+            _ => Duration::from_millis(1),
+        };
+        let remaining = match block_ms {
+            Some(0) | None => Duration::MAX,
+            Some(ms) => Duration::from_millis(ms).saturating_sub(started.elapsed()),
+        };
+        let wait = sleep.min(remaining);
+        if wait.is_zero() {
+            return Ok(Value::Array(parts));
+        }
+        let _: Value = redis::cmd("BLPOP")
+            .arg(&wake_keys)
+            .arg(format!("{:.3}", wait.as_secs_f64()))
+            .query(con)?;
+        let mut again = cmd.clone();
+        again.arg("SLEPT").arg(text(&ticket));
+        let Value::Array(mut next) = run_script(con, &again)? else {
+            return Ok(Value::Array(parts));
+        };
+        next[1] = parts[1].clone();
+        next[2] = parts[2].clone();
+        reply = Value::Array(next);
+    }
+}
+
 pub fn cmd(words: &[&str]) -> redis::Cmd {
     let mut c = redis::cmd(words[0]);
     for w in &words[1..] {
@@ -15,22 +126,23 @@ pub fn cmd(words: &[&str]) -> redis::Cmd {
 }
 
 pub fn query(con: &mut Connection, words: &[&str]) -> Value {
-    cmd(words)
-        .query(con)
-        .unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
+    run(con, &cmd(words)).unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
 }
 
 pub fn query_err(con: &mut Connection, words: &[&str]) -> String {
-    match cmd(words).query::<Value>(con) {
+    match run(con, &cmd(words)) {
         Ok(v) => panic!("{words:?} should fail but answered {v:?}"),
         Err(e) => error_text(&e),
     }
 }
 
-/// The whole error reply, code first, as the server sent it.
+/// The whole error reply, code first, as the server sent it (without the
+/// location the server appends to a script's errors).
 pub fn error_text(e: &redis::RedisError) -> String {
     match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), Some(detail)) => {
+            format!("{code} {}", scripts::strip_script_suffix(detail))
+        }
         (Some(code), None) => code.to_string(),
         _ => e.to_string(),
     }

@@ -1,0 +1,410 @@
+//! The scripts engine: the `VTASKS.*` commands as one Lua script
+//! (`scripts/vtasks.lua`), for servers that cannot load the module.
+//!
+//! A module command becomes `EVALSHA <sha> <numkeys> <keys> <NAME> <args>`
+//! with the module command's own arguments, so both engines share every
+//! request builder and reply parser. The keys are derived here from the
+//! arguments: each queue's eight keys, then the task keys of the ids the
+//! arguments name (see the script's header).
+
+use std::sync::OnceLock;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Value};
+
+use crate::error::{Error, Result};
+
+/// The script's source, as loaded with `SCRIPT LOAD`.
+pub const SOURCE: &str = include_str!("scripts/vtasks.lua");
+
+/// Suffixes of a queue's keys, in the order the script takes them.
+pub const QUEUE_KEY_SUFFIXES: [&str; 8] = [
+    "", ":ready", ":delayed", ":leased", ":dead", ":done", ":wake", ":waiting",
+];
+
+/// The script's SHA1, as `SCRIPT LOAD` answers it.
+pub fn sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| redis::Script::new(SOURCE).get_hash().to_string())
+}
+
+/// The arguments of a module command, name first.
+fn words(cmd: &Cmd) -> Vec<&[u8]> {
+    cmd.args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => bytes,
+            _ => &b""[..], // cursors belong to SCAN-like commands, not ours
+        })
+        .collect()
+}
+
+/// The `EVALSHA` that runs `cmd` (a `VTASKS.*` command) as a script.
+pub fn evalsha(cmd: &Cmd) -> Cmd {
+    let words = words(cmd);
+    let keys = declared_keys(&words);
+    let name = words
+        .first()
+        .map(|w| strip_prefix(w).to_vec())
+        .unwrap_or_default();
+    let mut eval = redis::cmd("EVALSHA");
+    eval.arg(sha()).arg(keys.len());
+    for key in &keys {
+        eval.arg(key);
+    }
+    eval.arg(name);
+    for word in words.iter().skip(1) {
+        eval.arg(*word);
+    }
+    eval
+}
+
+fn strip_prefix(name: &[u8]) -> &[u8] {
+    if name.len() > 7 && name[..7].eq_ignore_ascii_case(b"VTASKS.") {
+        &name[7..]
+    } else {
+        name
+    }
+}
+
+/// Runs a `VTASKS.*` command as the script. A server without the script
+/// cached (restarted, failed over, `SCRIPT FLUSH`) answers `NOSCRIPT`
+/// without running anything, so loading it and sending the call again
+/// cannot run anything twice.
+pub async fn query(conn: &mut impl ConnectionLike, cmd: &Cmd) -> Result<Value> {
+    let eval = evalsha(cmd);
+    match eval.query_async::<Value>(conn).await {
+        Err(err) if err.code() == Some("NOSCRIPT") => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SOURCE)
+                .query_async::<Value>(conn)
+                .await
+                .map_err(Error::from)?;
+            eval.query_async(conn).await.map_err(script_error)
+        }
+        outcome => outcome.map_err(script_error),
+    }
+}
+
+/// The server appends where in the script an error was raised
+/// (` script: <sha>, on @user_script:<line>.`); the error the script meant
+/// is the part before, the same text the module replies with.
+pub fn script_error(err: redis::RedisError) -> Error {
+    match Error::from(err) {
+        Error::Server { code, message } => Error::Server {
+            code,
+            message: strip_script_suffix(&message).to_string(),
+        },
+        other => other,
+    }
+}
+
+pub fn strip_script_suffix(message: &str) -> &str {
+    match message.rfind(" script: ") {
+        Some(at) => message[..at].trim_end(),
+        None => message,
+    }
+}
+
+/// Every key a module command's arguments name, in the order the script
+/// expects: each queue argument's eight keys, then `{q}:t:<id>` for each
+/// task id. Malformed arguments yield what could be derived; the script
+/// then refuses the call with the module's error.
+pub fn declared_keys(words: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut keys = KeyList::default();
+    let Some(name) = words.first() else {
+        return Vec::new();
+    };
+    let args = &words[1..];
+    let name = String::from_utf8_lossy(strip_prefix(name)).to_ascii_uppercase();
+    match name.as_str() {
+        "ENQUEUE" => enqueue_keys(args, &mut keys),
+        "FETCHN" => fetch_keys(args, &mut keys),
+        "ACK" => items_after(args, 2, 3, &mut keys),
+        "NACK" => items_after(args, 2, 4, &mut keys),
+        "RELEASE" => items_after(args, 2, 2, &mut keys),
+        "EXTEND" => items_after(args, 3, 2, &mut keys),
+        "GET" => {
+            if let Some(q) = keys.queue(args.first()) {
+                keys.tasks(&q, args.get(1..2).unwrap_or_default());
+            }
+        }
+        "CANCEL" => {
+            if let Some(q) = keys.queue(args.first()) {
+                keys.tasks(&q, &args[1..]);
+            }
+        }
+        "REQUEUE" | "PURGE" => {
+            if let Some(q) = keys.queue(args.first()) {
+                if args.get(1).is_some_and(|w| w.eq_ignore_ascii_case(b"IDS")) {
+                    keys.tasks(&q, &args[2..]);
+                }
+            }
+        }
+        _ => {
+            keys.queue(args.first());
+        }
+    }
+    keys.finish()
+}
+
+#[derive(Default)]
+struct KeyList {
+    queues: Vec<Vec<u8>>,
+    tasks: Vec<Vec<u8>>,
+}
+
+impl KeyList {
+    /// Declares a queue's keys; returns the queue name for its task keys.
+    fn queue(&mut self, arg: Option<&&[u8]>) -> Option<Vec<u8>> {
+        let queue = arg?.to_vec();
+        for suffix in QUEUE_KEY_SUFFIXES {
+            self.queues.push([&queue[..], suffix.as_bytes()].concat());
+        }
+        Some(queue)
+    }
+
+    fn task(&mut self, queue: &[u8], id: &[u8]) {
+        self.tasks.push([queue, b":t:", id].concat());
+    }
+
+    fn tasks(&mut self, queue: &[u8], ids: &[&[u8]]) {
+        for id in ids {
+            self.task(queue, id);
+        }
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        self.queues.append(&mut self.tasks);
+        self.queues
+    }
+}
+
+fn count_at(args: &[&[u8]], at: usize) -> usize {
+    args.get(at)
+        .and_then(|w| std::str::from_utf8(w).ok())
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
+/// `<queue> ... <n> (<id> ...){n}`: the item count at `count_at`, each item
+/// `width` words with the id first.
+fn items_after(args: &[&[u8]], count_index: usize, width: usize, keys: &mut KeyList) {
+    let Some(q) = keys.queue(args.first()) else {
+        return;
+    };
+    let n = count_at(args, count_index - 1);
+    for i in 0..n {
+        match args.get(count_index + i * width) {
+            Some(id) => keys.task(&q, id),
+            None => return,
+        }
+    }
+}
+
+fn is(word: Option<&&[u8]>, keyword: &str) -> bool {
+    word.is_some_and(|w| w.eq_ignore_ascii_case(keyword.as_bytes()))
+}
+
+fn enqueue_keys(args: &[&[u8]], keys: &mut KeyList) {
+    let Some(q) = keys.queue(args.first()) else {
+        return;
+    };
+    let mut i = 1;
+    if is(args.get(i), "MAXLEN") {
+        i += 2;
+    }
+    while i < args.len() {
+        if !is(args.get(i), "TASK") {
+            return;
+        }
+        if let Some(id) = args.get(i + 1) {
+            keys.task(&q, id);
+        }
+        i += 3; // TASK <id> <payload>
+        while i < args.len() && !is(args.get(i), "TASK") {
+            let option = String::from_utf8_lossy(args[i]).to_ascii_uppercase();
+            i += match option.as_str() {
+                "PRIORITY" | "ATTEMPTS" | "DELAY" | "RUNAT" => 2,
+                _ => 1,
+            };
+        }
+    }
+}
+
+fn fetch_keys(args: &[&[u8]], keys: &mut KeyList) {
+    if args.is_empty() {
+        return;
+    }
+    let n = count_at(args, 0).min(args.len().saturating_sub(1));
+    for q in &args[1..=n] {
+        keys.queue(Some(q));
+    }
+    let mut i = 1 + n;
+    while i < args.len() {
+        let option = String::from_utf8_lossy(args[i]).to_ascii_uppercase();
+        let width = match option.as_str() {
+            "ACK" => 4,
+            "NACK" => 5,
+            _ => {
+                i += 2; // CONSUMER, COUNT, LEASE, BLOCK, KEEP and their value
+                continue;
+            }
+        };
+        let items = count_at(args, i + 1);
+        i += 2;
+        for _ in 0..items {
+            let (Some(q), Some(id)) = (args.get(i), args.get(i + 1)) else {
+                return;
+            };
+            keys.task(q, id);
+            i += width;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(words: &[&str]) -> Vec<String> {
+        let words: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+        declared_keys(&words)
+            .into_iter()
+            .map(|k| String::from_utf8(k).unwrap())
+            .collect()
+    }
+
+    fn queue(q: &str) -> Vec<String> {
+        QUEUE_KEY_SUFFIXES
+            .iter()
+            .map(|s| format!("{q}{s}"))
+            .collect()
+    }
+
+    #[test]
+    fn enqueue_declares_the_queue_then_each_task() {
+        let keys = keys_of(&[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "MAXLEN",
+            "10",
+            "TASK",
+            "a",
+            "TASK", // a payload that reads like a keyword
+            "PRIORITY",
+            "5",
+            "delay",
+            "100",
+            "REPLACEFINISHED",
+            "task",
+            "b",
+            "x",
+        ]);
+        let mut expected = queue("{q}");
+        expected.extend(["{q}:t:a".to_string(), "{q}:t:b".to_string()]);
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn fetch_declares_every_queue_and_settled_task() {
+        let keys = keys_of(&[
+            "VTASKS.FETCHN",
+            "2",
+            "{a}",
+            "{b}",
+            "CONSUMER",
+            "w",
+            "ACK",
+            "1",
+            "{b}",
+            "7",
+            "3",
+            "",
+            "NACK",
+            "1",
+            "{a}",
+            "8",
+            "4",
+            "DEAD",
+            "boom",
+            "COUNT",
+            "5",
+        ]);
+        let mut expected = queue("{a}");
+        expected.extend(queue("{b}"));
+        expected.extend(["{b}:t:7".to_string(), "{a}:t:8".to_string()]);
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn settlements_and_selections_declare_their_tasks() {
+        let mut q_with = |ids: &[&str]| {
+            let mut k = queue("{q}");
+            k.extend(ids.iter().map(|id| format!("{{q}}:t:{id}")));
+            k
+        };
+        assert_eq!(
+            keys_of(&[
+                "VTASKS.ACK",
+                "{q}",
+                "2",
+                "a",
+                "1",
+                "",
+                "b",
+                "2",
+                "r",
+                "KEEP",
+                "5"
+            ]),
+            q_with(&["a", "b"])
+        );
+        assert_eq!(
+            keys_of(&["VTASKS.EXTEND", "{q}", "1000", "1", "a", "1"]),
+            q_with(&["a"])
+        );
+        assert_eq!(
+            keys_of(&["VTASKS.NACK", "{q}", "1", "a", "1", "0", "err"]),
+            q_with(&["a"])
+        );
+        assert_eq!(keys_of(&["VTASKS.GET", "{q}", "a"]), q_with(&["a"]));
+        assert_eq!(
+            keys_of(&["VTASKS.CANCEL", "{q}", "a", "b"]),
+            q_with(&["a", "b"])
+        );
+        assert_eq!(
+            keys_of(&["VTASKS.PURGE", "{q}", "IDS", "a"]),
+            q_with(&["a"])
+        );
+        assert_eq!(keys_of(&["VTASKS.REQUEUE", "{q}", "ALL"]), q_with(&[]));
+        assert_eq!(keys_of(&["VTASKS.STATS", "{q}"]), q_with(&[]));
+    }
+
+    #[test]
+    fn malformed_arguments_declare_what_they_can() {
+        assert_eq!(keys_of(&["VTASKS.ACK", "{q}", "5", "a"]).len(), 9);
+        assert_eq!(keys_of(&["VTASKS.FETCHN", "9", "{q}"]), queue("{q}"));
+        assert!(keys_of(&["VTASKS.STATS"]).is_empty());
+        assert!(keys_of(&["VTASKS.FETCHN"]).is_empty());
+        let huge = keys_of(&[
+            "VTASKS.FETCHN",
+            "1",
+            "{q}",
+            "ACK",
+            "999999999999",
+            "{q}",
+            "a",
+        ]);
+        assert_eq!(huge.len(), 9);
+    }
+
+    #[test]
+    fn the_script_location_is_cut_from_errors() {
+        assert_eq!(
+            strip_script_suffix("syntax error: missing id script: 0123abcd, on @user_script:62."),
+            "syntax error: missing id"
+        );
+        assert_eq!(strip_script_suffix("plain"), "plain");
+    }
+}

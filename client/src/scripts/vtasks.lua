@@ -1,0 +1,1127 @@
+#!lua
+-- vtasks scripts engine: the VTASKS.* commands of docs/PROTOCOL.md as one
+-- Lua script, for servers that cannot load the module. Same arguments, same
+-- replies, same errors, same keys.
+--
+--   EVALSHA <sha> <numkeys> <keys...> <COMMAND> <args...>
+--
+-- COMMAND is the module command without its prefix (ENQUEUE, FETCHN, ...)
+-- and args are exactly the module command's arguments. KEYS declares, for
+-- each queue the arguments name, in order, its eight keys
+--   {q} {q}:ready {q}:delayed {q}:leased {q}:dead {q}:done {q}:wake {q}:waiting
+-- followed by the task keys {q}:t:<id> of every task id the arguments name.
+-- A fetch also reads the tasks it picks from the ready set, whose ids no
+-- caller can know in advance; their keys carry the queue's hash tag, so they
+-- live in the declared keys' slot.
+--
+-- Scores, sequence numbers and times are integers below 2^53, which Lua's
+-- numbers hold exactly; they are written with string.format('%d') because
+-- tostring would switch to exponent notation above 10^14.
+
+local call = redis.call
+local pcall_redis = redis.pcall
+local tonumber = tonumber
+local floor = math.floor
+local sfmt = string.format
+local concat = table.concat
+local unpack = unpack
+
+-- Limits (docs/PROTOCOL.md, "Limits").
+local MAX_QUEUE_NAME = 128
+local MAX_ID_LEN = 256
+local MAX_CONSUMER_LEN = 128
+local MAX_PAYLOAD = 16 * 1024 * 1024
+local MAX_ERROR_TEXT = 64 * 1024
+local MAX_ENQUEUE_BATCH = 10000
+local MAX_FETCH_COUNT = 1000
+local MAX_QUEUES = 64
+local MAX_DURATION_MS = 365 * 24 * 3600 * 1000
+local MAX_TIMESTAMP_MS = 2 ^ 48
+local MAX_ATTEMPTS = 10000
+local MAINTENANCE_BATCH = 1000
+local BULK_BATCH = 10000
+local DEFAULT_LEASE_MS = 30000
+local DEFAULT_KEEP_MS = 24 * 3600 * 1000
+local DEFAULT_MAX_ATTEMPTS = 3
+local SEQ_SPAN = 2 ^ 44 -- ready score = (100 - priority) * 2^44 + seq
+local I64_MAX = '9223372036854775807'
+-- How long a consumer sleeps on the wake list at most before it asks again.
+local MAX_SLEEP_MS = 60000
+-- Chunk size for variadic calls (Lua's C stack holds about 8000 values).
+local CHUNK = 1000
+
+local function int(n)
+  return sfmt('%d', n)
+end
+
+-- Errors ------------------------------------------------------------------
+
+-- Every error is raised before the first write, so a failed call changes
+-- nothing; the reply is the message as given, code first.
+local function fail(message)
+  error({ err = message }, 0)
+end
+
+local function syntax(detail)
+  fail('ERR syntax error: ' .. detail)
+end
+
+local function wrongtype()
+  fail('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+
+-- Arguments -----------------------------------------------------------------
+
+-- A cursor over ARGV, in the manner of the module's `Args`.
+local Args = {}
+Args.__index = Args
+
+local function args_from(first)
+  return setmetatable({ pos = first }, Args)
+end
+
+function Args:is_empty()
+  return self.pos > #ARGV
+end
+
+function Args:remaining()
+  local n = #ARGV - self.pos + 1
+  if n < 0 then return 0 end
+  return n
+end
+
+function Args:next(what)
+  local item = ARGV[self.pos]
+  if item == nil then syntax('missing ' .. what) end
+  self.pos = self.pos + 1
+  return item
+end
+
+function Args:next_keyword()
+  local item = ARGV[self.pos]
+  if item == nil then return nil end
+  self.pos = self.pos + 1
+  return string.upper(item)
+end
+
+function Args:peek_is(keyword)
+  local item = ARGV[self.pos]
+  return item ~= nil and string.upper(item) == keyword
+end
+
+function Args:take_keyword(keyword)
+  if self:peek_is(keyword) then
+    self.pos = self.pos + 1
+    return true
+  end
+  return false
+end
+
+function Args:finish()
+  local extra = ARGV[self.pos]
+  if extra ~= nil then syntax("unexpected argument '" .. extra .. "'") end
+end
+
+-- Parses a decimal integer as the module does (an i64), then checks the
+-- range. `max_text` spells bounds that a double cannot print exactly.
+local function parse_int(raw, what, min, max, max_text)
+  local sign, digits = string.match(raw, '^(%-?)(%d+)$')
+  if digits == nil or #digits > 19 or (#digits == 19 and digits > I64_MAX) then
+    fail('ERR ' .. what .. ' must be an integer')
+  end
+  local value = tonumber(raw)
+  if value < min or value > max then
+    fail('ERR ' .. what .. ' must be between ' .. int(min) .. ' and ' .. (max_text or int(max)))
+  end
+  return value
+end
+
+function Args:next_int(what, min, max, max_text)
+  return parse_int(self:next(what), what, min, max, max_text)
+end
+
+local function validate_id(id)
+  if #id == 0 or #id > MAX_ID_LEN then fail('ERR task id must be 1-256 bytes') end
+end
+
+local function validate_consumer(name)
+  if #name == 0 or #name > MAX_CONSUMER_LEN or not string.find(name, '^[A-Za-z0-9_%.:%-@/]+$') then
+    fail('ERR consumer name must be 1-128 characters of A-Z a-z 0-9 _ . : - @ /')
+  end
+end
+
+local function validate_payload(what, bytes)
+  if #bytes > MAX_PAYLOAD then
+    fail('ERR ' .. what .. ' of ' .. #bytes .. ' bytes exceeds the limit of ' .. MAX_PAYLOAD .. ' bytes')
+  end
+end
+
+local function unknown_option(name)
+  syntax("unknown option '" .. name .. "'")
+end
+
+-- Queues and their keys -----------------------------------------------------
+
+local KEYS_PER_QUEUE = 8
+local declared_queues = 0
+
+-- Validates a queue argument and returns its keys, taken from KEYS: the
+-- n-th queue named by the arguments owns KEYS[8(n-1)+1 .. 8n].
+local function queue_keys(arg)
+  local name = string.match(arg, '^{([A-Za-z0-9_%.:%-]+)}$')
+  if name == nil or #name > MAX_QUEUE_NAME then
+    fail("ERR invalid queue '" .. arg ..
+      "': expected {name} where name is 1-128 characters of A-Z a-z 0-9 _ . : -")
+  end
+  local base = declared_queues * KEYS_PER_QUEUE
+  if KEYS[base + 1] ~= arg or KEYS[base + 8] ~= arg .. ':waiting' then
+    fail('ERR the scripts engine needs the eight keys of queue ' .. arg ..
+      ' declared in KEYS, in the order of the arguments')
+  end
+  declared_queues = declared_queues + 1
+  return {
+    name = arg,
+    meta = KEYS[base + 1],
+    ready = KEYS[base + 2],
+    delayed = KEYS[base + 3],
+    leased = KEYS[base + 4],
+    dead = KEYS[base + 5],
+    done = KEYS[base + 6],
+    wake = KEYS[base + 7],
+    waiting = KEYS[base + 8],
+    task_prefix = arg .. ':t:',
+  }
+end
+
+local function key_type(key)
+  return call('TYPE', key).ok
+end
+
+-- Fails with WRONGTYPE if any key of the queue holds a foreign type.
+local function check_types(q)
+  local t = key_type(q.meta)
+  if t ~= 'none' and t ~= 'hash' then wrongtype() end
+  for _, key in ipairs({ q.ready, q.delayed, q.leased, q.dead, q.done }) do
+    t = key_type(key)
+    if t ~= 'none' and t ~= 'zset' then wrongtype() end
+  end
+end
+
+local function require_queue(q)
+  check_types(q)
+  if call('EXISTS', q.meta) == 0 then fail('NOQUEUE no such queue ' .. q.name) end
+end
+
+-- Variadic writes in chunks: ZADD key s1 m1 s2 m2 ..., ZREM key m1 m2 ...
+local function zadd_pairs(key, pairs)
+  for i = 1, #pairs, 2 * CHUNK do
+    call('ZADD', key, unpack(pairs, i, math.min(i + 2 * CHUNK - 1, #pairs)))
+  end
+end
+
+local function zrem_all(key, members)
+  for i = 1, #members, CHUNK do
+    call('ZREM', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+  end
+end
+
+-- Task records ----------------------------------------------------------------
+-- `record` is fifteen words (docs/PROTOCOL.md): 1 version, 2 state,
+-- 3 priority, 4 max_attempts, 5 attempts, 6 seq, 7 token, 8 enqueued_at,
+-- 9 run_at, 10 ready_at, 11 started_at, 12 leased_at, 13 finished_at
+-- (9-13 as offsets from enqueued_at, '-' when absent), 14 consumer,
+-- 15 workers.
+
+local W_STATE, W_PRIORITY, W_MAX, W_ATTEMPTS, W_SEQ, W_TOKEN, W_ENQUEUED = 2, 3, 4, 5, 6, 7, 8
+local W_RUN_AT, W_READY_AT, W_STARTED_AT, W_LEASED_AT, W_FINISHED_AT = 9, 10, 11, 12, 13
+local W_CONSUMER, W_WORKERS = 14, 15
+
+local function decode(text)
+  local w, n = {}, 0
+  for word in string.gmatch(text, '[^ ]+') do
+    n = n + 1
+    w[n] = word
+  end
+  if n ~= 15 or w[1] ~= '1' then fail("ERR internal error: corrupt task record '" .. text .. "'") end
+  return w
+end
+
+local function encode(w)
+  return concat(w, ' ')
+end
+
+local function set_time(w, index, at)
+  w[index] = int(at - tonumber(w[W_ENQUEUED]))
+end
+
+local function time_of(w, index)
+  if w[index] == '-' then return nil end
+  return tonumber(w[W_ENQUEUED]) + tonumber(w[index])
+end
+
+-- A task's record words, or nil if there is no such task. A task key of
+-- another type fails the call before anything is written.
+local function load(q, id)
+  local record = pcall_redis('HGET', q.task_prefix .. id, 'record')
+  if type(record) == 'table' then wrongtype() end
+  if not record then return nil end
+  return decode(record)
+end
+
+local function save(q, id, w)
+  call('HSET', q.task_prefix .. id, 'record', encode(w))
+end
+
+local function ready_score(priority, seq)
+  return (100 - priority) * SEQ_SPAN + seq
+end
+
+local function bump(q, counter, n)
+  if n > 0 then call('HINCRBY', q.meta, counter, n) end
+end
+
+-- Reserves n consecutive ready-order numbers; returns the first.
+local function allocate_seq(q, n)
+  local last = call('HINCRBY', q.meta, 'seq', n)
+  if last >= SEQ_SPAN then fail('ERR internal error: queue sequence exhausted') end
+  return last - n + 1
+end
+
+local function truncate_error(text)
+  if #text > MAX_ERROR_TEXT then return string.sub(text, 1, MAX_ERROR_TEXT) end
+  return text
+end
+
+-- Wakes consumers sleeping on the queue's wake list (scripts-engine
+-- consumers with nothing to do): one token per newly ready task, never more
+-- tokens than sleepers, gone when the last sleeper's wait ends.
+local function wake(q, n)
+  local sleepers = call('ZCARD', q.waiting)
+  if sleepers == 0 then return end
+  local room = sleepers - call('LLEN', q.wake)
+  if n > room then n = room end
+  if n <= 0 then return end
+  local tokens = {}
+  for i = 1, n do tokens[i] = '1' end
+  call('RPUSH', q.wake, unpack(tokens))
+  local last = call('ZRANGE', q.waiting, -1, -1, 'WITHSCORES')
+  call('PEXPIREAT', q.wake, last[2])
+end
+
+local function make_ready(q, id, w, seq, now, pairs)
+  w[W_STATE] = 'ready'
+  w[W_SEQ] = int(seq)
+  set_time(w, W_READY_AT, now)
+  save(q, id, w)
+  pairs[#pairs + 1] = int(ready_score(tonumber(w[W_PRIORITY]), seq))
+  pairs[#pairs + 1] = id
+end
+
+local function make_dead(q, id, w, error_text, now)
+  w[W_STATE] = 'dead'
+  set_time(w, W_FINISHED_AT, now)
+  call('HSET', q.task_prefix .. id, 'record', encode(w), 'error', truncate_error(error_text))
+  call('ZADD', q.dead, int(now), id)
+end
+
+local function server_now()
+  local t = call('TIME')
+  return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+end
+
+-- Life cycle ------------------------------------------------------------------
+
+-- Promotes due delayed tasks, returns expired leases (or dead-letters them
+-- when their attempts are used) and forgets expired results; at most
+-- `limit` entries of each kind.
+local function maintain(q, now, limit)
+  local to_ready = {}
+  local due = call('ZRANGEBYSCORE', q.delayed, '-inf', int(now), 'LIMIT', 0, limit)
+  if #due > 0 then
+    zrem_all(q.delayed, due)
+    for _, id in ipairs(due) do
+      local w = load(q, id)
+      if w then to_ready[#to_ready + 1] = { id, w } end
+    end
+  end
+
+  local expired = call('ZRANGEBYSCORE', q.leased, '-inf', int(now), 'LIMIT', 0, limit)
+  if #expired > 0 then
+    zrem_all(q.leased, expired)
+    local count, dead = 0, 0
+    for _, id in ipairs(expired) do
+      local w = load(q, id)
+      if w then
+        count = count + 1
+        local message = 'lease expired on attempt ' .. w[W_ATTEMPTS] .. ' of ' .. w[W_MAX] ..
+            ': no acknowledgement before the deadline'
+        if tonumber(w[W_ATTEMPTS]) >= tonumber(w[W_MAX]) then
+          make_dead(q, id, w, message, now)
+          dead = dead + 1
+        else
+          call('HSET', q.task_prefix .. id, 'error', message)
+          to_ready[#to_ready + 1] = { id, w }
+        end
+      end
+    end
+    bump(q, 'dead', dead)
+    bump(q, 'expired', count)
+  end
+
+  if #to_ready > 0 then
+    local seq = allocate_seq(q, #to_ready)
+    local pairs = {}
+    for i, item in ipairs(to_ready) do
+      make_ready(q, item[1], item[2], seq + i - 1, now, pairs)
+    end
+    zadd_pairs(q.ready, pairs)
+    wake(q, #to_ready)
+  end
+
+  local forgotten = call('ZRANGEBYSCORE', q.done, '-inf', int(now), 'LIMIT', 0, limit)
+  if #forgotten > 0 then zrem_all(q.done, forgotten) end
+end
+
+-- The earliest time maintenance has work on this queue, or nil.
+local function next_due(q)
+  local due
+  for _, key in ipairs({ q.delayed, q.leased, q.done }) do
+    local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local score = tonumber(first[2])
+      if due == nil or score < due then due = score end
+    end
+  end
+  return due
+end
+
+local function is_paused(q)
+  return call('HGET', q.meta, 'paused') == '1'
+end
+
+-- Leases up to `count` ready tasks to `consumer`; appends them to `out`.
+-- The caller checked the queue's key types, as for `ack` and `nack`.
+local function fetch(q, consumer, count, lease_ms, now, out)
+  if is_paused(q) then return end
+  local picked = call('ZRANGE', q.ready, 0, count - 1)
+  if #picked == 0 then return end
+  zrem_all(q.ready, picked)
+  local last_token = call('HINCRBY', q.meta, 'token', #picked)
+  local deadline = int(now + lease_ms)
+  local leased = {}
+  local with_commas = ',' .. consumer .. ','
+  for i, id in ipairs(picked) do
+    local task_key = q.task_prefix .. id
+    local fields = call('HMGET', task_key, 'record', 'payload')
+    if fields[1] then -- else deleted behind the queue's back: nothing to run
+      local w = decode(fields[1])
+      local token = last_token - (i - 1)
+      local attempts = tonumber(w[W_ATTEMPTS]) + 1
+      w[W_STATE] = 'leased'
+      w[W_ATTEMPTS] = int(attempts)
+      w[W_TOKEN] = int(token)
+      set_time(w, W_LEASED_AT, now)
+      if w[W_STARTED_AT] == '-' then w[W_STARTED_AT] = w[W_LEASED_AT] end
+      w[W_CONSUMER] = consumer
+      if w[W_WORKERS] == '-' then
+        w[W_WORKERS] = consumer
+      elseif not string.find(',' .. w[W_WORKERS] .. ',', with_commas, 1, true) then
+        w[W_WORKERS] = w[W_WORKERS] .. ',' .. consumer
+      end
+      call('HSET', task_key, 'record', encode(w))
+      leased[#leased + 1] = deadline
+      leased[#leased + 1] = id
+      out[#out + 1] = { q.name, id, token, attempts, fields[2] or '' }
+    end
+  end
+  zadd_pairs(q.leased, leased)
+end
+
+-- The task's record words if `token` holds its current lease, else the
+-- refusal status.
+local function check_lease(q, id, token)
+  local w = load(q, id)
+  if not w then return nil, 'NOTASK' end
+  if w[W_STATE] ~= 'leased' or tonumber(w[W_TOKEN]) ~= token then return nil, 'STALE' end
+  return w
+end
+
+local function ack(q, items, keep_ms, now)
+  local outcomes, settled, done = {}, {}, {}
+  for i, item in ipairs(items) do
+    local w, refused = check_lease(q, item.id, item.token)
+    if w then
+      outcomes[i] = 'OK'
+      settled[#settled + 1] = item.id
+      local task_key = q.task_prefix .. item.id
+      if keep_ms == 0 then
+        call('DEL', task_key)
+      else
+        w[W_STATE] = 'done'
+        set_time(w, W_FINISHED_AT, now)
+        if item.result ~= '' then
+          call('HSET', task_key, 'record', encode(w), 'result', item.result)
+        else
+          call('HSET', task_key, 'record', encode(w))
+        end
+        call('PEXPIREAT', task_key, int(now + keep_ms))
+        done[#done + 1] = int(now + keep_ms)
+        done[#done + 1] = item.id
+      end
+    else
+      outcomes[i] = refused
+    end
+  end
+  if #settled > 0 then
+    zrem_all(q.leased, settled)
+    zadd_pairs(q.done, done)
+  end
+  bump(q, 'acked', #settled)
+  return outcomes
+end
+
+local function nack(q, items, now)
+  local outcomes = {}
+  local failed, retried, dead = 0, 0, 0
+  local ready = {}
+  for i, item in ipairs(items) do
+    local w, refused = check_lease(q, item.id, item.token)
+    if not w then
+      outcomes[i] = refused
+    else
+      failed = failed + 1
+      call('ZREM', q.leased, item.id)
+      if item.delay == nil or tonumber(w[W_ATTEMPTS]) >= tonumber(w[W_MAX]) then
+        make_dead(q, item.id, w, item.error, now)
+        dead = dead + 1
+        outcomes[i] = 'DEAD'
+      else
+        retried = retried + 1
+        call('HSET', q.task_prefix .. item.id, 'error', truncate_error(item.error))
+        if item.delay == 0 then
+          local seq = allocate_seq(q, 1)
+          make_ready(q, item.id, w, seq, now, ready)
+        else
+          w[W_STATE] = 'delayed'
+          set_time(w, W_RUN_AT, now + item.delay)
+          save(q, item.id, w)
+          call('ZADD', q.delayed, int(now + item.delay), item.id)
+        end
+        outcomes[i] = 'RETRY'
+      end
+    end
+  end
+  bump(q, 'failed', failed)
+  bump(q, 'retried', retried)
+  bump(q, 'dead', dead)
+  if #ready > 0 then
+    zadd_pairs(q.ready, ready)
+    wake(q, #ready / 2)
+  end
+  return outcomes
+end
+
+-- Parsing shared by several commands ------------------------------------------
+
+local function item_count(a, what, width)
+  local n = a:next_int('item count', 1, MAX_FETCH_COUNT * 10)
+  if a:remaining() < n * width then
+    syntax(what .. ' announces ' .. n .. ' items of ' .. width .. ' arguments but only ' ..
+      a:remaining() .. ' arguments follow')
+  end
+  return n
+end
+
+local function parse_token(a)
+  return a:next_int('token', 1, 2 ^ 63, I64_MAX)
+end
+
+local function parse_ack_item(a)
+  local id = a:next('task id')
+  validate_id(id)
+  local token = parse_token(a)
+  local result = a:next('result')
+  validate_payload('result', result)
+  return { id = id, token = token, result = result }
+end
+
+local function parse_nack_item(a)
+  local id = a:next('task id')
+  validate_id(id)
+  local token = parse_token(a)
+  local raw = a:next('retry delay')
+  local delay
+  if string.upper(raw) ~= 'DEAD' then
+    delay = parse_int(raw, 'retry delay', 0, MAX_DURATION_MS)
+  end
+  local error_text = a:next('error')
+  return { id = id, token = token, delay = delay, error = error_text }
+end
+
+local function parse_lease_refs(a, what)
+  local items = {}
+  for i = 1, item_count(a, what, 2) do
+    local id = a:next('task id')
+    validate_id(id)
+    items[i] = { id = id, token = parse_token(a) }
+  end
+  return items
+end
+
+local function statuses(list)
+  local out = {}
+  for i, s in ipairs(list) do out[i] = { ok = s } end
+  return out
+end
+
+local function flags(list)
+  local out = {}
+  for i, b in ipairs(list) do out[i] = b and 1 or 0 end
+  return out
+end
+
+-- Commands ----------------------------------------------------------------------
+
+local commands = {}
+
+-- Arity as the module declares it: positive exact, negative at least.
+local ARITY = {
+  ENQUEUE = -5, FETCHN = -5, ACK = -6, NACK = -7, EXTEND = -6, RELEASE = -5, GET = 3,
+  STATS = 2, DEADLIST = -2, REQUEUE = -3, PURGE = -3, PAUSE = 2, RESUME = 2, CANCEL = -3,
+}
+
+function commands.ENQUEUE(a)
+  local q = queue_keys(a:next('queue'))
+  local maxlen
+  if a:take_keyword('MAXLEN') then maxlen = a:next_int('MAXLEN', 0, 2 ^ 63, I64_MAX) end
+  local tasks = {}
+  while not a:is_empty() do
+    if not a:take_keyword('TASK') then
+      syntax("expected TASK, got '" .. (a:next_keyword() or '') .. "'")
+    end
+    if #tasks == MAX_ENQUEUE_BATCH then
+      fail('ERR number of tasks in one ENQUEUE must be between 1 and ' .. MAX_ENQUEUE_BATCH)
+    end
+    local id = a:next('task id')
+    validate_id(id)
+    local payload = a:next('payload')
+    validate_payload('payload', payload)
+    local task = { id = id, payload = payload, priority = 0, attempts = DEFAULT_MAX_ATTEMPTS }
+    local scheduled = false
+    while not a:is_empty() and not a:peek_is('TASK') do
+      local option = a:next_keyword()
+      if option == 'PRIORITY' then
+        task.priority = a:next_int('PRIORITY', -100, 100)
+      elseif option == 'ATTEMPTS' then
+        task.attempts = a:next_int('ATTEMPTS', 1, MAX_ATTEMPTS)
+      elseif option == 'REPLACEFINISHED' then
+        task.replace = true
+      elseif (option == 'DELAY' or option == 'RUNAT') and scheduled then
+        syntax('DELAY and RUNAT cannot be combined')
+      elseif option == 'DELAY' then
+        task.delay = a:next_int('DELAY', 0, MAX_DURATION_MS)
+        scheduled = true
+      elseif option == 'RUNAT' then
+        task.run_at = a:next_int('RUNAT', 0, MAX_TIMESTAMP_MS)
+        scheduled = true
+      else
+        unknown_option(option)
+      end
+    end
+    tasks[#tasks + 1] = task
+  end
+  if #tasks == 0 then syntax('expected at least one TASK') end
+
+  local now = server_now()
+  check_types(q)
+  local added, replaced, seen = {}, {}, {}
+  local new_count, ready_now = 0, 0
+  for i, task in ipairs(tasks) do
+    local old = load(q, task.id)
+    local free = old == nil
+    if old and task.replace and (old[W_STATE] == 'done' or old[W_STATE] == 'dead') then
+      replaced[#replaced + 1] = task.id
+      free = true
+    end
+    if seen[task.id] then free = false end
+    seen[task.id] = true
+    added[i] = free
+    if free then
+      new_count = new_count + 1
+      task.at = task.run_at or (now + (task.delay or 0))
+      if task.at <= now then ready_now = ready_now + 1 end
+    end
+  end
+  if new_count == 0 then return flags(added) end
+  if maxlen then
+    local held = call('ZCARD', q.ready) + call('ZCARD', q.delayed) + call('ZCARD', q.leased)
+    if held + new_count > maxlen then
+      fail('QUEUEFULL queue ' .. q.name .. ' holds ' .. held .. ' pending tasks; MAXLEN is ' .. int(maxlen))
+    end
+  end
+  local seq = 0
+  if ready_now > 0 then seq = allocate_seq(q, ready_now) end
+  for _, id in ipairs(replaced) do
+    call('ZREM', q.done, id)
+    call('ZREM', q.dead, id)
+    call('DEL', q.task_prefix .. id)
+  end
+  local now_text = int(now)
+  local ready, delayed = {}, {}
+  for i, task in ipairs(tasks) do
+    if added[i] then
+      local record
+      if task.at <= now then
+        record = '1 ready ' .. task.priority .. ' ' .. task.attempts .. ' 0 ' .. int(seq) .. ' 0 ' ..
+            now_text .. ' - 0 - - - - -'
+        ready[#ready + 1] = int(ready_score(task.priority, seq))
+        ready[#ready + 1] = task.id
+        seq = seq + 1
+      else
+        record = '1 delayed ' .. task.priority .. ' ' .. task.attempts .. ' 0 0 0 ' .. now_text .. ' ' ..
+            int(task.at - now) .. ' - - - - - -'
+        delayed[#delayed + 1] = int(task.at)
+        delayed[#delayed + 1] = task.id
+      end
+      call('HSET', q.task_prefix .. task.id, 'payload', task.payload, 'record', record)
+    end
+  end
+  zadd_pairs(q.ready, ready)
+  zadd_pairs(q.delayed, delayed)
+  bump(q, 'enqueued', new_count)
+  if ready_now > 0 then wake(q, ready_now) end
+  return flags(added)
+end
+
+-- FETCHN replies [tasks, acks, nacks] like the module. The scripts engine
+-- blocks in the client, not in the server: when BLOCK was given and nothing
+-- was handed out, two more elements follow, how many ms to sleep on the
+-- queues' wake lists (BLPOP) before asking again, and the sleeper's ticket.
+-- The ticket (a member of each queue's waiting set, which counts sleepers
+-- for wake-ups and STATS) is handed back with `SLEPT <ticket>` on the fetch
+-- after the sleep, which takes it out of the waiting sets.
+function commands.FETCHN(a)
+  local n = a:next_int('numqueues', 1, MAX_QUEUES)
+  local queues, index_of = {}, {}
+  for i = 1, n do
+    queues[i] = queue_keys(a:next('queue'))
+    index_of[queues[i].name] = index_of[queues[i].name] or i
+  end
+  local consumer
+  local count, lease_ms, keep_ms, block_ms = 1, DEFAULT_LEASE_MS, DEFAULT_KEEP_MS, nil
+  local acks, nacks = {}, {}
+  local slept
+  local function queue_index(name)
+    local i = index_of[name]
+    if i == nil then
+      fail('ERR queue ' .. name .. ' in ACK/NACK is not among the queues this FETCHN names')
+    end
+    return i
+  end
+  while true do
+    local option = a:next_keyword()
+    if option == nil then break end
+    if option == 'CONSUMER' then
+      consumer = a:next('CONSUMER')
+      validate_consumer(consumer)
+    elseif option == 'COUNT' then
+      count = a:next_int('COUNT', 1, MAX_FETCH_COUNT)
+    elseif option == 'LEASE' then
+      lease_ms = a:next_int('LEASE', 1, MAX_DURATION_MS)
+    elseif option == 'BLOCK' then
+      block_ms = a:next_int('BLOCK', 0, MAX_DURATION_MS)
+    elseif option == 'KEEP' then
+      keep_ms = a:next_int('KEEP', 0, MAX_DURATION_MS)
+    elseif option == 'SLEPT' then
+      slept = a:next('SLEPT')
+    elseif option == 'ACK' then
+      for _ = 1, item_count(a, 'ACK', 4) do
+        local qi = queue_index(a:next('queue'))
+        local item = parse_ack_item(a)
+        item.queue = qi
+        acks[#acks + 1] = item
+      end
+    elseif option == 'NACK' then
+      for _ = 1, item_count(a, 'NACK', 5) do
+        local qi = queue_index(a:next('queue'))
+        local item = parse_nack_item(a)
+        item.queue = qi
+        nacks[#nacks + 1] = item
+      end
+    else
+      unknown_option(option)
+    end
+  end
+  if consumer == nil then syntax('CONSUMER <name> is required') end
+
+  local now = server_now()
+  for _, q in ipairs(queues) do check_types(q) end
+  -- Settle first, queue by queue, keeping each item's place in the reply.
+  local ack_out, nack_out = {}, {}
+  for qi, q in ipairs(queues) do
+    local positions, items = {}, {}
+    for pos, item in ipairs(acks) do
+      if item.queue == qi then
+        positions[#positions + 1] = pos
+        items[#items + 1] = item
+      end
+    end
+    if #items > 0 then
+      for k, outcome in ipairs(ack(q, items, keep_ms, now)) do ack_out[positions[k]] = outcome end
+    end
+    positions, items = {}, {}
+    for pos, item in ipairs(nacks) do
+      if item.queue == qi then
+        positions[#positions + 1] = pos
+        items[#items + 1] = item
+      end
+    end
+    if #items > 0 then
+      for k, outcome in ipairs(nack(q, items, now)) do nack_out[positions[k]] = outcome end
+    end
+  end
+
+  local tasks = {}
+  for _, q in ipairs(queues) do
+    -- The sleeper is awake again: it no longer counts.
+    if slept then call('ZREM', q.waiting, slept) end
+    maintain(q, now, MAINTENANCE_BATCH)
+    if #tasks < count then fetch(q, consumer, count - #tasks, lease_ms, now, tasks) end
+  end
+  local reply = { tasks, statuses(ack_out), statuses(nack_out) }
+  if #tasks == 0 and block_ms ~= nil then
+    -- Sleep until the block ends, the next deadline of these queues, or
+    -- MAX_SLEEP_MS, whichever is first; enqueues wake the sleeper earlier.
+    local sleep = MAX_SLEEP_MS
+    if block_ms > 0 and block_ms < sleep then sleep = block_ms end
+    for _, q in ipairs(queues) do
+      local due = next_due(q)
+      if due ~= nil and due - now < sleep then sleep = due - now end
+    end
+    if sleep < 1 then sleep = 1 end
+    -- Registered for the sleep plus a margin for the round trip to BLPOP.
+    -- The ticket tells apart sleepers that share a consumer name.
+    local t = call('TIME')
+    local ticket = consumer .. '#' .. t[1] .. t[2]
+    local until_ms = int(now + sleep + 1000)
+    for _, q in ipairs(queues) do
+      call('ZREMRANGEBYSCORE', q.waiting, '-inf', '(' .. int(now))
+      call('ZADD', q.waiting, until_ms, ticket)
+      local last = call('ZRANGE', q.waiting, -1, -1, 'WITHSCORES')
+      call('PEXPIREAT', q.waiting, last[2])
+    end
+    reply[4] = sleep
+    reply[5] = ticket
+  end
+  return reply
+end
+
+function commands.ACK(a)
+  local q = queue_keys(a:next('queue'))
+  local items = {}
+  for i = 1, item_count(a, 'ACK', 3) do items[i] = parse_ack_item(a) end
+  local keep = DEFAULT_KEEP_MS
+  while true do
+    local option = a:next_keyword()
+    if option == nil then break end
+    if option == 'KEEP' then
+      keep = a:next_int('KEEP', 0, MAX_DURATION_MS)
+    else
+      unknown_option(option)
+    end
+  end
+  local now = server_now()
+  check_types(q)
+  return statuses(ack(q, items, keep, now))
+end
+
+function commands.NACK(a)
+  local q = queue_keys(a:next('queue'))
+  local items = {}
+  for i = 1, item_count(a, 'NACK', 4) do items[i] = parse_nack_item(a) end
+  a:finish()
+  local now = server_now()
+  check_types(q)
+  return statuses(nack(q, items, now))
+end
+
+function commands.EXTEND(a)
+  local q = queue_keys(a:next('queue'))
+  local lease = a:next_int('lease', 1, MAX_DURATION_MS)
+  local items = parse_lease_refs(a, 'EXTEND')
+  a:finish()
+  local now = server_now()
+  check_types(q)
+  local outcomes, renewed = {}, {}
+  local deadline = int(now + lease)
+  for i, item in ipairs(items) do
+    local w, refused = check_lease(q, item.id, item.token)
+    outcomes[i] = w and 'OK' or refused
+    if w then
+      renewed[#renewed + 1] = deadline
+      renewed[#renewed + 1] = item.id
+    end
+  end
+  zadd_pairs(q.leased, renewed)
+  return statuses(outcomes)
+end
+
+function commands.RELEASE(a)
+  local q = queue_keys(a:next('queue'))
+  local items = parse_lease_refs(a, 'RELEASE')
+  a:finish()
+  local now = server_now()
+  check_types(q)
+  local outcomes, ready = {}, {}
+  local released = 0
+  for i, item in ipairs(items) do
+    local w, refused = check_lease(q, item.id, item.token)
+    outcomes[i] = w and 'OK' or refused
+    if w then
+      released = released + 1
+      call('ZREM', q.leased, item.id)
+      local attempts = tonumber(w[W_ATTEMPTS]) - 1
+      if attempts < 0 then attempts = 0 end
+      w[W_ATTEMPTS] = int(attempts)
+      make_ready(q, item.id, w, tonumber(w[W_SEQ]), now, ready)
+    end
+  end
+  zadd_pairs(q.ready, ready)
+  bump(q, 'released', released)
+  if released > 0 then wake(q, released) end
+  return statuses(outcomes)
+end
+
+function commands.GET(a)
+  local q = queue_keys(a:next('queue'))
+  local id = a:next('task id')
+  validate_id(id)
+  a:finish()
+  local w = load(q, id)
+  if not w then return false end
+  local out = {}
+  local function put(name, value)
+    out[#out + 1] = { ok = name }
+    out[#out + 1] = value
+  end
+  put('status', w[W_STATE])
+  put('priority', w[W_PRIORITY])
+  put('attempts', w[W_ATTEMPTS])
+  put('max_attempts', w[W_MAX])
+  put('enqueued_at', w[W_ENQUEUED])
+  local deadline
+  if w[W_STATE] == 'leased' then deadline = call('ZSCORE', q.leased, id) end
+  for _, field in ipairs({ { 'run_at', W_RUN_AT }, { 'started_at', W_STARTED_AT }, { 'leased_at', W_LEASED_AT } }) do
+    local at = time_of(w, field[2])
+    if at then put(field[1], int(at)) end
+  end
+  if deadline then put('deadline', int(tonumber(deadline))) end
+  local finished = time_of(w, W_FINISHED_AT)
+  if finished then put('finished_at', int(finished)) end
+  if w[W_CONSUMER] ~= '-' then put('consumer', w[W_CONSUMER]) end
+  if w[W_WORKERS] ~= '-' then put('workers', w[W_WORKERS]) end
+  local stored = call('HMGET', q.task_prefix .. id, 'error', 'result', 'payload')
+  if stored[1] then put('error', stored[1]) end
+  if stored[2] then put('result', stored[2]) end
+  if stored[3] then put('payload', stored[3]) end
+  return out
+end
+
+-- Age of the task that has waited longest in the ready set: the lowest
+-- sequence number across the priority bands; only non-empty bands are
+-- visited.
+local function oldest_ready_age(q, now)
+  local oldest_seq, oldest_id
+  local from = '-inf'
+  while true do
+    local first = call('ZRANGEBYSCORE', q.ready, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #first == 0 then break end
+    local score = tonumber(first[2])
+    local band = floor(score / SEQ_SPAN)
+    local seq = score - band * SEQ_SPAN
+    if oldest_seq == nil or seq < oldest_seq then
+      oldest_seq, oldest_id = seq, first[1]
+    end
+    from = int((band + 1) * SEQ_SPAN)
+  end
+  if oldest_id == nil then return 0 end
+  local w = load(q, oldest_id)
+  local ready_at = (w and time_of(w, W_READY_AT)) or now
+  if now - ready_at < 0 then return 0 end
+  return now - ready_at
+end
+
+function commands.STATS(a)
+  local q = queue_keys(a:next('queue'))
+  a:finish()
+  local now = server_now()
+  require_queue(q)
+  local out = {}
+  local function put(name, value)
+    out[#out + 1] = { ok = name }
+    out[#out + 1] = value
+  end
+  put('ready', call('ZCARD', q.ready))
+  put('delayed', call('ZCARD', q.delayed))
+  put('leased', call('ZCARD', q.leased))
+  put('dead', call('ZCARD', q.dead))
+  put('done', call('ZCOUNT', q.done, int(now + 1), '+inf'))
+  put('overdue_leases', call('ZCOUNT', q.leased, '-inf', int(now)))
+  put('paused', is_paused(q) and 1 or 0)
+  put('blocked', call('ZCOUNT', q.waiting, int(now), '+inf'))
+  put('oldest_ready_age_ms', oldest_ready_age(q, now))
+  local names = { 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead_lettered', 'released',
+    'requeued', 'cancelled', 'purged' }
+  local counters = call('HMGET', q.meta, 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead',
+    'released', 'requeued', 'cancelled', 'purged')
+  for i, name in ipairs(names) do put(name, tonumber(counters[i] or 0)) end
+  return out
+end
+
+function commands.DEADLIST(a)
+  local q = queue_keys(a:next('queue'))
+  local offset, count = '0', 100
+  while true do
+    local option = a:next_keyword()
+    if option == nil then break end
+    if option == 'OFFSET' then
+      offset = a:next('OFFSET')
+      parse_int(offset, 'OFFSET', 0, 2 ^ 63, I64_MAX)
+    elseif option == 'COUNT' then
+      count = a:next_int('COUNT', 1, BULK_BATCH)
+    else
+      unknown_option(option)
+    end
+  end
+  require_queue(q)
+  local entries = call('ZRANGEBYSCORE', q.dead, '-inf', '+inf', 'WITHSCORES', 'LIMIT', offset, count)
+  local out = {}
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    local w = load(q, id)
+    local error_text = call('HGET', q.task_prefix .. id, 'error')
+    out[#out + 1] = { id, tonumber(entries[i + 1]), w and tonumber(w[W_ATTEMPTS]) or 0, error_text or '' }
+  end
+  return out
+end
+
+local function parse_selection(a)
+  local keyword = a:next_keyword()
+  if keyword == 'ALL' then
+    a:finish()
+    return nil
+  elseif keyword == 'IDS' then
+    local ids = {}
+    while not a:is_empty() do
+      local id = a:next('task id')
+      validate_id(id)
+      ids[#ids + 1] = id
+    end
+    if #ids == 0 then syntax('IDS needs at least one task id') end
+    return ids
+  end
+  syntax('expected ALL or IDS <id> [<id> ...]')
+end
+
+local function select_dead(q, ids)
+  if ids == nil then
+    return call('ZRANGEBYSCORE', q.dead, '-inf', '+inf', 'LIMIT', 0, BULK_BATCH)
+  end
+  local found = {}
+  for _, id in ipairs(ids) do
+    if call('ZSCORE', q.dead, id) then found[#found + 1] = id end
+  end
+  return found
+end
+
+function commands.REQUEUE(a)
+  local q = queue_keys(a:next('queue'))
+  local selection = parse_selection(a)
+  local now = server_now()
+  require_queue(q)
+  local ids = select_dead(q, selection)
+  if #ids == 0 then return 0 end
+  local seq = allocate_seq(q, #ids)
+  local ready = {}
+  for i, id in ipairs(ids) do
+    call('ZREM', q.dead, id)
+    local w = load(q, id)
+    if w then
+      w[W_ATTEMPTS] = '0'
+      w[W_FINISHED_AT] = '-'
+      make_ready(q, id, w, seq + i - 1, now, ready)
+    end
+  end
+  zadd_pairs(q.ready, ready)
+  bump(q, 'requeued', #ids)
+  wake(q, #ids)
+  return #ids
+end
+
+function commands.PURGE(a)
+  local q = queue_keys(a:next('queue'))
+  local selection = parse_selection(a)
+  require_queue(q)
+  local ids = select_dead(q, selection)
+  for _, id in ipairs(ids) do
+    call('ZREM', q.dead, id)
+    call('DEL', q.task_prefix .. id)
+  end
+  bump(q, 'purged', #ids)
+  return #ids
+end
+
+function commands.PAUSE(a)
+  local q = queue_keys(a:next('queue'))
+  a:finish()
+  check_types(q)
+  call('HSET', q.meta, 'paused', '1')
+  return { ok = 'OK' }
+end
+
+function commands.RESUME(a)
+  local q = queue_keys(a:next('queue'))
+  a:finish()
+  check_types(q)
+  local was_paused = is_paused(q)
+  -- The field stays (as 0) so the queue hash, and so the queue, exists.
+  call('HSET', q.meta, 'paused', '0')
+  if was_paused then wake(q, call('ZCARD', q.ready)) end
+  return { ok = 'OK' }
+end
+
+function commands.CANCEL(a)
+  local q = queue_keys(a:next('queue'))
+  local ids = {}
+  while not a:is_empty() do
+    local id = a:next('task id')
+    validate_id(id)
+    ids[#ids + 1] = id
+  end
+  check_types(q)
+  local out, cancelled = {}, 0
+  for i, id in ipairs(ids) do
+    local removed = call('ZREM', q.ready, id) == 1 or call('ZREM', q.delayed, id) == 1
+    if removed then
+      call('DEL', q.task_prefix .. id)
+      cancelled = cancelled + 1
+    end
+    out[i] = removed and 1 or 0
+  end
+  bump(q, 'cancelled', cancelled)
+  return out
+end
+
+-- Dispatch ------------------------------------------------------------------------
+
+local name = ARGV[1] and string.upper(ARGV[1])
+local command = name and commands[name]
+if command == nil then
+  fail("ERR unknown command 'VTASKS." .. tostring(ARGV[1]) .. "'")
+end
+local arity = ARITY[name]
+local given = #ARGV -- the command name plus its arguments, as the server counts
+if (arity > 0 and given ~= arity) or (arity < 0 and given < -arity) then
+  fail("ERR wrong number of arguments for 'vtasks." .. string.lower(name) .. "' command")
+end
+return command(args_from(2))
