@@ -360,7 +360,10 @@ impl BlockingFetcher {
         self.connect().await?;
         let outcome = match (self.engine.get(), fetch.block) {
             (Engine::Scripts, Some(block)) => self.fetch_sleeping(fetch, block).await,
-            _ => self.fetch_once(fetch).await.map(|(fetched, _)| fetched),
+            _ => self
+                .fetch_once(fetch, None)
+                .await
+                .map(|(fetched, _)| fetched),
         };
         if outcome.as_ref().is_err_and(Error::is_connection) {
             self.conn = None;
@@ -370,9 +373,17 @@ impl BlockingFetcher {
     }
 
     /// One FETCHN (blocking server-side with the module); with the scripts,
-    /// also how long to sleep on the wake lists when nothing was ready.
-    async fn fetch_once(&mut self, fetch: &Fetch) -> Result<(Fetched, Option<u64>)> {
-        let cmd = fetch.to_cmd()?;
+    /// also the sleep the script asks for when nothing was ready. `slept`
+    /// is the ticket of the sleep this fetch ends.
+    async fn fetch_once(
+        &mut self,
+        fetch: &Fetch,
+        slept: Option<&[u8]>,
+    ) -> Result<(Fetched, Option<Sleep>)> {
+        let mut cmd = fetch.to_cmd()?;
+        if let Some(ticket) = slept {
+            cmd.arg("SLEPT").arg(ticket);
+        }
         let limit = match self.engine.get() {
             Engine::Module => fetch.block.unwrap_or_default(),
             Engine::Scripts => Duration::ZERO,
@@ -382,8 +393,8 @@ impl BlockingFetcher {
             Ok(reply) => reply?,
             Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
         };
-        let (reply, sleep_ms) = split_sleep_hint(reply);
-        Ok((fetch.from_reply(reply)?, sleep_ms))
+        let (reply, sleep) = split_sleep(reply);
+        Ok((fetch.from_reply(reply)?, sleep))
     }
 
     /// A blocking fetch with the scripts engine, which cannot block inside
@@ -394,7 +405,7 @@ impl BlockingFetcher {
     /// first fetch only.
     async fn fetch_sleeping(&mut self, fetch: &Fetch, block: Duration) -> Result<Fetched> {
         let started = Instant::now();
-        let (mut fetched, mut sleep_ms) = self.fetch_once(fetch).await?;
+        let (mut fetched, mut sleep) = self.fetch_once(fetch, None).await?;
         let mut again = fetch.clone();
         again.acks.clear();
         again.nacks.clear();
@@ -403,13 +414,16 @@ impl BlockingFetcher {
             .iter()
             .map(|q| format!("{}:wake", q.wire()))
             .collect();
-        while let Some(sleep) = sleep_ms.filter(|_| fetched.tasks.is_empty()) {
+        while let Some(Sleep { ms, ticket }) = sleep.take() {
+            if !fetched.tasks.is_empty() {
+                break;
+            }
             let remaining = if block.is_zero() {
                 Duration::MAX // BLOCK 0 waits until there is work
             } else {
                 block.saturating_sub(started.elapsed())
             };
-            let wait = Duration::from_millis(sleep).min(remaining);
+            let wait = Duration::from_millis(ms).min(remaining);
             if wait.is_zero() {
                 break;
             }
@@ -426,9 +440,8 @@ impl BlockingFetcher {
             };
             // Nothing popped well before the wait was over: CLIENT UNBLOCK
             // ended it (a worker stopping), which ends the fetch as well.
-            if popped == Value::Nil && slept_from.elapsed() + Duration::from_millis(50) < wait {
-                break;
-            }
+            let unblocked =
+                popped == Value::Nil && slept_from.elapsed() + Duration::from_millis(50) < wait;
             again.block = Some(if block.is_zero() {
                 Duration::ZERO
             } else {
@@ -436,28 +449,47 @@ impl BlockingFetcher {
                     .saturating_sub(started.elapsed())
                     .max(Duration::from_millis(1))
             });
-            let (next, next_sleep) = self.fetch_once(&again).await?;
+            if unblocked {
+                again.block = None; // one last look, which also ends the sleep
+            }
+            let (next, next_sleep) = self.fetch_once(&again, Some(&ticket)).await?;
             fetched.tasks = next.tasks;
-            sleep_ms = next_sleep;
+            sleep = next_sleep;
+            if unblocked {
+                break;
+            }
         }
         Ok(fetched)
     }
+}
+
+/// What the scripts engine's FETCHN asks for when nothing was ready.
+struct Sleep {
+    ms: u64,
+    /// Hands back with `SLEPT` to end the sleep.
+    ticket: Vec<u8>,
 }
 
 fn not_connected() -> Error {
     Error::Connection("the blocking connection is not open".into())
 }
 
-/// The scripts engine's FETCHN reply carries a fourth element, the ms to
-/// sleep when nothing was ready and BLOCK was given; the module's has three.
-fn split_sleep_hint(reply: Value) -> (Value, Option<u64>) {
+/// The scripts engine's FETCHN reply carries two more elements when BLOCK
+/// was given and nothing was ready: the ms to sleep and the sleeper's
+/// ticket. The module's reply has three.
+fn split_sleep(reply: Value) -> (Value, Option<Sleep>) {
     match reply {
-        Value::Array(mut items) if items.len() == 4 => {
-            let hint = match items.pop() {
-                Some(Value::Int(ms)) => Some(ms.max(1) as u64),
+        Value::Array(mut items) if items.len() == 5 => {
+            let ticket = items.pop();
+            let ms = items.pop();
+            let sleep = match (ms, ticket) {
+                (Some(Value::Int(ms)), Some(Value::BulkString(ticket))) => Some(Sleep {
+                    ms: ms.max(1) as u64,
+                    ticket,
+                }),
                 _ => None,
             };
-            (Value::Array(items), hint)
+            (Value::Array(items), sleep)
         }
         other => (other, None),
     }

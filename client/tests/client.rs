@@ -1,10 +1,23 @@
-//! The client against a real valkey-server with the module.
+//! The client against a real server: Valkey with the module, or (with
+//! `VTASKS_TARGET`) a server without it and the scripts engine.
 
 use std::time::Duration;
 
 use serde_json::json;
 use vtasks_client::*;
 use vtasks_testkit::Server;
+
+/// A client of the test target's engine (`VTASKS_TARGET`): the same tests
+/// run with the module and with the scripts.
+async fn connect(server: &Server) -> Client {
+    connect_url(&server.url()).await.unwrap()
+}
+
+async fn connect_url(url: &str) -> Result<Client> {
+    let mut options = ClientOptions::new(url);
+    options.engine = vtasks_testkit::Target::current().engine().parse()?;
+    Client::connect_with(options).await
+}
 
 fn q(name: &str) -> QueueName {
     QueueName::new(name).unwrap()
@@ -13,8 +26,10 @@ fn q(name: &str) -> QueueName {
 #[tokio::test]
 async fn enqueue_fetch_ack_get_stats() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
-    assert!(client.has_module().await.unwrap());
+    let client = connect(&server).await;
+    let target = vtasks_testkit::Target::current();
+    assert_eq!(client.has_module().await.unwrap(), !target.uses_scripts());
+    assert_eq!(client.engine().as_str(), target.engine());
     let queue = q("emails");
     let body = payload::encode(&json!({"to": "ada@example.com"})).unwrap();
     assert!(client
@@ -71,7 +86,7 @@ async fn enqueue_fetch_ack_get_stats() {
 #[tokio::test]
 async fn server_errors_keep_their_codes() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let err = client.stats(&q("never")).await.unwrap_err();
     assert_eq!(err.code(), Some("NOQUEUE"), "{err}");
     client
@@ -114,7 +129,7 @@ async fn bad_urls_and_absent_servers_are_clear_errors() {
 #[tokio::test]
 async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let queue = q("jobs");
     let mut fetcher = client.blocking_fetcher();
     let id = fetcher.connect().await.unwrap();
@@ -198,7 +213,7 @@ async fn tls_connections_work() {
     ]);
     // The certificate is self-signed, so this test skips verification;
     // production URLs verify against the system's roots.
-    let client = Client::connect(&format!("rediss://127.0.0.1:{tls_port}/#insecure"))
+    let client = connect_url(&format!("rediss://127.0.0.1:{tls_port}/#insecure"))
         .await
         .unwrap();
     assert!(client

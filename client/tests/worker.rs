@@ -7,6 +7,18 @@ use std::time::Duration;
 use vtasks_client::*;
 use vtasks_testkit::Server;
 
+/// A client of the test target's engine (`VTASKS_TARGET`): the same tests
+/// run with the module and with the scripts.
+async fn connect(server: &Server) -> Client {
+    connect_url(&server.url()).await.unwrap()
+}
+
+async fn connect_url(url: &str) -> Result<Client> {
+    let mut options = ClientOptions::new(url);
+    options.engine = vtasks_testkit::Target::current().engine().parse()?;
+    Client::connect_with(options).await
+}
+
 fn queue() -> QueueName {
     QueueName::new("work").unwrap()
 }
@@ -35,7 +47,7 @@ fn options(consumer: &str) -> WorkerOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks_each_run_exactly_once() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let ids = enqueue_n(&client, 10_000).await;
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
@@ -80,7 +92,7 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_then_dead_lettered_with_the_error() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let task = NewTask {
         max_attempts: Some(3),
         ..NewTask::new("flaky", b"{}".to_vec())
@@ -125,7 +137,7 @@ async fn failures_are_retried_then_dead_lettered_with_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_keeps_a_task_longer_than_its_lease_running_once() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     client
         .enqueue(&queue(), NewTask::new("slow", b"{}".to_vec()))
         .await
@@ -164,7 +176,7 @@ async fn renewal_keeps_a_task_longer_than_its_lease_running_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
     let server = Server::start();
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let ids = enqueue_n(&client, 200).await;
     let done: Arc<Mutex<Vec<String>>> = Arc::default();
     let opts = WorkerOptions {
@@ -240,7 +252,7 @@ async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
     let mut server = Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let client = Client::connect(&server.url()).await.unwrap();
+    let client = connect(&server).await;
     let ids = enqueue_n(&client, 3_000).await;
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let opts = WorkerOptions {
