@@ -2,7 +2,8 @@
 #
 #   make test    install what is missing, check formatting and lints, build,
 #                run every test (Rust, then Python) against real valkey-server
-#                processes
+#                processes, then the conformance suite on servers without
+#                the module (scripts engine on Valkey and on Redis)
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
@@ -14,7 +15,7 @@ export RUST_BACKTRACE ?= 0
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test demo bench clean
+.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -56,7 +57,17 @@ rust-test: build
 py-test: build python
 	$(PY) -m pytest
 
-test: setup fmt-check clippy ruff mypy rust-test py-test
+# The module's behavioural tests and the client's tests again, on servers
+# without the module: the scripts engine on Valkey, and on Redis. Tests of
+# what only the module does (server timers, COMMAND metadata, replication of
+# module commands) carry `module_only` in their names or live in files not
+# listed here.
+CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker
+conformance: build
+	VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
+	VTASKS_TARGET=scripts-redis $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
+
+test: setup fmt-check clippy ruff mypy rust-test py-test conformance
 
 demo: build-release setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
