@@ -39,11 +39,15 @@ pub fn guard<T>(f: impl FnOnce() -> VtResult<T>) -> VtResult<T> {
 
 #[cfg(not(test))]
 mod module_table {
-    use redis_module::{redis_module, AclCategory, Context, RedisString, Status};
+    use redis_module::{redis_module, AclCategory, Context, NotifyEvent, RedisString, Status};
 
     fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         ctx.log_notice(&format!("vtasks {} loaded", env!("CARGO_PKG_VERSION")));
         Status::Ok
+    }
+
+    fn on_zset_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+        crate::server_time::on_zset_event(ctx, event, key);
     }
 
     redis_module! {
@@ -54,6 +58,9 @@ mod module_table {
         acl_categories: [AclCategory::from("vtasks"), ],
         init: init,
         commands: [],
+        event_handlers: [
+            [@ZSET: on_zset_event],
+        ],
     }
 }
 

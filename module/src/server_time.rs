@@ -167,6 +167,38 @@ fn rediscover(ctx: &Context) {
     arm(ctx);
 }
 
+/// Deadlines written by something other than this module's commands (the
+/// scripts engine running on the same server, while a deployment moves
+/// between engines) reach the schedule through keyspace events: a `zadd`
+/// to a queue's delayed, leased or done set reschedules that queue. The
+/// module's own writes go through the key API, which raises no events.
+pub fn on_zset_event(ctx: &Context, event: &str, key: &[u8]) {
+    if event != "zadd" {
+        return;
+    }
+    let Some(queue_name) = [&b":delayed"[..], b":leased", b":done"]
+        .iter()
+        .find_map(|suffix| key.strip_suffix(*suffix))
+    else {
+        return;
+    };
+    let outcome = guard(|| {
+        let Ok(keys) = QueueKeys::parse(queue_name) else {
+            return Ok(()); // a foreign key that merely ends like ours
+        };
+        let mut store = ValkeyStore::read_only(ctx.ctx);
+        let due = queue::next_due(&mut store, &keys)?;
+        with_state(|st| st.schedule.set(keys.queue(), due));
+        Ok(())
+    });
+    if let Err(err) = outcome {
+        ctx.log_warning(&format!(
+            "vtasks: rescheduling after a foreign write failed: {err}"
+        ));
+    }
+    arm(ctx);
+}
+
 #[loading_event_handler]
 fn on_loading(ctx: &Context, event: LoadingSubevent) {
     if event == LoadingSubevent::Ended {

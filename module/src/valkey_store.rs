@@ -197,6 +197,7 @@ impl ValkeyStore {
             raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
             raw::REDISMODULE_KEYTYPE_HASH => KeyKind::Hash,
             raw::REDISMODULE_KEYTYPE_ZSET => KeyKind::SortedSet,
+            raw::REDISMODULE_KEYTYPE_LIST => KeyKind::List,
             _ => KeyKind::Other,
         }
     }
@@ -486,5 +487,31 @@ impl Store for ValkeyStore {
     fn wake(&mut self, ready_key: &[u8]) {
         let name = ModString::new(self.ctx, ready_key);
         unsafe { raw::RedisModule_SignalKeyAsReady.unwrap()(self.ctx, name.ptr) };
+    }
+
+    fn llen(&mut self, key: &[u8]) -> VtResult<u64> {
+        Ok(match self.expect(key, KeyKind::List)? {
+            Some(k) => (unsafe { raw::RedisModule_ValueLength.unwrap()(k) }) as u64,
+            None => 0,
+        })
+    }
+
+    fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()> {
+        let k = self.writable_key(key, KeyKind::List)?;
+        let token = ModString::new(self.ctx, b"1");
+        for _ in 0..n {
+            let status = unsafe {
+                raw::RedisModule_ListPush.unwrap()(k, raw::REDISMODULE_LIST_TAIL as i32, token.ptr)
+            };
+            if status != OK {
+                return Err(VtError::Internal("could not push a wake-up token".into()));
+            }
+        }
+        if self.record_write() {
+            let mut args: Vec<&[u8]> = vec![key];
+            args.extend(std::iter::repeat_n(&b"1"[..], n as usize));
+            self.replicate("RPUSH", &args);
+        }
+        Ok(())
     }
 }

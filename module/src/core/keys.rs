@@ -47,6 +47,10 @@ pub struct QueueKeys {
     pub leased: Vec<u8>,
     pub dead: Vec<u8>,
     pub done: Vec<u8>,
+    /// Wake-up tokens for the scripts engine's sleeping consumers (a list).
+    pub wake: Vec<u8>,
+    /// Those sleepers, each until when it sleeps (a sorted set).
+    pub waiting: Vec<u8>,
     task_prefix: Vec<u8>,
 }
 
@@ -70,6 +74,8 @@ impl QueueKeys {
             leased: with(b":leased"),
             dead: with(b":dead"),
             done: with(b":done"),
+            wake: with(b":wake"),
+            waiting: with(b":waiting"),
             task_prefix: with(b":t:"),
         })
     }

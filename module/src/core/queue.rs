@@ -282,6 +282,44 @@ fn truncate_error(error: &[u8]) -> &[u8] {
     &error[..error.len().min(MAX_ERROR_TEXT)]
 }
 
+/// Wakes consumers of a queue that gained `n` ready tasks: the module's
+/// blocked clients (the ready key is signalled) and the scripts engine's
+/// sleepers, which wait in `BLPOP` on the wake list: one token per new task,
+/// never more tokens than sleepers, the list expiring with the last sleep.
+/// Both engines follow this rule, so either one wakes the other's consumers.
+/// A foreign key in place of the wake list or the waiting set only means no
+/// wake-ups for sleepers.
+fn wake(store: &mut impl Store, keys: &QueueKeys, n: u64) -> VtResult<()> {
+    store.wake(&keys.ready);
+    let Ok(sleepers) = store.zcard(&keys.waiting) else {
+        return Ok(());
+    };
+    let Ok(tokens) = store.llen(&keys.wake) else {
+        return Ok(());
+    };
+    let n = n.min(sleepers.saturating_sub(tokens));
+    if n == 0 {
+        return Ok(());
+    }
+    store.push_tokens(&keys.wake, n)?;
+    let last = store.zrange_by_score(
+        &keys.waiting,
+        SCORE_MIN,
+        SCORE_MAX,
+        sleepers as usize - 1,
+        1,
+    )?;
+    if let Some((_, until)) = last.first() {
+        store.pexpire_at(&keys.wake, *until)?;
+    }
+    Ok(())
+}
+
+/// Consumers of the scripts engine sleeping on this queue's wake list now.
+fn sleepers(store: &mut impl Store, keys: &QueueKeys, now: i64) -> u64 {
+    store.zcount(&keys.waiting, now, SCORE_MAX).unwrap_or(0)
+}
+
 fn pending(store: &mut impl Store, keys: &QueueKeys) -> VtResult<u64> {
     Ok(store.zcard(&keys.ready)? + store.zcard(&keys.delayed)? + store.zcard(&keys.leased)?)
 }
@@ -373,7 +411,7 @@ pub fn enqueue(
     }
     bump(store, keys, meta::ENQUEUED, new_count as u64)?;
     if ready_now > 0 {
-        store.wake(&keys.ready);
+        wake(store, keys, ready_now as u64)?;
     }
     Ok(added)
 }
@@ -481,7 +519,7 @@ pub fn maintain(
         for (seq, (id, rec)) in (first..).zip(to_ready.iter_mut()) {
             make_ready(store, keys, id, rec, seq, now)?;
         }
-        store.wake(&keys.ready);
+        wake(store, keys, to_ready.len() as u64)?;
     }
 
     // Done entries index results that expire by key TTL; drop the index entries.
@@ -582,7 +620,7 @@ pub fn nack(
     check_types(store, keys)?;
     let mut outcomes = Vec::with_capacity(items.len());
     let (mut failed, mut retried, mut dead) = (0, 0, 0);
-    let mut woke = false;
+    let mut ready_now = 0;
     for item in items {
         let mut rec = match check_lease(store, keys, item.id, item.token)? {
             Ok(rec) => rec,
@@ -610,7 +648,7 @@ pub fn nack(
         if delay == 0 {
             let seq = allocate_seq(store, keys, 1)?;
             make_ready(store, keys, item.id, &mut rec, seq, now)?;
-            woke = true;
+            ready_now += 1;
         } else {
             rec.state = State::Delayed;
             rec.run_at = Some(now + delay);
@@ -622,8 +660,8 @@ pub fn nack(
     bump(store, keys, meta::FAILED, failed)?;
     bump(store, keys, meta::RETRIED, retried)?;
     bump(store, keys, meta::DEAD, dead)?;
-    if woke {
-        store.wake(&keys.ready);
+    if ready_now > 0 {
+        wake(store, keys, ready_now)?;
     }
     Ok(outcomes)
 }
@@ -673,7 +711,7 @@ pub fn release(
     }
     bump(store, keys, meta::RELEASED, released)?;
     if released > 0 {
-        store.wake(&keys.ready);
+        wake(store, keys, released)?;
     }
     Ok(outcomes)
 }
@@ -724,7 +762,7 @@ pub fn get(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Opti
 }
 
 /// Counts and totals of one queue; `blocked` comes from the caller, which
-/// knows its waiting consumers.
+/// knows its blocked clients; the scripts engine's sleepers are added.
 pub fn stats(
     store: &mut impl Store,
     keys: &QueueKeys,
@@ -749,7 +787,7 @@ pub fn stats(
             store.zcount(&keys.leased, SCORE_MIN, now)? as i64,
         ),
         ("paused", is_paused(store, keys)? as i64),
-        ("blocked", blocked as i64),
+        ("blocked", (blocked + sleepers(store, keys, now)) as i64),
         ("oldest_ready_age_ms", oldest_ready_age(store, keys, now)?),
     ];
     for (name, stored) in [
@@ -866,7 +904,7 @@ pub fn requeue(
         make_ready(store, keys, id, &mut rec, seq, now)?;
     }
     bump(store, keys, meta::REQUEUED, ids.len() as u64)?;
-    store.wake(&keys.ready);
+    wake(store, keys, ids.len() as u64)?;
     Ok(ids.len() as u64)
 }
 
@@ -893,7 +931,8 @@ pub fn resume(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
     // The field stays (as 0) so the queue hash, and so the queue, exists.
     store.hset(&keys.meta, &[(meta::PAUSED, Val::Int(0))])?;
     if was_paused {
-        store.wake(&keys.ready);
+        let ready = store.zcard(&keys.ready)?;
+        wake(store, keys, ready)?;
     }
     Ok(())
 }

@@ -62,6 +62,11 @@ pub trait Store {
     /// Tell blocked consumers that a ready set gained tasks.
     fn wake(&mut self, ready_key: &[u8]);
 
+    /// Length of a list (the wake list of the scripts engine's sleepers).
+    fn llen(&mut self, key: &[u8]) -> VtResult<u64>;
+    /// Appends `n` wake-up tokens to a list.
+    fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()>;
+
     fn hget_int(&mut self, key: &[u8], field: &str) -> VtResult<Option<i64>> {
         match self.hget(key, field)? {
             None => Ok(None),
@@ -81,6 +86,7 @@ pub enum KeyKind {
     Missing,
     Hash,
     SortedSet,
+    List,
     Other,
 }
 
@@ -91,6 +97,8 @@ enum MemValue {
         scores: HashMap<Vec<u8>, i64>,
         order: BTreeSet<(i64, Vec<u8>)>,
     },
+    /// A list of wake-up tokens: only its length matters.
+    List(u64),
     /// Stands for any other type, to test WRONGTYPE handling.
     Other,
 }
@@ -269,6 +277,7 @@ impl Store for MemStore {
             None => KeyKind::Missing,
             Some(MemValue::Hash(_)) => KeyKind::Hash,
             Some(MemValue::Zset { .. }) => KeyKind::SortedSet,
+            Some(MemValue::List(_)) => KeyKind::List,
             Some(MemValue::Other) => KeyKind::Other,
         })
     }
@@ -288,5 +297,23 @@ impl Store for MemStore {
 
     fn wake(&mut self, ready_key: &[u8]) {
         self.woken.push(ready_key.to_vec());
+    }
+
+    fn llen(&mut self, key: &[u8]) -> VtResult<u64> {
+        match self.data.get(key) {
+            None => Ok(0),
+            Some(MemValue::List(n)) => Ok(*n),
+            Some(_) => Err(VtError::WrongType),
+        }
+    }
+
+    fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()> {
+        match self.data.entry(key.to_vec()).or_insert(MemValue::List(0)) {
+            MemValue::List(len) => {
+                *len += n;
+                Ok(())
+            }
+            _ => Err(VtError::WrongType),
+        }
     }
 }
