@@ -57,15 +57,18 @@ rust-test: build
 py-test: build python
 	$(PY) -m pytest
 
-# The module's behavioural tests and the client's tests again, on servers
-# without the module: the scripts engine on Valkey, and on Redis. Tests of
+# The module's behavioural tests, the client's and the Python/Django tests
+# again, on servers without the module: the scripts engine on Valkey, and on
+# Redis. Tests of
 # what only the module does (server timers, COMMAND metadata, replication of
 # module commands) carry `module_only` in their names or live in files not
 # listed here.
 CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker
-conformance: build
+conformance: build python
 	VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
 	VTASKS_TARGET=scripts-redis $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
+	VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q
+	VTASKS_TARGET=scripts-redis $(PY) -m pytest -q
 
 test: setup fmt-check clippy ruff mypy rust-test py-test conformance
 

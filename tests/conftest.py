@@ -1,6 +1,10 @@
 """The server harness for the Python tests: each test gets its own
 valkey-server on a free port, in its own directory, started from the
-project's module/valkey.conf with the module under test loaded."""
+project's module/valkey.conf with the module under test loaded.
+
+``VTASKS_TARGET`` runs the same tests against a server without the module
+(``scripts-valkey``) or against Redis (``scripts-redis``); clients then pick
+the scripts engine by themselves (``engine="auto"``)."""
 
 from __future__ import annotations
 
@@ -35,8 +39,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TARGET = os.environ.get("VTASKS_TARGET") or "module"
+if TARGET not in ("module", "scripts-valkey", "scripts-redis"):
+    raise RuntimeError(f"VTASKS_TARGET={TARGET!r}: expected module, scripts-valkey or scripts-redis")
+
+
+def server_binary() -> str:
+    if TARGET == "scripts-redis":
+        return "redis-server"
+    return os.environ.get("VTASKS_SERVER", "valkey-server")
+
+
 class ValkeyServer:
-    def __init__(self, extra: list[str] | None = None, with_module: bool = True) -> None:
+    def __init__(self, extra: list[str] | None = None, with_module: bool | None = None) -> None:
+        """``with_module``: None follows ``VTASKS_TARGET``."""
+        if with_module is None:
+            with_module = TARGET == "module"
+        self.binary = server_binary() if not with_module else os.environ.get("VTASKS_SERVER", "valkey-server")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="vtasks-pytest-"))
         self.extra = extra or []
@@ -58,7 +77,7 @@ class ValkeyServer:
     def start(self) -> None:
         log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
-            [os.environ.get("VTASKS_SERVER", "valkey-server"), str(self.dir / "valkey.conf"),
+            [self.binary, str(self.dir / "valkey.conf"),
              "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), *self.extra],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
@@ -74,7 +93,7 @@ class ValkeyServer:
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError(f"valkey-server did not start:\n{(self.dir / 'server.log').read_text()}")
+        raise RuntimeError(f"{self.binary} did not start:\n{(self.dir / 'server.log').read_text()}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,4 +1,5 @@
-"""vtasks.Client against a real valkey-server with the module."""
+"""vtasks.Client against a real server (Valkey with the module, or per
+VTASKS_TARGET one without it)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,28 @@ def test_unix_socket_urls(tmp_path):
         assert client.get_sync("default", task_id).status == "ready"
     finally:
         server.close()
+
+
+def test_engine_selection_and_the_module_requirement(caplog):
+    from tests.conftest import ValkeyServer
+
+    with pytest.raises(ValueError, match="engine"):
+        vtasks.Client("valkey://127.0.0.1:1", engine="fast")
+    with_module, plain = ValkeyServer(with_module=True), ValkeyServer(with_module=False)
+    try:
+        with caplog.at_level("INFO", logger="vtasks"):
+            assert vtasks.Client(with_module.url).engine == "module"
+        assert "module engine" in caplog.text
+        assert vtasks.Client(with_module.url, engine="scripts").engine == "scripts"
+        assert vtasks.Client(plain.url).engine == "scripts"
+        with pytest.raises(vtasks.ModuleNotLoaded, match="loadmodule"):
+            vtasks.Client(plain.url, engine="module").stats_sync("default")
+        # One queue, two engines: what one enqueues the other runs.
+        module_client = vtasks.Client(with_module.url, engine="module")
+        scripts_client = vtasks.Client(with_module.url, engine="scripts")
+        task_id = module_client.enqueue_sync(sample_tasks.add, 1, 1)
+        assert scripts_client.get_sync("default", task_id).status == "ready"
+        assert scripts_client.stats_sync("default")["enqueued"] == 1
+    finally:
+        with_module.close()
+        plain.close()

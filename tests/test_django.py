@@ -182,15 +182,25 @@ def test_queue_names_are_validated(django_valkey):
         tasks.add.using(queue_name="elsewhere").enqueue(1, 2)
 
 
-def test_system_checks_report_an_unreachable_server_and_a_missing_module(settings):
+def test_system_checks_report_an_unreachable_server_and_the_engine(settings):
     point_tasks_at(settings, "valkey://127.0.0.1:1", CONNECT_TIMEOUT=0.5)
     messages = task_backends["default"].check()
     assert [m.id for m in messages] == ["vtasks.E001"]
     assert messages[0].hint
+    point_tasks_at(settings, "valkey://127.0.0.1:1", ENGINE="fast")
+    assert [m.id for m in task_backends["default"].check()] == ["vtasks.E003"]
     plain = ValkeyServer(with_module=False)
     try:
+        # Without the module: the scripts engine runs, and check says so...
         point_tasks_at(settings, plain.url)
-        assert [m.id for m in task_backends["default"].check()] == ["vtasks.E002"]
+        assert [m.id for m in task_backends["default"].check()] == ["vtasks.I001"]
+        point_tasks_at(settings, plain.url, ENGINE="scripts")
+        assert task_backends["default"].check() == []
+        # ...unless the module is required.
+        point_tasks_at(settings, plain.url, ENGINE="module")
+        messages = task_backends["default"].check()
+        assert [m.id for m in messages] == ["vtasks.E002"]
+        assert "loadmodule" in messages[0].hint
     finally:
         plain.close()
 

@@ -42,22 +42,30 @@ type TaskTuple = (String, Vec<u8>, i32, Option<u64>, Option<u64>, Option<u32>);
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0))]
+    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0, engine="auto"))]
     fn new(
         py: Python<'_>,
         url: String,
         connect_timeout: f64,
         response_timeout: f64,
+        engine: &str,
     ) -> PyResult<Self> {
         let options = ClientOptions {
             connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
             response_timeout: Duration::from_secs_f64(response_timeout.max(0.001)),
+            engine: engine.parse().map_err(to_pyerr)?,
             ..ClientOptions::new(url)
         };
         let client = py
             .detach(|| runtime().block_on(Client::connect_with(options)))
             .map_err(to_pyerr)?;
         Ok(NativeClient { client })
+    }
+
+    /// The engine in use: "module" or "scripts".
+    #[getter]
+    fn engine(&self) -> &'static str {
+        self.client.engine().as_str()
     }
 
     #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false))]

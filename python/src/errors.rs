@@ -43,6 +43,12 @@ create_exception!(
 );
 create_exception!(
     _native,
+    ModuleNotLoaded,
+    VtasksError,
+    "The module engine was asked for on a server without the vtasks module."
+);
+create_exception!(
+    _native,
     PayloadError,
     VtasksError,
     "A payload that is not valid (compressed) JSON."
@@ -63,6 +69,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NoSuchQueue", py.get_type::<NoSuchQueue>())?;
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("PayloadError", py.get_type::<PayloadError>())?;
+    m.add("ModuleNotLoaded", py.get_type::<ModuleNotLoaded>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     Ok(())
 }
@@ -85,5 +92,6 @@ pub fn to_pyerr(err: Error) -> PyErr {
         Error::InvalidInput(_) => InvalidArgument::new_err(err.to_string()),
         Error::Payload(_) => PayloadError::new_err(err.to_string()),
         Error::Protocol(_) => ProtocolError::new_err(err.to_string()),
+        Error::ModuleMissing(_) => ModuleNotLoaded::new_err(err.to_string()),
     }
 }

@@ -5,6 +5,7 @@ from .client import Client, TaskState
 from .errors import (
     ConnectionFailed,
     InvalidArgument,
+    ModuleNotLoaded,
     NoSuchQueue,
     PayloadError,
     ProtocolError,
@@ -20,6 +21,7 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "InvalidArgument",
+    "ModuleNotLoaded",
     "NoSuchQueue",
     "PayloadError",
     "ProtocolError",

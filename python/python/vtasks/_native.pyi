@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgument",
     "PayloadError",
     "ProtocolError",
+    "ModuleNotLoaded",
     "__version__",
 ]
 
@@ -29,6 +30,7 @@ class NoSuchQueue(ServerError): ...
 class InvalidArgument(VtasksError): ...
 class PayloadError(VtasksError): ...
 class ProtocolError(VtasksError): ...
+class ModuleNotLoaded(VtasksError): ...
 
 @final
 class Bridge:
@@ -40,7 +42,11 @@ _TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
 
 @final
 class NativeClient:
-    def __new__(cls, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0) -> NativeClient: ...
+    def __new__(
+        cls, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0, engine: str = "auto"
+    ) -> NativeClient: ...
+    @property
+    def engine(self) -> str: ...
     def enqueue(
         self,
         bridge: Bridge | None,

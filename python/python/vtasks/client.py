@@ -8,6 +8,8 @@ synchronous code.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -20,6 +22,14 @@ from .payloads import encode_call, loads
 from .tasks import options_of
 
 DEFAULT_URL = "valkey://127.0.0.1:6379"
+ENGINES = ("auto", "module", "scripts")
+
+logger = logging.getLogger("vtasks")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 @dataclass(frozen=True)
@@ -98,11 +108,19 @@ def _run_at_ms(run_at: dt.datetime | None) -> int | None:
 
 
 class Client:
-    """A connection to Valkey with the vtasks module.
+    """A connection to Valkey (or Redis) running vtasks.
 
     ``url``: ``valkey://``, ``redis://``, ``valkeys://``/``rediss://`` or
     ``unix://``. The connection is opened on first use and reconnects by
     itself.
+
+    ``engine``: ``"auto"`` (the default) runs the module's commands when the
+    server has the vtasks module and the same commands as Lua scripts when it
+    does not (managed Valkey/Redis); ``"module"`` refuses to start without
+    the module (`ModuleNotLoaded`); ``"scripts"`` always uses the scripts.
+    Both engines work on the same keys, so a deployment can move between
+    them without draining its queues. The choice is logged once, when the
+    connection opens.
     """
 
     def __init__(
@@ -111,8 +129,12 @@ class Client:
         *,
         connect_timeout: float = 5.0,
         response_timeout: float = 10.0,
+        engine: str = "auto",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.url = url
+        self.engine_choice = engine
         self._timeouts = (connect_timeout, response_timeout)
         self._native_client: _native.NativeClient | None = None
         self._lock = threading.Lock()
@@ -122,8 +144,17 @@ class Client:
         if self._native_client is None:
             with self._lock:
                 if self._native_client is None:
-                    self._native_client = _native.NativeClient(self.url, *self._timeouts)
+                    native = _native.NativeClient(self.url, *self._timeouts, engine=self.engine_choice)
+                    logger.info(
+                        "vtasks: %s engine on %s (asked for %s)", native.engine, _redacted(self.url), self.engine_choice
+                    )
+                    self._native_client = native
         return self._native_client
+
+    @property
+    def engine(self) -> str:
+        """The engine in use, ``"module"`` or ``"scripts"`` (connects if needed)."""
+        return self.native.engine
 
     def __repr__(self) -> str:
         return f"<vtasks.Client {self.url}>"

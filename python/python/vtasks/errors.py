@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._native import (
     ConnectionFailed,
     InvalidArgument,
+    ModuleNotLoaded,
     NoSuchQueue,
     PayloadError,
     ProtocolError,
@@ -21,6 +22,7 @@ class TaskNotRegistered(VtasksError):
 __all__ = [
     "ConnectionFailed",
     "InvalidArgument",
+    "ModuleNotLoaded",
     "NoSuchQueue",
     "PayloadError",
     "ProtocolError",

@@ -24,7 +24,7 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from ..client import Client, TaskState
-from ..errors import VtasksError
+from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import dumps, loads
 
 # Status of a vtasks task -> Django's.
@@ -36,15 +36,19 @@ STATUSES = {
     "dead": TaskResultStatus.FAILED,
 }
 
-_clients: dict[tuple[str, float, float], Client] = {}
+_clients: dict[tuple[str, float, float, str], Client] = {}
 
 
-def client_for(url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0) -> Client:
+def client_for(
+    url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0, engine: str = "auto"
+) -> Client:
     """One client (one pipelined connection) per URL per process."""
-    key = (url, connect_timeout, response_timeout)
+    key = (url, connect_timeout, response_timeout, engine)
     client = _clients.get(key)
     if client is None:
-        client = _clients[key] = Client(url, connect_timeout=connect_timeout, response_timeout=response_timeout)
+        client = _clients[key] = Client(
+            url, connect_timeout=connect_timeout, response_timeout=response_timeout, engine=engine
+        )
     return client
 
 
@@ -131,12 +135,14 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.connect_timeout: float = float(options.get("CONNECT_TIMEOUT", 5.0))
         self.response_timeout: float = float(options.get("RESPONSE_TIMEOUT", 10.0))
         self.queue_concurrency: dict[str, int] = dict(options.get("QUEUE_CONCURRENCY", {}))
+        # "auto" (module if loaded, else scripts), "module" or "scripts".
+        self.engine: str = str(options.get("ENGINE", "auto"))
         # Defer a sync enqueue made inside a transaction until it commits.
         self.enqueue_on_commit: bool = bool(options.get("ENQUEUE_ON_COMMIT", False))
 
     @property
     def client(self) -> Client:
-        return client_for(self.url, self.connect_timeout, self.response_timeout)
+        return client_for(self.url, self.connect_timeout, self.response_timeout, self.engine)
 
     def validate_task(self, task: Task) -> None:
         super().validate_task(task)
@@ -280,24 +286,40 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return self._result(result_id, await self.client.get(queue, task_id))
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        messages: list[checks.CheckMessage] = []
+        if self.engine not in ("auto", "module", "scripts"):
+            return [
+                checks.Error(
+                    f"Task backend {self.alias!r}: OPTIONS['ENGINE'] is {self.engine!r}.",
+                    hint="Use 'auto' (the default), 'module' or 'scripts'.",
+                    id="vtasks.E003",
+                )
+            ]
         try:
-            has_module = self.client.has_module_sync()
+            engine = self.client.engine
+        except ModuleNotLoaded as exc:
+            return [
+                checks.Error(
+                    f"Task backend {self.alias!r}: {exc}",
+                    hint="Add `loadmodule /path/to/libvtasks.so` to valkey.conf (see the vtasks README), "
+                    "or set OPTIONS['ENGINE'] to 'auto' to run on the scripts engine where modules cannot load.",
+                    id="vtasks.E002",
+                )
+            ]
         except VtasksError as exc:
             return [
                 checks.Error(
                     f"Task backend {self.alias!r} cannot reach Valkey at {self.url}: {exc}",
-                    hint="Start Valkey with the vtasks module, or fix OPTIONS['URL'] in TASKS.",
+                    hint="Start Valkey (with the vtasks module for the fastest engine), or fix OPTIONS['URL'] in TASKS.",
                     id="vtasks.E001",
                 )
             ]
-        if not has_module:
-            messages.append(
-                checks.Error(
-                    f"Valkey at {self.url} does not have the vtasks module loaded.",
-                    hint="Add `loadmodule /path/to/libvtasks.so` to valkey.conf (see the vtasks README).",
-                    id="vtasks.E002",
+        if engine == "scripts" and self.engine == "auto":
+            return [
+                checks.Info(
+                    f"Task backend {self.alias!r} runs on the scripts engine: {self.url} has no vtasks module.",
+                    hint="Fine on managed Valkey/Redis. Where you can load the module, it is faster; "
+                    "set OPTIONS['ENGINE'] to 'module' to require it.",
+                    id="vtasks.I001",
                 )
-            )
-        return messages
-
+            ]
+        return []
