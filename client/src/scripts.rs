@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn settlements_and_selections_declare_their_tasks() {
-        let mut q_with = |ids: &[&str]| {
+        let q_with = |ids: &[&str]| {
             let mut k = queue("{q}");
             k.extend(ids.iter().map(|id| format!("{{q}}:t:{id}")));
             k

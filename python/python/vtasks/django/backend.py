@@ -309,7 +309,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
             return [
                 checks.Error(
                     f"Task backend {self.alias!r} cannot reach Valkey at {self.url}: {exc}",
-                    hint="Start Valkey (with the vtasks module for the fastest engine), or fix OPTIONS['URL'] in TASKS.",
+                    hint="Start Valkey (with the vtasks module: the fastest engine), or fix OPTIONS['URL'].",
                     id="vtasks.E001",
                 )
             ]
