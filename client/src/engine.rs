@@ -18,7 +18,7 @@ use crate::scripts;
 pub enum Engine {
     /// `VTASKS.*` commands of the module loaded into the server.
     Module,
-    /// The same commands as a Lua script (`EVALSHA`).
+    /// The same commands as a Lua function library (`FCALL`).
     Scripts,
 }
 

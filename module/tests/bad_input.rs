@@ -397,6 +397,20 @@ fn keys_of_the_wrong_type_are_refused_without_writing() {
     assert!(err.starts_with("WRONGTYPE"), "{err}");
     let keys: Vec<String> = cmd(&["KEYS", "*"]).query(&mut con).unwrap();
     assert_eq!(keys.len(), 3, "no key was created: {keys:?}");
+
+    // An enqueue checks only the keys it uses; a fetch uses every set.
+    query(&mut con, &["SET", "{d}:dead", "not a zset"]);
+    query(&mut con, &["VTASKS.ENQUEUE", "{d}", "TASK", "t", "{}"]);
+    let err = query_err(&mut con, &["VTASKS.FETCHN", "1", "{d}", "CONSUMER", "w"]);
+    assert!(err.starts_with("WRONGTYPE"), "{err}");
+    assert_eq!(stat_or_err(&mut con, "{d}"), "WRONGTYPE");
+}
+
+fn stat_or_err(con: &mut Connection, queue: &str) -> String {
+    match run(con, &cmd(&["VTASKS.STATS", queue])) {
+        Ok(_) => "OK".into(),
+        Err(e) => error_text(&e).split(' ').next().unwrap().to_string(),
+    }
 }
 
 #[test]

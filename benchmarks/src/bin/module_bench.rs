@@ -1,11 +1,15 @@
 //! Per-task throughput of the module's commands against the plain-command
-//! pattern today's Python queues use, on one server in one run, driven by the
-//! same pipelined client (one multiplexed connection, many concurrent
-//! callers).
+//! pattern today's Python queues use, and against the same commands run by
+//! the scripts engine (Lua, for servers without the module), on one server
+//! in one run, driven by the same pipelined client (one multiplexed
+//! connection, many concurrent callers).
 //!
 //!   enqueue:    LPUSH per task          vs  VTASKS.ENQUEUE with 1 or 100 tasks
 //!   fetch+ack:  BLMOVE then LREM        vs  VTASKS.FETCHN COUNT 1 or 100, each
 //!               per task                    call acknowledging the previous batch
+//!
+//! Each VTASKS scenario runs with the module and with the scripts (the same
+//! arguments through FCALL), on the same server.
 //!
 //! Usage: module_bench [--tasks N] [--runs R] [--concurrency C] [--markdown FILE]
 //!                     [--url redis://...] [--only SCENARIO-SUBSTRING]
@@ -15,6 +19,7 @@ use std::time::Instant;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use vtasks_benchmarks::{server_cpu_seconds, Server};
+use vtasks_client::{scripts, Engine};
 
 const PAYLOAD: &str = r#"{"task":"app.tasks.noop","args":[12345],"kwargs":{}}"#;
 const QUEUE: &str = "{bench}";
@@ -58,19 +63,29 @@ fn options() -> Options {
 #[derive(Clone, Copy)]
 enum Scenario {
     PlainEnqueue,
-    Enqueue(usize),
+    Enqueue(usize, Engine),
     PlainFetchAck,
-    FetchAck(usize),
+    FetchAck(usize, Engine),
 }
 
 impl Scenario {
     fn name(self) -> String {
         match self {
             Scenario::PlainEnqueue => "enqueue: LPUSH per task".into(),
-            Scenario::Enqueue(b) => format!("enqueue: VTASKS.ENQUEUE, {b} per command"),
+            Scenario::Enqueue(b, e) => format!("enqueue: VTASKS.ENQUEUE, {b} per command ({e})"),
             Scenario::PlainFetchAck => "fetch+ack: BLMOVE + LREM per task".into(),
-            Scenario::FetchAck(b) => format!("fetch+ack: VTASKS.FETCHN COUNT {b} + ACK"),
+            Scenario::FetchAck(b, e) => {
+                format!("fetch+ack: VTASKS.FETCHN COUNT {b} + ACK ({e})")
+            }
         }
+    }
+}
+
+/// A `VTASKS.*` command as the engine sends it.
+fn with_engine(cmd: redis::Cmd, engine: Engine) -> redis::Cmd {
+    match engine {
+        Engine::Module => cmd,
+        Engine::Scripts => scripts::fcall(&cmd),
     }
 }
 
@@ -81,6 +96,7 @@ struct Measured {
 
 async fn prepare(con: &mut MultiplexedConnection, scenario: Scenario, tasks: usize) {
     let _: () = redis::cmd("FLUSHALL").query_async(con).await.unwrap();
+    let _: redis::RedisResult<Value> = scripts::load_cmd().query_async(con).await;
     match scenario {
         Scenario::PlainFetchAck => {
             for chunk in (0..tasks).collect::<Vec<_>>().chunks(1000) {
@@ -92,7 +108,7 @@ async fn prepare(con: &mut MultiplexedConnection, scenario: Scenario, tasks: usi
                 let _: i64 = c.query_async(con).await.unwrap();
             }
         }
-        Scenario::FetchAck(_) => {
+        Scenario::FetchAck(..) => {
             for chunk in (0..tasks).collect::<Vec<_>>().chunks(1000) {
                 let _: Vec<i64> = enqueue_cmd(chunk).query_async(con).await.unwrap();
             }
@@ -138,9 +154,12 @@ async fn drive(
                     }
                     mine.len()
                 }
-                Scenario::Enqueue(batch) => {
+                Scenario::Enqueue(batch, engine) => {
                     for chunk in mine.chunks(batch) {
-                        let _: Vec<i64> = enqueue_cmd(chunk).query_async(&mut con).await.unwrap();
+                        let _: Vec<i64> = with_engine(enqueue_cmd(chunk), engine)
+                            .query_async(&mut con)
+                            .await
+                            .unwrap();
                     }
                     mine.len()
                 }
@@ -168,7 +187,9 @@ async fn drive(
                     }
                     done
                 }
-                Scenario::FetchAck(batch) => fetch_ack_loop(&mut con, w, batch).await,
+                Scenario::FetchAck(batch, engine) => {
+                    fetch_ack_loop(&mut con, w, batch, engine).await
+                }
             }
         }));
     }
@@ -179,7 +200,12 @@ async fn drive(
     total
 }
 
-async fn fetch_ack_loop(con: &mut MultiplexedConnection, worker: usize, batch: usize) -> usize {
+async fn fetch_ack_loop(
+    con: &mut MultiplexedConnection,
+    worker: usize,
+    batch: usize,
+    engine: Engine,
+) -> usize {
     let consumer = format!("bench-{worker}");
     let mut held: Vec<(Vec<u8>, i64)> = Vec::new();
     let mut done = 0;
@@ -199,7 +225,7 @@ async fn fetch_ack_loop(con: &mut MultiplexedConnection, worker: usize, batch: u
                 c.arg(QUEUE).arg(id.as_slice()).arg(*token).arg("");
             }
         }
-        let reply: Vec<Value> = c.query_async(con).await.unwrap();
+        let reply: Vec<Value> = with_engine(c, engine).query_async(con).await.unwrap();
         done += held.len();
         held.clear();
         let Value::Array(tasks) = &reply[0] else {
@@ -262,23 +288,32 @@ async fn main() {
         .url
         .clone()
         .unwrap_or_else(|| server.as_ref().unwrap().url());
-    let scenarios = [
-        (
+    use Engine::{Module, Scripts};
+    let groups = [
+        vec![
             Scenario::PlainEnqueue,
-            Scenario::Enqueue(1),
-            Scenario::Enqueue(100),
-        ),
-        (
+            Scenario::Enqueue(1, Module),
+            Scenario::Enqueue(1, Scripts),
+            Scenario::Enqueue(100, Module),
+            Scenario::Enqueue(100, Scripts),
+        ],
+        vec![
             Scenario::PlainFetchAck,
-            Scenario::FetchAck(1),
-            Scenario::FetchAck(100),
-        ),
+            Scenario::FetchAck(1, Module),
+            Scenario::FetchAck(1, Scripts),
+            Scenario::FetchAck(100, Module),
+            Scenario::FetchAck(100, Scripts),
+        ],
     ];
     let mut table = String::new();
-    table.push_str("| Scenario | Tasks/s (median, min–max) | vs plain | Server CPU µs/task |\n|---|---|---|---|\n");
-    for (plain, one, hundred) in scenarios {
+    table.push_str(
+        "| Scenario | Tasks/s (median, min–max) | vs plain | Server CPU µs/task | scripts CPU / module CPU |\n\
+         |---|---|---|---|---|\n",
+    );
+    for group in groups {
         let mut plain_rate = 0.0;
-        for scenario in [plain, one, hundred] {
+        let mut module_cpu = 0.0;
+        for scenario in group {
             if o.only
                 .as_ref()
                 .is_some_and(|only| !scenario.name().contains(only.as_str()))
@@ -301,17 +336,26 @@ async fn main() {
             }
             let (rate, lo, hi) = median(rates);
             let (cpu, _, _) = median(cpus);
-            if matches!(scenario, Scenario::PlainEnqueue | Scenario::PlainFetchAck) {
-                plain_rate = rate;
-            }
+            let vs_module = match scenario {
+                Scenario::PlainEnqueue | Scenario::PlainFetchAck => {
+                    plain_rate = rate;
+                    String::new()
+                }
+                Scenario::Enqueue(_, Module) | Scenario::FetchAck(_, Module) => {
+                    module_cpu = cpu;
+                    String::new()
+                }
+                _ => format!("{:.2}×", cpu / module_cpu),
+            };
             let line = format!(
-                "| {} | {:.0} ({:.0}–{:.0}) | {:.2}× | {:.2} |\n",
+                "| {} | {:.0} ({:.0}–{:.0}) | {:.2}× | {:.2} | {} |\n",
                 scenario.name(),
                 rate,
                 lo,
                 hi,
                 rate / plain_rate,
-                cpu
+                cpu,
+                vs_module
             );
             print!("{line}");
             table.push_str(&line);

@@ -1,13 +1,15 @@
-#!lua
 -- vtasks scripts engine: the VTASKS.* commands of docs/PROTOCOL.md as one
--- Lua script, for servers that cannot load the module. Same arguments, same
--- replies, same errors, same keys.
+-- Valkey/Redis function library, for servers that cannot load the module.
+-- Same arguments, same replies, same errors, same keys.
 --
---   EVALSHA <sha> <numkeys> <keys...> <COMMAND> <args...>
+--   FCALL <function> <numkeys> <keys...> <COMMAND> <args...>
 --
+-- The client loads this file with FUNCTION LOAD, under a library and
+-- function name made from a hash of its text (`__FUNCTION_NAME__` below), so
+-- different vtasks versions sharing a server never replace each other's code.
 -- COMMAND is the module command without its prefix (ENQUEUE, FETCHN, ...)
--- and args are exactly the module command's arguments. KEYS declares, for
--- each queue the arguments name, in order, its eight keys
+-- and args are exactly the module command's arguments. The keys declare,
+-- for each queue the arguments name, in order, its eight keys
 --   {q} {q}:ready {q}:delayed {q}:leased {q}:dead {q}:done {q}:wake {q}:waiting
 -- followed by the task keys {q}:t:<id> of every task id the arguments name.
 -- A fetch also reads the tasks it picks from the ready set, whose ids no
@@ -18,13 +20,13 @@
 -- numbers hold exactly; they are written with string.format('%d') because
 -- tostring would switch to exponent notation above 10^14.
 
-local call = redis.call
-local pcall_redis = redis.pcall
-local tonumber = tonumber
-local floor = math.floor
-local sfmt = string.format
-local concat = table.concat
-local unpack = unpack
+-- The call's keys and arguments, set by `dispatch` for each call.
+local KEYS, ARGV
+
+-- While the library loads, only a few globals exist (redis.call and the
+-- base functions do not), so nothing is taken from them here; `dispatch`
+-- sets these two for each call.
+local call, pcall_redis
 
 -- Limits (docs/PROTOCOL.md, "Limits").
 local MAX_QUEUE_NAME = 128
@@ -51,7 +53,7 @@ local MAX_SLEEP_MS = 60000
 local CHUNK = 1000
 
 local function int(n)
-  return sfmt('%d', n)
+  return string.format('%d', n)
 end
 
 -- Errors ------------------------------------------------------------------
@@ -163,7 +165,7 @@ end
 -- Queues and their keys -----------------------------------------------------
 
 local KEYS_PER_QUEUE = 8
-local declared_queues = 0
+local declared_queues -- queues taken from KEYS so far in this call
 
 -- Validates a queue argument and returns its keys, taken from KEYS: the
 -- n-th queue named by the arguments owns KEYS[8(n-1)+1 .. 8n].
@@ -197,14 +199,23 @@ local function key_type(key)
   return call('TYPE', key).ok
 end
 
--- Fails with WRONGTYPE if any key of the queue holds a foreign type.
-local function check_types(q)
-  local t = key_type(q.meta)
-  if t ~= 'none' and t ~= 'hash' then wrongtype() end
-  for _, key in ipairs({ q.ready, q.delayed, q.leased, q.dead, q.done }) do
+-- Fails with WRONGTYPE if the queue hash (unless `sets_only`) or one of
+-- `sets` holds a foreign type.
+local function check_kinds(q, sets, sets_only)
+  local t
+  if not sets_only then
+    t = key_type(q.meta)
+    if t ~= 'none' and t ~= 'hash' then wrongtype() end
+  end
+  for _, key in ipairs(sets) do
     t = key_type(key)
     if t ~= 'none' and t ~= 'zset' then wrongtype() end
   end
+end
+
+-- Fails with WRONGTYPE if any key of the queue holds a foreign type.
+local function check_types(q)
+  check_kinds(q, { q.ready, q.delayed, q.leased, q.dead, q.done })
 end
 
 local function require_queue(q)
@@ -247,7 +258,7 @@ local function decode(text)
 end
 
 local function encode(w)
-  return concat(w, ' ')
+  return table.concat(w, ' ')
 end
 
 local function set_time(w, index, at)
@@ -326,7 +337,7 @@ end
 
 local function server_now()
   local t = call('TIME')
-  return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- Life cycle ------------------------------------------------------------------
@@ -336,7 +347,11 @@ end
 -- `limit` entries of each kind.
 local function maintain(q, now, limit)
   local to_ready = {}
-  local due = call('ZRANGEBYSCORE', q.delayed, '-inf', int(now), 'LIMIT', 0, limit)
+  local function is_due(first) return first ~= nil and first <= now end
+  local due = {}
+  if is_due(q.first_delayed) then
+    due = call('ZRANGEBYSCORE', q.delayed, '-inf', int(now), 'LIMIT', 0, limit)
+  end
   if #due > 0 then
     zrem_all(q.delayed, due)
     for _, id in ipairs(due) do
@@ -345,7 +360,10 @@ local function maintain(q, now, limit)
     end
   end
 
-  local expired = call('ZRANGEBYSCORE', q.leased, '-inf', int(now), 'LIMIT', 0, limit)
+  local expired = {}
+  if is_due(q.first_leased) then
+    expired = call('ZRANGEBYSCORE', q.leased, '-inf', int(now), 'LIMIT', 0, limit)
+  end
   if #expired > 0 then
     zrem_all(q.leased, expired)
     local count, dead = 0, 0
@@ -378,8 +396,27 @@ local function maintain(q, now, limit)
     wake(q, #to_ready)
   end
 
-  local forgotten = call('ZRANGEBYSCORE', q.done, '-inf', int(now), 'LIMIT', 0, limit)
-  if #forgotten > 0 then zrem_all(q.done, forgotten) end
+  if is_due(q.first_done) then
+    local forgotten = call('ZRANGEBYSCORE', q.done, '-inf', int(now), 'LIMIT', 0, limit)
+    if #forgotten > 0 then zrem_all(q.done, forgotten) end
+  end
+end
+
+local function first_score(key)
+  local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return first[2] and tonumber(first[2])
+end
+
+-- What FETCHN learns of a queue before it writes anything: whether it is
+-- paused and the earliest deadline of each timed set (which tells
+-- `maintain` whether it has work). Every key of the queue is read or typed
+-- here, so one of a foreign type fails the call before any write.
+local function survey(q)
+  q.paused = call('HGET', q.meta, 'paused') == '1'
+  q.first_delayed = first_score(q.delayed)
+  q.first_leased = first_score(q.leased)
+  q.first_done = first_score(q.done)
+  check_kinds(q, { q.ready, q.dead }, true)
 end
 
 -- The earliest time maintenance has work on this queue, or nil.
@@ -400,12 +437,13 @@ local function is_paused(q)
 end
 
 -- Leases up to `count` ready tasks to `consumer`; appends them to `out`.
--- The caller checked the queue's key types, as for `ack` and `nack`.
+-- The caller surveyed the queue (`survey`).
 local function fetch(q, consumer, count, lease_ms, now, out)
-  if is_paused(q) then return end
-  local picked = call('ZRANGE', q.ready, 0, count - 1)
-  if #picked == 0 then return end
-  zrem_all(q.ready, picked)
+  if q.paused then return end
+  local popped = call('ZPOPMIN', q.ready, count)
+  if #popped == 0 then return end
+  local picked = {}
+  for i = 1, #popped, 2 do picked[#picked + 1] = popped[i] end
   local last_token = call('HINCRBY', q.meta, 'token', #picked)
   local deadline = int(now + lease_ms)
   local leased = {}
@@ -633,11 +671,24 @@ function commands.ENQUEUE(a)
   if #tasks == 0 then syntax('expected at least one TASK') end
 
   local now = server_now()
-  check_types(q)
+  -- An enqueue checks the keys it uses (not the leased, dead and done sets
+  -- unless MAXLEN or a replacement needs them), all before its first write.
+  local used = { q.ready, q.delayed }
+  if maxlen then used[3] = q.leased end
+  check_kinds(q, used)
   local added, replaced, seen = {}, {}, {}
   local new_count, ready_now = 0, 0
+  -- Usually every id is new: one EXISTS over all the task keys says so,
+  -- instead of one read per task. (A key of another type counts as
+  -- existing, and the reads below then refuse it.)
+  local any_exists = false
+  for i = 1, #tasks, CHUNK do
+    local keys = {}
+    for j = i, math.min(i + CHUNK - 1, #tasks) do keys[#keys + 1] = q.task_prefix .. tasks[j].id end
+    if call('EXISTS', unpack(keys)) > 0 then any_exists = true end
+  end
   for i, task in ipairs(tasks) do
-    local old = load(q, task.id)
+    local old = any_exists and load(q, task.id) or nil
     local free = old == nil
     if old and task.replace and (old[W_STATE] == 'done' or old[W_STATE] == 'dead') then
       replaced[#replaced + 1] = task.id
@@ -653,6 +704,7 @@ function commands.ENQUEUE(a)
     end
   end
   if new_count == 0 then return flags(added) end
+  if #replaced > 0 then check_kinds(q, { q.done, q.dead }, true) end
   if maxlen then
     local held = call('ZCARD', q.ready) + call('ZCARD', q.delayed) + call('ZCARD', q.leased)
     if held + new_count > maxlen then
@@ -755,7 +807,7 @@ function commands.FETCHN(a)
   if consumer == nil then syntax('CONSUMER <name> is required') end
 
   local now = server_now()
-  for _, q in ipairs(queues) do check_types(q) end
+  for _, q in ipairs(queues) do survey(q) end
   -- Settle first, queue by queue, keeping each item's place in the reply.
   local ack_out, nack_out = {}, {}
   for qi, q in ipairs(queues) do
@@ -937,7 +989,7 @@ local function oldest_ready_age(q, now)
     local first = call('ZRANGEBYSCORE', q.ready, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     if #first == 0 then break end
     local score = tonumber(first[2])
-    local band = floor(score / SEQ_SPAN)
+    local band = math.floor(score / SEQ_SPAN)
     local seq = score - band * SEQ_SPAN
     if oldest_seq == nil or seq < oldest_seq then
       oldest_seq, oldest_id = seq, first[1]
@@ -1114,14 +1166,21 @@ end
 
 -- Dispatch ------------------------------------------------------------------------
 
-local name = ARGV[1] and string.upper(ARGV[1])
-local command = name and commands[name]
-if command == nil then
-  fail("ERR unknown command 'VTASKS." .. tostring(ARGV[1]) .. "'")
+local function dispatch(keys, args)
+  KEYS, ARGV = keys, args
+  call, pcall_redis = redis.call, redis.pcall
+  declared_queues = 0
+  local name = ARGV[1] and string.upper(ARGV[1])
+  local command = name and commands[name]
+  if command == nil then
+    fail("ERR unknown command 'VTASKS." .. tostring(ARGV[1]) .. "'")
+  end
+  local arity = ARITY[name]
+  local given = #ARGV -- the command name plus its arguments, as the server counts
+  if (arity > 0 and given ~= arity) or (arity < 0 and given < -arity) then
+    fail("ERR wrong number of arguments for 'vtasks." .. string.lower(name) .. "' command")
+  end
+  return command(args_from(2))
 end
-local arity = ARITY[name]
-local given = #ARGV -- the command name plus its arguments, as the server counts
-if (arity > 0 and given ~= arity) or (arity < 0 and given < -arity) then
-  fail("ERR wrong number of arguments for 'vtasks." .. string.lower(name) .. "' command")
-end
-return command(args_from(2))
+
+redis.register_function('__FUNCTION_NAME__', dispatch)

@@ -182,6 +182,15 @@ pub enum Selection<'a> {
     Ids(Vec<&'a [u8]>),
 }
 
+/// Fails with WRONGTYPE if `key` exists with another kind than `kind`.
+fn check_kind(store: &mut impl Store, key: &[u8], kind: KeyKind) -> VtResult<()> {
+    match store.key_kind(key)? {
+        KeyKind::Missing => Ok(()),
+        found if found == kind => Ok(()),
+        _ => Err(VtError::WrongType),
+    }
+}
+
 /// Fails with WRONGTYPE if any key of the queue holds a foreign type.
 pub fn check_types(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
     if !matches!(
@@ -333,7 +342,15 @@ pub fn enqueue(
     maxlen: Option<u64>,
     now: i64,
 ) -> VtResult<Vec<bool>> {
-    check_types(store, keys)?;
+    // An enqueue checks the keys it uses (not the leased, dead and done sets
+    // unless MAXLEN or a replacement needs them), all before its first
+    // write; the scripts engine checks the same ones.
+    check_kind(store, &keys.meta, KeyKind::Hash)?;
+    check_kind(store, &keys.ready, KeyKind::SortedSet)?;
+    check_kind(store, &keys.delayed, KeyKind::SortedSet)?;
+    if maxlen.is_some() {
+        check_kind(store, &keys.leased, KeyKind::SortedSet)?;
+    }
     let mut added = Vec::with_capacity(tasks.len());
     let mut replaced = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(tasks.len());
@@ -354,6 +371,10 @@ pub fn enqueue(
     let new_count = added.iter().filter(|a| **a).count();
     if new_count == 0 {
         return Ok(added);
+    }
+    if !replaced.is_empty() {
+        check_kind(store, &keys.done, KeyKind::SortedSet)?;
+        check_kind(store, &keys.dead, KeyKind::SortedSet)?;
     }
     if let Some(limit) = maxlen {
         let held = pending(store, keys)?;

@@ -4,7 +4,7 @@
 //! These tests are also the conformance suite of the scripts engine: with
 //! `VTASKS_TARGET=scripts-valkey` or `scripts-redis` the server has no
 //! module and every `VTASKS.*` command is sent as the scripts engine sends
-//! it (`EVALSHA` of the same arguments; a blocking FETCHN sleeps on the wake
+//! it (`FCALL` of the same arguments; a blocking FETCHN sleeps on the wake
 //! lists in between). Tests of what only the module can do carry
 //! `module_only` in their names and are left out of those runs.
 #![allow(dead_code)]
@@ -36,16 +36,16 @@ pub fn run(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> 
     sleep_until_fetched(con, cmd, reply)
 }
 
-/// `EVALSHA`, loading the script first if the server does not have it.
+/// `FCALL`, loading the library first if the server does not have it.
 fn run_script(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
-    let eval = scripts::evalsha(cmd);
-    match eval.query(con) {
-        Err(e) if e.code() == Some("NOSCRIPT") => {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(scripts::SOURCE)
-                .query::<Value>(con)?;
-            eval.query(con)
+    let call = scripts::fcall(cmd);
+    match call.query(con) {
+        Err(e) if scripts::is_not_loaded(&e) => {
+            match scripts::load_cmd().query::<Value>(con) {
+                Err(e) if !scripts::is_already_loaded(&e) => return Err(e),
+                _ => {}
+            }
+            call.query(con)
         }
         outcome => outcome,
     }
