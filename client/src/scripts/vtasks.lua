@@ -127,8 +127,12 @@ end
 -- Parses a decimal integer as the module does (an i64), then checks the
 -- range. `max_text` spells bounds that a double cannot print exactly.
 local function parse_int(raw, what, min, max, max_text)
-  local sign, digits = string.match(raw, '^(%-?)(%d+)$')
-  if digits == nil or #digits > 19 or (#digits == 19 and digits > I64_MAX) then
+  -- string.find creates no strings (string.match would, per capture): this
+  -- runs for every number of every item of a batch.
+  local digits = #raw
+  if string.byte(raw, 1) == 45 then digits = digits - 1 end -- '-'
+  if not string.find(raw, '^%-?%d+$') or digits > 19
+      or (digits == 19 and string.sub(raw, -19) > I64_MAX) then
     fail('ERR ' .. what .. ' must be an integer')
   end
   local value = tonumber(raw)
@@ -436,6 +440,41 @@ local function is_paused(q)
   return call('HGET', q.meta, 'paused') == '1'
 end
 
+-- Hot paths rewrite a record with one pattern match instead of splitting
+-- it into words: Lua creates a string per word, and splitting plus joining
+-- a record measured ~2.5 us, more than the commands around it. The
+-- patterns capture runs of words that stay as they are. A record they do
+-- not fit takes the word-by-word path.
+
+-- Words 3-4, 5 (attempts), 6, 8 (enqueued_at), 9-10, 11 (started_at),
+-- 13, 15 (workers).
+local LEASE_PATTERN = '^1 %a+ (%S+ %S+) (%d+) (%S+) %S+ (%d+) (%S+ %S+) (%S+) %S+ (%S+) %S+ (%S+)$'
+
+-- The record of a task leased to `consumer` under `token`, and its attempt.
+local function leased_record(record, consumer, token, now)
+  local pm, attempts, seq, enqueued, run_ready, started, finished, workers = string.match(record, LEASE_PATTERN)
+  if pm == nil then -- not the usual shape: word by word
+    local w = decode(record)
+    pm, attempts, seq, enqueued = w[W_PRIORITY] .. ' ' .. w[W_MAX], w[W_ATTEMPTS], w[W_SEQ], w[W_ENQUEUED]
+    run_ready, started, finished, workers = w[W_RUN_AT] .. ' ' .. w[W_READY_AT], w[W_STARTED_AT], w[W_FINISHED_AT],
+        w[W_WORKERS]
+  end
+  attempts = tonumber(attempts) + 1
+  local leased_at = int(now - tonumber(enqueued))
+  if started == '-' then started = leased_at end
+  if workers == '-' then
+    workers = consumer
+  elseif not string.find(',' .. workers .. ',', ',' .. consumer .. ',', 1, true) then
+    workers = workers .. ',' .. consumer
+  end
+  return '1 leased ' .. pm .. ' ' .. attempts .. ' ' .. seq .. ' ' .. int(token) .. ' ' .. enqueued .. ' ' ..
+      run_ready .. ' ' .. started .. ' ' .. leased_at .. ' ' .. finished .. ' ' .. consumer .. ' ' .. workers, attempts
+end
+
+-- A leased record's token (word 7), enqueued_at (word 8) and where its
+-- finished_at (word 13) starts and ends.
+local ACK_PATTERN = '^1 leased %S+ %S+ %S+ %S+ (%d+) (%d+) %S+ %S+ %S+ %S+ ()%S+() '
+
 -- Leases up to `count` ready tasks to `consumer`; appends them to `out`.
 -- The caller surveyed the queue (`survey`).
 local function fetch(q, consumer, count, lease_ms, now, out)
@@ -447,26 +486,13 @@ local function fetch(q, consumer, count, lease_ms, now, out)
   local last_token = call('HINCRBY', q.meta, 'token', #picked)
   local deadline = int(now + lease_ms)
   local leased = {}
-  local with_commas = ',' .. consumer .. ','
   for i, id in ipairs(picked) do
     local task_key = q.task_prefix .. id
     local fields = call('HMGET', task_key, 'record', 'payload')
     if fields[1] then -- else deleted behind the queue's back: nothing to run
-      local w = decode(fields[1])
       local token = last_token - (i - 1)
-      local attempts = tonumber(w[W_ATTEMPTS]) + 1
-      w[W_STATE] = 'leased'
-      w[W_ATTEMPTS] = int(attempts)
-      w[W_TOKEN] = int(token)
-      set_time(w, W_LEASED_AT, now)
-      if w[W_STARTED_AT] == '-' then w[W_STARTED_AT] = w[W_LEASED_AT] end
-      w[W_CONSUMER] = consumer
-      if w[W_WORKERS] == '-' then
-        w[W_WORKERS] = consumer
-      elseif not string.find(',' .. w[W_WORKERS] .. ',', with_commas, 1, true) then
-        w[W_WORKERS] = w[W_WORKERS] .. ',' .. consumer
-      end
-      call('HSET', task_key, 'record', encode(w))
+      local record, attempts = leased_record(fields[1], consumer, token, now)
+      call('HSET', task_key, 'record', record)
       leased[#leased + 1] = deadline
       leased[#leased + 1] = id
       out[#out + 1] = { q.name, id, token, attempts, fields[2] or '' }
@@ -487,20 +513,35 @@ end
 local function ack(q, items, keep_ms, now)
   local outcomes, settled, done = {}, {}, {}
   for i, item in ipairs(items) do
-    local w, refused = check_lease(q, item.id, item.token)
-    if w then
+    local task_key = q.task_prefix .. item.id
+    local record = pcall_redis('HGET', task_key, 'record')
+    if type(record) == 'table' then wrongtype() end
+    local token, enqueued, finished_from, finished_to
+    if record then token, enqueued, finished_from, finished_to = string.match(record, ACK_PATTERN) end
+    local held = token ~= nil and tonumber(token) == item.token
+    local refused
+    if not held then
+      local w
+      w, refused = check_lease(q, item.id, item.token) -- NOTASK or STALE, or an unusual record
+      if w then
+        held = true
+        record = encode(w)
+        token, enqueued, finished_from, finished_to = string.match(record, ACK_PATTERN)
+      end
+    end
+    if held then
       outcomes[i] = 'OK'
       settled[#settled + 1] = item.id
-      local task_key = q.task_prefix .. item.id
       if keep_ms == 0 then
         call('DEL', task_key)
       else
-        w[W_STATE] = 'done'
-        set_time(w, W_FINISHED_AT, now)
+        -- '1 leased ...' becomes '1 done ...' with finished_at set.
+        local done_record = '1 done' .. string.sub(record, 9, finished_from - 1) ..
+            int(now - tonumber(enqueued)) .. string.sub(record, finished_to)
         if item.result ~= '' then
-          call('HSET', task_key, 'record', encode(w), 'result', item.result)
+          call('HSET', task_key, 'record', done_record, 'result', item.result)
         else
-          call('HSET', task_key, 'record', encode(w))
+          call('HSET', task_key, 'record', done_record)
         end
         call('PEXPIREAT', task_key, int(now + keep_ms))
         done[#done + 1] = int(now + keep_ms)
