@@ -1,4 +1,4 @@
-"""One benchmark worker process: `python -m benchmarks.python_worker URL CONCURRENCY`.
+"""One benchmark worker process: `python -m benchmarks.python_worker URL CONCURRENCY [ENGINE]`.
 
 Runs in burst mode and prints one JSON line: seconds from start to the first
 and to the last task done, tasks done, peak RSS and the core's counters."""
@@ -18,7 +18,9 @@ from benchmarks import bench_tasks
 
 def main() -> None:
     url, concurrency = sys.argv[1], int(sys.argv[2])
-    worker = vtasks.Worker(url, concurrency=concurrency, burst=True, handle_signals=False)
+    engine = sys.argv[3] if len(sys.argv) > 3 else "auto"
+    client = vtasks.Client(url, engine=engine)
+    worker = vtasks.Worker(client, concurrency=concurrency, burst=True, handle_signals=False)
     started = time.monotonic()
     asyncio.run(worker.run())
     first, last = bench_tasks.first_done, bench_tasks.last_done
