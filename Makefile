@@ -7,7 +7,8 @@
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
-#   make bench   module and Python benchmarks; write benchmarks/results/*.md
+#   make bench   module (and scripts engine) and Python benchmarks; write
+#                benchmarks/results/*.md
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
@@ -83,6 +84,7 @@ bench: build-release setup
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/results/module.md
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
+	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
 
 clean:
 	$(CARGO) clean

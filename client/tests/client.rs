@@ -242,3 +242,54 @@ fn a_loading_server_is_a_transient_error() {
     };
     assert!(!full.is_transient());
 }
+
+/// A server that lost the library (`FUNCTION FLUSH`, a fresh server after a
+/// failover) answers "Function not found" without running anything; the
+/// client loads the library and repeats the call, so nothing runs twice.
+#[tokio::test]
+async fn the_scripts_library_is_loaded_again_when_the_server_lost_it() {
+    let server = Server::start();
+    let mut options = ClientOptions::new(server.url());
+    options.engine = EngineChoice::Scripts;
+    let client = Client::connect_with(options).await.unwrap();
+    let queue = q("flushed");
+    let flush = || async {
+        let mut con = server.connect();
+        let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut con).unwrap();
+        let loaded: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut con).unwrap();
+        assert!(loaded.is_empty());
+    };
+    flush().await;
+    assert!(client
+        .enqueue(&queue, NewTask::new("a", b"{}".to_vec()))
+        .await
+        .unwrap());
+    flush().await;
+    let got = client
+        .fetch(&Fetch {
+            queues: vec![queue.clone()],
+            consumer: "w".into(),
+            count: 10,
+            lease: Duration::from_secs(30),
+            block: None,
+            keep: None,
+            acks: vec![],
+            nacks: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.tasks.len(), 1);
+    flush().await;
+    let acked = client
+        .ack(
+            &queue,
+            &[(got.tasks[0].id.clone(), got.tasks[0].token, None)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked, [Settled::Ok]);
+    let stats = client.stats(&queue).await.unwrap();
+    assert_eq!(stats.get("enqueued"), Some(1), "enqueued once");
+    assert_eq!(stats.get("acked"), Some(1), "acknowledged once");
+}

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import task_backends
 
+from ....errors import VtasksError
 from ...backend import ValkeyTaskBackend
 from ...worker import make_worker
 
@@ -43,7 +44,13 @@ class Command(BaseCommand):
             max_tasks=options["max_tasks"],
             consumer=options["worker_id"],
         )
-        self.stdout.write(f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}")
+        try:
+            engine = backend.client.engine
+        except VtasksError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}, {engine} engine"
+        )
         asyncio.run(worker.run())
         self.stdout.write(
             f"vtasks worker {worker.consumer} done: {worker.succeeded} succeeded, "
