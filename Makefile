@@ -7,16 +7,20 @@
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
-#   make bench   module (and scripts engine) and Python benchmarks; write
-#                benchmarks/results/*.md
+#   make bench   every benchmark: module (and scripts engine), Python, and
+#                the comparison below; writes benchmarks/results/*.md
+#   make compare vtasks against django-vtasks, Celery and RQ, on localhost
+#                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
+#                (about 30 minutes)
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
 
 VENV := .venv
 PY := $(VENV)/bin/python
+BENCH_VENV := .bench-venv
 
-.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance demo bench clean
+.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -85,6 +89,17 @@ bench: build-release setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
+	$(MAKE) compare
+
+# The comparison's own virtualenv: the other systems from PyPI (pinned in
+# benchmarks/requirements.txt) and vtasks built from this checkout.
+bench-venv: setup
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r benchmarks/requirements.txt
+	VIRTUAL_ENV=$(CURDIR)/$(BENCH_VENV) PATH=$(CURDIR)/$(BENCH_VENV)/bin:$$PATH $(BENCH_VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+
+compare: build-release bench-venv
+	$(BENCH_VENV)/bin/python -m benchmarks.compare
 
 clean:
 	$(CARGO) clean
