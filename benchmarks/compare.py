@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--only", help="run only systems whose name contains this")
     parser.add_argument("--no-latency", action="store_true", help="skip the 2 ms RTT runs")
     parser.add_argument("--markdown", default=str(RESULTS / "compare.md"))
+    parser.add_argument("--print-only", action="store_true", help="write no files (a quick check of the setup)")
     args = parser.parse_args()
     os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))
 
@@ -435,6 +436,9 @@ def main() -> None:
         "",
     ]
     text = "\n".join(report)
+    print(text)
+    if args.print_only:
+        return
     Path(args.markdown).write_text(text)
     chart(scenarios, RESULTS / "compare.png")
     results_md = ROOT / "benchmarks" / "RESULTS.md"
@@ -443,7 +447,6 @@ def main() -> None:
         head, rest = current.split(MARK_BEGIN, 1)
         _, tail = rest.split(MARK_END, 1)
         results_md.write_text(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
-    print(text)
 
 
 if __name__ == "__main__":
