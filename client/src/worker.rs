@@ -281,6 +281,29 @@ impl WorkerCore {
         }
     }
 
+    /// Whether the queues hold no task this worker could still get: none
+    /// ready and none leased (a paused queue holds none). Leased tasks count because a lease whose
+    /// holder vanished (or whose fetch reply was lost with a connection)
+    /// comes back when it expires: a burst worker waits for those instead of
+    /// leaving them for a worker that may never come. Delayed tasks do not
+    /// count; a burst does not wait for the future.
+    pub async fn drained(&self) -> Result<bool> {
+        for queue in &self.inner.options.queues {
+            let stats = match self.inner.client.stats(queue).await {
+                Ok(stats) => stats,
+                Err(Error::Server { code, .. }) if code == "NOQUEUE" => continue,
+                Err(err) => return Err(err),
+            };
+            if stats.get("paused").unwrap_or(0) == 1 {
+                continue; // hands out nothing until resumed
+            }
+            if stats.get("ready").unwrap_or(0) > 0 || stats.get("leased").unwrap_or(0) > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Stops fetching from `queue` (true) or resumes (false): per-queue
     /// concurrency limits are kept by the caller, which knows what runs.
     pub fn hold_back(&self, queue: &QueueName, held: bool) {
@@ -523,7 +546,12 @@ where
             break Ok(());
         }
         if batch.is_empty() && core.options().burst && core.running() == 0 {
-            break Ok(());
+            match core.drained().await {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(err) if err.is_transient() => {}
+                Err(err) => break Err(err),
+            }
         }
         for delivery in batch {
             let core = core.clone();

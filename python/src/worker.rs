@@ -145,6 +145,15 @@ impl NativeWorker {
         })
     }
 
+    /// Whether the queues hold no ready and no leased task (burst mode's
+    /// end; see `WorkerCore::drained`).
+    fn drained(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
+        let core = self.core.clone();
+        dispatch(py, Some(bridge), async move {
+            core.drained().await.map(Reply::Bool)
+        })
+    }
+
     /// Stops fetching and ends a fetch waiting server-side.
     fn stop(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
         let core = self.core.clone();

@@ -164,7 +164,10 @@ class Worker:
                     await bridge.wait(native.release(bridge.native, [(q, i, t) for q, i, t, _, _ in batch]))
                 return
             if not batch and self.burst and native.running() == 0 and not self._running:
-                return
+                # Leases lost with a connection come back when they expire:
+                # a burst ends once nothing is ready or leased.
+                if await bridge.wait(native.drained(bridge.native)):
+                    return
             self._backlog.extend(batch)
             for queue, *_ in batch:
                 self._count(queue, +1)
