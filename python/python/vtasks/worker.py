@@ -51,7 +51,10 @@ class Worker:
     ``queue_concurrency`` caps how many tasks of one queue run at once; the
     worker stops fetching from a queue while it is at its cap.
 
-    ``burst=True`` drains the queues and returns. ``handle_signals`` turns
+    ``burst=True`` drains the queues and returns once they hold no ready
+    and no leased task (a lease lost with a connection is waited for and
+    run when it expires; paused queues and future delayed tasks are not
+    waited for). ``handle_signals`` turns
     SIGTERM/SIGINT into a graceful shutdown: no new tasks, running ones get
     ``grace`` seconds, fetched-but-unstarted ones go back to the queue
     without counting an attempt. ``resolver`` maps a payload's task name to

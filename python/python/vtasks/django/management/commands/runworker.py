@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--backend", default="default", help="TASKS alias (default: %(default)s)")
         parser.add_argument("--queue", action="append", dest="queues", help="queue to serve (repeatable)")
         parser.add_argument("--concurrency", type=int, default=10)
-        parser.add_argument("--burst", action="store_true", help="drain the queues and exit")
+        parser.add_argument("--burst", action="store_true", help="drain the queues (nothing ready or leased) and exit")
         parser.add_argument("--max-tasks", type=int, default=None)
         parser.add_argument("--worker-id", default=None)
 
