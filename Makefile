@@ -20,7 +20,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .bench-venv
 
-.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance demo bench bench-venv compare clean
+.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance fuzz demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -76,6 +76,14 @@ conformance: build python
 	VTASKS_TARGET=scripts-redis $(PY) -m pytest -q
 
 test: setup fmt-check clippy ruff mypy rust-test py-test conformance
+
+# 1,000,000 random and mutated VTASKS.* commands at a live server, with the
+# module (debug build: overflow checks on) and with the scripts engine.
+# CI runs the same test with 20,000.
+FUZZ := -p vtasks-module --test bad_input -E 'test(random_and_mutated)'
+fuzz: build
+	VTASKS_FUZZ_COMMANDS=1000000 $(CARGO) nextest run $(FUZZ)
+	VTASKS_FUZZ_COMMANDS=1000000 VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(FUZZ)
 
 demo: build-release setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml

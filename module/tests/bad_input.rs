@@ -413,12 +413,109 @@ fn stat_or_err(con: &mut Connection, queue: &str) -> String {
     }
 }
 
+/// Valid commands the fuzz mutates: every command with its options.
+const TEMPLATES: &[&[&str]] = &[
+    &[
+        "VTASKS.ENQUEUE",
+        "{q}",
+        "MAXLEN",
+        "1000",
+        "TASK",
+        "t1",
+        "{}",
+        "PRIORITY",
+        "5",
+        "DELAY",
+        "10",
+        "ATTEMPTS",
+        "2",
+        "TASK",
+        "t2",
+        "{\"a\":1}",
+        "RUNAT",
+        "1",
+        "REPLACEFINISHED",
+    ],
+    &[
+        "VTASKS.FETCHN",
+        "2",
+        "{q}",
+        "{r}",
+        "CONSUMER",
+        "w",
+        "COUNT",
+        "10",
+        "LEASE",
+        "50",
+        "KEEP",
+        "0",
+        "ACK",
+        "1",
+        "{q}",
+        "t1",
+        "1",
+        "r",
+        "NACK",
+        "1",
+        "{r}",
+        "t2",
+        "2",
+        "DEAD",
+        "e",
+    ],
+    &[
+        "VTASKS.ACK",
+        "{q}",
+        "2",
+        "t1",
+        "1",
+        "r",
+        "t2",
+        "2",
+        "",
+        "KEEP",
+        "100",
+    ],
+    &[
+        "VTASKS.NACK",
+        "{q}",
+        "2",
+        "t1",
+        "1",
+        "0",
+        "e",
+        "t2",
+        "2",
+        "DEAD",
+        "e",
+    ],
+    &["VTASKS.EXTEND", "{q}", "1000", "2", "t1", "1", "t2", "2"],
+    &["VTASKS.RELEASE", "{q}", "2", "t1", "1", "t2", "2"],
+    &["VTASKS.GET", "{q}", "t1"],
+    &["VTASKS.STATS", "{q}"],
+    &["VTASKS.DEADLIST", "{q}", "OFFSET", "0", "COUNT", "10"],
+    &["VTASKS.REQUEUE", "{q}", "IDS", "t1", "t2"],
+    &["VTASKS.PURGE", "{q}", "ALL"],
+    &["VTASKS.PAUSE", "{q}"],
+    &["VTASKS.RESUME", "{q}"],
+    &["VTASKS.CANCEL", "{q}", "t1", "t2"],
+];
+
+/// The fuzz: `VTASKS_FUZZ_COMMANDS` commands (20,000 by default; `make
+/// fuzz` sends 1,000,000), half random words from a vocabulary of command
+/// names, options, numbers and junk, half valid commands with one to three
+/// mutations (a word dropped, repeated, swapped, or replaced by junk). They
+/// go in pipelines of 100. Every reply must be a well-formed reply or an
+/// error reply with a code, and the server must stay up and keep working.
 #[test]
-fn random_garbage_never_takes_the_server_down() {
-    // A small in-process fuzz: random words from a vocabulary of command
-    // names, options, numbers and junk. Every reply must be well-formed.
+fn random_and_mutated_commands_never_take_the_server_down() {
+    let commands: usize = std::env::var("VTASKS_FUZZ_COMMANDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
     let mut server = Server::start();
     let mut con = server.connect();
+    prepare_target(&mut con);
     let vocab = [
         "VTASKS.ENQUEUE",
         "VTASKS.FETCHN",
@@ -471,39 +568,102 @@ fn random_garbage_never_takes_the_server_down() {
         "t",
         "🙂",
     ];
-    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut seed = 0x9e3779b97f4a7c15u64 ^ commands as u64;
     let mut next = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
     };
+    let pick = |n: usize, next: &mut dyn FnMut() -> u64| (next() % n as u64) as usize;
+    let long = "x".repeat(300);
     let mut errors = 0;
-    for _ in 0..20_000 {
-        let len = 1 + (next() % 12) as usize;
-        let mut words: Vec<&str> = (0..len)
-            .map(|_| vocab[(next() % vocab.len() as u64) as usize])
-            .collect();
-        words[0] = vocab[(next() % 14) as usize];
-        // Blocking forever would stall the loop; the fuzz is about parsing.
-        if let Some(i) = words.iter().position(|w| *w == "BLOCK") {
-            words.truncate(i);
+    let mut sent = 0;
+    while sent < commands {
+        let mut batch: Vec<Vec<String>> = Vec::with_capacity(100);
+        while batch.len() < 100 && sent + batch.len() < commands {
+            let mut words: Vec<String> = if next() % 2 == 0 {
+                let len = 1 + pick(12, &mut next);
+                let mut words: Vec<String> = (0..len)
+                    .map(|_| vocab[pick(vocab.len(), &mut next)].to_string())
+                    .collect();
+                words[0] = vocab[pick(14, &mut next)].to_string();
+                words
+            } else {
+                let template = TEMPLATES[pick(TEMPLATES.len(), &mut next)];
+                let mut words: Vec<String> = template.iter().map(|w| w.to_string()).collect();
+                for _ in 0..1 + pick(3, &mut next) {
+                    let i = 1 + pick(words.len().max(2) - 1, &mut next);
+                    if i >= words.len() {
+                        continue;
+                    }
+                    match pick(5, &mut next) {
+                        0 => {
+                            words.remove(i);
+                        }
+                        1 => words.insert(i, words[i].clone()),
+                        2 => {
+                            let j = 1 + pick(words.len() - 1, &mut next);
+                            words.swap(i, j);
+                        }
+                        3 => words[i] = long.clone(),
+                        _ => words[i] = vocab[pick(vocab.len(), &mut next)].to_string(),
+                    }
+                }
+                words
+            };
+            // Blocking would stall the pipeline; the fuzz is about parsing.
+            if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("BLOCK")) {
+                words.truncate(i);
+            }
             if words.len() < 2 {
                 continue;
             }
+            batch.push(words);
         }
-        match run(&mut con, &cmd(&words)) {
-            Ok(_) => {}
-            Err(e) => {
-                assert!(
-                    e.code().is_some(),
-                    "{words:?}: not a server error reply: {e}"
-                );
-                errors += 1;
+        sent += batch.len();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for words in &batch {
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            pipe.add_command(as_target_command(&cmd(&words)));
+        }
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("the pipeline failed as a whole: {e}"));
+        assert_eq!(replies.len(), batch.len(), "one reply per command");
+        for (words, reply) in batch.iter().zip(replies) {
+            match reply {
+                Ok(Value::ServerError(e)) => {
+                    assert!(!e.code().is_empty(), "{words:?}: an error without a code");
+                    errors += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        e.code().is_some(),
+                        "{words:?}: not a server error reply: {e}"
+                    );
+                    errors += 1;
+                }
+                Ok(_) => {}
             }
         }
+        if sent % 100_000 < 100 {
+            assert_eq!(
+                text(&query(&mut con, &["PING"])),
+                "PONG",
+                "after {sent} commands"
+            );
+        }
     }
-    assert!(errors > 1000, "the vocabulary produces mostly bad commands");
+    assert!(
+        errors > commands / 10,
+        "the fuzz produces mostly bad commands ({errors} errors)"
+    );
     assert!(server.alive());
     assert_eq!(text(&query(&mut con, &["PING"])), "PONG");
+    // And the queue still works.
+    query(&mut con, &["VTASKS.ENQUEUE", "{after}", "TASK", "a", "{}"]);
+    let got = fetch(&mut con, &["1", "{after}", "CONSUMER", "w"]);
+    assert_eq!(ids(&got.tasks), ["a"]);
 }

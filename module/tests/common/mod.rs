@@ -36,6 +36,26 @@ pub fn run(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> 
     sleep_until_fetched(con, cmd, reply)
 }
 
+/// A `VTASKS.*` command as the current target sends it (for pipelines;
+/// call `prepare_target` first).
+pub fn as_target_command(cmd: &redis::Cmd) -> redis::Cmd {
+    if Target::current().uses_scripts() {
+        scripts::fcall(cmd)
+    } else {
+        cmd.clone()
+    }
+}
+
+/// Loads the scripts engine's library when the target uses it.
+pub fn prepare_target(con: &mut Connection) {
+    if Target::current().uses_scripts() {
+        match scripts::load_cmd().query::<Value>(con) {
+            Err(e) if !scripts::is_already_loaded(&e) => panic!("FUNCTION LOAD: {e}"),
+            _ => {}
+        }
+    }
+}
+
 /// `FCALL`, loading the library first if the server does not have it.
 fn run_script(con: &mut Connection, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
     let call = scripts::fcall(cmd);
