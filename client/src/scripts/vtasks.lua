@@ -274,13 +274,18 @@ local function time_of(w, index)
   return tonumber(w[W_ENQUEUED]) + tonumber(w[index])
 end
 
--- A task's record words, or nil if there is no such task. A task key of
--- another type fails the call before anything is written.
-local function load(q, id)
+-- A task's record as stored, or nil if there is no such task. A task key
+-- of another type fails the call before anything is written.
+local function record_of(q, id)
   local record = pcall_redis('HGET', q.task_prefix .. id, 'record')
   if type(record) == 'table' then wrongtype() end
-  if not record then return nil end
-  return decode(record)
+  return record or nil
+end
+
+-- A task's record words, or nil if there is no such task.
+local function load(q, id)
+  local record = record_of(q, id)
+  return record and decode(record)
 end
 
 local function save(q, id, w)
@@ -406,6 +411,7 @@ local function maintain(q, now, limit)
   end
 end
 
+-- The lowest score of a sorted set, or nil if it is empty.
 local function first_score(key)
   local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
   return first[2] and tonumber(first[2])
@@ -427,11 +433,8 @@ end
 local function next_due(q)
   local due
   for _, key in ipairs({ q.delayed, q.leased, q.done }) do
-    local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local score = tonumber(first[2])
-      if due == nil or score < due then due = score end
-    end
+    local score = first_score(key)
+    if score ~= nil and (due == nil or score < due) then due = score end
   end
   return due
 end
@@ -514,8 +517,7 @@ local function ack(q, items, keep_ms, now)
   local outcomes, settled, done = {}, {}, {}
   for i, item in ipairs(items) do
     local task_key = q.task_prefix .. item.id
-    local record = pcall_redis('HGET', task_key, 'record')
-    if type(record) == 'table' then wrongtype() end
+    local record = record_of(q, item.id)
     local token, enqueued, finished_from, finished_to
     if record then token, enqueued, finished_from, finished_to = string.match(record, ACK_PATTERN) end
     local held = token ~= nil and tonumber(token) == item.token
@@ -851,27 +853,23 @@ function commands.FETCHN(a)
   for _, q in ipairs(queues) do survey(q) end
   -- Settle first, queue by queue, keeping each item's place in the reply.
   local ack_out, nack_out = {}, {}
-  for qi, q in ipairs(queues) do
+  -- Runs `settle` on the items of queue `qi`, putting each outcome at its
+  -- item's place in `out`.
+  local function settle_queue(qi, all, out, settle)
     local positions, items = {}, {}
-    for pos, item in ipairs(acks) do
+    for pos, item in ipairs(all) do
       if item.queue == qi then
         positions[#positions + 1] = pos
         items[#items + 1] = item
       end
     end
     if #items > 0 then
-      for k, outcome in ipairs(ack(q, items, keep_ms, now)) do ack_out[positions[k]] = outcome end
+      for k, outcome in ipairs(settle(items)) do out[positions[k]] = outcome end
     end
-    positions, items = {}, {}
-    for pos, item in ipairs(nacks) do
-      if item.queue == qi then
-        positions[#positions + 1] = pos
-        items[#items + 1] = item
-      end
-    end
-    if #items > 0 then
-      for k, outcome in ipairs(nack(q, items, now)) do nack_out[positions[k]] = outcome end
-    end
+  end
+  for qi, q in ipairs(queues) do
+    settle_queue(qi, acks, ack_out, function(items) return ack(q, items, keep_ms, now) end)
+    settle_queue(qi, nacks, nack_out, function(items) return nack(q, items, now) end)
   end
 
   local tasks = {}

@@ -300,8 +300,9 @@ fn truncate_error(error: &[u8]) -> &[u8] {
 /// wake-ups for sleepers.
 fn wake(store: &mut impl Store, keys: &QueueKeys, n: u64) -> VtResult<()> {
     store.wake(&keys.ready);
-    let Ok(sleepers) = store.zcard(&keys.waiting) else {
-        return Ok(());
+    let sleepers = match store.zcard(&keys.waiting) {
+        Ok(0) | Err(_) => return Ok(()),
+        Ok(n) => n,
     };
     let Ok(tokens) = store.llen(&keys.wake) else {
         return Ok(());
