@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks import python_bench
 from benchmarks.latency_proxy import LatencyProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,16 +81,7 @@ def systems() -> list[System]:
 # --- the server and what it reports -------------------------------------------------------------
 
 def info(port: int, section: str) -> dict[str, str]:
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"INFO {section}\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            data += s.recv(65536)
-        header, _, body = data.partition(b"\r\n")
-        size = int(header[1:])
-        while len(body) < size:
-            body += s.recv(65536)
-    return dict(line.split(":", 1) for line in body[:size].decode().splitlines() if ":" in line)
+    return python_bench.info(f"valkey://127.0.0.1:{port}", section)
 
 
 def command(port: int, *words: str) -> None:
@@ -99,8 +91,7 @@ def command(port: int, *words: str) -> None:
 
 
 def server_cpu(port: int) -> float:
-    cpu = info(port, "cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return python_bench.server_cpu_s(f"valkey://127.0.0.1:{port}")
 
 
 def clients(port: int) -> int:
@@ -227,7 +218,9 @@ def one_run(system: System, task: str, n: int, latency_ms: float) -> Run:
         command(server.port, "FLUSHALL")
         conc = enqueue(env, system.tasks[task], n, "concurrent")
         first = first or finished
-        steady = (n - 1) / (finished - first) if finished > first else float(n)
+        # Completions are polled every 20 ms: a run that ends within the
+        # poll that saw its first task has no rate after it.
+        steady = (n - 1) / (finished - first) if finished - first >= 0.02 else float("nan")
         return Run(seq, conc, n / (finished - started), (first - started) * 1000, steady, peak_rss, peak_conns,
                    cpu * 1e6 / n, load)
     finally:
@@ -265,7 +258,9 @@ class Scenario:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
     def spread(self, attr: str) -> str:
-        values = [getattr(r, attr) for r in self.runs]
+        values = [v for v in (getattr(r, attr) for r in self.runs) if v == v]  # NaN: not measured
+        if not values:
+            return "–"
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
 
 
