@@ -406,6 +406,24 @@ fn keys_of_the_wrong_type_are_refused_without_writing() {
     assert_eq!(stat_or_err(&mut con, "{d}"), "WRONGTYPE");
 }
 
+#[test]
+fn foreign_keys_in_place_of_the_wake_keys_only_mean_no_wake_ups() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["SET", "{w}:waiting", "not a zset"]);
+    query(
+        &mut con,
+        &["ZADD", "{v}:waiting", "99999999999999", "sleeper"],
+    );
+    query(&mut con, &["SET", "{v}:wake", "not a list"]);
+    for queue in ["{w}", "{v}"] {
+        let added = query(&mut con, &["VTASKS.ENQUEUE", queue, "TASK", "t", "{}"]);
+        assert_eq!(int(&items(&added)[0]), 1, "{queue}: enqueued");
+        let got = fetch(&mut con, &["1", queue, "CONSUMER", "c"]);
+        assert_eq!(ids(&got.tasks), ["t"], "{queue}: fetched");
+    }
+}
+
 fn stat_or_err(con: &mut Connection, queue: &str) -> String {
     match run(con, &cmd(&["VTASKS.STATS", queue])) {
         Ok(_) => "OK".into(),

@@ -316,9 +316,13 @@ end
 -- consumers with nothing to do): one token per newly ready task, never more
 -- tokens than sleepers, gone when the last sleeper's wait ends.
 local function wake(q, n)
-  local sleepers = call('ZCARD', q.waiting)
-  if sleepers == 0 then return end
-  local room = sleepers - call('LLEN', q.wake)
+  -- As in the module, a foreign key in place of the waiting set or the
+  -- wake list only means no wake-ups (this runs after the call's writes).
+  local sleepers = pcall_redis('ZCARD', q.waiting)
+  if type(sleepers) ~= 'number' or sleepers == 0 then return end
+  local tokens = pcall_redis('LLEN', q.wake)
+  if type(tokens) ~= 'number' then return end
+  local room = sleepers - tokens
   if n > room then n = room end
   if n <= 0 then return end
   local tokens = {}
