@@ -24,6 +24,12 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@vtasks.task(name="tests.length")
+def length(text: str) -> int:
+    record("length", len(text))
+    return len(text)
+
+
 @vtasks.task(name="tests.async_add")
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import signal
 import subprocess
 import sys
@@ -111,29 +112,72 @@ def test_a_task_longer_than_its_lease_is_renewed_and_runs_once(valkey, runs):
     assert client.stats_sync("default")["expired"] == 0
 
 
+def zstd_bomb(inflated: int) -> bytes:
+    """A valid zstd frame of a JSON payload that inflates to ``inflated`` bytes."""
+    import zstandard
+
+    text = b'{"task":"tests.add","args":["' + b"a" * inflated + b'",1],"kwargs":{}}'
+    return zstandard.ZstdCompressor(level=3).compress(text)
+
+
+HOSTILE_PAYLOADS = [
+    # (id, payload, what the dead letter's reason says)
+    ("not-registered", b'{"task":"os.system","args":["echo pwned"],"kwargs":{}}',
+     "no task is registered as 'os.system'"),
+    ("builtin", b'{"task":"builtins.eval","args":["1+1"],"kwargs":{}}', "no task is registered as 'builtins.eval'"),
+    ("plain-function", b'{"task":"tests.sample_tasks.record","args":["x",1],"kwargs":{}}',
+     "no task is registered as 'tests.sample_tasks.record'"),
+    ("class", b'{"task":"vtasks.worker.Worker","args":["valkey://evil"],"kwargs":{}}',
+     "no task is registered as 'vtasks.worker.Worker'"),
+    ("not-json", b"\x80\x81 not json", "not valid JSON"),
+    ("truncated-json", b'{"task":"tests.add","args":[1,', "not valid JSON"),
+    ("not-an-object", b'["tests.add",1,2]', "not a JSON object"),
+    ("no-name", b'{"args":[1,2]}', "no task name"),
+    ("name-not-string", b'{"task":42,"args":[1,2]}', "no task name"),
+    ("wrong-shape", b'{"task":"tests.add","args":{"a":1}}', "args must be a list"),
+    ("kwargs-list", b'{"task":"tests.add","args":[],"kwargs":[1,2]}', "kwargs an object"),
+    ("unknown-field", b'{"task":"tests.add","args":[1,2],"kwargs":{},"run_as":"root"}',
+     "unknown fields: ['run_as']"),
+    ("unknown-option", b'{"task":"tests.add","args":[1,2],"options":{"priority_boost":1}}',
+     "unknown options: ['priority_boost']"),
+    ("bad-option", b'{"task":"tests.add","args":[1,2],"options":{"timeout":"soon"}}',
+     "option timeout must be a positive number"),
+    ("too-many-args", b'{"task":"tests.add","args":[1,2,3],"kwargs":{}}', "arguments do not fit task tests.add"),
+    ("unknown-kwarg", b'{"task":"tests.async_add","args":[1],"kwargs":{"c":2}}',
+     "arguments do not fit task tests.async_add"),
+    ("corrupt-zstd", b"\x28\xb5\x2f\xfd" + b"\x00" * 40, "does not decompress"),
+    ("zstd-bomb", zstd_bomb(65 * 1024 * 1024), "does not decompress"),
+]
+
+
 def test_payloads_that_cannot_run_are_dead_lettered_and_the_worker_goes_on(valkey, runs):
     client = vtasks.Client(valkey.url)
-    raw = [
-        ("not-registered", b'{"task":"os.system","args":["echo pwned"],"kwargs":{}}', 0, None, None, 3),
-        ("not-json", b"\x80\x81 not json", 0, None, None, 3),
-        ("wrong-shape", b'{"task":"tests.add","args":{"a":1}}', 0, None, None, 3),
-    ]
-    client.native.enqueue(None, "default", raw)
+    client.native.enqueue(None, "default", [(task_id, body, 0, None, None, 3) for task_id, body, _ in HOSTILE_PAYLOADS])
     good = client.enqueue_sync(sample_tasks.add, 1, 1)
     bad_result = client.enqueue_sync(sample_tasks.unserializable_result)
+    # Large but within the limits: it runs.
+    big = client.enqueue_sync(sample_tasks.length, "b" * 5_000_000)
     worker = burst(client)
     assert client.get_sync("default", good).result == 2
-    for task_id, expected in [
-        ("not-registered", "no task is registered as 'os.system'"),
-        ("not-json", "not valid JSON"),
-        ("wrong-shape", "args must be a list"),
-        (bad_result, "not JSON-serializable"),
-    ]:
+    assert client.get_sync("default", big).result == 5_000_000
+    expected = [(task_id, reason) for task_id, _, reason in HOSTILE_PAYLOADS]
+    for task_id, reason in [*expected, (bad_result, "not JSON-serializable")]:
         state = client.get_sync("default", task_id)
         assert state.status == "dead", task_id
-        assert state.attempts == 1, "never retried"
-        assert expected in state.error["message"], state.error
-    assert worker.dead_lettered == 4
+        assert state.attempts == 1, f"{task_id} never retried"
+        assert reason in state.error["message"], (task_id, state.error)
+    assert worker.dead_lettered == len(HOSTILE_PAYLOADS) + 1
+    assert run_counts(runs, "add") == {1: 1}, "no hostile payload ran a task"
+    assert worker.failed == 0
+
+
+def test_a_payload_over_the_size_limit_is_refused_at_enqueue(valkey):
+    client = vtasks.Client(valkey.url)
+    # Random hex: it stays above the limit after compression.
+    with pytest.raises(vtasks.ServerError, match="exceeds the limit of 16777216 bytes"):
+        client.enqueue_sync(sample_tasks.length, os.urandom(20 * 1024 * 1024).hex())
+    with pytest.raises(vtasks.NoSuchQueue):
+        client.stats_sync("default")  # nothing was written, not even the queue
 
 
 def start_worker_process(url: str, lease: float = 30.0, concurrency: int = 10) -> subprocess.Popen[str]:

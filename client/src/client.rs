@@ -25,6 +25,16 @@ pub struct ClientOptions {
     pub reconnect_retries: usize,
     /// The module, the scripts, or whichever the server supports.
     pub engine: EngineChoice,
+    /// Enqueues return only once this many replicas hold them (`WAIT`),
+    /// so a failover to a replica cannot lose an acknowledged enqueue.
+    pub wait_replicas: Option<WaitReplicas>,
+}
+
+/// How many replicas must confirm an enqueue, and how long to wait for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitReplicas {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 impl ClientOptions {
@@ -35,6 +45,7 @@ impl ClientOptions {
             response_timeout: Duration::from_secs(10),
             reconnect_retries: 6,
             engine: EngineChoice::Auto,
+            wait_replicas: None,
         }
     }
 }
@@ -149,7 +160,34 @@ impl Client {
             tasks,
             maxlen,
         };
-        command.from_reply(self.send(&command.to_cmd()?).await?)
+        let added = command.from_reply(self.send(&command.to_cmd()?).await?)?;
+        if let Some(wait) = self.options.wait_replicas {
+            self.wait_for_replicas(wait).await?;
+        }
+        Ok(added)
+    }
+
+    /// `WAIT` on the connection that carried the write: it returns once
+    /// `replicas` replicas have acknowledged everything this connection
+    /// wrote, or at the timeout with how many did. A second round trip,
+    /// and the multiplexed connection's later commands queue behind it.
+    async fn wait_for_replicas(&self, wait: WaitReplicas) -> Result<()> {
+        let timeout_ms = u64::try_from(wait.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wait.replicas).arg(timeout_ms);
+        let acked = match self.send_plain(&cmd).await? {
+            Value::Int(n) => u64::try_from(n).unwrap_or(0),
+            other => return Err(Error::protocol(format!("WAIT replied {other:?}"))),
+        };
+        if acked < u64::from(wait.replicas) {
+            return Err(Error::NotReplicated {
+                acked,
+                wanted: u64::from(wait.replicas),
+            });
+        }
+        Ok(())
     }
 
     /// A FETCHN that does not block (blocking fetches hold a connection:

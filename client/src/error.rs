@@ -17,6 +17,11 @@ pub enum Error {
     Payload(String),
     /// The module engine was asked for on a server without the module.
     ModuleMissing(String),
+    /// The write succeeded on the primary, but fewer replicas than asked
+    /// for (`ClientOptions::wait_replicas`) confirmed it in time: it may
+    /// not survive a failover. Repeating an enqueue with the same ids is
+    /// safe (ENQUEUE is idempotent by id).
+    NotReplicated { acked: u64, wanted: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,6 +68,11 @@ impl fmt::Display for Error {
             Error::Protocol(detail) => write!(f, "unexpected reply from Valkey: {detail}"),
             Error::Payload(detail) => write!(f, "bad payload: {detail}"),
             Error::ModuleMissing(detail) => f.write_str(detail),
+            Error::NotReplicated { acked, wanted } => write!(
+                f,
+                "written on the primary but confirmed by {acked} of {wanted} replicas in time: \
+                 it may be lost if the primary fails now"
+            ),
         }
     }
 }

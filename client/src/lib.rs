@@ -23,7 +23,7 @@ pub mod queue;
 pub mod scripts;
 pub mod worker;
 
-pub use client::{BlockingFetcher, Client, ClientOptions};
+pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};
 pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
 pub use protocol::{

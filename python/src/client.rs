@@ -7,7 +7,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use vtasks_client::{payload, Client, ClientOptions, Error, NewTask, QueueName, When};
+use vtasks_client::{
+    payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
+};
 
 use crate::bridge::{to_python, Bridge, Reply};
 use crate::errors::to_pyerr;
@@ -42,18 +44,24 @@ type TaskTuple = (String, Vec<u8>, i32, Option<u64>, Option<u64>, Option<u32>);
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0, engine="auto"))]
+    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0, engine="auto", wait_replicas=0, wait_timeout=1.0))]
     fn new(
         py: Python<'_>,
         url: String,
         connect_timeout: f64,
         response_timeout: f64,
         engine: &str,
+        wait_replicas: u32,
+        wait_timeout: f64,
     ) -> PyResult<Self> {
         let options = ClientOptions {
             connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
             response_timeout: Duration::from_secs_f64(response_timeout.max(0.001)),
             engine: engine.parse().map_err(to_pyerr)?,
+            wait_replicas: (wait_replicas > 0).then(|| WaitReplicas {
+                replicas: wait_replicas,
+                timeout: Duration::from_secs_f64(wait_timeout.max(0.001)),
+            }),
             ..ClientOptions::new(url)
         };
         let client = py

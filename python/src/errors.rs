@@ -55,6 +55,12 @@ create_exception!(
 );
 create_exception!(
     _native,
+    NotReplicated,
+    VtasksError,
+    "Written on the primary, but fewer replicas than asked for confirmed it in time."
+);
+create_exception!(
+    _native,
     ProtocolError,
     VtasksError,
     "A reply that does not follow the vtasks protocol."
@@ -71,6 +77,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PayloadError", py.get_type::<PayloadError>())?;
     m.add("ModuleNotLoaded", py.get_type::<ModuleNotLoaded>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
+    m.add("NotReplicated", py.get_type::<NotReplicated>())?;
     Ok(())
 }
 
@@ -93,5 +100,6 @@ pub fn to_pyerr(err: Error) -> PyErr {
         Error::Payload(_) => PayloadError::new_err(err.to_string()),
         Error::Protocol(_) => ProtocolError::new_err(err.to_string()),
         Error::ModuleMissing(_) => ModuleNotLoaded::new_err(err.to_string()),
+        Error::NotReplicated { .. } => NotReplicated::new_err(err.to_string()),
     }
 }

@@ -16,6 +16,7 @@ __all__ = [
     "PayloadError",
     "ProtocolError",
     "ModuleNotLoaded",
+    "NotReplicated",
     "__version__",
 ]
 
@@ -31,6 +32,7 @@ class InvalidArgument(VtasksError): ...
 class PayloadError(VtasksError): ...
 class ProtocolError(VtasksError): ...
 class ModuleNotLoaded(VtasksError): ...
+class NotReplicated(VtasksError): ...
 
 @final
 class Bridge:
@@ -43,7 +45,13 @@ _TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
 @final
 class NativeClient:
     def __new__(
-        cls, url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0, engine: str = "auto"
+        cls,
+        url: str,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 10.0,
+        engine: str = "auto",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> NativeClient: ...
     @property
     def engine(self) -> str: ...

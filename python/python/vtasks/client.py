@@ -121,6 +121,13 @@ class Client:
     Both engines work on the same keys, so a deployment can move between
     them without draining its queues. The choice is logged once, when the
     connection opens.
+
+    ``wait_replicas``: when above 0, an enqueue returns only once that many
+    replicas hold it (Valkey's ``WAIT``, at most ``wait_timeout`` seconds),
+    so a failover to a replica cannot lose an enqueue the caller saw
+    succeed; fewer confirmations raise `NotReplicated` (the task is on the
+    primary; enqueueing it again with the same id is safe). It costs one
+    more round trip per enqueue call.
     """
 
     def __init__(
@@ -130,11 +137,16 @@ class Client:
         connect_timeout: float = 5.0,
         response_timeout: float = 10.0,
         engine: str = "auto",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas must be at least 0 and wait_timeout positive")
         self.url = url
         self.engine_choice = engine
+        self.wait_replicas, self.wait_timeout = wait_replicas, wait_timeout
         self._timeouts = (connect_timeout, response_timeout)
         self._native_client: _native.NativeClient | None = None
         self._lock = threading.Lock()
@@ -144,7 +156,13 @@ class Client:
         if self._native_client is None:
             with self._lock:
                 if self._native_client is None:
-                    native = _native.NativeClient(self.url, *self._timeouts, engine=self.engine_choice)
+                    native = _native.NativeClient(
+                        self.url,
+                        *self._timeouts,
+                        engine=self.engine_choice,
+                        wait_replicas=self.wait_replicas,
+                        wait_timeout=self.wait_timeout,
+                    )
                     logger.info(
                         "vtasks: %s engine on %s (asked for %s)", native.engine, _redacted(self.url), self.engine_choice
                     )

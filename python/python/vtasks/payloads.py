@@ -42,14 +42,28 @@ def decode_call(data: bytes) -> tuple[str, list[Any], dict[str, Any]]:
     return name, args, kwargs
 
 
+# A field a worker does not know could change what the call means (a newer
+# producer's option, a typo, a forged field): such payloads are refused, not
+# run with the field ignored.
+FIELDS = frozenset({"task", "args", "kwargs", "options"})
+OPTIONS = frozenset({"backoff", "timeout"})
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def decode_call_with_options(data: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
     """As `decode_call`, plus the payload's run options (`backoff`, `timeout`)."""
     try:
         body = loads(data)
     except Exception as exc:
+        if data.startswith(ZSTD_MAGIC):
+            raise ValueError(
+                "payload is compressed and does not decompress (corrupt, or larger than 64 MiB inflated)"
+            ) from exc
         raise ValueError(f"payload is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ValueError("payload is not a JSON object")
+    if not FIELDS.issuperset(body):
+        raise ValueError(f"payload has unknown fields: {sorted(set(body) - FIELDS)}")
     name, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
     if not isinstance(name, str) or not name:
         raise ValueError("payload has no task name")
@@ -58,6 +72,12 @@ def decode_call_with_options(data: bytes) -> tuple[str, list[Any], dict[str, Any
     options = body.get("options", {})
     if not isinstance(options, dict):
         raise ValueError("payload options must be an object")
+    if options:
+        if not OPTIONS.issuperset(options):
+            raise ValueError(f"payload has unknown options: {sorted(set(options) - OPTIONS)}")
+        for key, value in options.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"payload option {key} must be a positive number, got {value!r}")
     return name, args, kwargs, options
 
 

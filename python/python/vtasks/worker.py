@@ -117,6 +117,7 @@ class Worker:
         self._native: _native.NativeWorker | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._is_async: dict[Callable[..., Any], bool] = {}
+        self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
         # Leased, not started yet: (queue, id, token, attempt, payload).
         self._backlog: collections.deque[tuple[str, str, int, int, bytes]] = collections.deque()
         self._starting = False
@@ -252,10 +253,7 @@ class Worker:
             name, args, kwargs, options = decode_call_with_options(body)
             fn = self.resolver(name)
         except (ValueError, TaskNotRegistered) as exc:
-            logger.error("task %s in %s cannot run and is dead-lettered: %s", task_id, queue, exc)
-            self.dead_lettered += 1
-            native.failed(queue, task_id, token, describe_exception(exc), None)
-            self._count(queue, -1)
+            self._refuse(queue, task_id, token, exc)
             return
         is_async = self._is_async.get(fn)
         if is_async is None:
@@ -267,18 +265,51 @@ class Worker:
         if is_async:
             # Started eagerly: a task that finishes without awaiting anything
             # is settled at once, without a trip through the event loop.
-            coro = fn(*args, **kwargs)
+            try:
+                coro = fn(*args, **kwargs)
+            except TypeError as exc:
+                # Calling a coroutine function runs none of its body: a
+                # TypeError here is arguments that do not fit.
+                self._refuse(queue, task_id, token, self._arguments_mismatch(name, fn, args, kwargs) or exc)
+                return
             timeout = options.get("timeout")
             if timeout is not None:
                 coro = asyncio.wait_for(coro, float(timeout))
             future: asyncio.Future[Any] = asyncio.Task(coro, loop=loop, eager_start=True)
             if future.done():
-                self._finished(future, queue, task_id, token, attempt, name, backoff)
+                self._finished(future, queue, task_id, token, attempt, (name, fn, args, kwargs), backoff)
                 return
         else:
             future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         self._running.add(future)
-        future.add_done_callback(lambda f: self._finished(f, queue, task_id, token, attempt, name, backoff))
+        call = (name, fn, args, kwargs)
+        future.add_done_callback(lambda f: self._finished(f, queue, task_id, token, attempt, call, backoff))
+
+    def _refuse(self, queue: str, task_id: str, token: int, exc: Exception, counted: bool = True) -> None:
+        """Dead-letters a task that cannot run, at once and with the reason
+        (``counted``: it still holds its place in the per-queue count)."""
+        logger.error("task %s in %s cannot run and is dead-lettered: %s", task_id, queue, exc)
+        self.dead_lettered += 1
+        assert self._native is not None
+        self._native.failed(queue, task_id, token, describe_exception(exc), None)
+        if counted:
+            self._count(queue, -1)
+
+    def _arguments_mismatch(
+        self, name: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+    ) -> TypeError | None:
+        """Why ``fn(*args, **kwargs)`` cannot bind, or None if it can."""
+        signature = self._signatures.get(fn)
+        if signature is None:
+            try:
+                signature = self._signatures[fn] = inspect.signature(fn)
+            except (TypeError, ValueError):  # no signature to check against
+                return None
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return TypeError(f"arguments do not fit task {name}: {exc}")
+        return None
 
     def _finished(
         self,
@@ -287,13 +318,13 @@ class Worker:
         task_id: str,
         token: int,
         attempt: int,
-        name: str,
+        call: tuple[str, Callable[..., Any], list[Any], dict[str, Any]],
         backoff: float,
     ) -> None:
         self._running.discard(future)
         self._count(queue, -1)
         try:
-            self._settle(future, queue, task_id, token, attempt, name, backoff)
+            self._settle(future, queue, task_id, token, attempt, call, backoff)
         finally:
             self._start_waiting()
 
@@ -304,10 +335,11 @@ class Worker:
         task_id: str,
         token: int,
         attempt: int,
-        name: str,
+        call: tuple[str, Callable[..., Any], list[Any], dict[str, Any]],
         backoff: float,
     ) -> None:
         native = self._native
+        name = call[0]
         assert native is not None
         if future.cancelled():
             # Cut off by shutdown: the lease runs out and another worker
@@ -327,6 +359,13 @@ class Worker:
             self.succeeded += 1
             native.succeeded(queue, task_id, token, result)
             return
+        if isinstance(exc, TypeError):
+            # Arguments that do not fit the task fail the same way on every
+            # attempt: dead-lettered at once, with the reason.
+            mismatch = self._arguments_mismatch(*call)
+            if mismatch is not None:
+                self._refuse(queue, task_id, token, mismatch, counted=False)
+                return
         self.failed += 1
         delay = min(backoff * 2 ** (attempt - 1), self.max_backoff)
         delay *= random.uniform(0.5, 1.5)

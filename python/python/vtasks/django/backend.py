@@ -36,18 +36,28 @@ STATUSES = {
     "dead": TaskResultStatus.FAILED,
 }
 
-_clients: dict[tuple[str, float, float, str], Client] = {}
+_clients: dict[tuple[str, float, float, str, int, float], Client] = {}
 
 
 def client_for(
-    url: str, connect_timeout: float = 5.0, response_timeout: float = 10.0, engine: str = "auto"
+    url: str,
+    connect_timeout: float = 5.0,
+    response_timeout: float = 10.0,
+    engine: str = "auto",
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
 ) -> Client:
-    """One client (one pipelined connection) per URL per process."""
-    key = (url, connect_timeout, response_timeout, engine)
+    """One client (one pipelined connection) per URL and options per process."""
+    key = (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout)
     client = _clients.get(key)
     if client is None:
         client = _clients[key] = Client(
-            url, connect_timeout=connect_timeout, response_timeout=response_timeout, engine=engine
+            url,
+            connect_timeout=connect_timeout,
+            response_timeout=response_timeout,
+            engine=engine,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
     return client
 
@@ -137,12 +147,17 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.queue_concurrency: dict[str, int] = dict(options.get("QUEUE_CONCURRENCY", {}))
         # "auto" (module if loaded, else scripts), "module" or "scripts".
         self.engine: str = str(options.get("ENGINE", "auto"))
+        # Enqueues return once this many replicas hold them (Valkey's WAIT).
+        self.wait_replicas: int = int(options.get("WAIT_REPLICAS", 0))
+        self.wait_timeout: float = float(options.get("WAIT_TIMEOUT", 1.0))
         # Defer a sync enqueue made inside a transaction until it commits.
         self.enqueue_on_commit: bool = bool(options.get("ENQUEUE_ON_COMMIT", False))
 
     @property
     def client(self) -> Client:
-        return client_for(self.url, self.connect_timeout, self.response_timeout, self.engine)
+        return client_for(
+            self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas, self.wait_timeout
+        )
 
     def validate_task(self, task: Task) -> None:
         super().validate_task(task)

@@ -5,6 +5,7 @@ hygiene for sync tasks (each runs in a worker thread, with
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +100,11 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
 
             wrapper = run_sync
         wrapper.wants_delivery = True  # type: ignore[union-attr]
+        signature = _call_signature(task)
+        if signature is not None:
+            # The worker checks arguments against it when a call fails with
+            # TypeError: arguments that cannot fit are dead-lettered at once.
+            wrapper.__signature__ = signature  # type: ignore[union-attr]
         cache[path] = wrapper
         return wrapper
 
@@ -106,9 +112,24 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
 
 
 def _is_coroutine(func: Callable[..., Any]) -> bool:
-    import inspect
-
     return inspect.iscoroutinefunction(func)
+
+
+def _call_signature(task: Task) -> inspect.Signature | None:
+    """The wrapper's signature: the delivery, then the task's own
+    parameters (without the context Django passes itself)."""
+    try:
+        signature = inspect.signature(task.func)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(signature.parameters.values())
+    if task.takes_context:
+        parameters = parameters[1:]
+    delivery = inspect.Parameter("delivery", inspect.Parameter.POSITIONAL_ONLY)
+    try:
+        return signature.replace(parameters=[delivery, *parameters])
+    except ValueError:
+        return None
 
 
 def make_worker(backend: ValkeyTaskBackend, **options: Any) -> Worker:
