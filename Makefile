@@ -20,7 +20,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .bench-venv
 
-.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance fuzz demo bench bench-venv compare clean
+.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -56,6 +56,9 @@ unit-test:
 python: setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --quiet -m python/Cargo.toml
 
+python-release: setup
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+
 rust-test: build
 	$(CARGO) nextest run --workspace --no-tests=warn
 
@@ -75,7 +78,20 @@ conformance: build python
 	VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q
 	VTASKS_TARGET=scripts-redis $(PY) -m pytest -q
 
-test: setup fmt-check clippy ruff mypy rust-test py-test conformance
+test: setup fmt-check clippy ruff mypy rust-test py-test conformance chaos-ci
+
+# The fault suite (tests/chaos): workers killed, Valkey killed and restarted,
+# failover to a replica, network cuts and latency spikes, a task that kills
+# its worker, a million tasks for memory. `chaos` runs it at full scale on
+# the module and on the scripts engine (report: target/chaos-report*.md);
+# `chaos-ci` the same tests smaller, on the module, as part of `make test`.
+CHAOS_PYTEST := $(PY) -m pytest tests/chaos -q -p no:cacheprovider
+chaos: build python-release
+	VTASKS_CHAOS=full VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
+	VTASKS_CHAOS=full VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
+
+chaos-ci: build python
+	VTASKS_CHAOS=ci $(CHAOS_PYTEST) --timeout 300
 
 # 1,000,000 random and mutated VTASKS.* commands at a live server, with the
 # module (debug build: overflow checks on) and with the scripts engine.
@@ -85,8 +101,7 @@ fuzz: build
 	VTASKS_FUZZ_COMMANDS=1000000 $(CARGO) nextest run $(FUZZ)
 	VTASKS_FUZZ_COMMANDS=1000000 VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(FUZZ)
 
-demo: build-release setup
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+demo: build-release python-release
 	$(PY) example/demo.py
 
 module-demo: build-release

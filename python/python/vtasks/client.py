@@ -310,6 +310,20 @@ class Client:
         await bridge.wait(self.native.enqueue(bridge.native, target, [i for _, i in items]))
         return [i[0] for _, i in items]
 
+    def enqueue_many_sync(
+        self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *, queue: str | None = None,
+    ) -> list[str]:
+        items = [
+            self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
+                             max_attempts=None)
+            for a, k in calls
+        ]
+        if not items:
+            return []
+        self.native.enqueue(None, queue or items[0][0], [i for _, i in items])
+        return [i[0] for _, i in items]
+
     async def get(self, queue: str, id: str) -> TaskState | None:
         bridge = LoopBridge.current()
         return _task_state(queue, id, await bridge.wait(self.native.get(bridge.native, queue, id)))
