@@ -12,6 +12,8 @@
 #   MEMCHECK_DIR           logs and helpers (default /tmp/memcheck; emptied)
 #   MEMCHECK_SERVER        the valkey-server to run (default: on PATH)
 #   MEMCHECK_TRACK_ORIGINS yes|no (default yes; no is about 2x faster)
+#   MEMCHECK_ERROR_EXITCODE valgrind --error-exitcode for the servers
+#                          (default none; see below)
 #   VTASKS_FUZZ_COMMANDS   commands of bad_input's fuzz test (default 2000)
 #
 # Debian's valkey-server (bookworm-backports) is linked with the system
@@ -31,6 +33,14 @@
 # stands in for valkey-server (VTASKS_SERVER) therefore runs valgrind as its
 # child and, if it is killed itself, shuts the server down (SHUTDOWN NOSAVE,
 # then SIGTERM, then SIGKILL) so the report is written.
+#
+# No --error-exitcode by default: valgrind applies it to fork children too,
+# and Valkey reads their exit status. A BGSAVE or diskless-sync child with
+# any error (even a definite leak inherited from its parent) then exits 99,
+# Valkey logs "BGSAVE child returned an error" and drops the replica, which
+# changes what the tests exercise. The verdict comes from the logs instead.
+# lzf_compress's by-design uninitialised hash table is suppressed, as in
+# Valkey's own src/valgrind.sup.
 #
 # testkit waits 10 s for a new server to answer PING (wait_ready in
 # testkit/src/lib.rs, `Duration::from_secs(10)`, no environment override);
@@ -52,7 +62,7 @@ as_root() {
 if ! command -v valgrind >/dev/null; then
     echo "memcheck: installing valgrind"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
 fi
 [ -n "$server" ] || { echo "memcheck: ${MEMCHECK_SERVER:-valkey-server} not found (run make setup)" >&2; exit 2; }
 command -v valkey-cli >/dev/null || { echo "memcheck: valkey-cli not found" >&2; exit 2; }
@@ -70,9 +80,29 @@ vg_opts=(
     --track-origins="$track_origins"
     --num-callers=50
     --fullpath-after=
-    --error-exitcode=99
     --vgdb=no
+    --suppressions="$out/valkey.supp"
 )
+if [ -n "${MEMCHECK_ERROR_EXITCODE:-}" ]; then
+    vg_opts+=(--error-exitcode="$MEMCHECK_ERROR_EXITCODE")
+fi
+cat >"$out/valkey.supp" <<'EOF'
+{
+   lzf_uninitialised_hash_table_cond
+   Memcheck:Cond
+   fun:lzf_compress
+}
+{
+   lzf_uninitialised_hash_table_value8
+   Memcheck:Value8
+   fun:lzf_compress
+}
+{
+   lzf_uninitialised_hash_table_value4
+   Memcheck:Value4
+   fun:lzf_compress
+}
+EOF
 preload=""
 malloc_kind=$("$server" --version | sed -n 's/.*malloc=\([a-z]*\).*/\1/p')
 if [ "$malloc_kind" = jemalloc ]; then

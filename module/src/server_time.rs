@@ -4,14 +4,13 @@
 //! Everything here runs on Valkey's main thread; the mutex only satisfies
 //! Rust's rules for statics and is never contended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::c_void;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use std::cell::RefCell;
-
 use redis_module::server_events::{LoadingSubevent, ServerRole};
-use redis_module::{raw, Context, ContextFlags, KeysCursor, RedisModuleTimerID};
+use redis_module::{raw, Context, ContextFlags, RedisModuleTimerID};
 use redis_module_macros::{loading_event_handler, role_changed_event_handler};
 
 use crate::core::error::VtResult;
@@ -138,20 +137,9 @@ pub fn add_blocked(queues: &[QueueKeys], delta: i64) {
 /// or kept results are found by scanning the keyspace once, so their leases
 /// expire even if no consumer touches them again.
 fn rediscover(ctx: &Context) {
-    let queues = RefCell::new(std::collections::BTreeSet::new());
-    let cursor = KeysCursor::new();
-    let collect =
-        |_: &Context, name: &redis_module::RedisString, _: Option<&redis_module::key::RedisKey>| {
-            let name = name.as_slice();
-            for suffix in [&b":leased"[..], b":delayed", b":done"] {
-                if let Some(queue) = name.strip_suffix(suffix) {
-                    queues.borrow_mut().insert(queue.to_vec());
-                }
-            }
-        };
-    while cursor.scan(ctx, &collect) {}
+    let queues = queues_with_schedules(ctx);
     let outcome = guard(|| {
-        for queue_name in queues.into_inner() {
+        for queue_name in queues {
             let Ok(keys) = QueueKeys::parse(&queue_name) else {
                 continue; // a foreign key that merely ends like ours
             };
@@ -165,6 +153,54 @@ fn rediscover(ctx: &Context) {
         ctx.log_warning(&format!("vtasks: rediscovering queues failed: {err}"));
     }
     arm(ctx);
+}
+
+/// The names of queues that have a leased, delayed or done set, from one
+/// pass over the keyspace. Scans with the server's API directly rather than
+/// the `redis-module` crate's `KeysCursor`, whose callback retains every
+/// key name it is handed and never releases it (one leaked string per key
+/// per scan, found with valgrind).
+fn queues_with_schedules(ctx: &Context) -> BTreeSet<Vec<u8>> {
+    extern "C" fn collect(
+        _ctx: *mut raw::RedisModuleCtx,
+        key_name: *mut raw::RedisModuleString,
+        _key: *mut raw::RedisModuleKey,
+        found: *mut c_void,
+    ) {
+        // Nothing here can panic; the guard keeps it that way across the FFI.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `found` is the set passed to RedisModule_Scan below,
+            // alive for the whole scan; the key name is valid during the
+            // callback and only borrowed.
+            let found = unsafe { &mut *found.cast::<BTreeSet<Vec<u8>>>() };
+            let mut len = 0usize;
+            let ptr = unsafe { raw::RedisModule_StringPtrLen.unwrap()(key_name, &mut len) };
+            if ptr.is_null() {
+                return;
+            }
+            let name = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+            for suffix in [&b":leased"[..], b":delayed", b":done"] {
+                if let Some(queue) = name.strip_suffix(suffix) {
+                    found.insert(queue.to_vec());
+                }
+            }
+        }));
+    }
+    let mut found = BTreeSet::new();
+    // SAFETY: the cursor is created, used and destroyed here, on the main
+    // thread holding the server lock (a server event callback).
+    unsafe {
+        let cursor = raw::RedisModule_ScanCursorCreate.unwrap()();
+        while raw::RedisModule_Scan.unwrap()(
+            ctx.ctx,
+            cursor,
+            Some(collect),
+            (&mut found as *mut BTreeSet<Vec<u8>>).cast::<c_void>(),
+        ) != 0
+        {}
+        raw::RedisModule_ScanCursorDestroy.unwrap()(cursor);
+    }
+    found
 }
 
 /// Deadlines written by something other than this module's commands (the
