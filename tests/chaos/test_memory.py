@@ -1,0 +1,85 @@
+"""A million tasks through Valkey and one worker, results kept for one
+second: once they have expired, Valkey's memory is back where it started,
+and the worker's RSS does not grow over the run."""
+
+from __future__ import annotations
+
+import time
+
+import vtasks
+from vtasks.payloads import encode_call
+
+from tests.chaos import tasks as chaos_tasks  # noqa: F401  (registers the tasks)
+from tests.chaos.harness import WorkerProcess, info, scale, wait_until
+
+BATCH = 1_000
+BACKLOG = 20_000  # the producer keeps at most this many tasks waiting
+# Bytes allowed above the start (connection buffers Valkey trims when idle);
+# a leak of one byte per task would exceed it, even at the CI scale.
+SLACK = 32 * 1024
+
+
+def used_memory(port: int) -> int:
+    return int(info(port, "memory")["used_memory"])
+
+
+def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
+    tasks = scale(1_000_000, 50_000)
+    client = vtasks.Client(valkey.url)
+    # The start: the queue exists (one task through it, its result expired),
+    # the engine is loaded, the worker connected; nothing waits or is kept.
+    client.enqueue_sync(chaos_tasks.noop, -1)
+    worker = WorkerProcess(valkey.url, events, concurrency=100, keep_results=1.0)
+
+    def settled(expected_acked: int) -> bool:
+        stats = client.stats_sync("default")
+        return stats["acked"] >= expected_acked and stats["done"] == 0 and stats["ready"] + stats["leased"] == 0
+
+    wait_until(lambda: settled(1), 60, "the first task", interval=0.2)
+    wait_until(lambda: int(info(valkey.port, "keyspace").get("db0", "keys=0").split(",")[0][5:]) <= 4, 60,
+               "the first result to expire", interval=0.2)
+    start = used_memory(valkey.port)
+
+    rss: list[tuple[int, int]] = []  # (tasks acked, worker RSS KiB)
+    peak_memory = start
+    started = time.monotonic()
+    enqueued = 0
+    while enqueued < tasks:
+        stats = client.stats_sync("default")
+        if stats["ready"] < BACKLOG:
+            count = min(BATCH, tasks - enqueued)
+            body = encode_call("chaos.noop", (0,), {})
+            client.native.enqueue(None, "default", [(f"m{enqueued + i}", body, 0, None, None, 3)
+                                                    for i in range(count)])
+            enqueued += count
+            if enqueued % (tasks // 10) == 0:
+                rss.append((stats["acked"], worker.rss_kib()))
+                peak_memory = max(peak_memory, used_memory(valkey.port))
+        else:
+            time.sleep(0.01)
+    wait_until(lambda: client.stats_sync("default")["acked"] >= tasks + 1, 600, "every task", interval=0.2)
+    elapsed = time.monotonic() - started
+    rss.append((tasks, worker.rss_kib()))
+    peak_memory = max(peak_memory, used_memory(valkey.port))
+    drained_at = time.monotonic()
+    wait_until(lambda: used_memory(valkey.port) <= start + SLACK, 120, "Valkey memory back at its start", interval=0.5)
+    back_after = time.monotonic() - drained_at
+    end = used_memory(valkey.port)
+    worker_stats = worker.stop()
+    stats = client.stats_sync("default")
+    assert stats["acked"] == tasks + 1 and stats["dead"] == 0, stats
+    assert worker_stats["succeeded"] == tasks + 1, worker_stats
+    # The worker's memory after the first tenth against the end: no growth
+    # beyond allocator noise.
+    first, last = rss[0][1], rss[-1][1]
+    assert last - first < 16 * 1024, f"worker RSS grew from {first} to {last} KiB: {rss}"
+    report.append({
+        "fault": "memory: tasks through one worker, results kept 1 s",
+        "runs": 1,
+        "tasks": tasks,
+        "lost": 0,
+        "duplicated": 0,
+        "recovery": f"Valkey used_memory back to start + {max(0, end - start)} B {back_after:.0f} s after the last task",
+        "notes": f"{tasks / elapsed:,.0f} tasks/s; used_memory start {start / 1e6:.2f} MB, peak {peak_memory / 1e6:.1f} MB, "
+                 f"end {end / 1e6:.2f} MB; worker RSS {first / 1024:.0f} MiB at 10%, {last / 1024:.0f} MiB at the end",
+    })
