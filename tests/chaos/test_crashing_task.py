@@ -38,7 +38,7 @@ def test_a_task_that_kills_its_worker_ends_dead_lettered(valkey, events, report)
 
         wait_until(crash_is_dead, 120, "the crashing task to be dead-lettered")
         to_dead.append(time.time() - enqueued_at)
-        wait_until(lambda: ledger.completed() == (round_ + 1) * others, 120, "the other tasks")
+        wait_until(lambda r=round_: ledger.completed() == (r + 1) * others, 120, "the other tasks")
         worker.stop()
 
     for task_id in crash_ids:

@@ -37,7 +37,7 @@ def replica_of(port: int) -> ValkeyServer:
 def test_failover_to_a_replica(wait_replicas, events, report):
     tasks, runs = scale(10_000, 1_500), scale(3, 1)
     lost_per_run, twice_per_run, recoveries, refused = [], [], [], 0
-    for run in range(runs):
+    for _ in range(runs):
         events.write_text("")
         primary = ValkeyServer(NO_SYNC_DELAY)
         link = ChaosProxy(primary.port).start()
@@ -55,10 +55,10 @@ def test_failover_to_a_replica(wait_replicas, events, report):
             # producer, so a backlog waits in the queue, as in production.
             producer = Producer(client, tasks, seconds=0.05, batch=20, pace=0.005)
             producer.start()
-            wait_until(lambda: len(producer.acked) >= tasks // 2, 120, "half the enqueues")
+            wait_until(lambda p=producer: len(p.acked) >= tasks // 2, 120, "half the enqueues")
             # The worst moment: just after the primary acknowledged a batch.
             acked = len(producer.acked)
-            wait_until(lambda: len(producer.acked) > acked, 10, "an acknowledgement", interval=0.0002)
+            wait_until(lambda p=producer, a=acked: len(p.acked) > a, 10, "an acknowledgement", interval=0.0002)
             killed_at = time.time()
             # The primary's machine goes: what was on the wire to the replica
             # goes with it.
@@ -68,12 +68,13 @@ def test_failover_to_a_replica(wait_replicas, events, report):
             front.switch(replica.port)
             # A new replica for the promoted primary (WAIT needs one).
             servers.append(replica_of(replica.port))
-            wait_until(lambda: producer.first_ack_after(killed_at) is not None, 60, "enqueues on the new primary")
+            wait_until(lambda p=producer, t=killed_at: p.first_ack_after(t) is not None, 60,
+                       "enqueues on the new primary")
             recoveries.append(producer.first_ack_after(killed_at) - killed_at)  # type: ignore[operator]
             producer.join(300)
             assert not producer.is_alive() and len(producer.acked) == tasks
 
-            def settled() -> bool:
+            def settled(client: vtasks.Client = client) -> bool:
                 stats = client.stats_sync("default")
                 return stats["ready"] + stats["leased"] + stats["delayed"] == 0
 

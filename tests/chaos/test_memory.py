@@ -79,7 +79,9 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
         "tasks": tasks,
         "lost": 0,
         "duplicated": 0,
-        "recovery": f"Valkey used_memory back to start + {max(0, end - start)} B {back_after:.0f} s after the last task",
-        "notes": f"{tasks / elapsed:,.0f} tasks/s; used_memory start {start / 1e6:.2f} MB, peak {peak_memory / 1e6:.1f} MB, "
-                 f"end {end / 1e6:.2f} MB; worker RSS {first / 1024:.0f} MiB at 10%, {last / 1024:.0f} MiB at the end",
+        "recovery": f"Valkey used_memory back to start + {max(0, end - start)} B "
+                    f"{back_after:.0f} s after the last task",
+        "notes": f"{tasks / elapsed:,.0f} tasks/s; used_memory start {start / 1e6:.2f} MB, "
+                 f"peak {peak_memory / 1e6:.1f} MB, end {end / 1e6:.2f} MB; "
+                 f"worker RSS {first / 1024:.0f} MiB at 10%, {last / 1024:.0f} MiB at the end",
     })

@@ -29,13 +29,14 @@ def test_valkey_killed_and_restarted_on_its_aof(fsync, events, report):
         rng = random.Random(5)
         recoveries, downtimes = [], []
         for k in range(kills):
-            wait_until(lambda: len(producer.acked) >= tasks * (k + 1) // (kills + 1), 300, "enqueues")
+            wait_until(lambda k=k: len(producer.acked) >= tasks * (k + 1) // (kills + 1), 300, "enqueues")
             time.sleep(rng.uniform(0, 0.2))
             killed_at = time.time()
             server.kill()
             server.start()
             downtimes.append(time.time() - killed_at)
-            wait_until(lambda: producer.first_ack_after(killed_at + downtimes[-1]) is not None, 60, "enqueues again")
+            wait_until(lambda t=killed_at: producer.first_ack_after(t + downtimes[-1]) is not None, 60,
+                       "enqueues again")
             recoveries.append(producer.first_ack_after(killed_at) - killed_at)  # type: ignore[operator]
         producer.join(300)
         assert not producer.is_alive()

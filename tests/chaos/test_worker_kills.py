@@ -10,7 +10,6 @@ import time
 import vtasks
 
 from tests.chaos import tasks as chaos_tasks  # noqa: F401  (registers the tasks)
-
 from tests.chaos.harness import Ledger, WorkerProcess, duplicates, median, mixed_durations, scale, wait_until
 
 LEASE = 2.0
@@ -30,7 +29,7 @@ def test_sigkilled_workers_lose_nothing_and_repeat_only_what_they_held(valkey, e
     started = time.monotonic()
     for k in range(kills):
         # Spread the kills over the run: the k-th once (k+1)/(kills+1) of the tasks are done.
-        wait_until(lambda: ledger.completed() >= tasks * (k + 1) // (kills + 1), 300, "progress")
+        wait_until(lambda k=k: ledger.completed() >= tasks * (k + 1) // (kills + 1), 300, "progress")
         time.sleep(rng.uniform(0, 0.3))
         index = rng.randrange(len(workers))
         victim = workers[index]
