@@ -93,11 +93,13 @@ chaos: build python-release
 chaos-ci: build python
 	VTASKS_CHAOS=ci $(CHAOS_PYTEST) --timeout 300
 
-# 1,000,000 random and mutated VTASKS.* commands at a live server, with the
-# module (debug build: overflow checks on) and with the scripts engine.
-# CI runs the same test with 20,000.
+# 10,000,000 random and mutated argument lists through the module's parsers
+# (no server), then 1,000,000 random and mutated VTASKS.* commands at a live
+# server, with the module (debug build: overflow checks on) and with the
+# scripts engine. CI runs the same tests with 20,000.
 FUZZ := -p vtasks-module --test bad_input -E 'test(random_and_mutated)'
 fuzz: build
+	VTASKS_PARSE_FUZZ_CASES=10000000 $(CARGO) nextest run -p vtasks-module --lib -E 'test(parse_fuzz)'
 	VTASKS_FUZZ_COMMANDS=1000000 $(CARGO) nextest run $(FUZZ)
 	VTASKS_FUZZ_COMMANDS=1000000 VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(FUZZ)
 

@@ -2,7 +2,7 @@
 //! every value is taken with a name that appears in the error if it is
 //! missing or malformed, and `finish()` rejects leftovers.
 
-use crate::core::error::{VtError, VtResult};
+use crate::core::error::{shown, VtError, VtResult};
 
 pub struct Args<'a> {
     items: &'a [&'a [u8]],
@@ -43,11 +43,12 @@ impl<'a> Args<'a> {
         parse_int(raw, what, min, max)
     }
 
-    /// The next argument upper-cased, if there is one, for option matching.
+    /// The next argument upper-cased, if there is one, for option matching
+    /// (and for error messages: as `shown`).
     pub fn next_keyword(&mut self) -> Option<String> {
         let item = self.items.get(self.pos)?;
         self.pos += 1;
-        Some(String::from_utf8_lossy(item).to_ascii_uppercase())
+        Some(shown(item).to_ascii_uppercase())
     }
 
     /// Takes the next argument if it is `keyword` (any case).
@@ -72,7 +73,7 @@ impl<'a> Args<'a> {
             None => Ok(()),
             Some(extra) => Err(VtError::syntax(format!(
                 "unexpected argument '{}'",
-                String::from_utf8_lossy(extra)
+                shown(extra)
             ))),
         }
     }

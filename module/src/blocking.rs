@@ -9,8 +9,9 @@ use std::os::raw::{c_int, c_void};
 
 use redis_module::{raw, Context, RedisError, RedisValue};
 
-use crate::commands::fetchn::{fetch_ready, fetch_reply, replicate_woken_fetch, FetchRequest};
+use crate::commands::fetchn::{fetch_ready, fetch_reply, replicate_woken_fetch};
 use crate::guard;
+use crate::parse::FetchRequest;
 use crate::server_time;
 use crate::valkey_store::ValkeyStore;
 

@@ -7,6 +7,9 @@
 
 pub mod args;
 pub mod core;
+pub mod parse;
+#[cfg(test)]
+mod parse_fuzz;
 
 #[cfg(not(test))]
 mod blocking;

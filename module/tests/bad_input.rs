@@ -323,6 +323,29 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
             "error replies carry a code: {err}"
         );
     }
+    // Arguments quoted in errors are cut to 64 bytes and control characters
+    // shown as '?': a hostile argument neither bloats an error nor breaks it.
+    let long = "y".repeat(100_000);
+    assert_eq!(
+        query_err(&mut con, &["VTASKS.PURGE", "{q}", "ALL", &long]),
+        format!(
+            "ERR syntax error: unexpected argument '{}...'",
+            "y".repeat(64)
+        )
+    );
+    assert_eq!(
+        query_err(
+            &mut con,
+            &["VTASKS.ACK", "{q}", "1", "t", "1", "", "a\r\nb"]
+        ),
+        "ERR syntax error: unknown option 'A??B'"
+    );
+    let err = query_err(&mut con, &["VTASKS.STATS", &format!("{{{long}}}")]);
+    assert!(
+        err.starts_with(&format!("ERR invalid queue '{{{}...'", "y".repeat(63))) && err.len() < 300,
+        "{}",
+        &err[..err.len().min(300)]
+    );
     assert!(server.alive());
     assert_eq!(text(&query(&mut con, &["PING"])), "PONG");
     // Nothing any of those calls did changed the queue.

@@ -99,11 +99,19 @@ function Args:next(what)
   return item
 end
 
+-- An argument as error messages quote it (as the module's `shown`): at
+-- most its first 64 bytes, then '...', control characters as '?'.
+local function shown(arg)
+  local text = string.gsub(string.sub(arg, 1, 64), '%c', '?')
+  if #arg > 64 then text = text .. '...' end
+  return text
+end
+
 function Args:next_keyword()
   local item = ARGV[self.pos]
   if item == nil then return nil end
   self.pos = self.pos + 1
-  return string.upper(item)
+  return string.upper(shown(item))
 end
 
 function Args:peek_is(keyword)
@@ -121,7 +129,7 @@ end
 
 function Args:finish()
   local extra = ARGV[self.pos]
-  if extra ~= nil then syntax("unexpected argument '" .. extra .. "'") end
+  if extra ~= nil then syntax("unexpected argument '" .. shown(extra) .. "'") end
 end
 
 -- Parses a decimal integer as the module does (an i64), then checks the
@@ -176,7 +184,7 @@ local declared_queues -- queues taken from KEYS so far in this call
 local function queue_keys(arg)
   local name = string.match(arg, '^{([A-Za-z0-9_%.:%-]+)}$')
   if name == nil or #name > MAX_QUEUE_NAME then
-    fail("ERR invalid queue '" .. arg ..
+    fail("ERR invalid queue '" .. shown(arg) ..
       "': expected {name} where name is 1-128 characters of A-Z a-z 0-9 _ . : -")
   end
   local base = declared_queues * KEYS_PER_QUEUE
@@ -813,7 +821,7 @@ function commands.FETCHN(a)
   local function queue_index(name)
     local i = index_of[name]
     if i == nil then
-      fail('ERR queue ' .. name .. ' in ACK/NACK is not among the queues this FETCHN names')
+      fail('ERR queue ' .. shown(name) .. ' in ACK/NACK is not among the queues this FETCHN names')
     end
     return i
   end

@@ -2,10 +2,10 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
-use crate::args::{unknown_option, Args};
-use crate::core::error::{VtError, VtResult};
+use crate::args::unknown_option;
 use crate::core::keys::*;
-use crate::core::queue::{self, AckItem, Settled};
+use crate::core::queue::{self, Settled};
+use crate::parse::{item_count, parse_ack_item};
 
 /// VTASKS.ACK <queue> <n> <id> <token> <result> [<id> <token> <result> ...] [KEEP <ms>]
 #[command({
@@ -39,34 +39,5 @@ fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         let outcomes = queue::ack(store, keys, &items, keep, now)?;
         Ok(statuses(outcomes, Settled::as_str))
-    })
-}
-
-/// Reads an item count and checks that the items it announces are there.
-pub(super) fn item_count(a: &mut Args, what: &'static str, width: usize) -> VtResult<usize> {
-    let n = a.next_int("item count", 1, MAX_FETCH_COUNT * 10)? as usize;
-    if a.remaining() < n * width {
-        return Err(VtError::syntax(format!(
-            "{what} announces {n} items of {width} arguments but only {} arguments follow",
-            a.remaining()
-        )));
-    }
-    Ok(n)
-}
-
-pub(super) fn parse_token(a: &mut Args) -> VtResult<i64> {
-    a.next_int("token", 1, i64::MAX)
-}
-
-pub(super) fn parse_ack_item<'a>(a: &mut Args<'a>) -> VtResult<AckItem<'a>> {
-    let id = a.next_bytes("task id")?;
-    validate_id(id)?;
-    let token = parse_token(a)?;
-    let result = a.next_bytes("result")?;
-    validate_payload("result", result)?;
-    Ok(AckItem {
-        id,
-        token,
-        result: (!result.is_empty()).then_some(result),
     })
 }

@@ -2,10 +2,11 @@ use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
 use super::{bulk, read_one, write_one, Clock};
-use crate::args::{unknown_option, Args};
+use crate::args::unknown_option;
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
-use crate::core::queue::{self, Selection};
+use crate::core::queue::{self};
+use crate::parse::parse_selection;
 
 /// VTASKS.DEADLIST <queue> [OFFSET <n>] [COUNT <n>]
 #[command({
@@ -101,28 +102,6 @@ fn vtasks_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             queue::purge(store, keys, &selection)? as i64
         ))
     })
-}
-
-fn parse_selection<'a>(a: &mut Args<'a>) -> VtResult<Selection<'a>> {
-    match a.next_keyword().as_deref() {
-        Some("ALL") => {
-            a.finish()?;
-            Ok(Selection::All)
-        }
-        Some("IDS") => {
-            let mut ids = Vec::new();
-            while !a.is_empty() {
-                let id = a.next_bytes("task id")?;
-                validate_id(id)?;
-                ids.push(id);
-            }
-            if ids.is_empty() {
-                return Err(VtError::syntax("IDS needs at least one task id"));
-            }
-            Ok(Selection::Ids(ids))
-        }
-        _ => Err(VtError::syntax("expected ALL or IDS <id> [<id> ...]")),
-    }
 }
 
 /// Dead-letter commands name an existing queue: a typo should not look like

@@ -1,12 +1,10 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::ack::{item_count, parse_token};
 use super::{statuses, write_one, Clock};
-use crate::args::Args;
-use crate::core::error::VtResult;
 use crate::core::keys::*;
-use crate::core::queue::{self, LeaseRef, Settled};
+use crate::core::queue::{self, Settled};
+use crate::parse::parse_lease_refs;
 
 /// VTASKS.EXTEND <queue> <lease-ms> <n> <id> <token> [<id> <token> ...]
 #[command({
@@ -32,21 +30,4 @@ fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let outcomes = queue::extend(store, keys, &items, lease, now)?;
         Ok(statuses(outcomes, Settled::as_str))
     })
-}
-
-pub(super) fn parse_lease_refs<'a>(
-    a: &mut Args<'a>,
-    what: &'static str,
-) -> VtResult<Vec<LeaseRef<'a>>> {
-    let n = item_count(a, what, 2)?;
-    let mut items = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = a.next_bytes("task id")?;
-        validate_id(id)?;
-        items.push(LeaseRef {
-            id,
-            token: parse_token(a)?,
-        });
-    }
-    Ok(items)
 }

@@ -1,20 +1,16 @@
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
-use super::ack::{item_count, parse_ack_item};
-use super::nack::parse_nack_item;
 use super::{bulk, clock_and_args, replicate, statuses, to_reply, Clock};
-use crate::args::{unknown_option, Args};
+use crate::args::Args;
 use crate::blocking::{self, Pending};
-use crate::core::error::{VtError, VtResult};
+use crate::core::error::VtResult;
 use crate::core::keys::*;
-use crate::core::queue::{self, AckItem, Leased, NackItem, NackOutcome, Settled};
+use crate::core::queue::{self, Leased, NackOutcome, Settled};
 use crate::guard;
+use crate::parse::{FetchCall, FetchRequest};
 use crate::server_time;
 use crate::valkey_store::ValkeyStore;
-
-/// Most queues one FETCHN may name.
-const MAX_QUEUES: i64 = 64;
 
 /// VTASKS.FETCHN <numqueues> <queue> [<queue> ...] CONSUMER <name> [COUNT <n>] [LEASE <ms>] [BLOCK <ms>] [KEEP <ms>] [ACK <n> <queue> <id> <token> <result> ...] [NACK <n> <queue> <id> <token> <retry-delay-ms | DEAD> <error> ...]
 #[command({
@@ -74,90 +70,6 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             _ => Ok(fetch_reply(&call.request.queues, tasks, acks, nacks)),
         }
     }))
-}
-
-/// What a consumer asked for, kept while it is blocked.
-pub struct FetchRequest {
-    pub queues: Vec<QueueKeys>,
-    pub consumer: Vec<u8>,
-    pub count: usize,
-    pub lease_ms: i64,
-}
-
-struct FetchCall<'a> {
-    request: FetchRequest,
-    block_ms: Option<i64>,
-    /// Index of the BLOCK option among the arguments.
-    block_at: Option<usize>,
-    keep_ms: i64,
-    acks: Vec<(usize, AckItem<'a>)>,
-    nacks: Vec<(usize, NackItem<'a>)>,
-}
-
-impl<'a> FetchCall<'a> {
-    fn parse(a: &mut Args<'a>) -> VtResult<Self> {
-        let n = a.next_int("numqueues", 1, MAX_QUEUES)?;
-        let mut queues = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            queues.push(QueueKeys::parse(a.next_bytes("queue")?)?);
-        }
-        let mut call = FetchCall {
-            request: FetchRequest {
-                queues,
-                consumer: Vec::new(),
-                count: 1,
-                lease_ms: DEFAULT_LEASE_MS,
-            },
-            block_ms: None,
-            block_at: None,
-            keep_ms: DEFAULT_KEEP_MS,
-            acks: Vec::new(),
-            nacks: Vec::new(),
-        };
-        while let Some(option) = a.next_keyword() {
-            match option.as_str() {
-                "CONSUMER" => {
-                    let name = a.next_bytes("CONSUMER")?;
-                    validate_consumer(name)?;
-                    call.request.consumer = name.to_vec();
-                }
-                "COUNT" => call.request.count = a.next_int("COUNT", 1, MAX_FETCH_COUNT)? as usize,
-                "LEASE" => call.request.lease_ms = a.next_int("LEASE", 1, MAX_DURATION_MS)?,
-                "BLOCK" => {
-                    call.block_at = Some(a.position() - 1);
-                    call.block_ms = Some(a.next_int("BLOCK", 0, MAX_DURATION_MS)?);
-                }
-                "KEEP" => call.keep_ms = a.next_int("KEEP", 0, MAX_DURATION_MS)?,
-                "ACK" => {
-                    for _ in 0..item_count(a, "ACK", 4)? {
-                        let queue = call.queue_index(a.next_bytes("queue")?)?;
-                        call.acks.push((queue, parse_ack_item(a)?));
-                    }
-                }
-                "NACK" => {
-                    for _ in 0..item_count(a, "NACK", 5)? {
-                        let queue = call.queue_index(a.next_bytes("queue")?)?;
-                        call.nacks.push((queue, parse_nack_item(a)?));
-                    }
-                }
-                other => return Err(unknown_option(other)),
-            }
-        }
-        if call.request.consumer.is_empty() {
-            return Err(VtError::syntax("CONSUMER <name> is required"));
-        }
-        Ok(call)
-    }
-
-    /// Settled tasks must belong to a queue the call declares as a key, so
-    /// ACLs and cluster routing see every key the command touches.
-    fn queue_index(&self, queue: &[u8]) -> VtResult<usize> {
-        self.request
-            .queues
-            .iter()
-            .position(|k| k.queue() == queue)
-            .ok_or_else(|| VtError::UndeclaredQueue(String::from_utf8_lossy(queue).into_owned()))
-    }
 }
 
 /// Applies the call's ACKs and NACKs, one core call per queue, and returns

@@ -1,12 +1,9 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::ack::{item_count, parse_token};
 use super::{statuses, write_one, Clock};
-use crate::args::{parse_int, Args};
-use crate::core::error::VtResult;
-use crate::core::keys::*;
-use crate::core::queue::{self, NackItem, NackOutcome, Retry};
+use crate::core::queue::{self, NackOutcome};
+use crate::parse::{item_count, parse_nack_item};
 
 /// VTASKS.NACK <queue> <n> <id> <token> <retry-delay-ms | DEAD> <error> [...]
 #[command({
@@ -34,24 +31,5 @@ fn vtasks_nack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         a.finish()?;
         let outcomes = queue::nack(store, keys, &items, now)?;
         Ok(statuses(outcomes, NackOutcome::as_str))
-    })
-}
-
-pub(super) fn parse_nack_item<'a>(a: &mut Args<'a>) -> VtResult<NackItem<'a>> {
-    let id = a.next_bytes("task id")?;
-    validate_id(id)?;
-    let token = parse_token(a)?;
-    let delay = a.next_bytes("retry delay")?;
-    let retry = if delay.eq_ignore_ascii_case(b"DEAD") {
-        Retry::Never
-    } else {
-        Retry::After(parse_int(delay, "retry delay", 0, MAX_DURATION_MS)?)
-    };
-    let error = a.next_bytes("error")?;
-    Ok(NackItem {
-        id,
-        token,
-        retry,
-        error,
     })
 }

@@ -1,9 +1,9 @@
 use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
-use super::extend::parse_lease_refs;
 use super::{statuses, write_one, Clock};
 use crate::core::queue::{self, Settled};
+use crate::parse::parse_lease_refs;
 
 /// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
 #[command({

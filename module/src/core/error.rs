@@ -93,3 +93,19 @@ impl fmt::Display for VtError {
 }
 
 impl std::error::Error for VtError {}
+
+/// An argument as error messages quote it: at most its first 64 bytes
+/// (then `...`), control characters as `?`, so a hostile argument can
+/// neither bloat an error reply nor break its line.
+pub fn shown(arg: &[u8]) -> String {
+    const MAX: usize = 64;
+    let cut = &arg[..arg.len().min(MAX)];
+    let mut text: String = String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c.is_ascii_control() { '?' } else { c })
+        .collect();
+    if arg.len() > MAX {
+        text.push_str("...");
+    }
+    text
+}

@@ -57,7 +57,7 @@ pub struct QueueKeys {
 impl QueueKeys {
     /// Validates a queue argument of the form `{name}` and derives its keys.
     pub fn parse(arg: &[u8]) -> VtResult<QueueKeys> {
-        let invalid = || VtError::InvalidQueue(String::from_utf8_lossy(arg).into_owned());
+        let invalid = || VtError::InvalidQueue(crate::core::error::shown(arg));
         let name = arg
             .strip_prefix(b"{")
             .and_then(|rest| rest.strip_suffix(b"}"))

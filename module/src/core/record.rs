@@ -151,7 +151,7 @@ impl TaskRecord {
         let corrupt = || {
             VtError::Internal(format!(
                 "corrupt task record '{}'",
-                String::from_utf8_lossy(bytes)
+                crate::core::error::shown(bytes)
             ))
         };
         let mut words = bytes.split(|c| *c == b' ');
