@@ -1,6 +1,13 @@
 """A million tasks through Valkey and one worker, results kept for one
 second: once they have expired, Valkey's memory is back where it started,
-and the worker's RSS does not grow over the run."""
+and the worker's RSS does not grow over the run.
+
+Valkey's memory is read from its allocator (`allocator_allocated`, the
+bytes jemalloc holds for the server). `used_memory`, Valkey's own counter,
+drifts upward on Debian's valkey-server 8.0.1 under any workload that
+creates and deletes keys (about 1.5 bytes per HSET+ZADD+ZREM+DEL with no
+vtasks involved, while the allocator's figure goes down), so it is reported
+but cannot show a leak."""
 
 from __future__ import annotations
 
@@ -23,6 +30,10 @@ def used_memory(port: int) -> int:
     return int(info(port, "memory")["used_memory"])
 
 
+def allocated(port: int) -> int:
+    return int(info(port, "memory")["allocator_allocated"])
+
+
 def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
     tasks = scale(1_000_000, 50_000)
     client = vtasks.Client(valkey.url)
@@ -38,7 +49,7 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
     wait_until(lambda: settled(1), 60, "the first task", interval=0.2)
     wait_until(lambda: int(info(valkey.port, "keyspace").get("db0", "keys=0").split(",")[0][5:]) <= 4, 60,
                "the first result to expire", interval=0.2)
-    start = used_memory(valkey.port)
+    start, start_used = allocated(valkey.port), used_memory(valkey.port)
 
     rss: list[tuple[int, int]] = []  # (tasks acked, worker RSS KiB)
     peak_memory = start
@@ -54,17 +65,17 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
             enqueued += count
             if enqueued % (tasks // 10) == 0:
                 rss.append((stats["acked"], worker.rss_kib()))
-                peak_memory = max(peak_memory, used_memory(valkey.port))
+                peak_memory = max(peak_memory, allocated(valkey.port))
         else:
             time.sleep(0.01)
     wait_until(lambda: client.stats_sync("default")["acked"] >= tasks + 1, 600, "every task", interval=0.2)
     elapsed = time.monotonic() - started
     rss.append((tasks, worker.rss_kib()))
-    peak_memory = max(peak_memory, used_memory(valkey.port))
+    peak_memory = max(peak_memory, allocated(valkey.port))
     drained_at = time.monotonic()
-    wait_until(lambda: used_memory(valkey.port) <= start + SLACK, 120, "Valkey memory back at its start", interval=0.5)
+    wait_until(lambda: allocated(valkey.port) <= start + SLACK, 120, "Valkey memory back at its start", interval=0.5)
     back_after = time.monotonic() - drained_at
-    end = used_memory(valkey.port)
+    end, end_used = allocated(valkey.port), used_memory(valkey.port)
     worker_stats = worker.stop()
     stats = client.stats_sync("default")
     assert stats["acked"] == tasks + 1 and stats["dead"] == 0, stats
@@ -79,9 +90,10 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
         "tasks": tasks,
         "lost": 0,
         "duplicated": 0,
-        "recovery": f"Valkey used_memory back to start + {max(0, end - start)} B "
+        "recovery": f"Valkey's allocated memory back to its start ({end - start:+,} B) "
                     f"{back_after:.0f} s after the last task",
-        "notes": f"{tasks / elapsed:,.0f} tasks/s; used_memory start {start / 1e6:.2f} MB, "
-                 f"peak {peak_memory / 1e6:.1f} MB, end {end / 1e6:.2f} MB; "
+        "notes": f"{tasks / elapsed:,.0f} tasks/s; allocated start {start / 1e6:.2f} MB, "
+                 f"peak {peak_memory / 1e6:.1f} MB, end {end / 1e6:.2f} MB "
+                 f"(used_memory {start_used / 1e6:.2f} → {end_used / 1e6:.2f} MB); "
                  f"worker RSS {first / 1024:.0f} MiB at 10%, {last / 1024:.0f} MiB at the end",
     })
