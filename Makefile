@@ -83,11 +83,12 @@ test: setup fmt-check clippy ruff mypy rust-test py-test conformance chaos-ci
 # The fault suite (tests/chaos): workers killed, Valkey killed and restarted,
 # failover to a replica, network cuts and latency spikes, a task that kills
 # its worker, a million tasks for memory. `chaos` runs it at full scale on
-# the module and on the scripts engine (report: target/chaos-report*.md);
+# the module (release build, as deployed) and on the scripts engine
+# (report: target/chaos-report*.md);
 # `chaos-ci` the same tests smaller, on the module, as part of `make test`.
 CHAOS_PYTEST := $(PY) -m pytest tests/chaos -q -p no:cacheprovider
-chaos: build python-release
-	VTASKS_CHAOS=full VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
+chaos: build-release python-release
+	VTASKS_CHAOS=full VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
 	VTASKS_CHAOS=full VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
 
 chaos-ci: build python
