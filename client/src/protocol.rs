@@ -193,6 +193,22 @@ pub struct Fetched {
 }
 
 impl Fetch {
+    /// One task from `queues` for `consumer`, with the module's default
+    /// lease (30 s), no blocking and nothing to settle; set the other
+    /// fields with struct update syntax.
+    pub fn new(queues: Vec<QueueName>, consumer: impl Into<String>) -> Fetch {
+        Fetch {
+            queues,
+            consumer: consumer.into(),
+            count: 1,
+            lease: Duration::from_secs(30),
+            block: None,
+            keep: None,
+            acks: Vec::new(),
+            nacks: Vec::new(),
+        }
+    }
+
     pub fn to_cmd(&self) -> Result<redis::Cmd> {
         if self.queues.is_empty() {
             return Err(Error::InvalidInput("fetch needs at least one queue".into()));

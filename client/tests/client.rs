@@ -45,14 +45,8 @@ async fn enqueue_fetch_ack_get_stats() {
     );
 
     let fetch = Fetch {
-        queues: vec![queue.clone()],
-        consumer: "w1".into(),
         count: 10,
-        lease: Duration::from_secs(30),
-        block: None,
-        keep: None,
-        acks: vec![],
-        nacks: vec![],
+        ..Fetch::new(vec![queue.clone()], "w1")
     };
     let got = client.fetch(&fetch).await.unwrap();
     assert_eq!(got.tasks.len(), 1);
@@ -134,14 +128,9 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     let mut fetcher = client.blocking_fetcher();
     let id = fetcher.connect().await.unwrap();
     let fetch = Fetch {
-        queues: vec![queue.clone()],
-        consumer: "w".into(),
         count: 5,
-        lease: Duration::from_secs(30),
         block: Some(Duration::from_secs(20)),
-        keep: None,
-        acks: vec![],
-        nacks: vec![],
+        ..Fetch::new(vec![queue.clone()], "w")
     };
     let waiting = tokio::spawn({
         let fetch = fetch.clone();
@@ -267,14 +256,8 @@ async fn the_scripts_library_is_loaded_again_when_the_server_lost_it() {
     flush().await;
     let got = client
         .fetch(&Fetch {
-            queues: vec![queue.clone()],
-            consumer: "w".into(),
             count: 10,
-            lease: Duration::from_secs(30),
-            block: None,
-            keep: None,
-            acks: vec![],
-            nacks: vec![],
+            ..Fetch::new(vec![queue.clone()], "w")
         })
         .await
         .unwrap();

@@ -36,14 +36,9 @@ fn cluster_node() -> Server {
 
 fn fetch(queues: &[&QueueName], count: usize) -> Fetch {
     Fetch {
-        queues: queues.iter().map(|q| (*q).clone()).collect(),
-        consumer: "w".into(),
         count,
         lease: Duration::from_millis(200),
-        block: None,
-        keep: None,
-        acks: vec![],
-        nacks: vec![],
+        ..Fetch::new(queues.iter().map(|q| (*q).clone()).collect(), "w")
     }
 }
 

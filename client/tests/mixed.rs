@@ -26,14 +26,9 @@ async fn client(server: &Server, engine: EngineChoice) -> Client {
 
 fn fetch(queue: &QueueName, consumer: &str, count: usize, lease_ms: u64) -> Fetch {
     Fetch {
-        queues: vec![queue.clone()],
-        consumer: consumer.into(),
         count,
         lease: Duration::from_millis(lease_ms),
-        block: None,
-        keep: None,
-        acks: vec![],
-        nacks: vec![],
+        ..Fetch::new(vec![queue.clone()], consumer)
     }
 }
 
