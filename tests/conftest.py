@@ -55,8 +55,12 @@ def server_binary() -> str:
 
 
 class ValkeyServer:
-    def __init__(self, extra: list[str] | None = None, with_module: bool | None = None) -> None:
-        """``with_module``: None follows ``VTASKS_TARGET``."""
+    def __init__(
+        self, extra: list[str] | None = None, with_module: bool | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """``with_module``: None follows ``VTASKS_TARGET``; ``env``: added to
+        the server's environment."""
+        self.env = {**os.environ, **(env or {})}
         if with_module is None:
             with_module = TARGET == "module"
         self.binary = server_binary() if not with_module else os.environ.get("VTASKS_SERVER", "valkey-server")
@@ -83,7 +87,7 @@ class ValkeyServer:
         self.process = subprocess.Popen(
             [self.binary, str(self.dir / "valkey.conf"),
              "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), *self.extra],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -36,6 +36,18 @@ def command(port: int, *args: str | int | bytes, timeout: float = 10.0) -> objec
         return _read_reply(s.makefile("rb"))
 
 
+def command_pipeline(port: int, commands: list[tuple[str | int | bytes, ...]]) -> list[object]:
+    """Many commands in one pipeline; their replies, in order."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        out = bytearray()
+        for args in commands:
+            parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+            out += b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        s.sendall(out)
+        f = s.makefile("rb")
+        return [_read_reply(f) for _ in commands]
+
+
 def _read_reply(f) -> object:  # type: ignore[no-untyped-def]
     line = f.readline()
     kind, rest = line[:1], line[1:-2]
