@@ -80,7 +80,8 @@ conformance: build python
 
 test: setup fmt-check clippy ruff mypy rust-test py-test conformance chaos-ci
 
-# The fault suite (tests/chaos): workers killed, Valkey killed and restarted,
+# The fault suite (tests/chaos): workers killed, Valkey killed (and its
+# unsynced AOF writes dropped, as by a power cut) and restarted,
 # failover to a replica, network cuts and latency spikes, a task that kills
 # its worker, a million tasks for memory. `chaos` runs it at full scale on
 # the module (release build, as deployed) and on the scripts engine
