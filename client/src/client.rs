@@ -50,6 +50,33 @@ impl ClientOptions {
     }
 }
 
+/// `WAIT <replicas> <timeout-ms>`: sent right behind a write on the
+/// connection that made it, it returns once that many replicas hold
+/// everything the connection wrote, or at the timeout with how many do.
+fn wait_cmd(wait: WaitReplicas) -> redis::Cmd {
+    let timeout_ms = u64::try_from(wait.timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(wait.replicas).arg(timeout_ms);
+    cmd
+}
+
+/// `NotReplicated` unless `WAIT` counted enough replicas.
+fn replicated(wait: WaitReplicas, reply: Value) -> Result<()> {
+    let acked = match reply {
+        Value::Int(n) => u64::try_from(n).unwrap_or(0),
+        other => return Err(Error::protocol(format!("WAIT replied {other:?}"))),
+    };
+    if acked < u64::from(wait.replicas) {
+        return Err(Error::NotReplicated {
+            acked,
+            wanted: u64::from(wait.replicas),
+        });
+    }
+    Ok(())
+}
+
 /// TLS (`rediss://`, `valkeys://`) uses rustls with the ring provider;
 /// rustls needs it chosen once per process.
 fn install_tls_provider() {
@@ -131,6 +158,22 @@ impl Client {
         self.engine.query(&mut conn, cmd).await
     }
 
+    /// As `send`, with `then` pipelined right behind the command on the same
+    /// connection; both replies.
+    async fn send_then(&self, cmd: &redis::Cmd, then: &redis::Cmd) -> Result<(Value, Value)> {
+        let once = || async {
+            let mut conn = self.conn.clone();
+            let (reply, then_reply) = self.engine.query_then(&mut conn, cmd, Some(then)).await?;
+            let then_reply =
+                then_reply.ok_or_else(|| Error::protocol("no reply to the pipelined command"))?;
+            Ok::<_, Error>((reply, then_reply))
+        };
+        match once().await {
+            Err(err) if err.is_connection() => once().await,
+            outcome => outcome,
+        }
+    }
+
     /// Sends a plain Valkey command (not a `VTASKS.*` one).
     async fn send_plain(&self, cmd: &redis::Cmd) -> Result<Value> {
         let mut conn = self.conn.clone();
@@ -160,34 +203,14 @@ impl Client {
             tasks,
             maxlen,
         };
-        let added = command.from_reply(self.send(&command.to_cmd()?).await?)?;
-        if let Some(wait) = self.options.wait_replicas {
-            self.wait_for_replicas(wait).await?;
-        }
-        Ok(added)
-    }
-
-    /// `WAIT` on the connection that carried the write: it returns once
-    /// `replicas` replicas have acknowledged everything this connection
-    /// wrote, or at the timeout with how many did. A second round trip,
-    /// and the multiplexed connection's later commands queue behind it.
-    async fn wait_for_replicas(&self, wait: WaitReplicas) -> Result<()> {
-        let timeout_ms = u64::try_from(wait.timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(wait.replicas).arg(timeout_ms);
-        let acked = match self.send_plain(&cmd).await? {
-            Value::Int(n) => u64::try_from(n).unwrap_or(0),
-            other => return Err(Error::protocol(format!("WAIT replied {other:?}"))),
+        let cmd = command.to_cmd()?;
+        let Some(wait) = self.options.wait_replicas else {
+            return command.from_reply(self.send(&cmd).await?);
         };
-        if acked < u64::from(wait.replicas) {
-            return Err(Error::NotReplicated {
-                acked,
-                wanted: u64::from(wait.replicas),
-            });
-        }
-        Ok(())
+        let (reply, wait_reply) = self.send_then(&cmd, &wait_cmd(wait)).await?;
+        let added = command.from_reply(reply)?;
+        replicated(wait, wait_reply)?;
+        Ok(added)
     }
 
     /// A FETCHN that does not block (blocking fetches hold a connection:

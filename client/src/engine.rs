@@ -123,15 +123,29 @@ impl EngineState {
 
     /// Runs a `VTASKS.*` command with the current engine.
     pub async fn query(&self, conn: &mut impl ConnectionLike, cmd: &Cmd) -> Result<Value> {
+        Ok(self.query_then(conn, cmd, None).await?.0)
+    }
+
+    /// As `query`; with `then`, that plain command is sent right behind the
+    /// `VTASKS.*` one in one pipeline, on the same connection (as `WAIT`
+    /// must be), and its reply returned too.
+    pub async fn query_then(
+        &self,
+        conn: &mut impl ConnectionLike,
+        cmd: &Cmd,
+        then: Option<&Cmd>,
+    ) -> Result<(Value, Option<Value>)> {
         match self.get() {
-            Engine::Scripts => scripts::query(conn, cmd).await,
+            Engine::Scripts => scripts::query_then(conn, cmd, then).await,
             Engine::Module => {
-                let outcome = cmd.query_async(conn).await.map_err(Error::from);
+                let outcome = scripts::send_pipelined(conn, cmd, then)
+                    .await
+                    .map_err(Error::from);
                 match outcome {
                     // An unknown command ran nothing, so the scripts may run it.
                     Err(err) if self.choice == EngineChoice::Auto && is_unknown_command(&err) => {
                         self.current.store(Engine::Scripts as u8, Ordering::Relaxed);
-                        scripts::query(conn, cmd).await
+                        scripts::query_then(conn, cmd, then).await
                     }
                     outcome => outcome,
                 }

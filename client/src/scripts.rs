@@ -113,16 +113,57 @@ fn strip_prefix(name: &[u8]) -> &[u8] {
 /// running anything, so loading it and sending the call again cannot run
 /// anything twice.
 pub async fn query(conn: &mut impl ConnectionLike, cmd: &Cmd) -> Result<Value> {
+    Ok(query_then(conn, cmd, None).await?.0)
+}
+
+/// As `query`; with `then`, that command is sent right behind the call in
+/// one pipeline, and its reply returned too.
+pub async fn query_then(
+    conn: &mut impl ConnectionLike,
+    cmd: &Cmd,
+    then: Option<&Cmd>,
+) -> Result<(Value, Option<Value>)> {
     let call = fcall(cmd);
-    match call.query_async::<Value>(conn).await {
+    match send_pipelined(conn, &call, then).await {
         Err(err) if is_not_loaded(&err) => {
             match load_cmd().query_async::<Value>(conn).await {
                 Err(err) if !is_already_loaded(&err) => return Err(Error::from(err)),
                 _ => {}
             }
-            call.query_async(conn).await.map_err(script_error)
+            send_pipelined(conn, &call, then)
+                .await
+                .map_err(script_error)
         }
         outcome => outcome.map_err(script_error),
+    }
+}
+
+/// `first`, and `then` right behind it in the same write on the same
+/// connection when given; a server error in either fails the whole.
+pub(crate) async fn send_pipelined(
+    conn: &mut impl ConnectionLike,
+    first: &Cmd,
+    then: Option<&Cmd>,
+) -> redis::RedisResult<(Value, Option<Value>)> {
+    let Some(then) = then else {
+        return Ok((first.query_async(conn).await?, None));
+    };
+    let mut pipe = redis::pipe();
+    // Errors come back per command, each as the same error a lone command
+    // gets, so the engines' retries recognise them.
+    pipe.add_command(first.clone())
+        .add_command(then.clone())
+        .ignore_errors();
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let [reply, then_reply]: [Value; 2] = replies.try_into().map_err(|_| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a pipeline of 2 got another number of replies",
+        ))
+    })?;
+    match (reply, then_reply) {
+        (Value::ServerError(err), _) | (_, Value::ServerError(err)) => Err(err.into()),
+        (reply, then_reply) => Ok((reply, Some(then_reply))),
     }
 }
 

@@ -276,3 +276,76 @@ async fn the_scripts_library_is_loaded_again_when_the_server_lost_it() {
     assert_eq!(stats.get("enqueued"), Some(1), "enqueued once");
     assert_eq!(stats.get("acked"), Some(1), "acknowledged once");
 }
+
+async fn client_waiting_for(server: &Server, replicas: u32, timeout: Duration) -> Client {
+    let mut options = ClientOptions::new(server.url());
+    options.engine = vtasks_testkit::Target::current().engine().parse().unwrap();
+    options.wait_replicas = Some(WaitReplicas { replicas, timeout });
+    Client::connect_with(options).await.unwrap()
+}
+
+#[tokio::test]
+async fn wait_replicas_returns_once_a_replica_holds_the_enqueue() {
+    // Syncing the replica at once rather than after the default 5 s wait.
+    let primary = Server::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let port = primary.port.to_string();
+    let replica = Server::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut admin = replica.connect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut admin)
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replica never linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queue = q("durable");
+    let client = client_waiting_for(&primary, 1, Duration::from_secs(10)).await;
+    let added = client
+        .enqueue_many(&queue, &[NewTask::new("t1", b"{}".to_vec())], None)
+        .await
+        .unwrap();
+    assert_eq!(added, [true]);
+    // Acknowledged means the replica has it, with no further wait.
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("{durable}:t:t1")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(
+        exists, 1,
+        "the replica holds the task when the enqueue returns"
+    );
+
+    // Asking for more replicas than there are: the write stands on the
+    // primary, and the caller is told it is not replicated enough.
+    let greedy = client_waiting_for(&primary, 2, Duration::from_secs(1)).await;
+    let err = greedy
+        .enqueue(&queue, NewTask::new("t2", b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReplicated {
+                acked: 1,
+                wanted: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("confirmed by 1 of 2 replicas"),
+        "{err}"
+    );
+    assert_eq!(client.get(&queue, "t2").await.unwrap().unwrap().attempts, 0);
+    // Repeating it is safe: the id exists, nothing is added twice.
+    let again = client
+        .enqueue(&queue, NewTask::new("t2", b"{}".to_vec()))
+        .await
+        .unwrap();
+    assert!(!again);
+}

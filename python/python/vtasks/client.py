@@ -126,8 +126,8 @@ class Client:
     replicas hold it (Valkey's ``WAIT``, at most ``wait_timeout`` seconds),
     so a failover to a replica cannot lose an enqueue the caller saw
     succeed; fewer confirmations raise `NotReplicated` (the task is on the
-    primary; enqueueing it again with the same id is safe). It costs one
-    more round trip per enqueue call.
+    primary; enqueueing it again with the same id is safe). The ``WAIT``
+    travels in the same pipeline as the enqueue: no extra round trip.
     """
 
     def __init__(
