@@ -336,19 +336,20 @@ fn extend_keeps_a_long_task_leased_and_release_gives_it_back() {
             "{}",
         ],
     );
+    let lease = scaled_ms(300).to_string();
     let got = fetch(
         &mut con,
-        &["1", "{q}", "CONSUMER", "w", "COUNT", "2", "LEASE", "300"],
+        &["1", "{q}", "CONSUMER", "w", "COUNT", "2", "LEASE", &lease],
     );
     let (a, b) = (&got.tasks[0], &got.tasks[1]);
     for _ in 0..4 {
-        std::thread::sleep(std::time::Duration::from_millis(150));
+        std::thread::sleep(std::time::Duration::from_millis(scaled_ms(150)));
         let r = query(
             &mut con,
             &[
                 "VTASKS.EXTEND",
                 "{q}",
-                "300",
+                &lease,
                 "1",
                 "a",
                 &a.token.to_string(),

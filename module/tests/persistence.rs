@@ -21,9 +21,13 @@ fn survives_restart(server: &mut Server) {
             "100",
         ],
     );
-    let short = fetch(&mut con, &["1", "{q}", "CONSUMER", "w2", "LEASE", "300"])
-        .tasks
-        .remove(0);
+    let lease = scaled_ms(300);
+    let short = fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "w2", "LEASE", &lease.to_string()],
+    )
+    .tasks
+    .remove(0);
     assert_eq!(short.id, "short");
     let before = snapshot(&mut con);
     drop(con);
@@ -33,7 +37,7 @@ fn survives_restart(server: &mut Server) {
     assert_eq!(snapshot(&mut con), before, "every key and value came back");
 
     // The short lease is over: it comes back for its second attempt.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(lease));
     let again = fetch(&mut con, &["1", "{q}", "CONSUMER", "w3"])
         .tasks
         .remove(0);

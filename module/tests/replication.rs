@@ -81,11 +81,15 @@ fn timers_act_only_on_the_primary_until_a_replica_is_promoted() {
     let mut p = primary.connect();
     let mut r = replica.connect();
     query(&mut p, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
-    fetch(&mut p, &["1", "{q}", "CONSUMER", "lost", "LEASE", "300"]);
+    let lease = scaled_ms(300);
+    fetch(
+        &mut p,
+        &["1", "{q}", "CONSUMER", "lost", "LEASE", &lease.to_string()],
+    );
     wait_synced(&mut p, &mut r);
     primary.stop();
 
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(2 * lease));
     assert_eq!(
         stat(&mut r, "{q}", "overdue_leases"),
         1,

@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
+/// `ms` milliseconds times `VTASKS_TEST_TIME_SCALE` (default 1), as text
+/// for a command argument. Tests whose leases and sleeps must outlast a
+/// step of the server (a restart, a shutdown) use it, so they hold when
+/// the server runs many times slower (`make memcheck` sets 20).
+pub fn scaled_ms(ms: u64) -> u64 {
+    let scale = std::env::var("VTASKS_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    ms * scale
+}
+
 /// The module library: `VTASKS_MODULE`, else the one cargo built in the
 /// same profile as the running binary (`target/<profile>/libvtasks.so`,
 /// found from `target/<profile>/deps/<test>` or `target/<profile>/<bin>`).

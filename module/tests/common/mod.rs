@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use redis::{Connection, Value};
 use vtasks_client::scripts;
-pub use vtasks_testkit::{Server, Target};
+pub use vtasks_testkit::{scaled_ms, Server, Target};
 
 /// Runs a command on the current target: `VTASKS.*` commands through the
 /// scripts engine when the target has no module, anything else as is.
