@@ -7,7 +7,7 @@
 //! it (`FCALL` of the same arguments; a blocking FETCHN sleeps on the wake
 //! lists in between). Tests of what only the module can do carry
 //! `module_only` in their names and are left out of those runs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::{Duration, Instant};
 
