@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.harness import WorkerProcess
 from tests.conftest import ROOT
 
 _rows: list[dict[str, object]] = []
@@ -22,6 +23,12 @@ COLUMNS = ["fault", "runs", "tasks", "lost", "duplicated", "recovery", "notes"]
 @pytest.fixture
 def report() -> Iterator[list[dict[str, object]]]:
     yield _rows
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    WorkerProcess.kill_leftovers()
 
 
 @pytest.fixture

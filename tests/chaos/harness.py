@@ -83,7 +83,11 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> 
 
 
 class WorkerProcess:
-    """``python -m tests.chaos.worker`` in a process of its own."""
+    """``python -m tests.chaos.worker`` in a process of its own. Every one
+    still running when its test ends is killed then (``kill_leftovers``),
+    whether the test passed or not."""
+
+    running: set[WorkerProcess] = set()
 
     def __init__(self, url: str, events: Path, **options: float | int | str | None) -> None:
         argv = [sys.executable, "-m", "tests.chaos.worker", url]
@@ -98,6 +102,7 @@ class WorkerProcess:
         line = self.process.stdout.readline().strip()
         assert line == "ready", f"worker did not start: {line!r}"
         self.pid = self.process.pid
+        WorkerProcess.running.add(self)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -107,16 +112,25 @@ class WorkerProcess:
         self.process.kill()
         at = time.time()
         self.process.wait()
+        WorkerProcess.running.discard(self)
         return at
 
     def stop(self, timeout: float = 60) -> dict[str, int]:
         """SIGTERM, a graceful stop; the worker's counters."""
+        WorkerProcess.running.discard(self)
         if not self.alive():
             return {}
         self.process.send_signal(signal.SIGTERM)
         out, _ = self.process.communicate(timeout=timeout)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for worker in list(cls.running):
+            if worker.alive():
+                worker.kill()
+        cls.running.clear()
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
