@@ -20,7 +20,7 @@ import vtasks
 from tests.chaos import tasks as chaos_tasks  # noqa: F401  (registers the tasks)
 from tests.chaos.harness import FULL, Ledger, WorkerProcess, command_pipeline, duplicates, median, scale, wait_until
 from tests.chaos.producer import Producer
-from tests.conftest import ValkeyServer
+from tests.conftest import TARGET, ValkeyServer
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +94,8 @@ def test_valkey_killed_and_restarted_on_its_aof(fsync, power_loss, power_loss_li
         assert len(producer.acked) == tasks
         how = "power loss (unsynced AOF writes dropped)" if power_loss else "SIGKILL"
         report.append({
-            "fault": f"Valkey {how} + restart, AOF appendfsync {fsync}",
+            "fault": f"{'Redis' if TARGET == 'scripts-redis' else 'Valkey'} {how} + restart, "
+                     f"AOF appendfsync {fsync}",
             "runs": f"{kills} kills",
             "tasks": tasks,
             "lost": len(lost),
