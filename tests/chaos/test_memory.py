@@ -91,7 +91,7 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
         "tasks": tasks,
         "lost": 0,
         "duplicated": 0,
-        "recovery": f"Valkey's allocated memory back to its start ({end - start:+,} B) "
+        "recovery": f"the server's allocated memory back to its start ({end - start:+,} B) "
                     f"{back_after:.0f} s after the last task",
         "notes": f"{tasks / elapsed:,.0f} tasks/s; allocated start {start / 1e6:.2f} MB, "
                  f"peak {peak_memory / 1e6:.1f} MB, end {end / 1e6:.2f} MB "
