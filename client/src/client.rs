@@ -147,31 +147,33 @@ impl Client {
     /// repeat: ENQUEUE is idempotent by id, settlements are fenced by their
     /// token (a repeat is STALE), the rest read or set state.
     async fn send(&self, cmd: &redis::Cmd) -> Result<Value> {
-        match self.send_once(cmd).await {
-            Err(err) if err.is_connection() => self.send_once(cmd).await,
+        Ok(self.send_then(cmd, None).await?.0)
+    }
+
+    /// As `send`, with `then` (if given) pipelined right behind the command
+    /// on the same connection; both replies.
+    async fn send_then(
+        &self,
+        cmd: &redis::Cmd,
+        then: Option<&redis::Cmd>,
+    ) -> Result<(Value, Option<Value>)> {
+        match self.send_once_then(cmd, then).await {
+            Err(err) if err.is_connection() => self.send_once_then(cmd, then).await,
             outcome => outcome,
         }
     }
 
     async fn send_once(&self, cmd: &redis::Cmd) -> Result<Value> {
-        let mut conn = self.conn.clone();
-        self.engine.query(&mut conn, cmd).await
+        Ok(self.send_once_then(cmd, None).await?.0)
     }
 
-    /// As `send`, with `then` pipelined right behind the command on the same
-    /// connection; both replies.
-    async fn send_then(&self, cmd: &redis::Cmd, then: &redis::Cmd) -> Result<(Value, Value)> {
-        let once = || async {
-            let mut conn = self.conn.clone();
-            let (reply, then_reply) = self.engine.query_then(&mut conn, cmd, Some(then)).await?;
-            let then_reply =
-                then_reply.ok_or_else(|| Error::protocol("no reply to the pipelined command"))?;
-            Ok::<_, Error>((reply, then_reply))
-        };
-        match once().await {
-            Err(err) if err.is_connection() => once().await,
-            outcome => outcome,
-        }
+    async fn send_once_then(
+        &self,
+        cmd: &redis::Cmd,
+        then: Option<&redis::Cmd>,
+    ) -> Result<(Value, Option<Value>)> {
+        let mut conn = self.conn.clone();
+        self.engine.query_then(&mut conn, cmd, then).await
     }
 
     /// Sends a plain Valkey command (not a `VTASKS.*` one).
@@ -207,8 +209,10 @@ impl Client {
         let Some(wait) = self.options.wait_replicas else {
             return command.from_reply(self.send(&cmd).await?);
         };
-        let (reply, wait_reply) = self.send_then(&cmd, &wait_cmd(wait)).await?;
+        let (reply, wait_reply) = self.send_then(&cmd, Some(&wait_cmd(wait))).await?;
         let added = command.from_reply(reply)?;
+        let wait_reply =
+            wait_reply.ok_or_else(|| Error::protocol("no reply to the pipelined WAIT"))?;
         replicated(wait, wait_reply)?;
         Ok(added)
     }

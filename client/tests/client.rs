@@ -288,21 +288,8 @@ async fn client_waiting_for(server: &Server, replicas: u32, timeout: Duration) -
 async fn wait_replicas_returns_once_a_replica_holds_the_enqueue() {
     // Syncing the replica at once rather than after the default 5 s wait.
     let primary = Server::start_with(&["--repl-diskless-sync-delay", "0"]);
-    let port = primary.port.to_string();
-    let replica = Server::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let replica = Server::start_replica_of(&primary);
     let mut admin = replica.connect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut admin)
-            .unwrap();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "replica never linked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let queue = q("durable");
     let client = client_waiting_for(&primary, 1, Duration::from_secs(10)).await;
     let added = client

@@ -25,18 +25,7 @@ fn wait_synced(primary: &mut Connection, replica: &mut Connection) {
 
 fn start_pair() -> (Server, Server) {
     let primary = Server::start();
-    let port = primary.port.to_string();
-    let replica = Server::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let mut con = replica.connect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = cmd(&["INFO", "replication"]).query(&mut con).unwrap();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica never linked");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let replica = Server::start_replica_of(&primary);
     (primary, replica)
 }
 

@@ -149,6 +149,26 @@ impl Server {
         }
     }
 
+    /// The current target's server as a replica of `primary`, once its
+    /// replication link is up.
+    pub fn start_replica_of(primary: &Server) -> Server {
+        let port = primary.port.to_string();
+        let replica = Server::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let mut con = replica.connect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut con)
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(Instant::now() < deadline, "replica never linked");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Valkey with the module, whatever the target.
     pub fn start_with_module(extra: &[&str]) -> Server {
         Server::launch_new(Some(&module_path()), extra, server_binary())
