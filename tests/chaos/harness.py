@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import vtasks
+
 from tests.conftest import ROOT
 
 # `make chaos` runs the full suite, `make chaos-ci` (part of `make test`)
@@ -149,24 +151,42 @@ class Run:
 
 
 class Ledger:
-    """What the tasks wrote: who started and finished which task, when."""
+    """What the tasks wrote: who started and finished which task, when.
+    Tests poll it while the run goes on, so each call reads only the lines
+    written since the last one."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.touch()
+        self._runs: list[Run] = []
+        self._read = 0  # bytes of the file parsed so far
 
     def runs(self) -> list[Run]:
-        out = []
-        for line in self.path.read_text().splitlines():
+        with open(self.path, "rb") as f:
+            f.seek(self._read)
+            new = f.read()
+        complete = new[: new.rfind(b"\n") + 1]  # a line still being written waits
+        self._read += len(complete)
+        for line in complete.decode().splitlines():
             kind, n, pid, attempt, at = line.split()
-            out.append(Run(kind, int(n), int(pid), int(attempt), float(at)))
-        return out
+            self._runs.append(Run(kind, int(n), int(pid), int(attempt), float(at)))
+        return list(self._runs)
 
     def done_counts(self) -> collections.Counter[int]:
         return collections.Counter(r.n for r in self.runs() if r.kind == "done")
 
     def completed(self) -> int:
         return len(self.done_counts())
+
+
+def wait_drained(client: vtasks.Client, timeout: float = 120) -> None:
+    """Until the default queue holds nothing ready, leased or delayed."""
+
+    def drained() -> bool:
+        stats = client.stats_sync("default")
+        return stats["ready"] + stats["leased"] + stats["delayed"] == 0
+
+    wait_until(drained, timeout, "the queue to drain")
 
 
 def duplicates(ledger: Ledger) -> dict[int, list[Run]]:

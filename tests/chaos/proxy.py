@@ -13,22 +13,22 @@ Order is kept within each direction whatever the delay does."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
+from benchmarks.latency_proxy import ThreadedProxy
 
-class ChaosProxy:
+
+class ChaosProxy(ThreadedProxy):
+    thread_name = "chaos-proxy"
+
     def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.host, self.target_port = host, target_port
         self.delay = 0.0
         self.refusing = False
-        self.port = 0
         self._flowing: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
 
     # Controls, callable from any thread.
 
@@ -111,11 +111,8 @@ class ChaosProxy:
         except OSError:
             client_writer.transport.abort()
             return
-        for w in (client_writer, server_writer):
-            self._writers.add(w)
-            sock = w.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._writers.update((client_writer, server_writer))
+        self._no_delay(client_writer, server_writer)
         try:
             await asyncio.gather(
                 self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
@@ -125,38 +122,9 @@ class ChaosProxy:
                 self._writers.discard(w)
                 w.transport.abort()
 
-    def start(self) -> ChaosProxy:
-        ready = threading.Event()
+    def _on_loop(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._flowing = asyncio.Event()
-            self._flowing.set()
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="chaos-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is None or server is None:
-            return
-
-        async def shutdown() -> None:
-            server.close()
-            self._close_all()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
+    def _on_stop(self) -> None:
+        self._close_all()

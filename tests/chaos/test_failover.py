@@ -15,7 +15,17 @@ import pytest
 import vtasks
 
 from tests.chaos import tasks as chaos_tasks  # noqa: F401  (registers the tasks)
-from tests.chaos.harness import Ledger, WorkerProcess, command, duplicates, info, median, scale, wait_until
+from tests.chaos.harness import (
+    Ledger,
+    WorkerProcess,
+    command,
+    duplicates,
+    info,
+    median,
+    scale,
+    wait_drained,
+    wait_until,
+)
 from tests.chaos.producer import Producer
 from tests.chaos.proxy import ChaosProxy
 from tests.conftest import ValkeyServer
@@ -73,12 +83,7 @@ def test_failover_to_a_replica(wait_replicas, events, report):
             recoveries.append(producer.first_ack_after(killed_at) - killed_at)  # type: ignore[operator]
             producer.join(300)
             assert not producer.is_alive() and len(producer.acked) == tasks
-
-            def settled(client: vtasks.Client = client) -> bool:
-                stats = client.stats_sync("default")
-                return stats["ready"] + stats["leased"] + stats["delayed"] == 0
-
-            wait_until(settled, 120, "the queue to drain")
+            wait_drained(client)
             for worker in workers:
                 worker.stop()
             done = ledger.done_counts()

@@ -35,29 +35,19 @@ def test_network_cuts_partitions_and_latency_spikes(valkey, events, report):
         direct = WorkerProcess(valkey.url, events, lease=LEASE, concurrency=10)
         faults: list[tuple[str, float, float]] = []  # (fault, start, end)
 
-        def progress(fraction: float) -> None:
-            wait_until(lambda: ledger.completed() >= tasks * fraction, 300, f"{fraction:.0%} done")
+        def inject(name: str, once_done: float, begin, end, seconds: float) -> None:  # type: ignore[no-untyped-def]
+            """Once ``once_done`` of the tasks are done: ``begin()``, wait, ``end()``."""
+            wait_until(lambda: ledger.completed() >= tasks * once_done, 300, f"{once_done:.0%} done")
+            at = time.time()
+            begin()
+            time.sleep(seconds)
+            end()
+            faults.append((name, at, time.time()))
 
-        progress(0.2)
-        at = time.time()
-        proxy.cut()
-        time.sleep(OUTAGE)
-        proxy.heal()
-        faults.append(("cut", at, time.time()))
-
-        progress(0.45)
-        at = time.time()
-        proxy.pause()
-        time.sleep(OUTAGE)
-        proxy.resume()
-        faults.append(("partition", at, time.time()))
-
-        progress(0.7)
-        at = time.time()
-        proxy.delay = 0.2  # 400 ms round trips
-        time.sleep(4)
-        proxy.delay = 0.0
-        faults.append(("spike", at, time.time()))
+        inject("cut", 0.2, proxy.cut, proxy.heal, OUTAGE)
+        inject("partition", 0.45, proxy.pause, proxy.resume, OUTAGE)
+        # 400 ms round trips.
+        inject("spike", 0.7, lambda: setattr(proxy, "delay", 0.2), lambda: setattr(proxy, "delay", 0.0), 4)
 
         wait_until(lambda: ledger.completed() == tasks, 300, "every task to complete")
         behind_stats, _ = behind.stop(), direct.stop()

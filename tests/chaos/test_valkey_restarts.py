@@ -18,7 +18,17 @@ import pytest
 import vtasks
 
 from tests.chaos import tasks as chaos_tasks  # noqa: F401  (registers the tasks)
-from tests.chaos.harness import FULL, Ledger, WorkerProcess, command_pipeline, duplicates, median, scale, wait_until
+from tests.chaos.harness import (
+    FULL,
+    Ledger,
+    WorkerProcess,
+    command_pipeline,
+    duplicates,
+    median,
+    scale,
+    wait_drained,
+    wait_until,
+)
 from tests.chaos.producer import Producer
 from tests.conftest import TARGET, ValkeyServer
 
@@ -77,12 +87,7 @@ def test_valkey_killed_and_restarted_on_its_aof(fsync, power_loss, power_loss_li
             recoveries.append(producer.first_ack_after(back_at) - killed_at)  # type: ignore[operator]
         producer.join(300)
         assert not producer.is_alive()
-
-        def settled() -> bool:
-            stats = client.stats_sync("default")
-            return stats["ready"] + stats["leased"] + stats["delayed"] == 0
-
-        wait_until(settled, 120, "the queue to drain")
+        wait_drained(client)
         for worker in workers:
             worker.stop()
         done = ledger.done_counts()

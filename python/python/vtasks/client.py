@@ -293,36 +293,38 @@ class Client:
         added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished)
         return added[0]
 
+    def _many(
+        self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], queue: str | None
+    ) -> tuple[str, list[tuple[str, bytes, int, int | None, int | None, int | None]]]:
+        """The queue and task tuples of many calls of one task."""
+        items = [
+            self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
+                             max_attempts=None)
+            for a, k in calls
+        ]
+        return (queue or (items[0][0] if items else "")), [i for _, i in items]
+
     async def enqueue_many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *, queue: str | None = None,
     ) -> list[str]:
         """Enqueues many calls of one task in one command; returns their ids."""
-        items = [
-            self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
-                             max_attempts=None)
-            for a, k in calls
-        ]
+        target, items = self._many(task, calls, queue)
         if not items:
             return []
         bridge = LoopBridge.current()
-        target = queue or items[0][0]
-        await bridge.wait(self.native.enqueue(bridge.native, target, [i for _, i in items]))
-        return [i[0] for _, i in items]
+        await bridge.wait(self.native.enqueue(bridge.native, target, items))
+        return [i[0] for i in items]
 
     def enqueue_many_sync(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *, queue: str | None = None,
     ) -> list[str]:
-        items = [
-            self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
-                             max_attempts=None)
-            for a, k in calls
-        ]
+        target, items = self._many(task, calls, queue)
         if not items:
             return []
-        self.native.enqueue(None, queue or items[0][0], [i for _, i in items])
-        return [i[0] for _, i in items]
+        self.native.enqueue(None, target, items)
+        return [i[0] for i in items]
 
     async def get(self, queue: str, id: str) -> TaskState | None:
         bridge = LoopBridge.current()
