@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod keys;
+pub mod native;
 pub mod queue;
 pub mod record;
 pub mod schedule;

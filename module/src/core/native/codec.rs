@@ -1,0 +1,364 @@
+//! The queue's serialized form: what RDB files, `DUMP` payloads, the AOF
+//! rewrite and `DEBUG DIGEST-VALUE` see.
+//!
+//! A queue is written as a sequence of chunks of about `CHUNK_BYTES`, each
+//! holding whole tasks, so that neither saving nor loading needs the whole
+//! queue as one buffer and an AOF rewrite can emit one command per chunk.
+//! The first chunk carries the queue-wide values. Every chunk starts with
+//! the encoding version: a reader refuses a version newer than it knows.
+//!
+//! Integers are LEB128 varints (signed ones zigzag-encoded); byte strings
+//! are a length and the bytes; times after the enqueue time are stored as
+//! offsets from it. Everything read is checked (lengths against the
+//! protocol's limits, states, ranges) before it is used.
+
+use super::super::error::{VtError, VtResult};
+use super::super::keys::{MAX_CONSUMER_LEN, MAX_ERROR_TEXT, MAX_ID_LEN, MAX_PAYLOAD};
+use super::super::record::{State, TaskRecord};
+use super::task::TaskImage;
+use super::{Counters, Meta, TaskQueue};
+
+/// The version this module writes, and the newest it reads.
+pub const ENCODING_VERSION: u8 = 1;
+
+/// A chunk is closed once it holds this many bytes.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+const KIND_HEAD: u8 = 0;
+const KIND_TASKS: u8 = 1;
+
+fn corrupt(what: &str) -> VtError {
+    VtError::Internal(format!("corrupt queue encoding: {what}"))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.0.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.0.push(n as u8);
+    }
+
+    fn i(&mut self, n: i64) {
+        self.u(((n << 1) ^ (n >> 63)) as u64);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.u(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u(&mut self) -> VtResult<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .data
+                .get(self.pos)
+                .ok_or_else(|| corrupt("truncated"))?;
+            self.pos += 1;
+            n |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(corrupt("an integer runs over 64 bits"))
+    }
+
+    fn i(&mut self) -> VtResult<i64> {
+        let n = self.u()?;
+        Ok(((n >> 1) as i64) ^ -((n & 1) as i64))
+    }
+
+    fn byte(&mut self) -> VtResult<u8> {
+        let b = *self
+            .data
+            .get(self.pos)
+            .ok_or_else(|| corrupt("truncated"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn bytes(&mut self, max: usize, what: &str) -> VtResult<&'a [u8]> {
+        let len = self.u()?;
+        if len > max as u64 {
+            return Err(corrupt(&format!("{what} longer than its limit")));
+        }
+        let end = self.pos + len as usize;
+        let b = self
+            .data
+            .get(self.pos..end)
+            .ok_or_else(|| corrupt("truncated"))?;
+        self.pos = end;
+        Ok(b)
+    }
+
+    fn done(&self) -> bool {
+        self.pos == self.data.len()
+    }
+}
+
+fn state_code(state: State) -> u8 {
+    match state {
+        State::Delayed => 0,
+        State::Ready => 1,
+        State::Leased => 2,
+        State::Done => 3,
+        State::Dead => 4,
+    }
+}
+
+fn write_task(w: &mut Writer, t: &TaskImage) {
+    let rec = &t.rec;
+    w.bytes(&t.id);
+    w.bytes(&t.payload);
+    w.0.push(state_code(rec.state));
+    w.i(rec.priority);
+    w.u(rec.max_attempts as u64);
+    w.u(rec.attempts as u64);
+    w.u(rec.seq as u64);
+    w.u(rec.token as u64);
+    w.u(rec.enqueued_at as u64);
+    let times = [
+        rec.run_at,
+        rec.ready_at,
+        rec.started_at,
+        rec.leased_at,
+        rec.finished_at,
+        t.due,
+    ];
+    let texts = [&rec.consumer, &rec.workers, &t.error, &t.result];
+    let mut present = 0u16;
+    for (i, t) in times.iter().enumerate() {
+        present |= (t.is_some() as u16) << i;
+    }
+    for (i, t) in texts.iter().enumerate() {
+        present |= (t.is_some() as u16) << (6 + i);
+    }
+    w.u(present as u64);
+    for t in times.into_iter().flatten() {
+        w.i(t - rec.enqueued_at);
+    }
+    for t in texts.into_iter().flatten() {
+        w.bytes(t);
+    }
+}
+
+fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
+    let id = r.bytes(MAX_ID_LEN, "task id")?.to_vec();
+    let payload = r.bytes(MAX_PAYLOAD, "payload")?.to_vec();
+    let state = match r.byte()? {
+        0 => State::Delayed,
+        1 => State::Ready,
+        2 => State::Leased,
+        3 => State::Done,
+        4 => State::Dead,
+        _ => return Err(corrupt("unknown task state")),
+    };
+    let small = |n: u64| -> VtResult<i64> {
+        i64::try_from(n).map_err(|_| corrupt("a number out of range"))
+    };
+    let priority = r.i()?;
+    let max_attempts = small(r.u()?)?;
+    let attempts = small(r.u()?)?;
+    let seq = small(r.u()?)?;
+    let token = small(r.u()?)?;
+    let enqueued_at = small(r.u()?)?;
+    let present = r.u()?;
+    if present >> 10 != 0 {
+        return Err(corrupt("unknown fields"));
+    }
+    let mut times = [None; 6];
+    for (i, t) in times.iter_mut().enumerate() {
+        if present & (1 << i) != 0 {
+            let offset = r.i()?;
+            *t = Some(
+                enqueued_at
+                    .checked_add(offset)
+                    .ok_or_else(|| corrupt("a time out of range"))?,
+            );
+        }
+    }
+    let limits = [
+        (MAX_CONSUMER_LEN, "consumer"),
+        (MAX_PAYLOAD, "workers"),
+        (MAX_ERROR_TEXT, "error"),
+        (MAX_PAYLOAD, "result"),
+    ];
+    let mut texts: [Option<Vec<u8>>; 4] = Default::default();
+    for (i, (text, (max, what))) in texts.iter_mut().zip(limits).enumerate() {
+        if present & (1 << (6 + i)) != 0 {
+            *text = Some(r.bytes(max, what)?.to_vec());
+        }
+    }
+    let [consumer, workers, error, result] = texts;
+    let [run_at, ready_at, started_at, leased_at, finished_at, due] = times;
+    let image = TaskImage {
+        id,
+        payload,
+        rec: TaskRecord {
+            state,
+            priority,
+            max_attempts,
+            attempts,
+            seq,
+            token,
+            enqueued_at,
+            run_at,
+            ready_at,
+            started_at,
+            leased_at,
+            finished_at,
+            consumer,
+            workers,
+        },
+        due,
+        error,
+        result,
+    };
+    image.check()?;
+    Ok(image)
+}
+
+/// Writes `queue` as chunks of about `chunk_bytes`, handing each to `emit`.
+/// The first chunk holds the queue-wide values, so there is always one.
+pub fn encode(queue: &TaskQueue, chunk_bytes: usize, mut emit: impl FnMut(&[u8])) {
+    let meta = queue.meta();
+    let mut w = Writer(Vec::with_capacity(chunk_bytes.min(1 << 16)));
+    w.0.extend_from_slice(&[ENCODING_VERSION, KIND_HEAD]);
+    w.u(meta.seq);
+    w.u(meta.token);
+    w.0.push(meta.paused as u8);
+    for c in meta.counters.to_array() {
+        w.u(c);
+    }
+    let mut body = Writer(Vec::new());
+    let mut count = 0u64;
+    let flush =
+        |w: &mut Writer, body: &mut Writer, count: &mut u64, emit: &mut dyn FnMut(&[u8])| {
+            w.u(*count);
+            w.0.extend_from_slice(&body.0);
+            emit(&w.0);
+            w.0.clear();
+            w.0.extend_from_slice(&[ENCODING_VERSION, KIND_TASKS]);
+            body.0.clear();
+            *count = 0;
+        };
+    for image in queue.images() {
+        write_task(&mut body, &image);
+        count += 1;
+        if body.0.len() >= chunk_bytes {
+            flush(&mut w, &mut body, &mut count, &mut emit);
+        }
+    }
+    if count > 0 || w.0[1] == KIND_HEAD {
+        flush(&mut w, &mut body, &mut count, &mut emit);
+    }
+}
+
+fn open(chunk: &[u8]) -> VtResult<(Reader<'_>, u8)> {
+    let mut r = Reader {
+        data: chunk,
+        pos: 0,
+    };
+    let version = r.byte()?;
+    if version > ENCODING_VERSION {
+        return Err(VtError::Internal(format!(
+            "queue encoding version {version} is newer than this module's ({ENCODING_VERSION}): \
+             load it with the module version that wrote it"
+        )));
+    }
+    if version == 0 {
+        return Err(corrupt("version 0"));
+    }
+    let kind = r.byte()?;
+    Ok((r, kind))
+}
+
+fn read_tasks(queue: &mut TaskQueue, mut r: Reader) -> VtResult<()> {
+    let count = r.u()?;
+    for _ in 0..count {
+        queue.restore(&read_task(&mut r)?)?;
+    }
+    if !r.done() {
+        return Err(corrupt("bytes after the last task"));
+    }
+    Ok(())
+}
+
+/// A queue from its first chunk.
+pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
+    let (mut r, kind) = open(chunk)?;
+    if kind != KIND_HEAD {
+        return Err(corrupt("the first chunk is not a head"));
+    }
+    let seq = r.u()?;
+    let token = r.u()?;
+    let paused = match r.byte()? {
+        0 => false,
+        1 => true,
+        _ => return Err(corrupt("pause flag")),
+    };
+    let mut counters = [0u64; 10];
+    for c in counters.iter_mut() {
+        *c = r.u()?;
+    }
+    let mut queue = TaskQueue::with_meta(Meta {
+        seq,
+        token,
+        paused,
+        counters: Counters::from_array(counters),
+    });
+    read_tasks(&mut queue, r)?;
+    Ok(queue)
+}
+
+/// Adds the tasks of a later chunk to a queue read so far.
+pub fn decode_more(queue: &mut TaskQueue, chunk: &[u8]) -> VtResult<()> {
+    let (r, kind) = open(chunk)?;
+    if kind != KIND_TASKS {
+        return Err(corrupt("a head after the first chunk"));
+    }
+    read_tasks(queue, r)
+}
+
+/// Reads a queue chunk by chunk, in the order `encode` wrote them.
+#[derive(Default)]
+pub struct Decoder {
+    queue: Option<TaskQueue>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) -> VtResult<()> {
+        match &mut self.queue {
+            None => self.queue = Some(decode_head(chunk)?),
+            Some(queue) => decode_more(queue, chunk)?,
+        }
+        Ok(())
+    }
+
+    /// The queue read; an error if no chunk was read.
+    pub fn finish(self) -> VtResult<TaskQueue> {
+        self.queue.ok_or_else(|| corrupt("no chunks"))
+    }
+}
+
+/// The whole queue as bytes (tests, digests of small queues).
+pub fn to_bytes(queue: &TaskQueue) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    encode(queue, CHUNK_BYTES, |c| chunks.push(c.to_vec()));
+    chunks
+}

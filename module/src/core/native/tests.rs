@@ -1,0 +1,475 @@
+//! The native queue against the keyspace layout's core (`core::queue` over
+//! `MemStore`, the semantics the scripts engine implements): the same
+//! random command sequences, with the same clock, must give the same
+//! outcomes, the same `GET`/`STATS`/`DEADLIST` views and the same next
+//! deadline, step by step. Then persistence: encode/decode and copies give
+//! back the same state, and corrupt encodings are refused, never a panic.
+//!
+//! `VTASKS_NATIVE_DIFF_CASES` sets the number of sequences (default 150).
+
+use super::codec::{self, Decoder};
+use super::*;
+use crate::core::keys::QueueKeys;
+use crate::core::queue as old;
+use crate::core::store::{MemStore, Store};
+
+const T0: i64 = 1_700_000_000_000;
+
+/// xorshift64*: deterministic, so a failure names the seed that found it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const IDS: [&str; 10] = ["a", "b", "c", "d", "e", "f", "g", "h", "ab", "ba"];
+const CONSUMERS: [&str; 3] = ["w1", "w2", "w10"];
+
+fn keys() -> QueueKeys {
+    QueueKeys::parse(b"{q}").unwrap()
+}
+
+/// What maintenance moved. How many kept records it dropped differs by
+/// design: the keyspace layout also drops index entries of records whose
+/// keys already expired, the native queue drops a record once.
+fn moved(m: old::Maintained) -> (u64, u64) {
+    (m.promoted, m.expired)
+}
+
+struct Pair {
+    old: MemStore,
+    new: TaskQueue,
+    now: i64,
+    /// Leases handed out, for settlements to name (some become stale).
+    leases: Vec<(Vec<u8>, i64)>,
+    log: Vec<String>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            old: MemStore::new(),
+            new: TaskQueue::new(),
+            now: T0,
+            leases: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn check<T: PartialEq + std::fmt::Debug>(&self, what: &str, old: T, new: T) {
+        if old != new {
+            let images: Vec<String> = self
+                .new
+                .images()
+                .map(|i| format!("{} {:?}", String::from_utf8_lossy(&i.id), i.rec))
+                .collect();
+            panic!(
+                "{what} differs after:\n{}\nold: {old:?}\nnew: {new:?}\nnative tasks:\n{}",
+                self.log.join("\n"),
+                images.join("\n")
+            );
+        }
+    }
+
+    /// Everything a client can read, from both.
+    fn compare_views(&mut self) {
+        let k = keys();
+        self.old.advance_to(self.now);
+        for id in IDS {
+            let o = old::get(&mut self.old, &k, id.as_bytes()).unwrap();
+            let n = self.new.get(id.as_bytes(), self.now);
+            self.check(&format!("GET {id}"), o, n);
+        }
+        if self.old.key_kind(&k.meta).unwrap() != crate::core::store::KeyKind::Missing {
+            let o = old::stats(&mut self.old, &k, self.now, 0).unwrap();
+            let n = self.new.stats(self.now, 0);
+            self.check("STATS", o, n);
+        }
+        let o = old::dead_list(&mut self.old, &k, 0, 100).unwrap();
+        let n = self.new.dead_list(0, 100);
+        self.check("DEADLIST", o, n);
+        // When nothing is overdue: the keyspace layout keeps the index entry
+        // of a kept record whose key expired until maintenance drops it,
+        // which only makes the timer run once for nothing.
+        let o = old::next_due(&mut self.old, &k).unwrap();
+        if o.is_none_or(|due| due > self.now) {
+            self.check("next due", o, self.new.next_due());
+        }
+    }
+
+    fn lease_ref(&mut self, rng: &mut Rng) -> (Vec<u8>, i64) {
+        if self.leases.is_empty() || rng.chance(10) {
+            let id = IDS[rng.below(IDS.len() as u64) as usize];
+            return (id.as_bytes().to_vec(), 1 + rng.below(40) as i64);
+        }
+        self.leases[rng.below(self.leases.len() as u64) as usize].clone()
+    }
+
+    fn step(&mut self, rng: &mut Rng) {
+        let k = keys();
+        self.now += [0, 0, 1, 3, 10, 40][rng.below(6) as usize];
+        self.old.advance_to(self.now);
+        let now = self.now;
+        match rng.below(14) {
+            0..=2 => {
+                let n = 1 + rng.below(4) as usize;
+                let payloads: Vec<Vec<u8>> = (0..n)
+                    .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+                    .collect();
+                let tasks: Vec<old::NewTask> = payloads
+                    .iter()
+                    .map(|p| {
+                        let mut t = old::NewTask::new(
+                            IDS[rng.below(IDS.len() as u64) as usize].as_bytes(),
+                            p,
+                        );
+                        t.priority = [-1, 0, 0, 5][rng.below(4) as usize];
+                        t.max_attempts = 1 + rng.below(3) as i64;
+                        t.replace_finished = rng.chance(30);
+                        t.when = match rng.below(5) {
+                            0 => old::When::Delay(rng.below(30) as i64),
+                            1 => old::When::At(now - 5 + rng.below(20) as i64),
+                            _ => old::When::Now,
+                        };
+                        t
+                    })
+                    .collect();
+                let maxlen = rng.chance(20).then(|| rng.below(8));
+                self.log
+                    .push(format!("{now} ENQUEUE {tasks:?} MAXLEN {maxlen:?}"));
+                let o = old::enqueue(&mut self.old, &k, &tasks, maxlen, now);
+                let n = self.new.enqueue(b"{q}", &tasks, maxlen, now);
+                self.check("ENQUEUE", o, n);
+            }
+            3 | 4 => {
+                let consumer = CONSUMERS[rng.below(3) as usize].as_bytes();
+                let count = 1 + rng.below(4) as usize;
+                let lease = 5 + rng.below(40) as i64;
+                self.log.push(format!("{now} FETCH {count} LEASE {lease}"));
+                let limit = 1 + rng.below(3) as usize;
+                let o = old::maintain(&mut self.old, &k, now, limit).unwrap();
+                let n = self.new.maintain(now, limit).unwrap();
+                self.check("maintain before fetch", moved(o), moved(n));
+                let o = old::fetch(&mut self.old, &k, consumer, count, lease, now).unwrap();
+                let n = self.new.fetch(consumer, count, lease, now);
+                self.check("FETCH", &o, &n);
+                self.leases.extend(n.into_iter().map(|l| (l.id, l.token)));
+            }
+            5 => {
+                let refs: Vec<(Vec<u8>, i64)> =
+                    (0..1 + rng.below(3)).map(|_| self.lease_ref(rng)).collect();
+                let items: Vec<old::AckItem> = refs
+                    .iter()
+                    .map(|(id, token)| old::AckItem {
+                        id,
+                        token: *token,
+                        result: rng.chance(50).then_some(&b"\"r\""[..]),
+                    })
+                    .collect();
+                let keep = [0, 5, 50][rng.below(3) as usize];
+                self.log.push(format!("{now} ACK {items:?} KEEP {keep}"));
+                let o = old::ack(&mut self.old, &k, &items, keep, now).unwrap();
+                let n = self.new.ack(&items, keep, now);
+                self.check("ACK", o, n);
+            }
+            6 => {
+                let refs: Vec<(Vec<u8>, i64)> =
+                    (0..1 + rng.below(3)).map(|_| self.lease_ref(rng)).collect();
+                let items: Vec<old::NackItem> = refs
+                    .iter()
+                    .map(|(id, token)| old::NackItem {
+                        id,
+                        token: *token,
+                        retry: match rng.below(4) {
+                            0 => old::Retry::Never,
+                            1 => old::Retry::After(0),
+                            _ => old::Retry::After(rng.below(30) as i64),
+                        },
+                        error: b"boom",
+                    })
+                    .collect();
+                self.log.push(format!("{now} NACK {items:?}"));
+                let o = old::nack(&mut self.old, &k, &items, now).unwrap();
+                let n = self.new.nack(&items, now).unwrap();
+                self.check("NACK", o, n);
+            }
+            7 => {
+                let refs: Vec<(Vec<u8>, i64)> =
+                    (0..1 + rng.below(3)).map(|_| self.lease_ref(rng)).collect();
+                let items: Vec<old::LeaseRef> = refs
+                    .iter()
+                    .map(|(id, token)| old::LeaseRef { id, token: *token })
+                    .collect();
+                if rng.chance(50) {
+                    let lease = 5 + rng.below(40) as i64;
+                    self.log.push(format!("{now} EXTEND {lease} {items:?}"));
+                    let o = old::extend(&mut self.old, &k, &items, lease, now).unwrap();
+                    let n = self.new.extend(&items, lease, now);
+                    self.check("EXTEND", o, n);
+                } else {
+                    self.log.push(format!("{now} RELEASE {items:?}"));
+                    let o = old::release(&mut self.old, &k, &items, now).unwrap();
+                    let n = self.new.release(&items, now);
+                    self.check("RELEASE", o, n);
+                }
+            }
+            8 => {
+                let limit = 1 + rng.below(3) as usize;
+                self.log.push(format!("{now} MAINTAIN {limit}"));
+                let o = old::maintain(&mut self.old, &k, now, limit).unwrap();
+                let n = self.new.maintain(now, limit).unwrap();
+                self.check("MAINTAIN", moved(o), moved(n));
+            }
+            9 => {
+                let ids: Vec<&[u8]> = (0..1 + rng.below(3))
+                    .map(|_| IDS[rng.below(IDS.len() as u64) as usize].as_bytes())
+                    .collect();
+                let selection = if rng.chance(30) {
+                    old::Selection::All
+                } else {
+                    old::Selection::Ids(ids)
+                };
+                if rng.chance(60) {
+                    self.log.push(format!("{now} REQUEUE {selection:?}"));
+                    let o = old::requeue(&mut self.old, &k, &selection, now).unwrap();
+                    let n = self.new.requeue(&selection, now).unwrap();
+                    self.check("REQUEUE", o, n);
+                } else {
+                    self.log.push(format!("{now} PURGE {selection:?}"));
+                    let o = old::purge(&mut self.old, &k, &selection).unwrap();
+                    let n = self.new.purge(&selection);
+                    self.check("PURGE", o, n);
+                }
+            }
+            10 => {
+                let ids: Vec<&[u8]> = (0..1 + rng.below(3))
+                    .map(|_| IDS[rng.below(IDS.len() as u64) as usize].as_bytes())
+                    .collect();
+                self.log.push(format!("{now} CANCEL {ids:?}"));
+                let o = old::cancel(&mut self.old, &k, &ids).unwrap();
+                let n = self.new.cancel(&ids);
+                self.check("CANCEL", o, n);
+            }
+            11 => {
+                if rng.chance(50) {
+                    self.log.push(format!("{now} PAUSE"));
+                    old::pause(&mut self.old, &k).unwrap();
+                    self.new.pause();
+                } else {
+                    self.log.push(format!("{now} RESUME"));
+                    old::resume(&mut self.old, &k).unwrap();
+                    self.new.resume();
+                }
+            }
+            12 => {
+                let (offset, count) = (rng.below(4) as usize, 1 + rng.below(4) as usize);
+                let o = old::dead_list(&mut self.old, &k, offset, count).unwrap();
+                let n = self.new.dead_list(offset, count);
+                self.check("DEADLIST", o, n);
+            }
+            _ => {
+                // A round trip through the encoding, or a copy, mid-run:
+                // the rest of the run must not tell the difference.
+                let copy = if rng.chance(50) {
+                    let mut d = Decoder::new();
+                    codec::encode(&self.new, 1 + rng.below(200) as usize, |c| {
+                        d.feed(c).unwrap()
+                    });
+                    d.finish().unwrap()
+                } else {
+                    self.new.clone()
+                };
+                let before: Vec<TaskImage> = self.new.images().collect();
+                self.check(
+                    "images of the reloaded queue",
+                    before,
+                    copy.images().collect(),
+                );
+                self.check("meta of the reloaded queue", self.new.meta(), copy.meta());
+                self.new = copy;
+                self.log.push(format!("{now} RELOAD"));
+            }
+        }
+        self.compare_views();
+    }
+}
+
+#[test]
+fn random_sequences_match_the_keyspace_layout() {
+    let cases: u64 = std::env::var("VTASKS_NATIVE_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    for seed in 1..=cases {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut pair = Pair::new();
+        pair.log.push(format!("seed {seed}"));
+        for _ in 0..120 {
+            pair.step(&mut rng);
+        }
+    }
+}
+
+fn uuid(i: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        i,
+        i % 65536,
+        i % 4096,
+        i % 4096,
+        i * 7919
+    )
+}
+
+#[test]
+fn a_large_queue_encodes_in_chunks_and_decodes_to_the_same_state() {
+    let mut q = TaskQueue::new();
+    let payload = vec![b'x'; 100];
+    let ids: Vec<String> = (0..5_000).map(uuid).collect();
+    let tasks: Vec<NewTask> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NewTask {
+            priority: (i % 3) as i64,
+            when: if i % 10 == 0 {
+                When::Delay(1000)
+            } else {
+                When::Now
+            },
+            ..NewTask::new(id.as_bytes(), &payload)
+        })
+        .collect();
+    q.enqueue(b"{q}", &tasks, None, T0).unwrap();
+    let leased = q.fetch(b"w1", 300, 1000, T0);
+    q.ack(
+        &[old::AckItem {
+            id: &leased[0].id,
+            token: leased[0].token,
+            result: Some(b"1"),
+        }],
+        60_000,
+        T0,
+    );
+    q.release(
+        &[old::LeaseRef {
+            id: &leased[1].id,
+            token: leased[1].token,
+        }],
+        T0,
+    );
+    let chunks = codec::to_bytes(&q);
+    let mut small = Vec::new();
+    codec::encode(&q, 4096, |c| small.push(c.to_vec()));
+    assert!(small.len() > 100);
+    let mut d = Decoder::new();
+    for c in &small {
+        d.feed(c).unwrap();
+    }
+    let back = d.finish().unwrap();
+    assert!(back.images().eq(q.images()));
+    assert_eq!(back.meta(), q.meta());
+    assert_eq!(codec::to_bytes(&back), chunks, "the encoding is canonical");
+}
+
+#[test]
+fn corrupt_or_newer_encodings_are_refused_without_panicking() {
+    let mut q = TaskQueue::new();
+    let tasks: Vec<NewTask> = (0..20)
+        .map(|i| NewTask::new(IDS[i % IDS.len()].as_bytes(), b"{}"))
+        .collect();
+    q.enqueue(b"{q}", &tasks, None, T0).unwrap();
+    q.fetch(b"w1", 3, 100, T0);
+    let chunk = codec::to_bytes(&q).remove(0);
+
+    let mut newer = chunk.clone();
+    newer[0] = codec::ENCODING_VERSION + 1;
+    let err = codec::decode_head(&newer).err().unwrap().to_string();
+    assert!(err.contains("newer than this module"), "{err}");
+
+    let mut rng = Rng(42);
+    for _ in 0..20_000 {
+        let mut bad = chunk.clone();
+        match rng.below(3) {
+            0 => bad.truncate(rng.below(chunk.len() as u64) as usize),
+            1 => {
+                let at = rng.below(bad.len() as u64) as usize;
+                bad[at] ^= 1 << rng.below(8);
+            }
+            _ => {
+                let at = rng.below(bad.len() as u64) as usize;
+                bad[at] = 0xff;
+            }
+        }
+        // Any outcome but a panic; what loads must be a consistent queue.
+        if let Ok(loaded) = codec::decode_head(&bad) {
+            let again = codec::to_bytes(&loaded);
+            let mut d = Decoder::new();
+            for c in &again {
+                d.feed(c).unwrap();
+            }
+        }
+    }
+    // A length prefix far beyond the limits is refused before allocating.
+    let mut huge = vec![codec::ENCODING_VERSION, 0, 0, 0, 0];
+    huge.extend([0u8; 10]);
+    huge.extend([1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(codec::decode_head(&huge).is_err());
+}
+
+#[test]
+fn a_drained_queue_gives_its_memory_back() {
+    let mut q = TaskQueue::new();
+    let ids: Vec<String> = (0..3_000).map(uuid).collect();
+    let tasks: Vec<NewTask> = ids
+        .iter()
+        .map(|id| NewTask::new(id.as_bytes(), &[b'x'; 100]))
+        .collect();
+    let empty = q.heap_bytes();
+    q.enqueue(b"{q}", &tasks, None, T0).unwrap();
+    let full = q.heap_bytes();
+    assert!(full > empty + 3_000 * 136);
+    let leased = q.fetch(b"w", 3_000, 1000, T0);
+    let acks: Vec<old::AckItem> = leased
+        .iter()
+        .map(|l| old::AckItem {
+            id: &l.id,
+            token: l.token,
+            result: None,
+        })
+        .collect();
+    q.ack(&acks, 0, T0);
+    assert!(q.is_empty());
+    assert!(q.heap_bytes() < empty + 4096, "{} left", q.heap_bytes());
+}
+
+#[test]
+fn cancelled_ready_tasks_leave_no_trace_in_the_order() {
+    let mut q = TaskQueue::new();
+    let tasks: Vec<NewTask> = IDS
+        .iter()
+        .map(|id| NewTask::new(id.as_bytes(), b""))
+        .collect();
+    q.enqueue(b"{q}", &tasks, None, T0).unwrap();
+    assert_eq!(q.cancel(&[b"b", b"c", b"b"]), [true, true, false]);
+    q.cancel(&[b"a"]);
+    let got: Vec<Vec<u8>> = q.fetch(b"w", 3, 10, T0).into_iter().map(|l| l.id).collect();
+    assert_eq!(got, [b"d".to_vec(), b"e".to_vec(), b"f".to_vec()]);
+    // The slots of cancelled tasks are reused once they leave the order.
+    q.enqueue(b"{q}", &[NewTask::new(b"new", b"")], None, T0)
+        .unwrap();
+    assert_eq!(q.stats(T0, 0)[0], ("ready", 5));
+    assert_eq!(q.images().count(), 8);
+}
