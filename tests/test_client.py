@@ -161,3 +161,19 @@ def test_engine_selection_and_the_module_requirement(caplog):
     finally:
         with_module.close()
         plain.close()
+
+
+def test_native_exceptions_have_their_public_module_path(valkey):
+    import pickle
+
+    from django.utils.module_loading import import_string
+
+    for name in vtasks.errors.__all__:
+        cls = getattr(vtasks, name)
+        assert cls.__module__ == "vtasks", cls
+        assert import_string(f"{cls.__module__}.{cls.__qualname__}") is cls
+    client = vtasks.Client(valkey.url)
+    with pytest.raises(vtasks.NoSuchQueue) as raised:
+        client.stats_sync("never-used")
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert (type(copy), str(copy), copy.code) == (vtasks.NoSuchQueue, str(raised.value), "NOQUEUE")

@@ -1,4 +1,8 @@
-//! Rust errors as Python exceptions, one class per kind of failure.
+//! Rust errors as Python exceptions, one class per kind of failure. They
+//! are defined in `_native` but belong to the public `vtasks` package (which
+//! re-exports them), so their `__module__` is `vtasks`: a class path
+//! recorded with a task's error (`vtasks.ConnectionFailed`) imports, and
+//! the exceptions pickle.
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -6,61 +10,61 @@ use pyo3::prelude::*;
 use vtasks_client::Error;
 
 create_exception!(
-    _native,
+    vtasks,
     VtasksError,
     PyException,
     "Base class of vtasks errors."
 );
 create_exception!(
-    _native,
+    vtasks,
     ConnectionFailed,
     VtasksError,
     "Valkey could not be reached, or the connection broke."
 );
 create_exception!(
-    _native,
+    vtasks,
     ServerError,
     VtasksError,
     "Valkey answered with an error; `code` is its error code."
 );
 create_exception!(
-    _native,
+    vtasks,
     QueueFull,
     ServerError,
     "The queue holds as many tasks as its MAXLEN allows."
 );
 create_exception!(
-    _native,
+    vtasks,
     NoSuchQueue,
     ServerError,
     "The queue has never been used."
 );
 create_exception!(
-    _native,
+    vtasks,
     InvalidArgument,
     VtasksError,
     "An argument vtasks refuses before sending anything."
 );
 create_exception!(
-    _native,
+    vtasks,
     ModuleNotLoaded,
     VtasksError,
     "The module engine was asked for on a server without the vtasks module."
 );
 create_exception!(
-    _native,
+    vtasks,
     PayloadError,
     VtasksError,
     "A payload that is not valid (compressed) JSON."
 );
 create_exception!(
-    _native,
+    vtasks,
     NotReplicated,
     VtasksError,
     "Written on the primary, but fewer replicas than asked for confirmed it in time."
 );
 create_exception!(
-    _native,
+    vtasks,
     ProtocolError,
     VtasksError,
     "A reply that does not follow the vtasks protocol."

@@ -19,6 +19,9 @@ from ._native import (
 class TaskNotRegistered(VtasksError):
     """A payload names a callable that is not a registered task."""
 
+    # Its public path, like the native exceptions' (``vtasks.<name>``).
+    __module__ = "vtasks"
+
 
 __all__ = [
     "ConnectionFailed",
