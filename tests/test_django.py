@@ -26,11 +26,11 @@ def runs(tmp_path, monkeypatch):
     return path
 
 
-def point_tasks_at(settings, url: str, **options) -> None:
+def point_tasks_at(settings, url: str, queues=("default", "emails"), **options) -> None:
     settings.TASKS = {
         "default": {
             "BACKEND": "vtasks.django.ValkeyTaskBackend",
-            "QUEUES": ["default", "emails"],
+            "QUEUES": list(queues),
             "OPTIONS": {"URL": url, **options},
         }
     }
@@ -338,3 +338,21 @@ def test_runworker_worker_id_and_max_tasks(django_valkey, runs, capsys):
     stats = task_backends["default"].client.stats_sync("default")
     assert stats["leased"] == 0, "nothing left leased"
     assert stats["acked"] + stats["ready"] == 30
+
+
+def test_queues_are_served_in_the_order_of_the_setting(valkey, settings, runs, capsys):
+    point_tasks_at(settings, valkey.url, queues=["high", "default", "low"])
+    for n, queue in enumerate(["low", "default", "high"] * 2):
+        tasks.ordered.using(queue_name=queue).enqueue(n)
+    run_worker_burst(concurrency=1, prefetch=0)
+    assert run_order(runs) == [2, 5, 1, 4, 0, 3], "high, then default, then low"
+    runs.write_text("")
+    for n, queue in enumerate(["low", "default", "high"]):
+        tasks.ordered.using(queue_name=queue).enqueue(n)
+    call_command("runworker", "--burst", "--concurrency", "1")
+    assert "queues ['high', 'default', 'low']" in capsys.readouterr().out
+    assert run_order(runs) == [2, 1, 0], "runworker without --queue: the setting's order"
+
+
+def run_order(runs) -> list[int]:
+    return [int(line.split()[1]) for line in runs.read_text().splitlines() if line.startswith("django_ordered")]

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core import checks
 from django.db import connections, transaction
-from django.tasks import TaskResult, TaskResultStatus
+from django.tasks import DEFAULT_TASK_QUEUE_NAME, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
@@ -136,6 +136,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
+        # Django keeps QUEUES as a set; their order is the order in which a
+        # worker prefers them (the first queue with a ready task is served).
+        self.queue_order: list[str] = list(dict.fromkeys(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME])))
         options = {key.upper(): value for key, value in self.options.items()}
         self.url: str = options.get("URL", "valkey://127.0.0.1:6379")
         self.lease: float = float(options.get("LEASE", 30.0))

@@ -134,7 +134,7 @@ def _call_signature(task: Task) -> inspect.Signature | None:
 
 def make_worker(backend: ValkeyTaskBackend, **options: Any) -> Worker:
     """A vtasks worker for a Django task backend; ``options`` as Worker's."""
-    options.setdefault("queues", sorted(backend.queues))
+    options.setdefault("queues", list(backend.queue_order))
     options.setdefault("lease", backend.lease)
     options.setdefault("keep_results", backend.result_ttl)
     options.setdefault("retry_backoff", backend.retry_backoff)

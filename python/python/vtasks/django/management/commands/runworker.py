@@ -19,7 +19,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--backend", default="default", help="TASKS alias (default: %(default)s)")
-        parser.add_argument("--queue", action="append", dest="queues", help="queue to serve (repeatable)")
+        parser.add_argument(
+            "--queue", action="append", dest="queues",
+            help="queue to serve, repeatable, in order of preference (default: the backend's QUEUES, in their order)",
+        )
         parser.add_argument("--concurrency", type=int, default=10)
         parser.add_argument("--burst", action="store_true", help="drain the queues (nothing ready or leased) and exit")
         parser.add_argument("--max-tasks", type=int, default=None)
@@ -29,7 +32,7 @@ class Command(BaseCommand):
         backend = task_backends[options["backend"]]
         if not isinstance(backend, ValkeyTaskBackend):
             raise CommandError(f"task backend {options['backend']!r} is not a ValkeyTaskBackend")
-        queues = options["queues"] or sorted(backend.queues)
+        queues = options["queues"] or backend.queue_order
         unknown = set(queues) - backend.queues
         if unknown:
             raise CommandError(f"queues not configured for backend {options['backend']!r}: {sorted(unknown)}")
