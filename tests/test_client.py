@@ -10,6 +10,7 @@ import pytest
 import vtasks
 
 from tests import sample_tasks
+from tests.chaos.harness import command, info
 
 
 def test_sync_enqueue_get_stats(valkey):
@@ -81,8 +82,31 @@ def test_bad_inputs_raise_clear_exceptions(valkey):
 def test_server_down_raises_connection_failed():
     with socket_port() as port:
         client = vtasks.Client(f"valkey://127.0.0.1:{port}", connect_timeout=0.5)
-        with pytest.raises(vtasks.ConnectionFailed):
+        with pytest.raises(vtasks.ConnectionFailed, match=f"nothing accepts connections at 127.0.0.1:{port}"):
             client.enqueue_sync(sample_tasks.add, 1, 2)
+
+
+def connections_received(port: int) -> int:
+    return int(info(port, "stats")["total_connections_received"])
+
+
+def test_a_connection_that_cannot_work_fails_at_its_first_attempt(valkey):
+    """A wrong password or a database the server lacks is not retried with
+    backoff (which took about 4.7 s): one connection attempt, a clear error."""
+    command(valkey.port, "ACL", "SETUSER", "app", "on", ">right", "~*", "+@all")
+    cases = [
+        (f"valkey://app:wrong@127.0.0.1:{valkey.port}", "refused the user name or password"),
+        (f"valkey://app:right@127.0.0.1:{valkey.port}/99", "has no database 99"),
+    ]
+    for url, reason in cases:
+        before = connections_received(valkey.port)
+        with pytest.raises(vtasks.ConnectionFailed, match=reason) as raised:
+            vtasks.Client(url).stats_sync("default")
+        # The counter also counts the INFO connection that reads it.
+        assert connections_received(valkey.port) - before == 2, "one attempt, not retried"
+        assert "right" not in str(raised.value) and "wrong" not in str(raised.value), "no password in the error"
+    client = vtasks.Client(f"valkey://app:right@127.0.0.1:{valkey.port}/1")
+    assert client.enqueue_sync(sample_tasks.add, 1, 2)
 
 
 class socket_port:

@@ -21,7 +21,10 @@ pub struct ClientOptions {
     /// How long one command may take before it fails (blocking fetches add
     /// their block time to this).
     pub response_timeout: Duration,
-    /// Reconnection attempts per failed command, with exponential backoff.
+    /// Reconnection attempts per failed command, with exponential backoff
+    /// (50 ms doubling to 2 s). The first connection is tried once: a
+    /// server that is not running, a wrong password or a missing database
+    /// fail `connect` at once.
     pub reconnect_retries: usize,
     /// The module, the scripts, or whichever the server supports.
     pub engine: EngineChoice,
@@ -87,6 +90,42 @@ fn install_tls_provider() {
     });
 }
 
+/// The client's first connection: one attempt, its failure explained.
+async fn first_connection(
+    redis: &redis::Client,
+    options: &ClientOptions,
+) -> Result<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.response_timeout));
+    redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|err| first_connection_error(redis.get_connection_info(), options, err))
+}
+
+fn first_connection_error(
+    info: &redis::ConnectionInfo,
+    options: &ClientOptions,
+    err: redis::RedisError,
+) -> Error {
+    let addr = info.addr();
+    let detail = if err.kind() == redis::ErrorKind::AuthenticationFailed {
+        format!("{addr} refused the user name or password of the URL ({err})")
+    } else if err.to_string().contains("switch database") {
+        let db = info.redis_settings().db();
+        format!("{addr} has no database {db} (the number after the URL's host): {err}")
+    } else if err.is_connection_refusal() {
+        format!("nothing accepts connections at {addr}, is the server running? ({err})")
+    } else if err.is_timeout() {
+        let timeout = options.connect_timeout;
+        format!("{addr} did not answer within the connect timeout ({timeout:?}): {err}")
+    } else {
+        format!("{addr}: {err}")
+    };
+    Error::Connection(detail)
+}
+
 #[derive(Clone)]
 pub struct Client {
     conn: ConnectionManager,
@@ -113,6 +152,18 @@ impl Client {
         install_tls_provider();
         let redis = redis::Client::open(options.url.as_str())
             .map_err(|e| Error::InvalidInput(format!("URL {:?}: {e}", options.url)))?;
+        // One attempt first, without the manager's reconnection backoff: a
+        // server that is not running, a wrong password or a database the
+        // server does not have are not fixed by retrying for seconds.
+        let mut first = first_connection(&redis, &options).await?;
+        let module_loaded = match options.engine {
+            EngineChoice::Scripts => false,
+            _ => engine::has_module(&mut first).await?,
+        };
+        let engine = engine::resolve(options.engine, module_loaded, &options.url)?;
+        drop(first);
+        // Later connection losses are retried with backoff (a restart or a
+        // failover is expected to come back).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -123,11 +174,6 @@ impl Client {
             .get_connection_manager_with_config(config)
             .await
             .map_err(Error::from)?;
-        let module_loaded = match options.engine {
-            EngineChoice::Scripts => false,
-            _ => engine::has_module(&mut conn.clone()).await?,
-        };
-        let engine = engine::resolve(options.engine, module_loaded, &options.url)?;
         Ok(Client {
             conn,
             redis,

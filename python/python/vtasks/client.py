@@ -111,8 +111,14 @@ class Client:
     """A connection to Valkey (or Redis) running vtasks.
 
     ``url``: ``valkey://``, ``redis://``, ``valkeys://``/``rediss://`` or
-    ``unix://``. The connection is opened on first use and reconnects by
-    itself.
+    ``unix://``. The connection is opened on first use, in one attempt: a
+    server that is not running, a wrong password or a database the server
+    does not have raise `ConnectionFailed` at once, and the next use tries
+    again. Once connected, a lost connection is re-established by itself:
+    a call made while the server is unreachable waits while the client
+    reconnects with backoff (about 5 to 10 seconds) and then raises
+    `ConnectionFailed`. ``connect_timeout`` bounds each connection attempt,
+    ``response_timeout`` each command's reply.
 
     ``engine``: ``"auto"`` (the default) runs the module's commands when the
     server has the vtasks module and the same commands as Lua scripts when it
