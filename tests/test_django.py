@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued, task_finished, task_started
+from vtasks.django.checks import reaching_server
 from vtasks.django.worker import make_worker
 
 from tests.conftest import ValkeyServer
@@ -182,11 +183,15 @@ def test_queue_names_are_validated(django_valkey):
         tasks.add.using(queue_name="elsewhere").enqueue(1, 2)
 
 
+@reaching_server()
 def test_system_checks_report_an_unreachable_server_and_the_engine(settings):
-    point_tasks_at(settings, "valkey://127.0.0.1:1", CONNECT_TIMEOUT=0.5)
+    point_tasks_at(settings, "valkey://user:secret@127.0.0.1:1", CONNECT_TIMEOUT=0.5)
     messages = task_backends["default"].check()
     assert [m.id for m in messages] == ["vtasks.E001"]
     assert messages[0].hint
+    assert "secret" not in messages[0].msg and "user:***@" in messages[0].msg
+    with reaching_server(False):
+        assert task_backends["default"].check() == [], "the options are fine; the server is not reached"
     point_tasks_at(settings, "valkey://127.0.0.1:1", ENGINE="fast")
     assert [m.id for m in task_backends["default"].check()] == ["vtasks.E003"]
     plain = ValkeyServer(with_module=False)

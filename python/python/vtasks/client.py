@@ -27,7 +27,7 @@ ENGINES = ("auto", "module", "scripts")
 logger = logging.getLogger("vtasks")
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password, for logs."""
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
@@ -170,7 +170,8 @@ class Client:
                         wait_timeout=self.wait_timeout,
                     )
                     logger.info(
-                        "vtasks: %s engine on %s (asked for %s)", native.engine, _redacted(self.url), self.engine_choice
+                        "vtasks: %s engine on %s (asked for %s)",
+                        native.engine, redacted_url(self.url), self.engine_choice,
                     )
                     self._native_client = native
         return self._native_client

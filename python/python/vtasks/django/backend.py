@@ -23,9 +23,10 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from ..client import Client, TaskState
+from ..client import Client, TaskState, redacted_url
 from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import dumps, loads
+from .checks import reaches_server
 
 # Status of a vtasks task -> Django's.
 STATUSES = {
@@ -304,14 +305,19 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return self._result(result_id, await self.client.get(queue, task_id))
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        if self.engine not in ("auto", "module", "scripts"):
-            return [
-                checks.Error(
-                    f"Task backend {self.alias!r}: OPTIONS['ENGINE'] is {self.engine!r}.",
-                    hint="Use 'auto' (the default), 'module' or 'scripts'.",
-                    id="vtasks.E003",
-                )
-            ]
+        """Django's system checks of this backend (run by ``django.tasks``'
+        own check): its options always; the server only in the commands that
+        use it (see ``vtasks.django.checks``). Each check is a method of its
+        own with its own message id."""
+        messages = self._check_engine_option()
+        if messages or not reaches_server():
+            return messages
+        return self.check_server()
+
+    def check_server(self) -> list[checks.CheckMessage]:
+        """The checks that connect to Valkey: reachable (``vtasks.E001``),
+        with the module if ``ENGINE`` requires it (``vtasks.E002``), then
+        the checks of the running server."""
         try:
             engine = self.client.engine
         except ModuleNotLoaded as exc:
@@ -326,15 +332,33 @@ class ValkeyTaskBackend(BaseTaskBackend):
         except VtasksError as exc:
             return [
                 checks.Error(
-                    f"Task backend {self.alias!r} cannot reach Valkey at {self.url}: {exc}",
+                    f"Task backend {self.alias!r} cannot reach Valkey at {redacted_url(self.url)}: {exc}",
                     hint="Start Valkey (with the vtasks module: the fastest engine), or fix OPTIONS['URL'].",
                     id="vtasks.E001",
                 )
             ]
+        messages: list[checks.CheckMessage] = []
+        for check in (self._check_engine_in_use,):
+            messages += check(engine)
+        return messages
+
+    def _check_engine_option(self) -> list[checks.CheckMessage]:
+        if self.engine in ("auto", "module", "scripts"):
+            return []
+        return [
+            checks.Error(
+                f"Task backend {self.alias!r}: OPTIONS['ENGINE'] is {self.engine!r}.",
+                hint="Use 'auto' (the default), 'module' or 'scripts'.",
+                id="vtasks.E003",
+            )
+        ]
+
+    def _check_engine_in_use(self, engine: str) -> list[checks.CheckMessage]:
         if engine == "scripts" and self.engine == "auto":
             return [
                 checks.Info(
-                    f"Task backend {self.alias!r} runs on the scripts engine: {self.url} has no vtasks module.",
+                    f"Task backend {self.alias!r} runs on the scripts engine: "
+                    f"{redacted_url(self.url)} has no vtasks module.",
                     hint="Fine on managed Valkey/Redis. Where you can load the module, it is faster; "
                     "set OPTIONS['ENGINE'] to 'module' to require it.",
                     id="vtasks.I001",

@@ -11,11 +11,18 @@ from django.tasks import task_backends
 
 from ....errors import VtasksError
 from ...backend import ValkeyTaskBackend
+from ...checks import reaching_server
 from ...worker import make_worker
 
 
 class Command(BaseCommand):
     help = "Runs a vtasks worker for a Django task backend."
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        # A worker uses Valkey: its checks reach the server, whether the
+        # command came from manage.py or call_command().
+        with reaching_server():
+            super().check(*args, **kwargs)
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--backend", default="default", help="TASKS alias (default: %(default)s)")
