@@ -31,4 +31,7 @@ pub use protocol::{
     Settled, Status, TaskInfo, When,
 };
 pub use queue::QueueName;
+/// Limits and defaults of the protocol, the same numbers the module and the
+/// scripts engine check.
+pub use vtasks_protocol;
 pub use worker::{run, Outcome, WorkerCore, WorkerOptions, WorkerStats};

@@ -5,10 +5,9 @@
 
 use crate::error::{Error, Result};
 
-/// Payloads larger than this are compressed.
-pub const COMPRESS_ABOVE: usize = 16 * 1024;
-/// Refuse to inflate a payload beyond this (a compressed bomb).
-pub const MAX_DECODED: usize = 64 * 1024 * 1024;
+/// Payloads larger than this are compressed; never inflate one beyond
+/// `MAX_DECODED` (a compressed bomb).
+pub use vtasks_protocol::{COMPRESS_ABOVE, MAX_DECODED};
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const LEVEL: i32 = 3;
 

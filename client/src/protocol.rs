@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use redis::Value;
+use vtasks_protocol::{DEFAULT_LEASE_MS, MAX_PRIORITY, MIN_PRIORITY};
 
 use crate::error::{Error, Result};
 use crate::queue::QueueName;
@@ -30,7 +31,7 @@ pub struct NewTask {
     /// −100..=100, higher first.
     pub priority: i32,
     pub when: When,
-    /// None: the server's default (3).
+    /// None: the server's default (`vtasks_protocol::DEFAULT_MAX_ATTEMPTS`).
     pub max_attempts: Option<u32>,
     /// Replace a finished task with the same id (unique tasks): at most one
     /// waiting or running task per id.
@@ -70,9 +71,9 @@ impl Enqueue<'_> {
             cmd.arg("MAXLEN").arg(maxlen);
         }
         for task in self.tasks {
-            if !(-100..=100).contains(&task.priority) {
+            if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&i64::from(task.priority)) {
                 return Err(Error::InvalidInput(format!(
-                    "priority {} of task {}: expected -100..=100",
+                    "priority {} of task {}: expected {MIN_PRIORITY}..={MAX_PRIORITY}",
                     task.priority, task.id
                 )));
             }
@@ -194,14 +195,14 @@ pub struct Fetched {
 
 impl Fetch {
     /// One task from `queues` for `consumer`, with the module's default
-    /// lease (30 s), no blocking and nothing to settle; set the other
+    /// lease (`DEFAULT_LEASE_MS`, 30 s), no blocking and nothing to settle; set the other
     /// fields with struct update syntax.
     pub fn new(queues: Vec<QueueName>, consumer: impl Into<String>) -> Fetch {
         Fetch {
             queues,
             consumer: consumer.into(),
             count: 1,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_millis(DEFAULT_LEASE_MS as u64),
             block: None,
             keep: None,
             acks: Vec::new(),

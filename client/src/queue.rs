@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use vtasks_protocol::MAX_QUEUE_NAME;
+
 use crate::error::{Error, Result};
 
 /// A validated queue name.
@@ -11,16 +13,16 @@ pub struct QueueName {
 }
 
 impl QueueName {
-    /// Accepts `emails` or `{emails}`: 1–128 characters of `A-Z a-z 0-9 _ . : -`.
+    /// Accepts `emails` or `{emails}`: 1–`MAX_QUEUE_NAME` (128) characters of `A-Z a-z 0-9 _ . : -`.
     pub fn new(name: &str) -> Result<QueueName> {
         let bare = name
             .strip_prefix('{')
             .and_then(|n| n.strip_suffix('}'))
             .unwrap_or(name);
         let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
-        if bare.is_empty() || bare.len() > 128 || !bare.chars().all(allowed) {
+        if bare.is_empty() || bare.len() > MAX_QUEUE_NAME || !bare.chars().all(allowed) {
             return Err(Error::InvalidInput(format!(
-                "queue name {name:?}: expected 1-128 characters of A-Z a-z 0-9 _ . : -"
+                "queue name {name:?}: expected 1-{MAX_QUEUE_NAME} characters of A-Z a-z 0-9 _ . : -"
             )));
         }
         Ok(QueueName {

@@ -20,21 +20,35 @@ use redis::{Cmd, Value};
 
 use crate::error::{Error, Result};
 
-/// The library's text before it is named.
+/// The library's text as written: its limits and its name are
+/// placeholders (`__MAX_PRIORITY__`, `__FUNCTION_NAME__`).
 const TEMPLATE: &str = include_str!("scripts/vtasks.lua");
 
 /// Suffixes of a queue's keys, in the order the library takes them.
-pub const QUEUE_KEY_SUFFIXES: [&str; 8] = [
-    "", ":ready", ":delayed", ":leased", ":dead", ":done", ":wake", ":waiting",
-];
+pub use vtasks_protocol::QUEUE_KEY_SUFFIXES;
+use vtasks_protocol::TASK_KEY_INFIX;
+
+/// The template with every `__NAME__` of `vtasks_protocol::LIMITS` replaced
+/// by its value, so the library checks exactly what the module checks.
+fn with_limits() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        vtasks_protocol::LIMITS
+            .iter()
+            .fold(TEMPLATE.to_string(), |text, (name, value)| {
+                text.replace(&format!("__{name}__"), &value.to_string())
+            })
+    })
+}
 
 /// The library's (and its one function's) name: `vtasks_` and the first 16
-/// hex digits of the text's SHA1. Another vtasks version has another name,
-/// so versions sharing a server never replace each other's code.
+/// hex digits of the SHA1 of its text with the limits filled in. Another
+/// vtasks version (other code or other limits) has another name, so
+/// versions sharing a server never replace each other's code.
 pub fn function_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
-        let hash = redis::Script::new(TEMPLATE).get_hash().to_string();
+        let hash = redis::Script::new(with_limits()).get_hash().to_string();
         format!("vtasks_{}", &hash[..16])
     })
 }
@@ -46,7 +60,7 @@ pub fn library() -> &'static str {
         format!(
             "#!lua name={}\n{}",
             function_name(),
-            TEMPLATE.replace("__FUNCTION_NAME__", function_name())
+            with_limits().replace("__FUNCTION_NAME__", function_name())
         )
     })
 }
@@ -246,7 +260,7 @@ impl KeyList {
     }
 
     fn task(&mut self, queue: &[u8], id: &[u8]) {
-        self.tasks.push([queue, b":t:", id].concat());
+        self.tasks.push([queue, TASK_KEY_INFIX.as_bytes(), id].concat());
     }
 
     fn tasks(&mut self, queue: &[u8], ids: &[&[u8]]) {
@@ -361,6 +375,31 @@ mod tests {
             .iter()
             .map(|s| format!("{q}{s}"))
             .collect()
+    }
+
+    #[test]
+    fn the_library_takes_every_limit_from_the_protocol_crate() {
+        let text = library();
+        // Only `__FUNCTION_NAME__`'s substitution could leave a `__X__`
+        // behind; any other is a limit the crate does not define.
+        let leftover = text
+            .split("__")
+            .skip(1)
+            .step_by(2)
+            .find(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+        assert_eq!(leftover, None, "a placeholder the crate does not fill");
+        let mut substituted = 0;
+        for (name, value) in vtasks_protocol::LIMITS {
+            if TEMPLATE.contains(&format!("__{name}__")) {
+                assert!(text.contains(&format!("local {name} = {value}\n")), "{name}");
+                substituted += 1;
+            }
+        }
+        assert!(substituted >= 15, "only {substituted} limits substituted");
+        // The library's name follows its limits, so two builds with
+        // different limits never share a library on one server.
+        assert!(text.starts_with(&format!("#!lua name={}\n", function_name())));
+        assert!(!with_limits().contains("__MAX_PRIORITY__"));
     }
 
     #[test]

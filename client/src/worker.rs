@@ -55,7 +55,7 @@ impl WorkerOptions {
             queues,
             consumer: consumer.into(),
             concurrency: 10,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_millis(vtasks_protocol::DEFAULT_LEASE_MS as u64),
             block: Duration::from_secs(5),
             keep_results: None,
             burst: false,

@@ -7,9 +7,6 @@ use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
 use crate::core::queue::{AckItem, LeaseRef, NackItem, NewTask, Retry, Selection, When};
 
-/// Most queues one FETCHN may name.
-pub const MAX_QUEUES: i64 = 64;
-
 /// Reads an item count and checks that the items it announces are there.
 pub fn item_count(a: &mut Args, what: &'static str, width: usize) -> VtResult<usize> {
     let n = a.next_int("item count", 1, MAX_FETCH_COUNT * 10)? as usize;

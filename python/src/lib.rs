@@ -31,5 +31,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker::NativeWorker>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The protocol's limits and defaults by name (`vtasks-protocol`), so the
+    // Python package validates with the numbers the engines check.
+    let limits = pyo3::types::PyDict::new(m.py());
+    for (name, value) in vtasks_protocol::LIMITS {
+        limits.set_item(name, value)?;
+    }
+    m.add("LIMITS", limits)?;
     Ok(())
 }

@@ -28,27 +28,32 @@ local KEYS, ARGV
 -- sets these two for each call.
 local call, pcall_redis
 
--- Limits (docs/PROTOCOL.md, "Limits").
-local MAX_QUEUE_NAME = 128
-local MAX_ID_LEN = 256
-local MAX_CONSUMER_LEN = 128
-local MAX_PAYLOAD = 16 * 1024 * 1024
-local MAX_ERROR_TEXT = 64 * 1024
-local MAX_ENQUEUE_BATCH = 10000
-local MAX_FETCH_COUNT = 1000
-local MAX_QUEUES = 64
-local MAX_DURATION_MS = 365 * 24 * 3600 * 1000
-local MAX_TIMESTAMP_MS = 2 ^ 48
-local MAX_ATTEMPTS = 10000
-local MAINTENANCE_BATCH = 1000
-local BULK_BATCH = 10000
-local DEFAULT_LEASE_MS = 30000
-local DEFAULT_KEEP_MS = 24 * 3600 * 1000
-local DEFAULT_MAX_ATTEMPTS = 3
-local SEQ_SPAN = 2 ^ 44 -- ready score = (100 - priority) * 2^44 + seq
+-- Limits and defaults (docs/PROTOCOL.md, "Limits"). The client replaces
+-- each placeholder below with the value of the same name in the
+-- vtasks-protocol crate, the module's own source of these numbers, before
+-- loading the library.
+local MAX_QUEUE_NAME = __MAX_QUEUE_NAME__
+local MAX_ID_LEN = __MAX_ID_LEN__
+local MAX_CONSUMER_LEN = __MAX_CONSUMER_LEN__
+local MAX_PAYLOAD = __MAX_PAYLOAD__
+local MAX_ERROR_TEXT = __MAX_ERROR_TEXT__
+local MAX_ENQUEUE_BATCH = __MAX_ENQUEUE_BATCH__
+local MAX_FETCH_COUNT = __MAX_FETCH_COUNT__
+local MAX_QUEUES = __MAX_QUEUES__
+local MAX_DURATION_MS = __MAX_DURATION_MS__
+local MAX_TIMESTAMP_MS = __MAX_TIMESTAMP_MS__
+local MAX_ATTEMPTS = __MAX_ATTEMPTS__
+local MIN_PRIORITY = __MIN_PRIORITY__
+local MAX_PRIORITY = __MAX_PRIORITY__
+local MAINTENANCE_BATCH = __MAINTENANCE_BATCH__
+local BULK_BATCH = __BULK_BATCH__
+local DEFAULT_LEASE_MS = __DEFAULT_LEASE_MS__
+local DEFAULT_KEEP_MS = __DEFAULT_KEEP_MS__
+local DEFAULT_MAX_ATTEMPTS = __DEFAULT_MAX_ATTEMPTS__
+local SEQ_SPAN = 2 ^ 44 -- ready score = (MAX_PRIORITY - priority) * 2^44 + seq
 local I64_MAX = '9223372036854775807'
 -- How long a consumer sleeps on the wake list at most before it asks again.
-local MAX_SLEEP_MS = 60000
+local MAX_SLEEP_MS = __MAX_SLEEP_MS__
 -- Chunk size for variadic calls (Lua's C stack holds about 8000 values).
 local CHUNK = 1000
 
@@ -155,12 +160,12 @@ function Args:next_int(what, min, max, max_text)
 end
 
 local function validate_id(id)
-  if #id == 0 or #id > MAX_ID_LEN then fail('ERR task id must be 1-256 bytes') end
+  if #id == 0 or #id > MAX_ID_LEN then fail('ERR task id must be 1-' .. MAX_ID_LEN .. ' bytes') end
 end
 
 local function validate_consumer(name)
   if #name == 0 or #name > MAX_CONSUMER_LEN or not string.find(name, '^[A-Za-z0-9_%.:%-@/]+$') then
-    fail('ERR consumer name must be 1-128 characters of A-Z a-z 0-9 _ . : - @ /')
+    fail('ERR consumer name must be 1-' .. MAX_CONSUMER_LEN .. ' characters of A-Z a-z 0-9 _ . : - @ /')
   end
 end
 
@@ -185,7 +190,7 @@ local function queue_keys(arg)
   local name = string.match(arg, '^{([A-Za-z0-9_%.:%-]+)}$')
   if name == nil or #name > MAX_QUEUE_NAME then
     fail("ERR invalid queue '" .. shown(arg) ..
-      "': expected {name} where name is 1-128 characters of A-Z a-z 0-9 _ . : -")
+      "': expected {name} where name is 1-" .. MAX_QUEUE_NAME .. " characters of A-Z a-z 0-9 _ . : -")
   end
   local base = declared_queues * KEYS_PER_QUEUE
   if KEYS[base + 1] ~= arg or KEYS[base + 8] ~= arg .. ':waiting' then
@@ -301,7 +306,7 @@ local function save(q, id, w)
 end
 
 local function ready_score(priority, seq)
-  return (100 - priority) * SEQ_SPAN + seq
+  return (MAX_PRIORITY - priority) * SEQ_SPAN + seq
 end
 
 local function bump(q, counter, n)
@@ -704,7 +709,7 @@ function commands.ENQUEUE(a)
     while not a:is_empty() and not a:peek_is('TASK') do
       local option = a:next_keyword()
       if option == 'PRIORITY' then
-        task.priority = a:next_int('PRIORITY', -100, 100)
+        task.priority = a:next_int('PRIORITY', MIN_PRIORITY, MAX_PRIORITY)
       elseif option == 'ATTEMPTS' then
         task.attempts = a:next_int('ATTEMPTS', 1, MAX_ATTEMPTS)
       elseif option == 'REPLACEFINISHED' then

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use vtasks_protocol::{MAX_CONSUMER_LEN, MAX_ID_LEN, MAX_QUEUE_NAME};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VtError {
     /// Malformed command: unknown option, missing value, leftover arguments.
@@ -64,12 +66,12 @@ impl fmt::Display for VtError {
             }
             VtError::InvalidQueue(given) => write!(
                 f,
-                "ERR invalid queue '{given}': expected {{name}} where name is 1-128 characters of A-Z a-z 0-9 _ . : -"
+                "ERR invalid queue '{given}': expected {{name}} where name is 1-{MAX_QUEUE_NAME} characters of A-Z a-z 0-9 _ . : -"
             ),
-            VtError::InvalidId => write!(f, "ERR task id must be 1-256 bytes"),
+            VtError::InvalidId => write!(f, "ERR task id must be 1-{MAX_ID_LEN} bytes"),
             VtError::InvalidConsumer => write!(
                 f,
-                "ERR consumer name must be 1-128 characters of A-Z a-z 0-9 _ . : - @ /"
+                "ERR consumer name must be 1-{MAX_CONSUMER_LEN} characters of A-Z a-z 0-9 _ . : - @ /"
             ),
             VtError::TooLarge { what, size, limit } => {
                 write!(f, "ERR {what} of {size} bytes exceeds the limit of {limit} bytes")

@@ -3,38 +3,15 @@
 
 use super::error::{VtError, VtResult};
 
-/// Longest queue name inside the braces.
-pub const MAX_QUEUE_NAME: usize = 128;
-/// Longest task id.
-pub const MAX_ID_LEN: usize = 256;
-/// Longest consumer name.
-pub const MAX_CONSUMER_LEN: usize = 128;
-/// Largest payload or result, in bytes.
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
-/// Largest error text kept with a failed task; longer texts are truncated.
-pub const MAX_ERROR_TEXT: usize = 64 * 1024;
-/// Most tasks one ENQUEUE may carry.
-pub const MAX_ENQUEUE_BATCH: usize = 10_000;
-/// Most tasks one FETCHN may hand out.
-pub const MAX_FETCH_COUNT: i64 = 1_000;
-/// Longest lease, block, delay and result TTL (one year), in ms.
-pub const MAX_DURATION_MS: i64 = 365 * 24 * 3600 * 1000;
-/// Latest RUNAT accepted: 2^48 ms after the epoch (year 10889).
-pub const MAX_TIMESTAMP_MS: i64 = 1 << 48;
-/// Highest max-attempts value.
-pub const MAX_ATTEMPTS: i64 = 10_000;
-/// Priorities, as in Django's Tasks framework.
-pub const MIN_PRIORITY: i64 = -100;
-pub const MAX_PRIORITY: i64 = 100;
-/// Most entries one maintenance pass or one ALL-selection touches, so a single
-/// call never stalls the server; callers repeat until nothing is left.
-pub const MAINTENANCE_BATCH: usize = 1_000;
-pub const BULK_BATCH: usize = 10_000;
-
-/// Defaults applied when a command leaves an option out.
-pub const DEFAULT_LEASE_MS: i64 = 30_000;
-pub const DEFAULT_KEEP_MS: i64 = 24 * 3600 * 1000;
-pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
+// The limits and defaults live in the `vtasks-protocol` crate, shared with
+// the client, the scripts engine's Lua library and the Python package.
+pub use vtasks_protocol::{
+    BULK_BATCH, DEFAULT_KEEP_MS, DEFAULT_LEASE_MS, DEFAULT_MAX_ATTEMPTS, MAINTENANCE_BATCH,
+    MAX_ATTEMPTS, MAX_CONSUMER_LEN, MAX_DURATION_MS, MAX_ENQUEUE_BATCH, MAX_ERROR_TEXT,
+    MAX_FETCH_COUNT, MAX_ID_LEN, MAX_PAYLOAD, MAX_PRIORITY, MAX_QUEUES, MAX_QUEUE_NAME,
+    MAX_TIMESTAMP_MS, MIN_PRIORITY,
+};
+use vtasks_protocol::{QUEUE_KEY_SUFFIXES, TASK_KEY_INFIX};
 
 /// Every key of one queue. All share the hash tag `{name}`, so a queue lives
 /// in one cluster slot and an ACL pattern `~{name}*` covers all of it.
@@ -66,17 +43,18 @@ impl QueueKeys {
         if name.is_empty() || name.len() > MAX_QUEUE_NAME || !name.iter().all(allowed) {
             return Err(invalid());
         }
-        let with = |suffix: &[u8]| [arg, suffix].concat();
+        let [meta, ready, delayed, leased, dead, done, wake, waiting] =
+            QUEUE_KEY_SUFFIXES.map(|suffix| [arg, suffix.as_bytes()].concat());
         Ok(QueueKeys {
-            meta: arg.to_vec(),
-            ready: with(b":ready"),
-            delayed: with(b":delayed"),
-            leased: with(b":leased"),
-            dead: with(b":dead"),
-            done: with(b":done"),
-            wake: with(b":wake"),
-            waiting: with(b":waiting"),
-            task_prefix: with(b":t:"),
+            meta,
+            ready,
+            delayed,
+            leased,
+            dead,
+            done,
+            wake,
+            waiting,
+            task_prefix: [arg, TASK_KEY_INFIX.as_bytes()].concat(),
         })
     }
 

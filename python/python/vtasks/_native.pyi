@@ -17,10 +17,13 @@ __all__ = [
     "ProtocolError",
     "ModuleNotLoaded",
     "NotReplicated",
+    "LIMITS",
     "__version__",
 ]
 
 __version__: str
+# The protocol's limits and defaults by name (the vtasks-protocol crate).
+LIMITS: dict[str, int]
 
 class VtasksError(Exception): ...
 class ConnectionFailed(VtasksError): ...

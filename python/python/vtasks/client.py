@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _native
 from ._bridge import LoopBridge
+from .limits import check_max_attempts, check_priority
 from .payloads import encode_call, loads
 from .tasks import options_of
 
@@ -198,11 +199,8 @@ class Client:
     ) -> tuple[str, tuple[str, bytes, int, int | None, int | None, int | None]]:
         opts = options_of(task)
         priority = opts.priority if priority is None else priority
-        if not isinstance(priority, int) or not -100 <= priority <= 100:
-            raise ValueError(f"priority must be an integer in -100..100, got {priority!r}")
-        attempts = opts.max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {attempts}")
+        check_priority(priority)
+        attempts = check_max_attempts(opts.max_attempts if max_attempts is None else max_attempts)
         if delay is not None and run_at is not None:
             raise ValueError("give delay or run_at, not both")
         task_id = id or uuid.uuid4().hex

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TaskNotRegistered
+from .limits import DEFAULT_MAX_ATTEMPTS, check_max_attempts, check_priority
 
 _registry: dict[str, Callable[..., Any]] = {}
 
@@ -17,7 +18,7 @@ class TaskOptions:
     name: str
     queue: str = "default"
     priority: int = 0
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
 def task(
@@ -26,7 +27,7 @@ def task(
     name: str | None = None,
     queue: str = "default",
     priority: int = 0,
-    max_attempts: int = 3,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Any:
     """Registers a function (sync or async) as a task.
 
@@ -36,10 +37,8 @@ def task(
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
         task_name = name or f"{f.__module__}.{f.__qualname__}"
-        if not -100 <= priority <= 100:
-            raise ValueError(f"priority {priority} of task {task_name}: expected -100..100")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts of task {task_name} must be at least 1")
+        check_priority(priority, f"priority of task {task_name}")
+        check_max_attempts(max_attempts, f"max_attempts of task {task_name}")
         existing = _registry.get(task_name)
         if existing is not None and existing is not f:
             raise ValueError(f"a different callable is already registered as task {task_name}")

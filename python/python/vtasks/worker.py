@@ -23,6 +23,7 @@ from . import _native
 from ._bridge import LoopBridge
 from .client import Client
 from .errors import TaskNotRegistered
+from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF
 from .payloads import decode_call_with_options, describe_exception, dumps
 from .tasks import resolve
 
@@ -73,13 +74,13 @@ class Worker:
         burst: bool = False,
         handle_signals: bool = True,
         resolver: Resolver | None = None,
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         block: float = 5.0,
         keep_results: float | None = None,
         grace: float = 30.0,
         max_tasks: int | None = None,
-        retry_backoff: float = 1.0,
-        max_backoff: float = 300.0,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
         consumer: str | None = None,
     ) -> None:
         if not queues:

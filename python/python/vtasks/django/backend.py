@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.tasks import DEFAULT_TASK_QUEUE_NAME, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -23,6 +24,7 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
+from .. import limits
 from ..client import Client, TaskState, redacted_url
 from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import dumps, loads
@@ -142,10 +144,18 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.queue_order: list[str] = list(dict.fromkeys(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME])))
         options = {key.upper(): value for key, value in self.options.items()}
         self.url: str = options.get("URL", "valkey://127.0.0.1:6379")
-        self.lease: float = float(options.get("LEASE", 30.0))
-        self.result_ttl: float = float(options.get("RESULT_TTL", 24 * 3600))
-        self.max_attempts: int = int(options.get("MAX_ATTEMPTS", 1))
-        self.retry_backoff: float = float(options.get("RETRY_BACKOFF", 1.0))
+        self.lease: float = float(options.get("LEASE", limits.DEFAULT_LEASE))
+        self.result_ttl: float = float(options.get("RESULT_TTL", limits.DEFAULT_RESULT_TTL))
+        # One attempt unless configured: a task that raises fails, as with
+        # Django's own backends (docs/DECISIONS.md); a worker that dies
+        # mid-task does not use up an attempt.
+        try:
+            self.max_attempts: int = limits.check_max_attempts(
+                int(options.get("MAX_ATTEMPTS", limits.DJANGO_MAX_ATTEMPTS)), "MAX_ATTEMPTS"
+            )
+        except ValueError as err:
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {err}") from None
+        self.retry_backoff: float = float(options.get("RETRY_BACKOFF", limits.DEFAULT_RETRY_BACKOFF))
         self.connect_timeout: float = float(options.get("CONNECT_TIMEOUT", 5.0))
         self.response_timeout: float = float(options.get("RESPONSE_TIMEOUT", 10.0))
         self.queue_concurrency: dict[str, int] = dict(options.get("QUEUE_CONCURRENCY", {}))
@@ -166,8 +176,11 @@ class ValkeyTaskBackend(BaseTaskBackend):
     def validate_task(self, task: Task) -> None:
         super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
-        if max_attempts is not None and not 1 <= max_attempts <= 10_000:
-            raise InvalidTask("max_attempts must be between 1 and 10000.")
+        if max_attempts is not None:
+            try:
+                limits.check_max_attempts(max_attempts)
+            except ValueError as err:
+                raise InvalidTask(str(err)) from None
         for name in ("retry_backoff", "timeout", "unique_period"):
             value = getattr(task, name, None)
             if value is not None and value <= 0:

@@ -1,0 +1,125 @@
+//! The numbers of the vtasks protocol (`docs/PROTOCOL.md`, "Limits"), in
+//! one place. The module checks its arguments with them, the client and the
+//! Python package validate before sending, and the scripts engine's Lua
+//! library gets them substituted into its template (`__MAX_PRIORITY__`
+//! becomes `100`), so the two engines cannot drift apart: changing a value
+//! here changes it everywhere, and `LIMITS` lists every one by name for the
+//! languages that are not Rust (the Lua template, `vtasks._native.LIMITS`).
+
+macro_rules! limits {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty = $value:expr; )*) => {
+        $( $(#[$doc])* pub const $name: $ty = $value; )*
+
+        /// Every constant of this crate by name, as a signed integer: what
+        /// the Lua template's `__NAME__` placeholders and Python's
+        /// `vtasks._native.LIMITS` are filled from.
+        pub const LIMITS: &[(&str, i64)] = &[ $( (stringify!($name), $name as i64), )* ];
+    };
+}
+
+limits! {
+    // What commands accept.
+
+    /// Longest queue name inside the braces.
+    MAX_QUEUE_NAME: usize = 128;
+    /// Longest task id, in bytes.
+    MAX_ID_LEN: usize = 256;
+    /// Longest consumer name.
+    MAX_CONSUMER_LEN: usize = 128;
+    /// Largest payload or result, in bytes (16 MiB).
+    MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+    /// Largest error text kept with a failed task (64 KiB); longer texts are
+    /// truncated to this many bytes.
+    MAX_ERROR_TEXT: usize = 64 * 1024;
+    /// Most tasks one ENQUEUE may carry.
+    MAX_ENQUEUE_BATCH: usize = 10_000;
+    /// Most tasks one FETCHN may hand out.
+    MAX_FETCH_COUNT: i64 = 1_000;
+    /// Most queues one FETCHN may name.
+    MAX_QUEUES: i64 = 64;
+    /// Longest lease, block, delay and result TTL (one year), in ms.
+    MAX_DURATION_MS: i64 = 365 * 24 * 3600 * 1000;
+    /// Latest RUNAT accepted: 2^48 ms after the epoch (year 10889).
+    MAX_TIMESTAMP_MS: i64 = 1 << 48;
+    /// Highest max-attempts value.
+    MAX_ATTEMPTS: i64 = 10_000;
+    /// Lowest priority, as in Django's Tasks framework.
+    MIN_PRIORITY: i64 = -100;
+    /// Highest priority (served first), as in Django's Tasks framework.
+    MAX_PRIORITY: i64 = 100;
+
+    // How much one call does.
+
+    /// Most entries one maintenance pass touches per kind and queue, so a
+    /// single call never stalls the server; the rest waits for the next.
+    MAINTENANCE_BATCH: usize = 1_000;
+    /// Most entries one ALL-selection (requeue or purge of dead letters)
+    /// touches; callers repeat until nothing is left.
+    BULK_BATCH: usize = 10_000;
+    /// Longest a scripts-engine consumer sleeps on its wake list before it
+    /// asks again, in ms.
+    MAX_SLEEP_MS: i64 = 60_000;
+
+    // Defaults when a command leaves an option out.
+
+    /// Lease of a fetched task, in ms.
+    DEFAULT_LEASE_MS: i64 = 30_000;
+    /// How long a finished task's result is kept, in ms (one day).
+    DEFAULT_KEEP_MS: i64 = 24 * 3600 * 1000;
+    /// Attempts of a task enqueued without ATTEMPTS; also the default of the
+    /// Python package's `@vtasks.task`.
+    DEFAULT_MAX_ATTEMPTS: i64 = 3;
+
+    // Defaults of the workers and the clients above the commands.
+
+    /// Attempts of a Django task whose backend sets no `MAX_ATTEMPTS`: a task
+    /// that raises is FAILED at once, as with Django's own backends
+    /// (`docs/DECISIONS.md`, "Django's default of one attempt").
+    DJANGO_MAX_ATTEMPTS: i64 = 1;
+    /// A worker's first retry delay, in ms; doubled per failed attempt.
+    DEFAULT_RETRY_BACKOFF_MS: i64 = 1_000;
+    /// Longest retry delay before jitter, in ms.
+    DEFAULT_MAX_BACKOFF_MS: i64 = 300_000;
+    /// Payloads whose JSON text is longer are zstd-compressed, in bytes.
+    COMPRESS_ABOVE: usize = 16 * 1024;
+    /// Readers refuse to inflate a compressed payload beyond this, in bytes.
+    MAX_DECODED: usize = 64 * 1024 * 1024;
+}
+
+/// Suffixes of a queue's keys after its `{name}`, in the order the scripts
+/// engine's library takes them: the queue hash itself, then the ready,
+/// delayed, leased, dead and done sorted sets, the wake-up list and the
+/// sleepers' set.
+pub const QUEUE_KEY_SUFFIXES: [&str; 8] = [
+    "", ":ready", ":delayed", ":leased", ":dead", ":done", ":wake", ":waiting",
+];
+
+/// What follows `{name}` in the key of one task's hash: `{name}:t:<id>`.
+pub const TASK_KEY_INFIX: &str = ":t:";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_is_listed_once_and_fits_in_i64() {
+        let mut names: Vec<&str> = LIMITS.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), LIMITS.len(), "a name listed twice");
+        let value = |name: &str| LIMITS.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(value("MAX_PAYLOAD"), 16 * 1024 * 1024);
+        assert_eq!(value("MAX_TIMESTAMP_MS"), 1 << 48);
+        assert_eq!(value("MIN_PRIORITY"), -100);
+    }
+
+    #[test]
+    fn defaults_lie_within_the_limits() {
+        assert!((1..=MAX_ATTEMPTS).contains(&DEFAULT_MAX_ATTEMPTS));
+        assert!((1..=MAX_ATTEMPTS).contains(&DJANGO_MAX_ATTEMPTS));
+        assert!((1..=MAX_DURATION_MS).contains(&DEFAULT_LEASE_MS));
+        assert!((0..=MAX_DURATION_MS).contains(&DEFAULT_KEEP_MS));
+        assert!(DEFAULT_RETRY_BACKOFF_MS <= DEFAULT_MAX_BACKOFF_MS);
+        assert!(COMPRESS_ABOVE < MAX_PAYLOAD && MAX_PAYLOAD < MAX_DECODED);
+    }
+}
