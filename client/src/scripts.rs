@@ -260,7 +260,8 @@ impl KeyList {
     }
 
     fn task(&mut self, queue: &[u8], id: &[u8]) {
-        self.tasks.push([queue, TASK_KEY_INFIX.as_bytes(), id].concat());
+        self.tasks
+            .push([queue, TASK_KEY_INFIX.as_bytes(), id].concat());
     }
 
     fn tasks(&mut self, queue: &[u8], ids: &[&[u8]]) {
@@ -382,16 +383,17 @@ mod tests {
         let text = library();
         // Only `__FUNCTION_NAME__`'s substitution could leave a `__X__`
         // behind; any other is a limit the crate does not define.
-        let leftover = text
-            .split("__")
-            .skip(1)
-            .step_by(2)
-            .find(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+        let leftover = text.split("__").skip(1).step_by(2).find(|word| {
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        });
         assert_eq!(leftover, None, "a placeholder the crate does not fill");
         let mut substituted = 0;
         for (name, value) in vtasks_protocol::LIMITS {
             if TEMPLATE.contains(&format!("__{name}__")) {
-                assert!(text.contains(&format!("local {name} = {value}\n")), "{name}");
+                assert!(
+                    text.contains(&format!("local {name} = {value}\n")),
+                    "{name}"
+                );
                 substituted += 1;
             }
         }

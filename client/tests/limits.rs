@@ -18,10 +18,13 @@ struct Engines {
     scripts_redis: MultiplexedConnection,
 }
 
+/// A connection without a response timeout: a 16 MiB payload or 10,000
+/// tasks through the Lua library take a while on a loaded machine.
 async fn connect(server: &Server) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     redis::Client::open(server.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap()
 }
@@ -92,8 +95,14 @@ impl Engines {
         let on_valkey = outcome(scripts::query(&mut self.scripts_valkey, &cmd).await);
         let on_redis = outcome(scripts::query(&mut self.scripts_redis, &cmd).await);
         let name = String::from_utf8_lossy(&words[0]);
-        assert_eq!(module, on_valkey, "{name}: module and scripts on Valkey differ");
-        assert_eq!(module, on_redis, "{name}: module and scripts on Redis differ");
+        assert_eq!(
+            module, on_valkey,
+            "{name}: module and scripts on Valkey differ"
+        );
+        assert_eq!(
+            module, on_redis,
+            "{name}: module and scripts on Redis differ"
+        );
         module
     }
 
@@ -132,8 +141,15 @@ fn fetch(queues: &[String], options: &[&dyn ToString]) -> Vec<Vec<u8>> {
 /// The value of `field` in a `VTASKS.GET` reply as `shown` prints it.
 fn field<'a>(get: &'a str, name: &str) -> &'a str {
     let needle = format!(" {name}, ");
-    let at = get.find(&needle).unwrap_or_else(|| panic!("{name} in {get}")) + needle.len();
-    get[at..].split([',', ']']).next().unwrap().trim_matches('"')
+    let at = get
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{name} in {get}"))
+        + needle.len();
+    get[at..]
+        .split([',', ']'])
+        .next()
+        .unwrap()
+        .trim_matches('"')
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,13 +172,21 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
             assert!(err.contains(&range), "{err}");
         }
     }
-    for (n, ok) in [(1, true), (MAX_ATTEMPTS, true), (0, false), (MAX_ATTEMPTS + 1, false)] {
+    for (n, ok) in [
+        (1, true),
+        (MAX_ATTEMPTS, true),
+        (0, false),
+        (MAX_ATTEMPTS + 1, false),
+    ] {
         let cmd = enqueue(&format!("a{n}"), &[&"ATTEMPTS", &n]);
         if ok {
             e.accepted("attempts", cmd).await;
         } else {
             let err = e.refused("attempts", cmd).await;
-            assert!(err.contains(&format!("between 1 and {MAX_ATTEMPTS}")), "{err}");
+            assert!(
+                err.contains(&format!("between 1 and {MAX_ATTEMPTS}")),
+                "{err}"
+            );
         }
     }
 
@@ -177,17 +201,24 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
         .await;
 
     // Sizes: task id, queue name, payload.
-    e.accepted("id", enqueue(&"i".repeat(MAX_ID_LEN), &[])).await;
+    e.accepted("id", enqueue(&"i".repeat(MAX_ID_LEN), &[]))
+        .await;
     let err = e
         .refused("id", enqueue(&"i".repeat(MAX_ID_LEN + 1), &[]))
         .await;
     assert!(err.contains(&format!("1-{MAX_ID_LEN} bytes")), "{err}");
     let longest = format!("{{{}}}", "q".repeat(MAX_QUEUE_NAME));
     let too_long = format!("{{{}}}", "q".repeat(MAX_QUEUE_NAME + 1));
-    e.accepted("queue", words(&[&"VTASKS.ENQUEUE", &longest, &"TASK", &"x", &"{}"]))
-        .await;
-    e.refused("queue", words(&[&"VTASKS.ENQUEUE", &too_long, &"TASK", &"x", &"{}"]))
-        .await;
+    e.accepted(
+        "queue",
+        words(&[&"VTASKS.ENQUEUE", &longest, &"TASK", &"x", &"{}"]),
+    )
+    .await;
+    e.refused(
+        "queue",
+        words(&[&"VTASKS.ENQUEUE", &too_long, &"TASK", &"x", &"{}"]),
+    )
+    .await;
     let payload = |len: usize| {
         let mut w = words(&[&"VTASKS.ENQUEUE", &"{big}", &"TASK", &len]);
         w.push(vec![b'x'; len]);
@@ -195,7 +226,10 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
     };
     e.accepted("payload", payload(MAX_PAYLOAD)).await;
     let err = e.refused("payload", payload(MAX_PAYLOAD + 1)).await;
-    assert!(err.contains(&format!("limit of {MAX_PAYLOAD} bytes")), "{err}");
+    assert!(
+        err.contains(&format!("limit of {MAX_PAYLOAD} bytes")),
+        "{err}"
+    );
     e.accepted("cancel", words(&[&"VTASKS.CANCEL", &"{big}", &MAX_PAYLOAD]))
         .await;
 
@@ -207,7 +241,8 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
         }
         w
     };
-    e.accepted("batch", batch(MAX_ENQUEUE_BATCH, "{batch}")).await;
+    e.accepted("batch", batch(MAX_ENQUEUE_BATCH, "{batch}"))
+        .await;
     e.refused("batch", batch(MAX_ENQUEUE_BATCH + 1, "{batch2}"))
         .await;
 
@@ -220,7 +255,10 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
             fetch(&one, &[&"CONSUMER", &consumer, &"COUNT", &MAX_FETCH_COUNT]),
         )
         .await;
-    assert_eq!(reply.matches("\"{batch}\"").count(), MAX_FETCH_COUNT as usize);
+    assert_eq!(
+        reply.matches("\"{batch}\"").count(),
+        MAX_FETCH_COUNT as usize
+    );
     e.refused(
         "count",
         fetch(&one, &[&"CONSUMER", &"w", &"COUNT", &(MAX_FETCH_COUNT + 1)]),
@@ -234,13 +272,19 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
     let queues = |n: i64| (0..n).map(|i| format!("{{f{i}}}")).collect::<Vec<_>>();
     e.accepted("queues", fetch(&queues(MAX_QUEUES), &[&"CONSUMER", &"w"]))
         .await;
-    e.refused("queues", fetch(&queues(MAX_QUEUES + 1), &[&"CONSUMER", &"w"]))
-        .await;
+    e.refused(
+        "queues",
+        fetch(&queues(MAX_QUEUES + 1), &[&"CONSUMER", &"w"]),
+    )
+    .await;
     for (option, max) in [("LEASE", MAX_DURATION_MS), ("KEEP", MAX_DURATION_MS)] {
         e.accepted(option, fetch(&one, &[&"CONSUMER", &"w", &option, &max]))
             .await;
-        e.refused(option, fetch(&one, &[&"CONSUMER", &"w", &option, &(max + 1)]))
-            .await;
+        e.refused(
+            option,
+            fetch(&one, &[&"CONSUMER", &"w", &option, &(max + 1)]),
+        )
+        .await;
     }
 }
 
@@ -255,7 +299,10 @@ async fn both_engines_apply_the_same_defaults_and_truncate_errors_alike() {
     let fetched = e
         .accepted("fetch", fetch(&["{lim}".to_string()], &[&"CONSUMER", &"w"]))
         .await;
-    assert!(fetched.starts_with("[[[\"{lim}\", \"t\", 1, 1, "), "{fetched}");
+    assert!(
+        fetched.starts_with("[[[\"{lim}\", \"t\", 1, 1, "),
+        "{fetched}"
+    );
     let info = e.accepted("get", get("t")).await;
     assert_eq!(
         field(&info, "max_attempts"),
@@ -269,10 +316,7 @@ async fn both_engines_apply_the_same_defaults_and_truncate_errors_alike() {
         .await
         .unwrap();
     let time = |name: &str| {
-        let at = raw
-            .iter()
-            .position(|v| shown(v) == name)
-            .unwrap();
+        let at = raw.iter().position(|v| shown(v) == name).unwrap();
         redis::from_redis_value::<i64>(raw[at + 1].clone()).unwrap()
     };
     assert_eq!(time("deadline") - time("leased_at"), DEFAULT_LEASE_MS);

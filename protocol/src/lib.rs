@@ -97,6 +97,17 @@ pub const QUEUE_KEY_SUFFIXES: [&str; 8] = [
 /// What follows `{name}` in the key of one task's hash: `{name}:t:<id>`.
 pub const TASK_KEY_INFIX: &str = ":t:";
 
+// The defaults lie within the limits; checked when the crate compiles.
+const _: () = {
+    assert!(1 <= DEFAULT_MAX_ATTEMPTS && DEFAULT_MAX_ATTEMPTS <= MAX_ATTEMPTS);
+    assert!(1 <= DJANGO_MAX_ATTEMPTS && DJANGO_MAX_ATTEMPTS <= MAX_ATTEMPTS);
+    assert!(1 <= DEFAULT_LEASE_MS && DEFAULT_LEASE_MS <= MAX_DURATION_MS);
+    assert!(0 <= DEFAULT_KEEP_MS && DEFAULT_KEEP_MS <= MAX_DURATION_MS);
+    assert!(DEFAULT_RETRY_BACKOFF_MS <= DEFAULT_MAX_BACKOFF_MS);
+    assert!(COMPRESS_ABOVE < MAX_PAYLOAD && MAX_PAYLOAD < MAX_DECODED);
+    assert!(MIN_PRIORITY < 0 && 0 < MAX_PRIORITY);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,15 +122,5 @@ mod tests {
         assert_eq!(value("MAX_PAYLOAD"), 16 * 1024 * 1024);
         assert_eq!(value("MAX_TIMESTAMP_MS"), 1 << 48);
         assert_eq!(value("MIN_PRIORITY"), -100);
-    }
-
-    #[test]
-    fn defaults_lie_within_the_limits() {
-        assert!((1..=MAX_ATTEMPTS).contains(&DEFAULT_MAX_ATTEMPTS));
-        assert!((1..=MAX_ATTEMPTS).contains(&DJANGO_MAX_ATTEMPTS));
-        assert!((1..=MAX_DURATION_MS).contains(&DEFAULT_LEASE_MS));
-        assert!((0..=MAX_DURATION_MS).contains(&DEFAULT_KEEP_MS));
-        assert!(DEFAULT_RETRY_BACKOFF_MS <= DEFAULT_MAX_BACKOFF_MS);
-        assert!(COMPRESS_ABOVE < MAX_PAYLOAD && MAX_PAYLOAD < MAX_DECODED);
     }
 }
