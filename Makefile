@@ -71,7 +71,7 @@ py-test: build python
 # what only the module does (server timers, COMMAND metadata, replication of
 # module commands) carry `module_only` in their names or live in files not
 # listed here.
-CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker
+CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker --test memory
 conformance: build python
 	VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
 	VTASKS_TARGET=scripts-redis $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'

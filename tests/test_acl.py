@@ -18,7 +18,7 @@ from tests.conftest import TARGET
 COMMON = ["+ping", "+command|info", "+client|id", "+client|unblock"]
 # The scripts engine's functions run as the calling user: it needs the data
 # commands the library calls, on its queue's keys only.
-SCRIPTS_RULES = ["+fcall", "+function|load", "+blpop", "+time"] + [
+SCRIPTS_RULES = ["+fcall", "+fcall_ro", "+function|load", "+blpop", "+time"] + [
     f"+{name}" for name in ("del exists type pexpireat hget hmget hset hincrby rpush zadd zcard zcount "
                             "llen zpopmin zrange zrangebyscore zrem zremrangebyscore zscore").split()
 ]

@@ -9,6 +9,7 @@ use redis::{AsyncConnectionConfig, Value};
 
 use crate::engine::{self, Engine, EngineChoice, EngineState};
 use crate::error::{Error, Result};
+use crate::memory::MemoryPolicy;
 use crate::protocol::*;
 use crate::queue::QueueName;
 
@@ -231,6 +232,21 @@ impl Client {
     /// Whether the server has the vtasks module loaded.
     pub async fn has_module(&self) -> Result<bool> {
         engine::has_module(&mut self.conn.clone()).await
+    }
+
+    /// The server's `maxmemory` and `maxmemory-policy` (`INFO memory`,
+    /// which managed services answer too); None if INFO does not say.
+    /// `MemoryPolicy::eviction_warning` tells whether the policy can lose
+    /// task data.
+    pub async fn memory_policy(&self) -> Result<Option<MemoryPolicy>> {
+        let info = self.send_plain(redis::cmd("INFO").arg("memory")).await?;
+        let text = match info {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::SimpleString(text) => text,
+            other => return Err(Error::protocol(format!("INFO replied {other:?}"))),
+        };
+        Ok(MemoryPolicy::from_info(&text))
     }
 
     /// Adds one task; false if a task with its id already exists.

@@ -22,6 +22,12 @@ pub enum Error {
     /// not survive a failover. Repeating an enqueue with the same ids is
     /// safe (ENQUEUE is idempotent by id).
     NotReplicated { acked: u64, wanted: u64 },
+    /// The server is at its `maxmemory` and refused a command that adds
+    /// work (an enqueue, a requeue of dead letters); nothing was written.
+    /// Holds the server's own text. Workers still fetch, settle and read
+    /// on a full server (only adding work is refused), so the backlog
+    /// drains; memory comes back as kept results expire.
+    ServerFull(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -31,6 +37,7 @@ impl Error {
     pub fn code(&self) -> Option<&str> {
         match self {
             Error::Server { code, .. } => Some(code),
+            Error::ServerFull(_) => Some("OOM"),
             _ => None,
         }
     }
@@ -42,10 +49,11 @@ impl Error {
 
     /// Whether the same call is worth retrying after a pause: the
     /// connection broke, or the server is briefly unable to serve (loading
-    /// its data after a restart, busy with a script, failing over).
+    /// its data after a restart, busy with a script, failing over, full
+    /// until workers and expiring results free memory).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connection(_) => true,
+            Error::Connection(_) | Error::ServerFull(_) => true,
             Error::Server { code, .. } => matches!(
                 code.as_str(),
                 "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY"
@@ -68,6 +76,13 @@ impl fmt::Display for Error {
             Error::Protocol(detail) => write!(f, "unexpected reply from Valkey: {detail}"),
             Error::Payload(detail) => write!(f, "bad payload: {detail}"),
             Error::ModuleMissing(detail) => f.write_str(detail),
+            Error::ServerFull(detail) => write!(
+                f,
+                "Valkey is full and refused to add work: {detail} Its memory is at its \
+                 `maxmemory` limit, so nothing was written; workers keep draining the \
+                 queues. Retry later, raise `maxmemory`, or keep results for less time \
+                 (RESULT_TTL, keep_results)"
+            ),
             Error::NotReplicated { acked, wanted } => write!(
                 f,
                 "written on the primary but confirmed by {acked} of {wanted} replicas in time: \
@@ -90,6 +105,7 @@ impl From<redis::RedisError> for Error {
             return Error::Connection(err.to_string());
         }
         match err.code() {
+            Some("OOM") => Error::ServerFull(format!("OOM {}", err.detail().unwrap_or_default())),
             Some(code) => Error::Server {
                 code: code.to_string(),
                 message: err.detail().unwrap_or_default().to_string(),

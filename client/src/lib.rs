@@ -17,6 +17,7 @@
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
@@ -26,6 +27,7 @@ pub mod worker;
 pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};
 pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
+pub use memory::MemoryPolicy;
 pub use protocol::{
     Ack, DeadTask, Delivery, Fetch, Fetched, Nack, NackOutcome, NewTask, QueueStats, Retry,
     Settled, Status, TaskInfo, When,

@@ -41,10 +41,11 @@ fn with_limits() -> &'static str {
     })
 }
 
-/// The library's (and its one function's) name: `vtasks_` and the first 16
-/// hex digits of the SHA1 of its text with the limits filled in. Another
-/// vtasks version (other code or other limits) has another name, so
-/// versions sharing a server never replace each other's code.
+/// The library's name, which is also the name of its function for commands
+/// that add work: `vtasks_` and the first 16 hex digits of the SHA1 of its
+/// text with the limits filled in. Another vtasks version (other code or
+/// other limits) has another name, so versions sharing a server never
+/// replace each other's code.
 pub fn function_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
@@ -94,7 +95,61 @@ fn words(cmd: &Cmd) -> Vec<&[u8]> {
         .collect()
 }
 
-/// The `FCALL` that runs `cmd` (a `VTASKS.*` command) with the library.
+/// What a command does when the server is at its `maxmemory`, which picks
+/// the library function that runs it (their flags differ; see the end of
+/// `scripts/vtasks.lua` and "Memory" in docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Adds work (ENQUEUE, REQUEUE): refused by a full server.
+    Work,
+    /// Drains, settles, frees or flags: runs on a full server (`allow-oom`).
+    Settle,
+    /// Reads only: `no-writes`, called with `FCALL_RO`.
+    Read,
+}
+
+impl Kind {
+    /// The kind of a module command (`VTASKS.` prefix optional); unknown
+    /// names go to the work function, which refuses them as the module does.
+    pub fn of(name: &[u8]) -> Kind {
+        match String::from_utf8_lossy(strip_prefix(name))
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "FETCHN" | "ACK" | "NACK" | "EXTEND" | "RELEASE" | "PURGE" | "CANCEL" | "PAUSE"
+            | "RESUME" => Kind::Settle,
+            "GET" | "STATS" | "DEADLIST" => Kind::Read,
+            _ => Kind::Work,
+        }
+    }
+
+    /// The library function that runs commands of this kind.
+    pub fn function(self) -> &'static str {
+        static NAMES: OnceLock<[String; 2]> = OnceLock::new();
+        let [settle, read] = NAMES.get_or_init(|| {
+            [
+                format!("{}_settle", function_name()),
+                format!("{}_read", function_name()),
+            ]
+        });
+        match self {
+            Kind::Work => function_name(),
+            Kind::Settle => settle,
+            Kind::Read => read,
+        }
+    }
+
+    /// `FCALL_RO` for the read-only function, else `FCALL`.
+    pub fn call_command(self) -> &'static str {
+        match self {
+            Kind::Read => "FCALL_RO",
+            _ => "FCALL",
+        }
+    }
+}
+
+/// The `FCALL` (or `FCALL_RO`) that runs `cmd` (a `VTASKS.*` command) with
+/// the library function for its kind.
 pub fn fcall(cmd: &Cmd) -> Cmd {
     let words = words(cmd);
     let keys = declared_keys(&words);
@@ -102,8 +157,9 @@ pub fn fcall(cmd: &Cmd) -> Cmd {
         .first()
         .map(|w| strip_prefix(w).to_vec())
         .unwrap_or_default();
-    let mut eval = redis::cmd("FCALL");
-    eval.arg(function_name()).arg(keys.len());
+    let kind = Kind::of(&name);
+    let mut eval = redis::cmd(kind.call_command());
+    eval.arg(kind.function()).arg(keys.len());
     for key in &keys {
         eval.arg(key);
     }
@@ -190,6 +246,7 @@ pub fn script_error(err: redis::RedisError) -> Error {
             code,
             message: strip_script_suffix(&message).to_string(),
         },
+        Error::ServerFull(message) => Error::ServerFull(strip_script_suffix(&message).to_string()),
         other => other,
     }
 }
@@ -519,6 +576,49 @@ mod tests {
             "a",
         ]);
         assert_eq!(huge.len(), 9);
+    }
+
+    #[test]
+    fn each_command_goes_to_the_function_of_its_kind() {
+        let call = |words: &[&str]| {
+            let mut cmd = redis::cmd(words[0]);
+            for w in &words[1..] {
+                cmd.arg(*w);
+            }
+            let call = fcall(&cmd);
+            let words: Vec<String> = super::words(&call)
+                .iter()
+                .take(2)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            (words[0].clone(), words[1].clone())
+        };
+        let lib = function_name();
+        for name in ["VTASKS.ENQUEUE", "VTASKS.REQUEUE", "VTASKS.NOSUCH"] {
+            assert_eq!(call(&[name, "{q}"]), ("FCALL".into(), lib.to_string()));
+        }
+        for name in [
+            "VTASKS.FETCHN",
+            "VTASKS.ACK",
+            "vtasks.nack",
+            "VTASKS.EXTEND",
+            "VTASKS.RELEASE",
+            "VTASKS.PURGE",
+            "VTASKS.CANCEL",
+            "VTASKS.PAUSE",
+            "VTASKS.RESUME",
+        ] {
+            assert_eq!(
+                call(&[name, "{q}"]),
+                ("FCALL".into(), format!("{lib}_settle"))
+            );
+        }
+        for name in ["VTASKS.GET", "VTASKS.STATS", "VTASKS.DEADLIST"] {
+            assert_eq!(
+                call(&[name, "{q}"]),
+                ("FCALL_RO".into(), format!("{lib}_read"))
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct WorkerStats {
     pub lost_leases: u64,
     /// Connection failures survived.
     pub reconnects: u64,
+    /// Commands the server refused for lack of memory (`ServerFull`),
+    /// retried. Draining commands are never refused by a current server;
+    /// this counts what an older module, or a library that cannot be
+    /// loaded while the server is full, still refuses.
+    pub server_full: u64,
     pub round_trips: u64,
 }
 
@@ -182,7 +187,10 @@ impl WorkerCore {
     /// a free slot first; blocks server-side up to `block` when the queues
     /// are empty and then returns an empty batch. Returns an empty batch at
     /// once when stopping. Survives connection loss by retrying with
-    /// backoff, keeping its pending settlements.
+    /// backoff, keeping its pending settlements. A server that refuses the
+    /// fetch for lack of memory (`Error::ServerFull`: an older module, or a
+    /// function library it cannot load while full) is returned at once,
+    /// settlements kept, so the caller can say so; calling again retries.
     pub async fn next_batch(&self, fetcher: &mut BlockingFetcher) -> Result<Vec<Delivery>> {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -270,6 +278,12 @@ impl WorkerCore {
                     // sending them again is harmless (a repeat is STALE).
                     let mut st = self.state();
                     put_back(&mut st, fetch.acks, fetch.nacks);
+                    // A full server is returned to the caller, which says
+                    // so once and calls again after a pause (see `run`).
+                    if let Error::ServerFull(_) = err {
+                        st.stats.server_full += 1;
+                        return Err(err);
+                    }
                     if !err.is_transient() {
                         return Err(err);
                     }
@@ -292,6 +306,8 @@ impl WorkerCore {
             let stats = match self.inner.client.stats(queue).await {
                 Ok(stats) => stats,
                 Err(Error::Server { code, .. }) if code == "NOQUEUE" => continue,
+                // Cannot tell now; the next fetch retries with backoff.
+                Err(err) if err.is_transient() => return Ok(false),
                 Err(err) => return Err(err),
             };
             if stats.get("paused").unwrap_or(0) == 1 {
@@ -520,6 +536,7 @@ where
     let mut fetcher = core.inner.client.blocking_fetcher();
     tokio::pin!(shutdown);
     let mut shutting_down = false;
+    let mut full_backoff = Duration::from_millis(25);
     let outcome: Result<()> = loop {
         // The fetch is never dropped half-way: on shutdown it is ended early
         // and awaited, so neither its settlements nor its tasks get lost.
@@ -535,8 +552,16 @@ where
         };
         let batch = match batch {
             Ok(batch) => batch,
+            // Memory comes back as workers drain and results expire: a
+            // worker keeps trying rather than dying (`stats.server_full`).
+            Err(Error::ServerFull(_)) => {
+                full_backoff = (full_backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(full_backoff).await;
+                continue;
+            }
             Err(err) => break Err(err),
         };
+        full_backoff = Duration::from_millis(25);
         if core.is_stopping() {
             if !batch.is_empty() {
                 if let Err(err) = core.release(&batch).await {

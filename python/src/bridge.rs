@@ -30,6 +30,7 @@ pub enum Reply {
     Task(Option<TaskInfo>),
     Stats(Vec<(String, i64)>),
     Dead(Vec<DeadTask>),
+    Text(Option<String>),
 }
 
 type Completion = (u64, Result<Reply, Error>);
@@ -154,7 +155,8 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             }
             list.into_any().unbind()
         }
-        Reply::Task(None) => py.None(),
+        Reply::Task(None) | Reply::Text(None) => py.None(),
+        Reply::Text(Some(text)) => text.into_pyobject(py)?.into_any().unbind(),
         Reply::Task(Some(info)) => {
             let d = PyDict::new(py);
             d.set_item("status", status_name(info.status))?;

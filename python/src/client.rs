@@ -240,4 +240,14 @@ impl NativeClient {
             client.has_module().await.map(Reply::Bool)
         })
     }
+
+    /// A warning naming the server's `maxmemory-policy` and the fix when
+    /// that policy can evict task data, else None (read now, `INFO memory`).
+    fn eviction_warning(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            let policy = client.memory_policy().await?;
+            Ok(Reply::Text(policy.and_then(|p| p.eviction_warning())))
+        })
+    }
 }

@@ -35,6 +35,12 @@ create_exception!(
 );
 create_exception!(
     vtasks,
+    ServerFull,
+    ServerError,
+    "Valkey is at its maxmemory and refused to add work (an enqueue, a requeue); nothing was written."
+);
+create_exception!(
+    vtasks,
     NoSuchQueue,
     ServerError,
     "The queue has never been used."
@@ -77,6 +83,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ServerError", py.get_type::<ServerError>())?;
     m.add("QueueFull", py.get_type::<QueueFull>())?;
     m.add("NoSuchQueue", py.get_type::<NoSuchQueue>())?;
+    m.add("ServerFull", py.get_type::<ServerFull>())?;
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("PayloadError", py.get_type::<PayloadError>())?;
     m.add("ModuleNotLoaded", py.get_type::<ModuleNotLoaded>())?;
@@ -96,6 +103,13 @@ pub fn to_pyerr(err: Error) -> PyErr {
             let code = code.clone();
             Python::attach(|py| {
                 let _ = exc.value(py).setattr("code", code);
+            });
+            exc
+        }
+        Error::ServerFull(_) => {
+            let exc = ServerFull::new_err(err.to_string());
+            Python::attach(|py| {
+                let _ = exc.value(py).setattr("code", "OOM");
             });
             exc
         }

@@ -200,6 +200,7 @@ impl NativeWorker {
         d.set_item("stale", s.stale)?;
         d.set_item("lost_leases", s.lost_leases)?;
         d.set_item("reconnects", s.reconnects)?;
+        d.set_item("server_full", s.server_full)?;
         d.set_item("round_trips", s.round_trips)?;
         Ok(d)
     }

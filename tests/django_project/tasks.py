@@ -67,3 +67,10 @@ def send_digest(user: int) -> int:
 async def slow(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "slow done"
+
+
+@task
+def padded(n: int, pad: str) -> int:
+    """A task with a large argument: a few thousand fill a small server."""
+    record("django_padded", n)
+    return n

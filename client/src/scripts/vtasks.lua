@@ -4,9 +4,11 @@
 --
 --   FCALL <function> <numkeys> <keys...> <COMMAND> <args...>
 --
--- The client loads this file with FUNCTION LOAD, under a library and
--- function name made from a hash of its text (`__FUNCTION_NAME__` below), so
--- different vtasks versions sharing a server never replace each other's code.
+-- The client loads this file with FUNCTION LOAD, under a library name made
+-- from a hash of its text (`__FUNCTION_NAME__` below), so different vtasks
+-- versions sharing a server never replace each other's code. It registers
+-- three functions, by what their commands do when the server is full (see
+-- Dispatch at the end).
 -- COMMAND is the module command without its prefix (ENQUEUE, FETCHN, ...)
 -- and args are exactly the module command's arguments. The keys declare,
 -- for each queue the arguments name, in order, its eight keys
@@ -1222,7 +1224,33 @@ end
 
 -- Dispatch ------------------------------------------------------------------------
 
-local function dispatch(keys, args)
+-- The library registers three functions, one per kind of command, because
+-- function flags decide what a server at its `maxmemory` (with the
+-- `noeviction` policy) still runs (docs/PROTOCOL.md, "Memory"):
+--   __FUNCTION_NAME__          adds work (ENQUEUE, REQUEUE); no flags, so a
+--                              full server refuses it with an OOM error
+--                              before it runs;
+--   __FUNCTION_NAME___settle   drains and settles (FETCHN, ACK, NACK,
+--                              EXTEND, RELEASE) and frees or flags (PURGE,
+--                              CANCEL, PAUSE, RESUME); `allow-oom`, so a
+--                              full server still drains its backlog;
+--   __FUNCTION_NAME___read     reads (GET, STATS, DEADLIST); `no-writes`,
+--                              called with FCALL_RO, runs when full and on
+--                              read-only replicas.
+-- Each function runs only its own commands, so a caller cannot slip work
+-- past a full server through the `allow-oom` function.
+local FUNCTION_OF = {
+  ENQUEUE = '__FUNCTION_NAME__', REQUEUE = '__FUNCTION_NAME__',
+  FETCHN = '__FUNCTION_NAME___settle', ACK = '__FUNCTION_NAME___settle',
+  NACK = '__FUNCTION_NAME___settle', EXTEND = '__FUNCTION_NAME___settle',
+  RELEASE = '__FUNCTION_NAME___settle', PURGE = '__FUNCTION_NAME___settle',
+  CANCEL = '__FUNCTION_NAME___settle', PAUSE = '__FUNCTION_NAME___settle',
+  RESUME = '__FUNCTION_NAME___settle',
+  GET = '__FUNCTION_NAME___read', STATS = '__FUNCTION_NAME___read',
+  DEADLIST = '__FUNCTION_NAME___read',
+}
+
+local function dispatch(keys, args, function_name)
   KEYS, ARGV = keys, args
   call, pcall_redis = redis.call, redis.pcall
   declared_queues = 0
@@ -1230,6 +1258,9 @@ local function dispatch(keys, args)
   local command = name and commands[name]
   if command == nil then
     fail("ERR unknown command 'VTASKS." .. tostring(ARGV[1]) .. "'")
+  end
+  if FUNCTION_OF[name] ~= function_name then
+    fail('ERR VTASKS.' .. name .. ' runs in function ' .. FUNCTION_OF[name] .. ', not ' .. function_name)
   end
   local arity = ARITY[name]
   local given = #ARGV -- the command name plus its arguments, as the server counts
@@ -1239,4 +1270,17 @@ local function dispatch(keys, args)
   return command(args_from(2))
 end
 
-redis.register_function('__FUNCTION_NAME__', dispatch)
+redis.register_function {
+  function_name = '__FUNCTION_NAME__',
+  callback = function(keys, args) return dispatch(keys, args, '__FUNCTION_NAME__') end,
+}
+redis.register_function {
+  function_name = '__FUNCTION_NAME___settle',
+  callback = function(keys, args) return dispatch(keys, args, '__FUNCTION_NAME___settle') end,
+  flags = { 'allow-oom' },
+}
+redis.register_function {
+  function_name = '__FUNCTION_NAME___read',
+  callback = function(keys, args) return dispatch(keys, args, '__FUNCTION_NAME___read') end,
+  flags = { 'no-writes' },
+}

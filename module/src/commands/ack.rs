@@ -10,7 +10,7 @@ use crate::parse::{item_count, parse_ack_item};
 /// VTASKS.ACK <queue> <n> <id> <token> <result> [<id> <token> <result> ...] [KEEP <ms>]
 #[command({
     name: "VTASKS.ACK",
-    flags: [Write, DenyOOM],
+    flags: [Write],
     arity: -6,
     summary: "Marks leased tasks done, keeping their results for a while",
     complexity: "O(N log M)",

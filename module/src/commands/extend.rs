@@ -9,7 +9,7 @@ use crate::parse::parse_lease_refs;
 /// VTASKS.EXTEND <queue> <lease-ms> <n> <id> <token> [<id> <token> ...]
 #[command({
     name: "VTASKS.EXTEND",
-    flags: [Write, DenyOOM],
+    flags: [Write],
     arity: -6,
     summary: "Renews the leases of running tasks",
     complexity: "O(N log M)",

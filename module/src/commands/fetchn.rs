@@ -15,7 +15,7 @@ use crate::valkey_store::ValkeyStore;
 /// VTASKS.FETCHN <numqueues> <queue> [<queue> ...] CONSUMER <name> [COUNT <n>] [LEASE <ms>] [BLOCK <ms>] [KEEP <ms>] [ACK <n> <queue> <id> <token> <result> ...] [NACK <n> <queue> <id> <token> <retry-delay-ms | DEAD> <error> ...]
 #[command({
     name: "VTASKS.FETCHN",
-    flags: [Write, DenyOOM],
+    flags: [Write],
     arity: -5,
     summary: "Settles finished tasks and leases up to COUNT ready tasks, blocking until one is ready",
     complexity: "O((N + A) log M) for N fetched and A settled tasks",

@@ -8,7 +8,7 @@ use crate::parse::{item_count, parse_nack_item};
 /// VTASKS.NACK <queue> <n> <id> <token> <retry-delay-ms | DEAD> <error> [...]
 #[command({
     name: "VTASKS.NACK",
-    flags: [Write, DenyOOM],
+    flags: [Write],
     arity: -7,
     summary: "Reports failed attempts: retry after a delay, or dead-letter",
     complexity: "O(N log M)",

@@ -7,7 +7,7 @@ use crate::core::queue;
 /// VTASKS.PAUSE <queue>
 #[command({
     name: "VTASKS.PAUSE",
-    flags: [Write, DenyOOM, Fast],
+    flags: [Write, Fast],
     arity: 2,
     summary: "Stops handing out a queue's tasks; enqueue still works",
     complexity: "O(1)",

@@ -8,7 +8,7 @@ use crate::parse::parse_lease_refs;
 /// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
 #[command({
     name: "VTASKS.RELEASE",
-    flags: [Write, DenyOOM],
+    flags: [Write],
     arity: -5,
     summary: "Gives back leased tasks that were never started, without counting an attempt",
     complexity: "O(N log M)",

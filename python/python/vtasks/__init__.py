@@ -12,6 +12,7 @@ from .errors import (
     ProtocolError,
     QueueFull,
     ServerError,
+    ServerFull,
     TaskNotRegistered,
     VtasksError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "ServerError",
+    "ServerFull",
     "TaskNotRegistered",
     "TaskState",
     "VtasksError",

@@ -174,6 +174,9 @@ class Client:
                         "vtasks: %s engine on %s (asked for %s)",
                         native.engine, redacted_url(self.url), self.engine_choice,
                     )
+                    warning = _eviction_warning(native)
+                    if warning is not None:
+                        logger.warning("vtasks: %s (%s)", warning, _redacted(self.url))
                     self._native_client = native
         return self._native_client
 
@@ -394,3 +397,26 @@ class Client:
 
     def has_module_sync(self) -> bool:
         return self.native.has_module(None)
+
+    async def eviction_warning(self) -> str | None:
+        """A warning naming the server's ``maxmemory-policy`` and the fix when
+        that policy can evict task data (any ``allkeys-*`` policy; a
+        ``volatile-*`` one for kept results), else None. Read now from
+        ``INFO memory``; None too when the server refuses ``INFO``. The
+        client logs it once when it connects."""
+        bridge = LoopBridge.current()
+        try:
+            return await bridge.wait(self.native.eviction_warning(bridge.native))
+        except _native.ServerError:
+            return None
+
+    def eviction_warning_sync(self) -> str | None:
+        return _eviction_warning(self.native)
+
+
+def _eviction_warning(native: _native.NativeClient) -> str | None:
+    # A user without INFO (an ACL limited to vtasks) gets no check.
+    try:
+        return native.eviction_warning(None)
+    except _native.ServerError:
+        return None

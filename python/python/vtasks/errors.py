@@ -12,6 +12,7 @@ from ._native import (
     ProtocolError,
     QueueFull,
     ServerError,
+    ServerFull,
     VtasksError,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "ServerError",
+    "ServerFull",
     "TaskNotRegistered",
     "VtasksError",
 ]

@@ -16,13 +16,14 @@ import os
 import random
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import _native
 from ._bridge import LoopBridge
 from .client import Client
-from .errors import TaskNotRegistered
+from .errors import ServerFull, TaskNotRegistered
 from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF
 from .payloads import decode_call_with_options, describe_exception, dumps
 from .tasks import resolve
@@ -162,8 +163,24 @@ class Worker:
     async def _loop(self, bridge: LoopBridge) -> None:
         native = self._native
         assert native is not None
+        full_since: float | None = None
         while not self._stopping:
-            batch = await bridge.wait(native.next_batch(bridge.native))
+            try:
+                batch = await bridge.wait(native.next_batch(bridge.native))
+            except ServerFull as exc:
+                # Only an older module, or a function library that cannot be
+                # loaded while the server is full, refuses a fetch: memory
+                # comes back as other workers drain and results expire.
+                if full_since is None:
+                    full_since = time.monotonic()
+                    logger.warning("worker %s: %s; retrying until it has room", self.consumer, exc)
+                await asyncio.sleep(min(2.0, 0.05 + (time.monotonic() - full_since) / 4))
+                continue
+            if full_since is not None:
+                logger.warning(
+                    "worker %s: Valkey has room again after %.1f s", self.consumer, time.monotonic() - full_since
+                )
+                full_since = None
             if self._stopping:
                 if batch:
                     await bridge.wait(native.release(bridge.native, [(q, i, t) for q, i, t, _, _ in batch]))

@@ -351,7 +351,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
                 )
             ]
         messages: list[checks.CheckMessage] = []
-        for check in (self._check_engine_in_use,):
+        for check in (self._check_engine_in_use, self._check_eviction):
             messages += check(engine)
         return messages
 
@@ -378,3 +378,22 @@ class ValkeyTaskBackend(BaseTaskBackend):
                 )
             ]
         return []
+
+    def _check_eviction(self, engine: str) -> list[checks.CheckMessage]:
+        """``vtasks.W001``: the server's ``maxmemory-policy`` can evict task
+        data (``allkeys-*``: waiting and running tasks; ``volatile-*``: kept
+        results). A user without ``INFO`` is not checked."""
+        try:
+            warning = self.client.eviction_warning_sync()
+        except VtasksError:
+            return []
+        if warning is None:
+            return []
+        return [
+            checks.Warning(
+                f"Task backend {self.alias!r}: {warning}.",
+                hint="See 'Memory' in the vtasks README: a server that holds task queues runs with "
+                "maxmemory-policy noeviction.",
+                id="vtasks.W001",
+            )
+        ]
