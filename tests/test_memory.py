@@ -13,7 +13,6 @@ import pytest
 import vtasks
 from django.core.management import call_command
 from django.tasks import TaskResultStatus, task_backends
-
 from vtasks.django import backend as backend_module
 from vtasks.django.checks import reaching_server
 

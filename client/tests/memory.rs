@@ -152,10 +152,12 @@ async fn a_full_server_refuses_new_work_and_a_default_worker_drains_it() {
     )
     .await
     .unwrap();
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), ids.len());
-    for id in &ids {
-        assert_eq!(seen.get(id), Some(&1), "{id} ran once");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), ids.len());
+        for id in &ids {
+            assert_eq!(seen.get(id), Some(&1), "{id} ran once");
+        }
     }
     assert_eq!(stats.succeeded, ids.len() as u64);
     assert_eq!(stats.server_full, 0, "nothing the worker sends is refused");

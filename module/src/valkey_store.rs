@@ -18,6 +18,7 @@ use redis_module::raw;
 
 use crate::core::error::{VtError, VtResult};
 use crate::core::store::{KeyKind, Store, Val};
+use vtasks_protocol::WARN_EVERY_MS;
 
 const MODE_READ: c_int = raw::REDISMODULE_READ as c_int;
 const MODE_WRITE: c_int = raw::REDISMODULE_WRITE as c_int;
@@ -494,6 +495,24 @@ impl Store for ValkeyStore {
             Some(k) => (unsafe { raw::RedisModule_ValueLength.unwrap()(k) }) as u64,
             None => 0,
         })
+    }
+
+    fn warn(&mut self, message: &str) {
+        // At most one line per WARN_EVERY_MS, so a burst of findings (every
+        // fetch of every worker meeting vanished tasks) cannot flood the log.
+        static LAST: Mutex<(i64, u64)> = Mutex::new((i64::MIN, 0));
+        let now = crate::server_time::now_ms();
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_sub(last.0) < WARN_EVERY_MS {
+            last.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::replace(&mut *last, (now, 0)).1;
+        let line = match suppressed {
+            0 => format!("vtasks: {message}"),
+            n => format!("vtasks: {message} ({n} more such findings since the last such line)"),
+        };
+        redis_module::Context::new(self.ctx).log_warning(&line);
     }
 
     fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()> {

@@ -495,6 +495,7 @@ fn stats_report_every_count() {
         "requeued",
         "cancelled",
         "purged",
+        "vanished",
     ] {
         assert!(names.contains(&expected.to_string()), "missing {expected}");
     }
@@ -573,4 +574,69 @@ fn replace_finished_keeps_one_active_task_per_id() {
         .tasks
         .remove(0);
     assert_eq!((again.payload.as_str(), again.attempt), ("3", 1));
+}
+
+/// Waits (fetching, which runs the queue's maintenance on either engine)
+/// until STATS `vanished` reaches `n`.
+fn fetch_until_vanished(con: &mut Connection, queue: &str, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stat(con, queue, "vanished") < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vanished never reached {n}"
+        );
+        let got = fetch(con, &["1", queue, "CONSUMER", "w", "BLOCK", "50"]);
+        assert!(got.tasks.is_empty(), "nothing is left to hand out");
+    }
+}
+
+#[test]
+fn tasks_whose_record_vanished_are_counted_dropped_and_logged() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{v}",
+            "TASK",
+            "gone",
+            "{}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+            "TASK",
+            "held",
+            "{}",
+            "TASK",
+            "later",
+            "{}",
+            "DELAY",
+            "100",
+        ],
+    );
+    // Evicted, or deleted by hand, while the id is ready: the fetch drops
+    // it and hands out the next tasks instead.
+    query(&mut con, &["DEL", "{v}:t:gone"]);
+    let got = fetch(&mut con, &["1", "{v}", "CONSUMER", "w", "COUNT", "2"]);
+    assert_eq!(ids(&got.tasks), ["a", "b"]);
+    assert_eq!(stat(&mut con, "{v}", "vanished"), 1);
+    // While leased, and while delayed: dropped when their deadline comes.
+    let got = fetch(&mut con, &["1", "{v}", "CONSUMER", "w", "LEASE", "100"]);
+    assert_eq!(ids(&got.tasks), ["held"]);
+    query(&mut con, &["DEL", "{v}:t:held", "{v}:t:later"]);
+    fetch_until_vanished(&mut con, "{v}", 3);
+    let reply = query(&mut con, &["VTASKS.STATS", "{v}"]);
+    let get = |name: &str| int(&field(&reply, name).unwrap());
+    // Only a and b are left, leased.
+    assert_eq!((get("ready"), get("delayed"), get("leased")), (0, 0, 2));
+    assert_eq!(get("enqueued"), 5);
+    let log = server.log();
+    assert!(
+        log.contains("queue {v}: 1 task(s) in the ready set had no record"),
+        "{log}"
+    );
 }

@@ -59,6 +59,13 @@ limits! {
     /// Longest a scripts-engine consumer sleeps on its wake list before it
     /// asks again, in ms.
     MAX_SLEEP_MS: i64 = 60_000;
+    /// Most ids of vanished tasks (no record: evicted, deleted by hand) one
+    /// fetch drops from the ready set while it looks for tasks to hand
+    /// out; the next fetch goes on.
+    VANISHED_PER_FETCH: i64 = 10_000;
+    /// Least time between two warnings an engine writes to the server log
+    /// (vanished tasks), in ms; the ones in between are counted in the next.
+    WARN_EVERY_MS: i64 = 60_000;
 
     // Defaults when a command leaves an option out.
 

@@ -56,6 +56,10 @@ local SEQ_SPAN = 2 ^ 44 -- ready score = (MAX_PRIORITY - priority) * 2^44 + seq
 local I64_MAX = '9223372036854775807'
 -- How long a consumer sleeps on the wake list at most before it asks again.
 local MAX_SLEEP_MS = __MAX_SLEEP_MS__
+-- Most ids of vanished tasks one fetch drops (docs/PROTOCOL.md, "Memory").
+local VANISHED_PER_FETCH = __VANISHED_PER_FETCH__
+-- Least time between two warnings in the server log.
+local WARN_EVERY_MS = __WARN_EVERY_MS__
 -- Chunk size for variadic calls (Lua's C stack holds about 8000 values).
 local CHUNK = 1000
 
@@ -347,6 +351,45 @@ local function wake(q, n)
   call('PEXPIREAT', q.wake, last[2])
 end
 
+local function server_now()
+  local t = call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The record words of a task whose id was found in one of the queue's
+-- sets, or nil if the task vanished: its key is gone (evicted by a
+-- maxmemory-policy other than noeviction, deleted by hand) or holds no
+-- record, in which case its remains are deleted (nothing runs without one).
+local function load_queued(q, id)
+  local w = load(q, id)
+  if not w then call('DEL', q.task_prefix .. id) end
+  return w
+end
+
+-- When the last warning went to the server log; at most one per
+-- WARN_EVERY_MS (the library's state lives as long as the server's).
+local last_warning_at, warnings_not_logged = nil, 0
+
+-- Counts tasks that vanished from under their ids (`vanished` in STATS)
+-- and says so in the server log: they are dropped, never run or retried.
+local function vanished(q, set, n)
+  if n == 0 then return end
+  bump(q, 'vanished', n)
+  local now = server_now()
+  if last_warning_at ~= nil and now - last_warning_at < WARN_EVERY_MS then
+    warnings_not_logged = warnings_not_logged + 1
+    return
+  end
+  local line = 'vtasks: queue ' .. q.name .. ': ' .. n .. ' task(s) in the ' .. set ..
+      ' set had no record (evicted: the server\'s maxmemory-policy is not noeviction, or deleted by hand)' ..
+      ' and were dropped; STATS counts them as vanished'
+  if warnings_not_logged > 0 then
+    line = line .. ' (' .. warnings_not_logged .. ' more such findings since the last such line)'
+  end
+  last_warning_at, warnings_not_logged = now, 0
+  redis.log(redis.LOG_WARNING, line)
+end
+
 local function make_ready(q, id, w, seq, now, pairs)
   w[W_STATE] = 'ready'
   w[W_SEQ] = int(seq)
@@ -363,11 +406,6 @@ local function make_dead(q, id, w, error_text, now)
   call('ZADD', q.dead, int(now), id)
 end
 
-local function server_now()
-  local t = call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 -- Life cycle ------------------------------------------------------------------
 
 -- Promotes due delayed tasks, returns expired leases (or dead-letters them
@@ -382,10 +420,12 @@ local function maintain(q, now, limit)
   end
   if #due > 0 then
     zrem_all(q.delayed, due)
+    local lost = 0
     for _, id in ipairs(due) do
-      local w = load(q, id)
-      if w then to_ready[#to_ready + 1] = { id, w } end
+      local w = load_queued(q, id)
+      if w then to_ready[#to_ready + 1] = { id, w } else lost = lost + 1 end
     end
+    vanished(q, 'delayed', lost)
   end
 
   local expired = {}
@@ -394,9 +434,10 @@ local function maintain(q, now, limit)
   end
   if #expired > 0 then
     zrem_all(q.leased, expired)
-    local count, dead = 0, 0
+    local count, dead, lost = 0, 0, 0
     for _, id in ipairs(expired) do
-      local w = load(q, id)
+      local w = load_queued(q, id)
+      if not w then lost = lost + 1 end
       if w then
         count = count + 1
         local message = 'lease expired on attempt ' .. w[W_ATTEMPTS] .. ' of ' .. w[W_MAX] ..
@@ -412,6 +453,7 @@ local function maintain(q, now, limit)
     end
     bump(q, 'dead', dead)
     bump(q, 'expired', count)
+    vanished(q, 'leased', lost)
   end
 
   if #to_ready > 0 then
@@ -501,26 +543,40 @@ local ACK_PATTERN = '^1 leased %S+ %S+ %S+ %S+ (%d+) (%d+) %S+ %S+ %S+ %S+ ()%S+
 -- The caller surveyed the queue (`survey`).
 local function fetch(q, consumer, count, lease_ms, now, out)
   if q.paused then return end
-  local popped = call('ZPOPMIN', q.ready, count)
-  if #popped == 0 then return end
-  local picked = {}
-  for i = 1, #popped, 2 do picked[#picked + 1] = popped[i] end
-  local last_token = call('HINCRBY', q.meta, 'token', #picked)
   local deadline = int(now + lease_ms)
-  local leased = {}
-  for i, id in ipairs(picked) do
-    local task_key = q.task_prefix .. id
-    local fields = call('HMGET', task_key, 'record', 'payload')
-    if fields[1] then -- else deleted behind the queue's back: nothing to run
-      local token = last_token - (i - 1)
-      local record, attempts = leased_record(fields[1], consumer, token, now)
-      call('HSET', task_key, 'record', record)
-      leased[#leased + 1] = deadline
-      leased[#leased + 1] = id
-      out[#out + 1] = { q.name, id, token, attempts, fields[2] or '' }
+  local handed, lost = 0, 0
+  -- Ids whose task vanished are dropped and more are taken in their place,
+  -- at most VANISHED_PER_FETCH per call (as the module does).
+  while handed < count and lost < VANISHED_PER_FETCH do
+    local popped = call('ZPOPMIN', q.ready, count - handed)
+    if #popped == 0 then break end
+    local found = {}
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local fields = call('HMGET', q.task_prefix .. id, 'record', 'payload')
+      if fields[1] then
+        found[#found + 1] = { id, fields[1], fields[2] }
+      else
+        lost = lost + 1
+        call('DEL', q.task_prefix .. id) -- remains without a record, if any
+      end
+    end
+    if #found > 0 then
+      local last_token = call('HINCRBY', q.meta, 'token', #found)
+      local leased = {}
+      for i, task in ipairs(found) do
+        local token = last_token - (i - 1)
+        local record, attempts = leased_record(task[2], consumer, token, now)
+        call('HSET', q.task_prefix .. task[1], 'record', record)
+        leased[#leased + 1] = deadline
+        leased[#leased + 1] = task[1]
+        out[#out + 1] = { q.name, task[1], token, attempts, task[3] or '' }
+      end
+      zadd_pairs(q.leased, leased)
+      handed = handed + #found
     end
   end
-  zadd_pairs(q.leased, leased)
+  vanished(q, 'ready', lost)
 end
 
 -- The task's record words if `token` holds its current lease, else the
@@ -1081,9 +1137,9 @@ function commands.STATS(a)
   put('blocked', call('ZCOUNT', q.waiting, int(now), '+inf'))
   put('oldest_ready_age_ms', oldest_ready_age(q, now))
   local names = { 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead_lettered', 'released',
-    'requeued', 'cancelled', 'purged' }
+    'requeued', 'cancelled', 'purged', 'vanished' }
   local counters = call('HMGET', q.meta, 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead',
-    'released', 'requeued', 'cancelled', 'purged')
+    'released', 'requeued', 'cancelled', 'purged', 'vanished')
   for i, name in ipairs(names) do put(name, tonumber(counters[i] or 0)) end
   return out
 end

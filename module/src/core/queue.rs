@@ -33,6 +33,7 @@ mod meta {
     pub const REQUEUED: &str = "requeued";
     pub const CANCELLED: &str = "cancelled";
     pub const PURGED: &str = "purged";
+    pub const VANISHED: &str = "vanished";
 }
 
 /// Ready-set scores sort by priority band, then by sequence (FIFO). Scores
@@ -164,6 +165,8 @@ pub struct Maintained {
     pub promoted: u64,
     pub expired: u64,
     pub pruned: u64,
+    /// Due delayed tasks and expired leases whose task had vanished.
+    pub vanished: u64,
     /// More was due than one pass may handle; run again soon.
     pub more: bool,
 }
@@ -243,6 +246,44 @@ fn load_at(store: &mut impl Store, task_key: &[u8]) -> VtResult<Option<TaskRecor
         Some(bytes) => TaskRecord::decode(&bytes).map(Some),
         None => Err(VtError::Internal("task hash without a record".into())),
     }
+}
+
+/// The record of a task whose id was found in one of the queue's sets, or
+/// None if the task vanished: its key is gone (evicted by a
+/// `maxmemory-policy` other than `noeviction`, deleted by hand) or holds no
+/// record, in which case its remains are deleted (nothing runs without one).
+fn load_queued(
+    store: &mut impl Store,
+    keys: &QueueKeys,
+    id: &[u8],
+) -> VtResult<Option<TaskRecord>> {
+    let task_key = keys.task(id);
+    if task_kind(store, &task_key)? == KeyKind::Missing {
+        return Ok(None);
+    }
+    match store.hget(&task_key, field::RECORD)? {
+        Some(bytes) => TaskRecord::decode(&bytes).map(Some),
+        None => {
+            store.del(&task_key)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Counts tasks that vanished from under their ids (`vanished` in STATS)
+/// and says so in the server log: they are dropped, never run or retried.
+fn vanished(store: &mut impl Store, keys: &QueueKeys, set: &str, n: u64) -> VtResult<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    bump(store, keys, meta::VANISHED, n)?;
+    store.warn(&format!(
+        "queue {}: {n} task(s) in the {set} set had no record (evicted: the server's \
+         maxmemory-policy is not noeviction, or deleted by hand) and were dropped; \
+         STATS counts them as vanished",
+        keys.queue_str()
+    ));
+    Ok(())
 }
 
 fn save(store: &mut impl Store, keys: &QueueKeys, id: &[u8], rec: &TaskRecord) -> VtResult<()> {
@@ -459,32 +500,48 @@ pub fn fetch(
     if is_paused(store, keys)? {
         return Ok(Vec::new());
     }
-    let picked = store.zrange_by_score(&keys.ready, SCORE_MIN, SCORE_MAX, 0, count)?;
-    if picked.is_empty() {
-        return Ok(Vec::new());
-    }
-    let last_token = store.hincrby(&keys.meta, meta::TOKEN, picked.len() as i64)?;
     let deadline = now + lease_ms;
-    let mut leased = Vec::with_capacity(picked.len());
-    for (i, (id, _)) in picked.into_iter().enumerate() {
-        store.zrem(&keys.ready, &id)?;
-        let Some(mut rec) = load(store, keys, &id)? else {
-            continue; // deleted behind the queue's back: nothing to run
-        };
-        let token = last_token - (i as i64);
-        rec.lease(consumer, token, now);
-        save(store, keys, &id, &rec)?;
-        store.zadd(&keys.leased, deadline, &id)?;
-        let payload = store
-            .hget(&keys.task(&id), field::PAYLOAD)?
-            .unwrap_or_default();
-        leased.push(Leased {
-            id,
-            token,
-            attempt: rec.attempts,
-            payload,
-        });
+    let mut leased = Vec::with_capacity(count.min(MAX_FETCH_COUNT as usize));
+    let mut lost = 0;
+    // Ids whose task vanished are dropped and more are taken in their
+    // place, up to VANISHED_PER_FETCH of them per call (the next call goes
+    // on), so a fetch neither hands out less than is there nor scans an
+    // unbounded number of them.
+    while leased.len() < count && lost < VANISHED_PER_FETCH as u64 {
+        let wanted = count - leased.len();
+        let picked = store.zrange_by_score(&keys.ready, SCORE_MIN, SCORE_MAX, 0, wanted)?;
+        if picked.is_empty() {
+            break;
+        }
+        let mut found = Vec::with_capacity(picked.len());
+        for (id, _) in picked {
+            store.zrem(&keys.ready, &id)?;
+            match load_queued(store, keys, &id)? {
+                Some(rec) => found.push((id, rec)),
+                None => lost += 1,
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        let last_token = store.hincrby(&keys.meta, meta::TOKEN, found.len() as i64)?;
+        for (i, (id, mut rec)) in found.into_iter().enumerate() {
+            let token = last_token - (i as i64);
+            rec.lease(consumer, token, now);
+            save(store, keys, &id, &rec)?;
+            store.zadd(&keys.leased, deadline, &id)?;
+            let payload = store
+                .hget(&keys.task(&id), field::PAYLOAD)?
+                .unwrap_or_default();
+            leased.push(Leased {
+                id,
+                token,
+                attempt: rec.attempts,
+                payload,
+            });
+        }
     }
+    vanished(store, keys, "ready", lost)?;
     Ok(leased)
 }
 
@@ -503,19 +560,27 @@ pub fn maintain(
     let due = store.zrange_by_score(&keys.delayed, SCORE_MIN, now, 0, limit)?;
     report.more |= due.len() == limit;
     let mut to_ready = Vec::with_capacity(due.len());
+    let mut lost = 0;
     for (id, _) in due {
         store.zrem(&keys.delayed, &id)?;
-        if let Some(rec) = load(store, keys, &id)? {
-            to_ready.push((id, rec));
-            report.promoted += 1;
+        match load_queued(store, keys, &id)? {
+            Some(rec) => {
+                to_ready.push((id, rec));
+                report.promoted += 1;
+            }
+            None => lost += 1,
         }
     }
+    vanished(store, keys, "delayed", lost)?;
+    report.vanished += lost;
 
     let expired = store.zrange_by_score(&keys.leased, SCORE_MIN, now, 0, limit)?;
     report.more |= expired.len() == limit;
+    let mut lost = 0;
     for (id, _) in expired {
         store.zrem(&keys.leased, &id)?;
-        let Some(mut rec) = load(store, keys, &id)? else {
+        let Some(mut rec) = load_queued(store, keys, &id)? else {
+            lost += 1;
             continue;
         };
         report.expired += 1;
@@ -535,6 +600,8 @@ pub fn maintain(
         }
     }
     bump(store, keys, meta::EXPIRED, report.expired)?;
+    vanished(store, keys, "leased", lost)?;
+    report.vanished += lost;
 
     if !to_ready.is_empty() {
         let first = allocate_seq(store, keys, to_ready.len())?;
@@ -823,6 +890,7 @@ pub fn stats(
         ("requeued", meta::REQUEUED),
         ("cancelled", meta::CANCELLED),
         ("purged", meta::PURGED),
+        ("vanished", meta::VANISHED),
     ] {
         out.push((name, counter(store, stored)?));
     }

@@ -67,6 +67,10 @@ pub trait Store {
     /// Appends `n` wake-up tokens to a list.
     fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()>;
 
+    /// Reports something the operator should know (the module writes it to
+    /// the server log, at most one such line per few seconds).
+    fn warn(&mut self, message: &str);
+
     fn hget_int(&mut self, key: &[u8], field: &str) -> VtResult<Option<i64>> {
         match self.hget(key, field)? {
             None => Ok(None),
@@ -110,6 +114,7 @@ pub struct MemStore {
     data: HashMap<Vec<u8>, MemValue>,
     expires: HashMap<Vec<u8>, i64>,
     pub woken: Vec<Vec<u8>>,
+    pub warnings: Vec<String>,
 }
 
 impl MemStore {
@@ -305,6 +310,10 @@ impl Store for MemStore {
             Some(MemValue::List(n)) => Ok(*n),
             Some(_) => Err(VtError::WrongType),
         }
+    }
+
+    fn warn(&mut self, message: &str) {
+        self.warnings.push(message.to_string());
     }
 
     fn push_tokens(&mut self, key: &[u8], n: u64) -> VtResult<()> {

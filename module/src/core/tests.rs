@@ -626,3 +626,91 @@ fn replace_finished_allows_one_active_task_per_id() {
     assert_eq!((again.payload.as_slice(), again.attempt), (&b"5"[..], 1));
     assert_eq!(stat(&mut s, "done", T0), 0, "the old result is gone");
 }
+
+#[test]
+fn tasks_whose_record_vanished_are_counted_dropped_and_replaced_in_a_fetch() {
+    let mut s = MemStore::new();
+    let k = q();
+    add(
+        &mut s,
+        &[
+            NewTask::new(b"a", b"{}"),
+            NewTask::new(b"gone1", b"{}"),
+            NewTask::new(b"gone2", b"{}"),
+            NewTask::new(b"b", b"{}"),
+            NewTask::new(b"c", b"{}"),
+            NewTask {
+                when: When::Delay(100),
+                ..NewTask::new(b"later", b"{}")
+            },
+            NewTask::new(b"held", b"{}"),
+        ],
+    );
+    // Evicted, or deleted by hand: the ids stay in the ready and delayed sets.
+    use super::store::{Store, Val};
+    s.del(&k.task(b"gone1")).unwrap();
+    s.del(&k.task(b"later")).unwrap();
+    // A hash left without its record is as good as gone.
+    s.hdel(&k.task(b"gone2"), &["record"]).unwrap();
+    s.hset(&k.task(b"gone2"), &[("payload", Val::Bytes(b"{}"))])
+        .unwrap();
+
+    // Three asked for: the vanished ids are dropped and others taken instead.
+    assert_eq!(ids(&fetch_ids(&mut s, 3, T0)), ["a", "b", "c"]);
+    assert_eq!(stat(&mut s, "vanished", T0), 2);
+    assert_eq!(
+        s.key_kind(&k.task(b"gone2")).unwrap(),
+        super::store::KeyKind::Missing
+    );
+    assert_eq!(s.warnings.len(), 1);
+    assert!(
+        s.warnings[0].contains("2 task(s) in the ready set"),
+        "{:?}",
+        s.warnings
+    );
+    assert!(s.warnings[0].contains("noeviction"));
+
+    // A leased task vanishing, and a delayed one: maintenance drops them.
+    let held = fetch_ids(&mut s, 1, T0);
+    assert_eq!(ids(&held), ["held"]);
+    s.del(&k.task(b"held")).unwrap();
+    let report = maintain(&mut s, &k, T0 + LEASE + 1, 100).unwrap();
+    assert_eq!(
+        (report.vanished, report.expired, report.promoted),
+        (2, 3, 0)
+    );
+    assert_eq!(stat(&mut s, "vanished", T0 + LEASE + 1), 4);
+    assert_eq!(stat(&mut s, "delayed", T0 + LEASE + 1), 0);
+    assert_eq!(s.warnings.len(), 3);
+    // Settling a vanished task is refused per item, as for any unknown task.
+    let gone = AckItem {
+        id: b"held",
+        token: held[0].token,
+        result: None,
+    };
+    assert_eq!(ack(&mut s, &k, &[gone], 0, T0).unwrap(), [Settled::NoTask]);
+}
+
+#[test]
+fn a_fetch_drops_a_bounded_number_of_vanished_tasks() {
+    use super::keys::VANISHED_PER_FETCH;
+    use super::store::Store;
+    let mut s = MemStore::new();
+    let k = q();
+    let n = VANISHED_PER_FETCH as usize + 5;
+    let names: Vec<String> = (0..n).map(|i| format!("t{i:06}")).collect();
+    for chunk in names.chunks(1000) {
+        let tasks: Vec<NewTask> = chunk
+            .iter()
+            .map(|id| NewTask::new(id.as_bytes(), b"{}"))
+            .collect();
+        add(&mut s, &tasks);
+    }
+    for id in &names[..n - 1] {
+        s.del(&k.task(id.as_bytes())).unwrap();
+    }
+    assert!(fetch_ids(&mut s, 1, T0).is_empty());
+    assert_eq!(stat(&mut s, "vanished", T0), VANISHED_PER_FETCH as i64);
+    assert_eq!(ids(&fetch_ids(&mut s, 1, T0)), [names[n - 1].clone()]);
+    assert_eq!(stat(&mut s, "vanished", T0), n as i64 - 1);
+}
