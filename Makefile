@@ -20,7 +20,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .bench-venv
 
-.PHONY: module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
+.PHONY: memory-limits module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -72,6 +72,13 @@ py-test: build python
 # module commands) carry `module_only` in their names or live in files not
 # listed here.
 CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker --test memory
+# A server at its maxmemory, with noeviction and with allkeys-lru, on each
+# target: the figures of docs/RELIABILITY.md's "Memory limits".
+memory-limits: build python
+	VTASKS_TARGET=module $(PY) scripts/memory_limits.py
+	VTASKS_TARGET=scripts-valkey $(PY) scripts/memory_limits.py
+	VTASKS_TARGET=scripts-redis $(PY) scripts/memory_limits.py
+
 conformance: build python
 	VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'
 	VTASKS_TARGET=scripts-redis $(CARGO) nextest run $(CONFORMANCE_TESTS) -E 'not test(/module_only/)'

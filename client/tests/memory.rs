@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vtasks_client::scripts;
 use vtasks_client::*;
 use vtasks_testkit::{Server, Target};
 
@@ -165,4 +166,33 @@ async fn a_full_server_refuses_new_work_and_a_default_worker_drains_it() {
     assert_eq!(after.get("ready"), Some(0));
     assert_eq!(after.get("leased"), Some(0));
     assert_eq!(after.get("acked"), Some(ids.len() as i64 + 1));
+}
+
+/// The scripts engine's three functions differ in their flags (what a full
+/// server runs), so each runs only the commands of its kind.
+#[test]
+fn each_library_function_runs_only_its_own_commands() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let _: redis::Value = scripts::load_cmd().query(&mut con).unwrap();
+    let keys = scripts::declared_keys(&[b"VTASKS.STATS", b"{q}"]);
+    let mut call = |command: &str, function: &str, name: &str| {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(function)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(name)
+            .arg("{q}");
+        cmd.query::<redis::Value>(&mut con).unwrap_err().to_string()
+    };
+    let lib = scripts::function_name();
+    let err = call("FCALL", &format!("{lib}_settle"), "ENQUEUE");
+    assert!(err.contains("VTASKS.ENQUEUE runs in function"), "{err}");
+    let err = call("FCALL", lib, "STATS");
+    assert!(err.contains("VTASKS.STATS runs in function"), "{err}");
+    let err = call("FCALL_RO", &format!("{lib}_read"), "FETCHN");
+    assert!(err.contains("VTASKS.FETCHN runs in function"), "{err}");
+    // The server itself keeps writing functions out of FCALL_RO.
+    let err = call("FCALL_RO", &format!("{lib}_settle"), "PAUSE");
+    assert!(err.to_lowercase().contains("write flag"), "{err}");
 }

@@ -710,7 +710,7 @@ fn a_fetch_drops_a_bounded_number_of_vanished_tasks() {
         s.del(&k.task(id.as_bytes())).unwrap();
     }
     assert!(fetch_ids(&mut s, 1, T0).is_empty());
-    assert_eq!(stat(&mut s, "vanished", T0), VANISHED_PER_FETCH as i64);
+    assert_eq!(stat(&mut s, "vanished", T0), VANISHED_PER_FETCH);
     assert_eq!(ids(&fetch_ids(&mut s, 1, T0)), [names[n - 1].clone()]);
     assert_eq!(stat(&mut s, "vanished", T0), n as i64 - 1);
 }

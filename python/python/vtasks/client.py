@@ -176,7 +176,7 @@ class Client:
                     )
                     warning = _eviction_warning(native)
                     if warning is not None:
-                        logger.warning("vtasks: %s (%s)", warning, _redacted(self.url))
+                        logger.warning("vtasks: %s (%s)", warning, redacted_url(self.url))
                     self._native_client = native
         return self._native_client
 
