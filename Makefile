@@ -12,6 +12,10 @@
 #   make compare vtasks against django-vtasks, Celery and RQ, on localhost
 #                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
 #                (about 30 minutes)
+#   make dist    what a release publishes, into dist/: the manylinux abi3
+#                wheel, the module libvtasks.so, SHA256SUMS (scripts/dist.sh)
+#   make dist-test  make dist, then install the wheel into a fresh
+#                virtualenv without Rust and run tasks end to end
 
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
@@ -20,7 +24,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .bench-venv
 
-.PHONY: memory-limits module-demo setup fmt-check clippy ruff mypy build build-release python test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
+.PHONY: memory-limits module-demo setup fmt-check clippy ruff mypy build build-release build-profiling python test dist dist-test wheel-test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +52,11 @@ build: setup
 build-release: setup
 	bash scripts/build-module.sh
 	$(CARGO) build --release -p vtasks-benchmarks
+
+# The release build with symbols and line tables (target/profiling/), for
+# callgrind or perf; the release profile ships stripped.
+build-profiling: setup
+	$(CARGO) build --profile profiling -p vtasks-module -p vtasks-benchmarks
 
 unit-test:
 	$(CARGO) nextest run -p vtasks-module --lib
@@ -85,7 +94,27 @@ conformance: build python
 	VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q
 	VTASKS_TARGET=scripts-redis $(PY) -m pytest -q
 
-test: setup fmt-check clippy ruff mypy rust-test py-test conformance chaos-ci
+test: setup fmt-check clippy ruff mypy rust-test py-test wheel-test conformance chaos-ci
+
+# The release artifacts (scripts/dist.sh) and their test: the wheel in a
+# fresh virtualenv with no Rust toolchain on PATH, tasks run end to end
+# against valkey-server loading dist/libvtasks.so; then both artifacts'
+# stripping, glibc floor and checksums. Release builds of both take a few
+# minutes, so CI runs the cheaper wheel-test instead.
+dist: setup
+	bash scripts/dist.sh
+
+dist-test: dist
+	VTASKS_WHEEL=$$(ls dist/vtasks-*.whl) VTASKS_MODULE=$(CURDIR)/dist/libvtasks.so $(PY) -m pytest tests/dist -q
+
+# The same install-and-run test on a wheel of the development build (it
+# reuses `make python`'s compiled extension, so it costs seconds): the
+# package's layout, metadata and dependencies as pip installs them.
+WHEEL_DEV := target/wheel-dev
+wheel-test: build python
+	rm -rf $(WHEEL_DEV)
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin build --quiet --compatibility linux -m python/Cargo.toml --out $(WHEEL_DEV)
+	VTASKS_WHEEL=$$(ls $(WHEEL_DEV)/vtasks-*.whl) $(PY) -m pytest tests/dist/test_wheel.py -q
 
 # The fault suite (tests/chaos): workers killed, Valkey killed (and its
 # unsynced AOF writes dropped, as by a power cut) and restarted,

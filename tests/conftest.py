@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The fault suite runs on its own: `make chaos` (VTASKS_CHAOS=full) or, at a
 # smaller scale, `make chaos-ci` (VTASKS_CHAOS=ci).
 collect_ignore = [] if os.environ.get("VTASKS_CHAOS") else ["chaos"]
+# The installed-wheel tests need a built wheel: `make wheel-test` (part of
+# `make test`) and `make dist-test` give it in VTASKS_WHEEL.
+if not os.environ.get("VTASKS_WHEEL"):
+    collect_ignore.append("dist")
 
 
 def module_path() -> Path:
