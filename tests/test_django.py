@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import vtasks
@@ -14,7 +18,7 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from vtasks.django.checks import reaching_server
 from vtasks.django.worker import make_worker
 
-from tests.conftest import ValkeyServer
+from tests.conftest import ROOT, ValkeyServer
 from tests.django_project import tasks
 from tests.test_worker import run_counts
 
@@ -361,3 +365,70 @@ def test_queues_are_served_in_the_order_of_the_setting(valkey, settings, runs, c
 
 def run_order(runs) -> list[int]:
     return [int(line.split()[1]) for line in runs.read_text().splitlines() if line.startswith("django_ordered")]
+
+
+def start_runworker(url: str, runs) -> subprocess.Popen[bytes]:
+    """`manage.py runworker` in a process of its own, with the test settings
+    (the backend's default options) pointed at ``url``."""
+    env = {**os.environ, "VTASKS_TEST_URL": url, "VTASKS_TEST_RUNS": str(runs),
+           "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "runworker", "--concurrency", "10"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def sleeps_runs(runs, kind: str) -> list[tuple[int, int, float]]:
+    """(task number, pid, time) of each `tasks.sleeps` start or end."""
+    out = []
+    for line in runs.read_text().splitlines():
+        k, _, rest = line.partition(" ")
+        if k == f"django_sleeps_{kind}":
+            n, pid, at = rest.split()
+            out.append((int(n), int(pid), float(at)))
+    return out
+
+
+def test_a_sigkilled_worker_fails_nothing_and_a_replacement_finishes_its_tasks(django_valkey, settings, runs):
+    # The defaults a new project gets (MAX_ATTEMPTS 1, a 30 s lease): a
+    # worker killed mid-run (a deploy, the OOM killer) is not a task failure.
+    results = [tasks.sleeps.enqueue(n, 1.5) for n in range(10)]
+    first = start_runworker(django_valkey.url, runs)
+    replacement = None
+    try:
+        deadline = time.monotonic() + 60
+        while len({n for n, pid, _ in sleeps_runs(runs, "start") if pid == first.pid}) < 10:
+            assert time.monotonic() < deadline, "the first worker never started all ten"
+            time.sleep(0.02)
+        # A replacement is up (as a supervisor or a second replica would
+        # have it) when the first worker is killed mid-run.
+        replacement = start_runworker(django_valkey.url, runs)
+        first.kill()
+        first.wait()
+        killed_at = time.time()
+        deadline = time.monotonic() + 60
+        while len({n for n, _, _ in sleeps_runs(runs, "done")}) < 10:
+            assert time.monotonic() < deadline, f"finished: {sleeps_runs(runs, 'done')}"
+            time.sleep(0.05)
+        # And acknowledged (the outcomes travel with the worker's next fetch).
+        backend = task_backends["default"]
+        while any(backend.get_result(r.id).status != TaskResultStatus.SUCCESSFUL for r in results):
+            assert time.monotonic() < deadline, [backend.get_result(r.id).status for r in results]
+            time.sleep(0.05)
+    finally:
+        for process in (first, replacement):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    done = sleeps_runs(runs, "done")
+    assert all(pid == replacement.pid for _, pid, _ in done), "the killed worker finished none"
+    assert sorted(n for n, _, _ in done) == list(range(10)), "each ran to the end once"
+    late = max(at for _, _, at in done) - killed_at
+    assert late < 10, f"the replacement finished the last one {late:.1f} s after the kill"
+    for result in results:
+        final = backend.get_result(result.id)
+        assert final.status == TaskResultStatus.SUCCESSFUL, (final.status, final.errors)
+        assert final.attempts == 2
+        state = backend.client.get_sync("default", result.id.split("@")[0])
+        assert state is not None
+        assert (state.failed_attempts, state.lost_leases, state.max_lost_leases) == (0, 1, 3)

@@ -31,8 +31,15 @@ pub struct NewTask {
     /// −100..=100, higher first.
     pub priority: i32,
     pub when: When,
-    /// None: the server's default (`vtasks_protocol::DEFAULT_MAX_ATTEMPTS`).
+    /// Attempts that may fail (the handler reported a failure) before the
+    /// task is dead-lettered. None: the server's default
+    /// (`vtasks_protocol::DEFAULT_MAX_ATTEMPTS`).
     pub max_attempts: Option<u32>,
+    /// Leases that may be lost (the worker running the task vanished:
+    /// a crash, a kill, a lost connection) before the task is
+    /// dead-lettered. None: the server's default
+    /// (`vtasks_protocol::DEFAULT_MAX_LOST_LEASES`).
+    pub max_lost_leases: Option<u32>,
     /// Replace a finished task with the same id (unique tasks): at most one
     /// waiting or running task per id.
     pub replace_finished: bool,
@@ -46,6 +53,7 @@ impl NewTask {
             priority: 0,
             when: When::Now,
             max_attempts: None,
+            max_lost_leases: None,
             replace_finished: false,
         }
     }
@@ -92,6 +100,9 @@ impl Enqueue<'_> {
             }
             if let Some(n) = task.max_attempts {
                 cmd.arg("ATTEMPTS").arg(n);
+            }
+            if let Some(n) = task.max_lost_leases {
+                cmd.arg("LOSTLEASES").arg(n);
             }
             if task.replace_finished {
                 cmd.arg("REPLACEFINISHED");
@@ -410,8 +421,16 @@ pub enum Status {
 pub struct TaskInfo {
     pub status: Status,
     pub priority: i32,
+    /// Attempts started (leases taken, less those released unstarted).
     pub attempts: u32,
+    /// Budget of failed attempts.
     pub max_attempts: u32,
+    /// Attempts the worker reported as failed.
+    pub failed_attempts: u32,
+    /// Leases lost because the worker running the task vanished.
+    pub lost_leases: u32,
+    /// Budget of lost leases.
+    pub max_lost_leases: u32,
     /// Unix times in milliseconds.
     pub enqueued_at: i64,
     pub run_at: Option<i64>,
@@ -452,6 +471,9 @@ impl TaskInfo {
             priority: num(take("priority"))?.unwrap_or(0) as i32,
             attempts: num(take("attempts"))?.unwrap_or(0) as u32,
             max_attempts: num(take("max_attempts"))?.unwrap_or(0) as u32,
+            failed_attempts: num(take("failed_attempts"))?.unwrap_or(0) as u32,
+            lost_leases: num(take("lost_leases"))?.unwrap_or(0) as u32,
+            max_lost_leases: num(take("max_lost_leases"))?.unwrap_or(0) as u32,
             enqueued_at: num(take("enqueued_at"))?.unwrap_or(0),
             run_at: num(take("run_at"))?,
             started_at: num(take("started_at"))?,
@@ -574,6 +596,7 @@ mod tests {
                 priority: 5,
                 when: When::After(Duration::from_millis(250)),
                 max_attempts: Some(2),
+                max_lost_leases: Some(4),
                 ..NewTask::new("b", b"[]".to_vec())
             },
         ];
@@ -609,7 +632,9 @@ mod tests {
                 "DELAY",
                 "250",
                 "ATTEMPTS",
-                "2"
+                "2",
+                "LOSTLEASES",
+                "4"
             ]
         );
         let bad = [NewTask {

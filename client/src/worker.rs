@@ -27,9 +27,19 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::client::{BlockingFetcher, Client};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::protocol::*;
 use crate::queue::QueueName;
+
+/// The longest lease a worker takes on the scripts engine, whatever
+/// `WorkerOptions::lease` says. The module cuts a vanished worker's leases
+/// to a 2 s grace when its connections close; the scripts engine cannot see
+/// connections, so there a lease only comes back when it expires, and it is
+/// kept short (renewed every third of it) to bring a killed worker's tasks
+/// back in seconds (docs/DECISIONS.md).
+pub const SCRIPTS_MAX_LEASE: Duration =
+    Duration::from_millis(vtasks_protocol::SCRIPTS_MAX_LEASE_MS as u64);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -39,7 +49,8 @@ pub struct WorkerOptions {
     pub consumer: String,
     /// Most tasks leased to this worker at once.
     pub concurrency: usize,
-    /// Lease length; running tasks are renewed every `lease / 3`.
+    /// Lease length; running tasks are renewed every `lease / 3`. On the
+    /// scripts engine at most `SCRIPTS_MAX_LEASE`.
     pub lease: Duration,
     /// Longest server-side wait of one fetch when the queues are empty.
     pub block: Duration,
@@ -159,6 +170,15 @@ impl WorkerCore {
         &self.inner.options
     }
 
+    /// The lease this worker takes and renews: as configured, and at most
+    /// `SCRIPTS_MAX_LEASE` on the scripts engine.
+    pub fn lease(&self) -> Duration {
+        match self.inner.client.engine() {
+            Engine::Module => self.inner.options.lease,
+            Engine::Scripts => self.inner.options.lease.min(SCRIPTS_MAX_LEASE),
+        }
+    }
+
     pub fn stats(&self) -> WorkerStats {
         self.state().stats.clone()
     }
@@ -240,7 +260,7 @@ impl WorkerCore {
                 queues,
                 consumer: self.inner.options.consumer.clone(),
                 count: free,
-                lease: self.inner.options.lease,
+                lease: self.lease(),
                 block: Some(self.inner.options.block),
                 keep: self.inner.options.keep_results,
                 acks,
@@ -249,7 +269,13 @@ impl WorkerCore {
             self.inner.fetching.store(true, Ordering::SeqCst);
             let outcome = match fetcher.connect().await {
                 Ok(id) => {
-                    self.inner.fetch_connection.store(id, Ordering::SeqCst);
+                    let previous = self.inner.fetch_connection.swap(id, Ordering::SeqCst);
+                    if previous != 0 && previous != id {
+                        // Reconnected. The module cuts the leases of a
+                        // closed connection to a short grace; renewing the
+                        // running ones now keeps them.
+                        let _ = self.renew().await;
+                    }
                     fetcher.fetch(&fetch).await
                 }
                 Err(err) => Err(err),
@@ -449,7 +475,7 @@ impl WorkerCore {
             let outcome = self
                 .inner
                 .client
-                .extend(&queue, &items, self.inner.options.lease)
+                .extend(&queue, &items, self.lease())
                 .await?;
             let lost = outcome.iter().filter(|s| **s != Settled::Ok).count() as u64;
             let mut st = self.state();
@@ -487,7 +513,7 @@ impl WorkerCore {
     /// of the lease, and prompt settlement while a fetch waits on empty
     /// queues. Errors are retried on the next tick.
     pub async fn maintain(&self) {
-        let renew_every = self.inner.options.lease / 3;
+        let renew_every = self.lease() / 3;
         let mut next_renewal = tokio::time::Instant::now() + renew_every;
         while !self.is_stopping() {
             let changed = self.inner.changed.notified();

@@ -41,9 +41,9 @@ fn ack_of(d: &Delivery) -> Ack {
     }
 }
 
-/// `first` enqueues 40 tasks (10 delayed, 5 with one attempt) and leaves
+/// `first` enqueues 40 tasks (10 delayed, 5 allowed one lost lease) and leaves
 /// them in flight: 10 leased under a short lease and never settled (5 of
-/// them out of attempts, so their expiry dead-letters them), 5 dead-lettered
+/// them with a lost-lease budget of 1, so their expiry dead-letters them), 5 dead-lettered
 /// by a NACK. `second` then runs the queue to the end: expired leases come
 /// back or die, delayed tasks become due, dead letters are requeued. Every
 /// task ends done exactly once, and the totals add up.
@@ -56,7 +56,7 @@ async fn hand_over(first: &Client, second: &Client, name: &str) {
                 t.when = When::After(Duration::from_millis(400));
             }
             if i < 5 {
-                t.max_attempts = Some(1);
+                t.max_lost_leases = Some(1);
                 t.priority = 10; // leased first, below
             }
             t
@@ -114,13 +114,15 @@ async fn hand_over(first: &Client, second: &Client, name: &str) {
         }
     }
 
-    // The 5 single-attempt tasks died at lease expiry; the rest ran once
+    // The 5 tasks allowed one lost lease died at its expiry; the rest ran once
     // under the second engine.
     let dead = second.dead_letters(&queue, 0, 100).await.unwrap();
     let mut dead_ids: Vec<&str> = dead.iter().map(|d| d.id.as_str()).collect();
     dead_ids.sort();
     assert_eq!(dead_ids, ["t00", "t01", "t02", "t03", "t04"]);
-    assert!(dead.iter().all(|d| d.error.contains("lease expired")));
+    assert!(dead
+        .iter()
+        .all(|d| d.error.starts_with("lease lost 1 time")));
     assert_eq!(done.len(), 35);
     assert!(done.values().all(|n| *n == 1), "{done:?}");
     for id in done.keys() {

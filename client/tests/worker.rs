@@ -305,3 +305,89 @@ async fn a_server_restart_mid_run_is_survived() {
     let twice = seen.values().filter(|n| **n > 1).count();
     assert!(twice <= 20, "{twice} tasks ran twice");
 }
+
+/// The worker's fetch connection drops while a task runs (longer than the
+/// module's 2 s grace): the worker reconnects, renews its running lease at
+/// once and keeps it. The task runs once and its acknowledgement is not
+/// refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_fetch_connection_drops_keeps_its_leases() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    enqueue_n(&client, 1).await;
+    let runs = Arc::new(Mutex::new(0u32));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let core = WorkerCore::new(
+        client.clone(),
+        WorkerOptions {
+            burst: false,
+            block: Duration::from_secs(30),
+            ..options("w1")
+        },
+    )
+    .unwrap();
+    let handle = tokio::spawn(run(
+        core,
+        {
+            let (runs, started) = (runs.clone(), started.clone());
+            move |_d: Delivery| {
+                let (runs, started) = (runs.clone(), started.clone());
+                async move {
+                    *runs.lock().unwrap() += 1;
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(10),
+    ));
+    started.notified().await;
+    // The worker is back in a blocking fetch for more work: drop that
+    // connection as a network fault would.
+    let mut admin = server.connect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let killed = loop {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+        let fetching: Vec<&str> = list
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("cmd=vtasks.fetchn") || l.contains("cmd=blpop")
+            })
+            .filter_map(|l| l.split(' ').find_map(|w| w.strip_prefix("id=")))
+            .collect();
+        if let [id] = fetching[..] {
+            let n: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query(&mut admin)
+                .unwrap();
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fetch connection: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(killed, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = client.stats(&queue()).await.unwrap();
+        if s.get("acked") == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never acknowledged: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.abort();
+    assert_eq!(*runs.lock().unwrap(), 1, "the task ran once");
+    let s = client.stats(&queue()).await.unwrap();
+    assert_eq!((s.get("expired"), s.get("ready")), (Some(0), Some(0)));
+}

@@ -45,6 +45,10 @@ mod module_table {
     use redis_module::{redis_module, AclCategory, Context, NotifyEvent, RedisString, Status};
 
     fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+        if !crate::server_time::subscribe(ctx) {
+            ctx.log_warning("vtasks: cannot subscribe to client disconnections");
+            return Status::Err;
+        }
         ctx.log_notice(&format!("vtasks {} loaded", env!("CARGO_PKG_VERSION")));
         Status::Ok
     }

@@ -94,6 +94,9 @@ pub fn parse_tasks<'a>(a: &mut Args<'a>) -> VtResult<Vec<NewTask<'a>>> {
             match option.as_str() {
                 "PRIORITY" => task.priority = a.next_int("PRIORITY", MIN_PRIORITY, MAX_PRIORITY)?,
                 "ATTEMPTS" => task.max_attempts = a.next_int("ATTEMPTS", 1, MAX_ATTEMPTS)?,
+                "LOSTLEASES" => {
+                    task.max_lost_leases = a.next_int("LOSTLEASES", 1, MAX_LOST_LEASES)?
+                }
                 "REPLACEFINISHED" => task.replace_finished = true,
                 "DELAY" | "RUNAT" if scheduled => {
                     return Err(VtError::syntax("DELAY and RUNAT cannot be combined"))

@@ -39,6 +39,7 @@ const KEYWORDS: &[&[u8]] = &[
     b"DELAY",
     b"RUNAT",
     b"ATTEMPTS",
+    b"LOSTLEASES",
     b"REPLACEFINISHED",
     b"MAXLEN",
     b"CONSUMER",
@@ -116,6 +117,8 @@ fn valid_words(kind: usize) -> Vec<Vec<u8>> {
             "10",
             "ATTEMPTS",
             "3",
+            "LOSTLEASES",
+            "2",
             "TASK",
             "t2",
             "x",
@@ -198,6 +201,7 @@ fn parse_all(kind: usize, input: &[Vec<u8>]) {
                 assert!(!t.id.is_empty() && t.id.len() <= MAX_ID_LEN);
                 assert!((MIN_PRIORITY..=MAX_PRIORITY).contains(&t.priority));
                 assert!((1..=MAX_ATTEMPTS).contains(&t.max_attempts));
+                assert!((1..=MAX_LOST_LEASES).contains(&t.max_lost_leases));
                 match t.when {
                     When::Delay(ms) => assert!((0..=MAX_DURATION_MS).contains(&ms)),
                     When::At(ms) => assert!((0..=MAX_TIMESTAMP_MS).contains(&ms)),

@@ -1,5 +1,8 @@
 //! Server-side time: one module timer, armed for the earliest moment any
-//! queue needs maintenance, and the in-memory count of blocked consumers.
+//! queue needs maintenance, the in-memory count of blocked consumers, and
+//! which connection holds which leases (`core::holders`): when a connection
+//! closes, its leases are cut to a short grace by the timer, whose writes
+//! replicate as native commands like the rest of its maintenance.
 //!
 //! Everything here runs on Valkey's main thread; the mutex only satisfies
 //! Rust's rules for statics and is never contended.
@@ -14,8 +17,9 @@ use redis_module::{raw, Context, ContextFlags, RedisModuleTimerID};
 use redis_module_macros::{loading_event_handler, role_changed_event_handler};
 
 use crate::core::error::VtResult;
-use crate::core::keys::{QueueKeys, MAINTENANCE_BATCH};
-use crate::core::queue;
+use crate::core::holders::{ClientId, Holders};
+use crate::core::keys::{QueueKeys, LEASE_GRACE_MS, MAINTENANCE_BATCH};
+use crate::core::queue::{self, LeaseRef};
 use crate::core::schedule::Schedule;
 use crate::guard;
 use crate::valkey_store::ValkeyStore;
@@ -26,6 +30,7 @@ struct ServerTime {
     /// The armed timer and the time it fires at.
     armed: Option<(i64, RedisModuleTimerID)>,
     blocked: HashMap<Vec<u8>, u64>,
+    holders: Holders,
 }
 
 static STATE: Mutex<Option<ServerTime>> = Mutex::new(None);
@@ -105,6 +110,14 @@ fn maintain_due_queues(ctx: &Context) -> VtResult<()> {
     for queue_name in due {
         let keys = QueueKeys::parse(&queue_name)?;
         let mut store = ValkeyStore::replicating_effects(ctx.ctx);
+        let cuts = with_state(|st| st.holders.take_pending(&queue_name));
+        if !cuts.is_empty() {
+            let refs: Vec<LeaseRef> = cuts
+                .iter()
+                .map(|(id, token)| LeaseRef { id, token: *token })
+                .collect();
+            queue::cut_leases(&mut store, &keys, &refs, now + LEASE_GRACE_MS)?;
+        }
         let report = queue::maintain(&mut store, &keys, now, MAINTENANCE_BATCH)?;
         let next = if report.more {
             Some(now) // more was due than one pass handles: continue next tick
@@ -114,6 +127,64 @@ fn maintain_due_queues(ctx: &Context) -> VtResult<()> {
         with_state(|st| st.schedule.set(&queue_name, next));
     }
     Ok(())
+}
+
+/// The connection a lease taken or renewed by this command belongs to, or
+/// None when the command is not a client's own: replayed from the primary
+/// or the AOF (the primary tracks its clients), or run by a script (whose
+/// client never disconnects).
+pub fn lease_holder(ctx: &Context) -> Option<ClientId> {
+    let flags = ctx.get_flags();
+    if flags.intersects(ContextFlags::REPLICATED | ContextFlags::LOADING | ContextFlags::LUA) {
+        return None;
+    }
+    let id = unsafe { raw::RedisModule_GetClientId.unwrap()(ctx.ctx) };
+    (id != 0).then_some(id)
+}
+
+/// Records lease changes in the index of holders.
+pub fn with_holders<T>(f: impl FnOnce(&mut Holders) -> T) -> T {
+    with_state(|st| f(&mut st.holders))
+}
+
+/// A client connection closed. Its leases are cut by the timer, right
+/// away: writing from inside this event (which fires wherever the server
+/// frees a client) is avoided; the timer's writes replicate as the rest of
+/// its maintenance does, and it runs on a primary only.
+extern "C" fn on_client_change(
+    ctx: *mut raw::RedisModuleCtx,
+    _event: raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    if subevent != raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED || data.is_null() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: for this event the server passes a RedisModuleClientInfo
+        // (version 1, as subscribed), valid during the callback.
+        let id = unsafe { (*data.cast::<raw::RedisModuleClientInfo>()).id };
+        let queues = with_state(|st| st.holders.disconnected(id));
+        if queues.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        with_state(|st| {
+            for queue in &queues {
+                st.schedule.set(queue, Some(now));
+            }
+        });
+        arm(&Context::new(ctx));
+    }));
+}
+
+/// Subscribes to client disconnections (called once at load).
+pub fn subscribe(ctx: &Context) -> bool {
+    let event = raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_CLIENT_CHANGE,
+        dataver: 1,
+    };
+    raw::subscribe_to_server_event(ctx.ctx, event, Some(on_client_change)) == raw::Status::Ok
 }
 
 pub fn blocked_on(queue: &[u8]) -> u64 {

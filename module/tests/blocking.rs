@@ -105,7 +105,15 @@ fn module_only_timers_expire_leases_with_no_consumer_asking() {
     let mut con = server.connect();
     query(
         &mut con,
-        &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}", "ATTEMPTS", "1"],
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "t",
+            "{}",
+            "LOSTLEASES",
+            "1",
+        ],
     );
     fetch(
         &mut con,
@@ -120,7 +128,7 @@ fn module_only_timers_expire_leases_with_no_consumer_asking() {
         thread::sleep(Duration::from_millis(20));
     }
     let task = query(&mut con, &["VTASKS.GET", "{q}", "t"]);
-    assert!(text(&field(&task, "error").unwrap()).contains("lease expired"));
+    assert!(text(&field(&task, "error").unwrap()).starts_with("lease lost 1 time, its budget"));
 }
 
 #[test]
@@ -170,8 +178,11 @@ fn each_task_goes_to_exactly_one_of_many_blocked_consumers() {
     let waiters: Vec<_> = (0..4)
         .map(|_| {
             let mut c = server.connect();
+            // The connection outlives the thread: a consumer whose
+            // connection closes gives its leases back (after a short grace).
             thread::spawn(move || {
-                fetch(&mut c, &["1", "{q}", "CONSUMER", "w", "BLOCK", "3000"]).tasks
+                let tasks = fetch(&mut c, &["1", "{q}", "CONSUMER", "w", "BLOCK", "3000"]).tasks;
+                (tasks, c)
             })
         })
         .collect();
@@ -191,7 +202,10 @@ fn each_task_goes_to_exactly_one_of_many_blocked_consumers() {
     );
     let mut got: Vec<String> = waiters
         .into_iter()
-        .flat_map(|w| ids(&w.join().unwrap()))
+        .map(|w| w.join().unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .flat_map(|(tasks, _connection)| ids(tasks))
         .collect();
     got.sort();
     assert_eq!(
@@ -236,4 +250,120 @@ fn module_only_fetch_inside_multi_does_not_block() {
         .unwrap();
     let got = parse_fetch(&reply[0]);
     assert!(got.tasks.is_empty());
+}
+
+/// A worker's connection closing (the process was killed) cuts the leases
+/// it took to a short grace: they come back in seconds, not at the end of
+/// their 10-minute lease.
+#[test]
+fn module_only_a_closed_connection_s_leases_come_back_within_the_grace() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+        ],
+    );
+    {
+        let mut worker = server.connect();
+        let got = fetch(
+            &mut worker,
+            &[
+                "1", "{q}", "CONSUMER", "killed", "COUNT", "2", "LEASE", "600000",
+            ],
+        );
+        assert_eq!(ids(&got.tasks), ["a", "b"]);
+    } // closed here
+    let mut back = Vec::new();
+    let started = Instant::now();
+    while back.len() < 2 {
+        let got = fetch(
+            &mut con,
+            &[
+                "1", "{q}", "CONSUMER", "next", "COUNT", "2", "BLOCK", LONG_BLOCK,
+            ],
+        );
+        back.extend(got.tasks);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never came back"
+        );
+    }
+    assert_eq!(ids(&back), ["a", "b"]);
+    assert!(back.iter().all(|t| t.attempt == 2));
+    assert_eq!(stat(&mut con, "{q}", "leases_cut"), 2);
+    assert_eq!(stat(&mut con, "{q}", "expired"), 2);
+    let a = query(&mut con, &["VTASKS.GET", "{q}", "a"]);
+    assert_eq!(int(&field(&a, "lost_leases").unwrap()), 1);
+    assert_eq!(int(&field(&a, "failed_attempts").unwrap()), 0);
+}
+
+/// A worker whose connections dropped and that renews its leases once it
+/// has reconnected keeps them: before the cut (the server had not yet seen
+/// the old connection close) or after it, within the grace.
+#[test]
+fn module_only_a_worker_that_renews_within_the_grace_keeps_its_leases() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+        ],
+    );
+    let mut renewer = server.connect();
+    let token_of = |worker: &mut Connection| {
+        fetch(worker, &["1", "{q}", "CONSUMER", "w", "LEASE", "600000"])
+            .tasks
+            .remove(0)
+            .token
+            .to_string()
+    };
+    let renew = |renewer: &mut Connection, id: &str, token: &str| {
+        let r = query(renewer, &["VTASKS.EXTEND", "{q}", "600000", "1", id, token]);
+        assert_eq!(text(&items(&r)[0]), "OK");
+    };
+    // a: the connection closes, the cut happens, then the renewal.
+    let mut worker = server.connect();
+    let a = token_of(&mut worker);
+    drop(worker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut con, "{q}", "leases_cut") < 1 {
+        assert!(Instant::now() < deadline, "the lease was never cut");
+        thread::sleep(Duration::from_millis(5));
+    }
+    renew(&mut renewer, "a", &a);
+    // b: renewed over another connection before its own one closes.
+    let mut worker = server.connect();
+    let b = token_of(&mut worker);
+    renew(&mut renewer, "b", &b);
+    drop(worker);
+    // Longer than the grace: neither lease comes back.
+    let got = fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "other", "BLOCK", "4000"],
+    );
+    assert!(got.tasks.is_empty(), "{:?}", ids(&got.tasks));
+    let r = query(
+        &mut renewer,
+        &["VTASKS.ACK", "{q}", "2", "a", &a, "", "b", &b, ""],
+    );
+    assert_eq!(items(&r).iter().map(text).collect::<Vec<_>>(), ["OK", "OK"]);
+    assert_eq!(stat(&mut con, "{q}", "leases_cut"), 1);
+    assert_eq!(stat(&mut con, "{q}", "expired"), 0);
 }

@@ -640,3 +640,280 @@ fn tasks_whose_record_vanished_are_counted_dropped_and_logged() {
         "{log}"
     );
 }
+
+/// The lease of the task leased to `consumer` expires: a second consumer's
+/// blocked fetch gets it back (the server wakes it at the deadline).
+fn lose_lease(con: &mut Connection, id: &str, lease_ms: u64) -> Task {
+    let first = fetch(
+        con,
+        &[
+            "1",
+            "{q}",
+            "CONSUMER",
+            "crashed",
+            "LEASE",
+            &lease_ms.to_string(),
+        ],
+    );
+    assert_eq!(ids(&first.tasks), [id]);
+    let again = fetch(con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "20000"]);
+    assert_eq!(ids(&again.tasks), [id], "the lease expired and came back");
+    again.tasks[0].clone()
+}
+
+fn get_int(con: &mut Connection, id: &str, name: &str) -> i64 {
+    let task = query(con, &["VTASKS.GET", "{q}", id]);
+    int(&field(&task, name).unwrap_or_else(|| panic!("no field {name}")))
+}
+
+#[test]
+fn failed_attempts_and_lost_leases_are_counted_separately() {
+    let server = Server::start();
+    let mut con = server.connect();
+    // Django's default: one attempt may fail; a lost lease is not a failure.
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "t",
+            "{}",
+            "ATTEMPTS",
+            "1",
+            "LOSTLEASES",
+            "2",
+        ],
+    );
+    let t = lose_lease(&mut con, "t", 100);
+    assert_eq!(t.attempt, 2);
+    let budgets = |con: &mut Connection| {
+        [
+            "attempts",
+            "max_attempts",
+            "failed_attempts",
+            "lost_leases",
+            "max_lost_leases",
+        ]
+        .map(|name| get_int(con, "t", name))
+    };
+    assert_eq!(budgets(&mut con), [2, 1, 0, 1, 2]);
+    let task = query(&mut con, &["VTASKS.GET", "{q}", "t"]);
+    assert_eq!(text(&field(&task, "status").unwrap()), "leased");
+    assert_eq!(
+        text(&field(&task, "error").unwrap()),
+        "lease lost on attempt 1 (1 of 2 lost leases allowed): the worker running it \
+         stopped (crash, kill, or lost connection) before finishing it"
+    );
+    let r = query(
+        &mut con,
+        &[
+            "VTASKS.NACK",
+            "{q}",
+            "1",
+            "t",
+            &t.token.to_string(),
+            "0",
+            "ValueError: boom",
+        ],
+    );
+    assert_eq!(text(&items(&r)[0]), "DEAD", "its one failed attempt");
+    assert_eq!(budgets(&mut con), [2, 1, 1, 1, 2]);
+    assert_eq!(stat(&mut con, "{q}", "failed"), 1);
+    assert_eq!(stat(&mut con, "{q}", "expired"), 1);
+    assert_eq!(stat(&mut con, "{q}", "dead_lettered"), 1);
+    assert_eq!(stat(&mut con, "{q}", "dead_lost"), 0);
+
+    // A task that keeps losing its lease (it takes its worker down) ends
+    // dead once its lost-lease budget is used, with a reason naming that.
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "k",
+            "{}",
+            "LOSTLEASES",
+            "2",
+        ],
+    );
+    let k = lose_lease(&mut con, "k", 100);
+    assert_eq!(k.attempt, 2);
+    // Its second holder vanishes too: its lease is shortened as a lease
+    // running out would be, and a fetch runs the maintenance that finds it.
+    query(
+        &mut con,
+        &[
+            "VTASKS.EXTEND",
+            "{q}",
+            "100",
+            "1",
+            "k",
+            &k.token.to_string(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stat(&mut con, "{q}", "dead_lost") < 1 {
+        assert!(std::time::Instant::now() < deadline, "k never died");
+        fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "BLOCK", "200"]);
+    }
+    let k = query(&mut con, &["VTASKS.GET", "{q}", "k"]);
+    assert_eq!(text(&field(&k, "status").unwrap()), "dead");
+    assert_eq!(
+        text(&field(&k, "error").unwrap()),
+        "lease lost 2 times, its budget: the worker running it stopped (crash, kill, or lost \
+         connection) before finishing it (last on attempt 2)"
+    );
+    assert_eq!(get_int(&mut con, "k", "failed_attempts"), 0);
+    assert_eq!(stat(&mut con, "{q}", "dead_lost"), 1);
+    assert_eq!(stat(&mut con, "{q}", "dead_lettered"), 2);
+}
+
+#[test]
+fn a_redelivered_task_runs_before_tasks_enqueued_after_it() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "a", "{}"]);
+    fetch(
+        &mut con,
+        &["1", "{q}", "CONSUMER", "crashed", "LEASE", "100"],
+    );
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "b",
+            "{}",
+            "TASK",
+            "c",
+            "{}",
+        ],
+    );
+    // Paused, the queue hands out nothing while a's lease runs out (a
+    // fetch still runs its maintenance, which the scripts engine needs).
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stat(&mut con, "{q}", "expired") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's lease never expired"
+        );
+        fetch(&mut con, &["1", "{q}", "CONSUMER", "w"]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    query(&mut con, &["VTASKS.RESUME", "{q}"]);
+    let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "3"]);
+    assert_eq!(ids(&got.tasks), ["a", "b", "c"]);
+    assert_eq!(got.tasks[0].attempt, 2);
+}
+
+#[test]
+fn a_queue_written_by_the_previous_release_keeps_working() {
+    let server = Server::start();
+    let mut con = server.connect();
+    // Version-1 records, as the previous release stored them: `old` had one
+    // attempt that failed and waits for its retry; `running` is leased.
+    let now: i64 = {
+        let t: Vec<String> = cmd(&["TIME"]).query(&mut con).unwrap();
+        t[0].parse::<i64>().unwrap() * 1000
+    };
+    let seeded: Vec<Vec<String>> = vec![
+        vec![
+            "HSET".into(),
+            "{q}".into(),
+            "seq".into(),
+            "2".into(),
+            "token".into(),
+            "7".into(),
+            "enqueued".into(),
+            "2".into(),
+        ],
+        vec![
+            "HSET".into(),
+            "{q}:t:old".into(),
+            "payload".into(),
+            "{}".into(),
+            "record".into(),
+            format!("1 ready 0 3 1 1 6 {now} - 0 0 0 - w0 w0"),
+            "error".into(),
+            "boom".into(),
+        ],
+        vec![
+            "ZADD".into(),
+            "{q}:ready".into(),
+            (100i64 << 44 | 1).to_string(),
+            "old".into(),
+        ],
+        vec![
+            "HSET".into(),
+            "{q}:t:running".into(),
+            "payload".into(),
+            "{}".into(),
+            "record".into(),
+            format!("1 leased 0 3 1 2 7 {now} - 0 0 0 - w0 w0"),
+        ],
+        vec![
+            "ZADD".into(),
+            "{q}:leased".into(),
+            (now + 600_000).to_string(),
+            "running".into(),
+        ],
+    ];
+    for words in &seeded {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        query(&mut con, &words);
+    }
+    // Read with the attempts they used as failed attempts.
+    let budgets = |con: &mut Connection, id: &str| {
+        [
+            "attempts",
+            "failed_attempts",
+            "lost_leases",
+            "max_lost_leases",
+        ]
+        .map(|n| get_int(con, id, n))
+    };
+    assert_eq!(budgets(&mut con, "old"), [1, 1, 0, 3]);
+    assert_eq!(budgets(&mut con, "running"), [1, 0, 0, 3]);
+    // The running task's worker finishes it under its old token.
+    let r = query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "running", "7", "\"ok\""],
+    );
+    assert_eq!(text(&items(&r)[0]), "OK");
+    // The waiting one runs (its second attempt) and fails twice more.
+    let mut outcomes = Vec::new();
+    for attempt in [2, 3] {
+        let t = fetch(&mut con, &["1", "{q}", "CONSUMER", "w1", "BLOCK", "5000"])
+            .tasks
+            .remove(0);
+        assert_eq!((t.id.as_str(), t.attempt), ("old", attempt));
+        let r = query(
+            &mut con,
+            &[
+                "VTASKS.NACK",
+                "{q}",
+                "1",
+                "old",
+                &t.token.to_string(),
+                "0",
+                "again",
+            ],
+        );
+        outcomes.push(text(&items(&r)[0]));
+    }
+    assert_eq!(outcomes, ["RETRY", "DEAD"], "three failed attempts in all");
+    let record: String = cmd(&["HGET", "{q}:t:old", "record"])
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        record.starts_with("2 dead "),
+        "written back as version 2: {record}"
+    );
+    let done = query(&mut con, &["VTASKS.GET", "{q}", "running"]);
+    assert_eq!(text(&field(&done, "status").unwrap()), "done");
+    assert_eq!(text(&field(&done, "workers").unwrap()), "w0");
+}

@@ -30,7 +30,9 @@ fn survives_restart(server: &mut Server) {
     .remove(0);
     assert_eq!(short.id, "short");
     let before = snapshot(&mut con);
-    drop(con);
+    // The connection stays open until the server stops: closing it first
+    // would cut the leases it holds, and the state would not be `before`.
+    let _open_until_the_restart = con;
 
     server.restart();
     let mut con = server.connect();

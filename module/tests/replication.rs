@@ -100,3 +100,55 @@ fn timers_act_only_on_the_primary_until_a_replica_is_promoted() {
         .remove(0);
     assert_eq!((again.id.as_str(), again.attempt), ("t", 2));
 }
+
+/// The leases of a closed connection are cut by the primary's timer; the
+/// cut and the expiry after it reach the replica as written.
+#[test]
+fn a_disconnect_driven_cut_reaches_the_replica() {
+    let (primary, replica) = start_pair();
+    let mut p = primary.connect();
+    let mut r = replica.connect();
+    query(
+        &mut p,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "a",
+            "{}",
+            "TASK",
+            "b",
+            "{}",
+        ],
+    );
+    {
+        let mut worker = primary.connect();
+        fetch(
+            &mut worker,
+            &[
+                "1", "{q}", "CONSUMER", "killed", "COUNT", "2", "LEASE", "600000",
+            ],
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&mut p, "{q}", "leases_cut") < 2 {
+        assert!(Instant::now() < deadline, "the leases were never cut");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_synced(&mut p, &mut r);
+    let deadline_of = |con: &mut Connection| {
+        int(&field(&query(con, &["VTASKS.GET", "{q}", "a"]), "deadline").unwrap())
+    };
+    let cut = deadline_of(&mut r);
+    let now = {
+        let t: Vec<String> = cmd(&["TIME"]).query(&mut r).unwrap();
+        t[0].parse::<i64>().unwrap() * 1000
+    };
+    assert!(cut < now + 60_000, "the replica holds the cut deadline");
+    while stat(&mut p, "{q}", "expired") < 2 {
+        assert!(Instant::now() < deadline, "the cut leases never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_synced(&mut p, &mut r);
+    assert_eq!(stat(&mut r, "{q}", "ready"), 2);
+}

@@ -43,6 +43,8 @@ limits! {
     MAX_TIMESTAMP_MS: i64 = 1 << 48;
     /// Highest max-attempts value.
     MAX_ATTEMPTS: i64 = 10_000;
+    /// Highest lost-lease budget (LOSTLEASES).
+    MAX_LOST_LEASES: i64 = 10_000;
     /// Lowest priority, as in Django's Tasks framework.
     MIN_PRIORITY: i64 = -100;
     /// Highest priority (served first), as in Django's Tasks framework.
@@ -76,6 +78,15 @@ limits! {
     /// Attempts of a task enqueued without ATTEMPTS; also the default of the
     /// Python package's `@vtasks.task`.
     DEFAULT_MAX_ATTEMPTS: i64 = 3;
+    /// Leases a task may lose (its worker vanished: a crash, a kill, a lost
+    /// connection) before it is dead-lettered, when enqueued without
+    /// LOSTLEASES; also the default of `@vtasks.task` and of Django's
+    /// `MAX_LOST_LEASES`.
+    DEFAULT_MAX_LOST_LEASES: i64 = 3;
+    /// What is left of a lease once every connection holding it closed (the
+    /// module cuts it), in ms: long enough for a worker to reconnect and
+    /// renew, short enough that a dead worker's tasks come back in seconds.
+    LEASE_GRACE_MS: i64 = 2_000;
 
     // Defaults of the workers and the clients above the commands.
 
@@ -83,6 +94,9 @@ limits! {
     /// that raises is FAILED at once, as with Django's own backends
     /// (`docs/DECISIONS.md`, "Django's default of one attempt").
     DJANGO_MAX_ATTEMPTS: i64 = 1;
+    /// Longest lease a worker takes on the scripts engine, in ms, which
+    /// cannot see a dead worker's connections close (`docs/DECISIONS.md`).
+    SCRIPTS_MAX_LEASE_MS: i64 = 5_000;
     /// A worker's first retry delay, in ms; doubled per failed attempt.
     DEFAULT_RETRY_BACKOFF_MS: i64 = 1_000;
     /// Longest retry delay before jitter, in ms.
@@ -108,6 +122,8 @@ pub const TASK_KEY_INFIX: &str = ":t:";
 const _: () = {
     assert!(1 <= DEFAULT_MAX_ATTEMPTS && DEFAULT_MAX_ATTEMPTS <= MAX_ATTEMPTS);
     assert!(1 <= DJANGO_MAX_ATTEMPTS && DJANGO_MAX_ATTEMPTS <= MAX_ATTEMPTS);
+    assert!(1 <= DEFAULT_MAX_LOST_LEASES && DEFAULT_MAX_LOST_LEASES <= MAX_LOST_LEASES);
+    assert!(0 < LEASE_GRACE_MS && LEASE_GRACE_MS < DEFAULT_LEASE_MS);
     assert!(1 <= DEFAULT_LEASE_MS && DEFAULT_LEASE_MS <= MAX_DURATION_MS);
     assert!(0 <= DEFAULT_KEEP_MS && DEFAULT_KEEP_MS <= MAX_DURATION_MS);
     assert!(DEFAULT_RETRY_BACKOFF_MS <= DEFAULT_MAX_BACKOFF_MS);

@@ -163,6 +163,9 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             d.set_item("priority", info.priority)?;
             d.set_item("attempts", info.attempts)?;
             d.set_item("max_attempts", info.max_attempts)?;
+            d.set_item("failed_attempts", info.failed_attempts)?;
+            d.set_item("lost_leases", info.lost_leases)?;
+            d.set_item("max_lost_leases", info.max_lost_leases)?;
             d.set_item("enqueued_at", info.enqueued_at)?;
             d.set_item("run_at", info.run_at)?;
             d.set_item("started_at", info.started_at)?;

@@ -76,7 +76,10 @@ impl NativeClient {
         self.client.engine().as_str()
     }
 
-    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false))]
+    /// `max_lost_leases` applies to every task of the call (None: the
+    /// server's default).
+    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false, max_lost_leases=None))]
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         py: Python<'_>,
@@ -85,6 +88,7 @@ impl NativeClient {
         tasks: Vec<TaskTuple>,
         maxlen: Option<u64>,
         replace_finished: bool,
+        max_lost_leases: Option<u32>,
     ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let tasks = tasks
@@ -98,6 +102,7 @@ impl NativeClient {
                         (None, None) => When::Now,
                     },
                     max_attempts: attempts,
+                    max_lost_leases,
                     replace_finished,
                     ..NewTask::new(id, payload::compress(body).map_err(to_pyerr)?)
                 })

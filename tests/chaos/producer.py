@@ -29,7 +29,7 @@ class Producer(threading.Thread):
             ]
             while not self.stopping:
                 try:
-                    self.client.native.enqueue(None, "default", items)
+                    self.client.native.enqueue(None, "default", items, None, False, 100)
                 except vtasks.VtasksError as exc:
                     self.errors.append((time.time(), f"{type(exc).__name__}: {exc}"))
                     time.sleep(0.02)

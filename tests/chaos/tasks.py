@@ -24,7 +24,9 @@ def record(kind: str, n: int, attempt: int) -> None:
     os.write(_events, f"{kind} {n} {os.getpid()} {attempt} {time.time():.6f}\n".encode())
 
 
-@vtasks.task(name="chaos.work", max_attempts=100)
+# Generous budgets: the suite kills workers, and a task running beside one
+# that kills its worker loses its lease with it each time.
+@vtasks.task(name="chaos.work", max_attempts=100, max_lost_leases=100)
 async def work(delivery: vtasks.worker.Delivery, n: int, seconds: float) -> dict[str, int]:
     """Sleeps ``seconds``; returns which attempt and process finished it."""
     record("start", n, delivery.attempt)
@@ -36,9 +38,10 @@ async def work(delivery: vtasks.worker.Delivery, n: int, seconds: float) -> dict
 work.wants_delivery = True  # type: ignore[attr-defined]
 
 
-@vtasks.task(name="chaos.crash", max_attempts=3)
+@vtasks.task(name="chaos.crash", max_attempts=1)
 def crash(n: int) -> None:
-    """Takes its whole worker process down, every time."""
+    """Takes its whole worker process down, every time: the lost-lease
+    budget (3), not ``max_attempts``, ends it."""
     record("start", n, 0)
     os._exit(17)
 

@@ -1,8 +1,9 @@
 """A task that takes its worker process down (``os._exit``) every time: a
 supervisor (as systemd or Kubernetes would) starts a new worker each time;
-the task's lease expires, counting an attempt, and after its last attempt
-it is dead-lettered with the reason, not handed out forever. The other
-tasks all complete."""
+the task's lease is lost each time, which counts against its lost-lease
+budget (3) and not as a failed attempt (it allows one), and once the budget
+is used it is dead-lettered with a reason naming the crashes, not handed
+out forever. The other tasks all complete."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def test_a_task_that_kills_its_worker_ends_dead_lettered(valkey, events, report)
         state = client.get_sync("default", task_id)
         assert state is not None and state.status == "dead"
         assert state.attempts == 3, "its three attempts, no more"
-        assert "lease expired on attempt 3 of 3" in state.error["message"], state.error
+        assert (state.failed_attempts, state.lost_leases, state.max_lost_leases) == (0, 3, 3), state
+        assert state.error["message"].startswith(
+            "lease lost 3 times, its budget: the worker running it stopped (crash, kill, or lost connection)"
+        ), state.error
     starts = [r for r in ledger.runs() if r.kind == "start" and r.attempt == 0]
     assert len(starts) == 3 * rounds, "the crashing task started once per attempt"
     assert restarts == 3 * rounds, "each attempt took a worker down"
@@ -55,7 +59,7 @@ def test_a_task_that_kills_its_worker_ends_dead_lettered(valkey, events, report)
     stats = client.stats_sync("default")
     assert (stats["ready"], stats["leased"], stats["dead"]) == (0, 0, rounds), stats
     report.append({
-        "fault": "a task that kills its worker process (`os._exit`), max_attempts 3",
+        "fault": "a task that kills its worker process (`os._exit`), max_attempts 1, lost-lease budget 3",
         "runs": rounds,
         "tasks": rounds * (others + 1),
         "lost": 0,

@@ -50,7 +50,7 @@ def test_sigkilled_workers_lose_nothing_and_repeat_only_what_they_held(valkey, e
         assert all(r.pid in killed for r in finishing[:-1]), (n, finishing)
     # Recovery, per kill: until the first task the killed worker held
     # started again elsewhere (its lease expired), and until the last did
-    # (redelivered tasks join the back of the queue, behind the backlog).
+    # (redelivered tasks keep their place, ahead of the tasks enqueued after them).
     first_back, all_back = [], []
     for pid, at in killed.items():
         held = {r.n for r in runs if r.pid == pid and r.kind == "start"} - {

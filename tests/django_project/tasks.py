@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 from django.tasks import task
 
@@ -61,6 +63,15 @@ def refresh_cache(key: str) -> str:
 def send_digest(user: int) -> int:
     record("django_digest", user)
     return user
+
+
+@task
+def sleeps(n: int, seconds: float) -> int:
+    """Records its start and end with the worker's pid."""
+    record("django_sleeps_start", f"{n} {os.getpid()} {time.time():.3f}")
+    time.sleep(seconds)
+    record("django_sleeps_done", f"{n} {os.getpid()} {time.time():.3f}")
+    return n
 
 
 @task

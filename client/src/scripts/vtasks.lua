@@ -45,6 +45,7 @@ local MAX_QUEUES = __MAX_QUEUES__
 local MAX_DURATION_MS = __MAX_DURATION_MS__
 local MAX_TIMESTAMP_MS = __MAX_TIMESTAMP_MS__
 local MAX_ATTEMPTS = __MAX_ATTEMPTS__
+local MAX_LOST_LEASES = __MAX_LOST_LEASES__
 local MIN_PRIORITY = __MIN_PRIORITY__
 local MAX_PRIORITY = __MAX_PRIORITY__
 local MAINTENANCE_BATCH = __MAINTENANCE_BATCH__
@@ -52,6 +53,7 @@ local BULK_BATCH = __BULK_BATCH__
 local DEFAULT_LEASE_MS = __DEFAULT_LEASE_MS__
 local DEFAULT_KEEP_MS = __DEFAULT_KEEP_MS__
 local DEFAULT_MAX_ATTEMPTS = __DEFAULT_MAX_ATTEMPTS__
+local DEFAULT_MAX_LOST_LEASES = __DEFAULT_MAX_LOST_LEASES__
 local SEQ_SPAN = 2 ^ 44 -- ready score = (MAX_PRIORITY - priority) * 2^44 + seq
 local I64_MAX = '9223372036854775807'
 -- How long a consumer sleeps on the wake list at most before it asks again.
@@ -260,23 +262,34 @@ local function zrem_all(key, members)
 end
 
 -- Task records ----------------------------------------------------------------
--- `record` is fifteen words (docs/PROTOCOL.md): 1 version, 2 state,
+-- `record` is eighteen words (docs/PROTOCOL.md): 1 version (2), 2 state,
 -- 3 priority, 4 max_attempts, 5 attempts, 6 seq, 7 token, 8 enqueued_at,
 -- 9 run_at, 10 ready_at, 11 started_at, 12 leased_at, 13 finished_at
 -- (9-13 as offsets from enqueued_at, '-' when absent), 14 consumer,
--- 15 workers.
+-- 15 workers, 16 failed attempts, 17 lost leases, 18 lost-lease budget.
 
 local W_STATE, W_PRIORITY, W_MAX, W_ATTEMPTS, W_SEQ, W_TOKEN, W_ENQUEUED = 2, 3, 4, 5, 6, 7, 8
 local W_RUN_AT, W_READY_AT, W_STARTED_AT, W_LEASED_AT, W_FINISHED_AT = 9, 10, 11, 12, 13
-local W_CONSUMER, W_WORKERS = 14, 15
+local W_CONSUMER, W_WORKERS, W_FAILURES, W_LOST, W_MAX_LOST = 14, 15, 16, 17, 18
 
+-- A record's words, version 2. A version-1 record (fifteen words, written
+-- by earlier releases) is read as the module reads it: the attempts it
+-- counted become failed attempts (less the one running, if leased), no
+-- lease lost yet, the default lost-lease budget.
 local function decode(text)
   local w, n = {}, 0
   for word in string.gmatch(text, '[^ ]+') do
     n = n + 1
     w[n] = word
   end
-  if n ~= 15 or w[1] ~= '1' then fail("ERR internal error: corrupt task record '" .. text .. "'") end
+  if n == 15 and w[1] == '1' then
+    local failures = tonumber(w[W_ATTEMPTS]) or 0
+    if w[W_STATE] == 'leased' then failures = failures - 1 end
+    if failures < 0 then failures = 0 end
+    w[1], w[W_FAILURES], w[W_LOST], w[W_MAX_LOST] = '2', int(failures), '0', int(DEFAULT_MAX_LOST_LEASES)
+  elseif n ~= 18 or w[1] ~= '2' then
+    fail("ERR internal error: corrupt task record '" .. text .. "'")
+  end
   return w
 end
 
@@ -408,6 +421,19 @@ end
 
 -- Life cycle ------------------------------------------------------------------
 
+-- The error kept on a task whose lease expired (`lost` counts this loss):
+-- its worker stopped or stopped renewing. Worded as the module words it.
+local function lost_lease_error(w, lost)
+  if lost >= tonumber(w[W_MAX_LOST]) then
+    local times = 'times'
+    if lost == 1 then times = 'time' end
+    return 'lease lost ' .. lost .. ' ' .. times .. ', its budget: the worker running it stopped (crash, kill, ' ..
+        'or lost connection) before finishing it (last on attempt ' .. w[W_ATTEMPTS] .. ')'
+  end
+  return 'lease lost on attempt ' .. w[W_ATTEMPTS] .. ' (' .. lost .. ' of ' .. w[W_MAX_LOST] ..
+      ' lost leases allowed): the worker running it stopped (crash, kill, or lost connection) before finishing it'
+end
+
 -- Promotes due delayed tasks, returns expired leases (or dead-letters them
 -- when their attempts are used) and forgets expired results; at most
 -- `limit` entries of each kind.
@@ -432,6 +458,9 @@ local function maintain(q, now, limit)
   if is_due(q.first_leased) then
     expired = call('ZRANGEBYSCORE', q.leased, '-inf', int(now), 'LIMIT', 0, limit)
   end
+  -- Returned leases keep their sequence number, and so their place ahead
+  -- of the tasks enqueued after them.
+  local pairs, returned = {}, 0
   if #expired > 0 then
     zrem_all(q.leased, expired)
     local count, dead, lost = 0, 0, 0
@@ -440,30 +469,34 @@ local function maintain(q, now, limit)
       if not w then lost = lost + 1 end
       if w then
         count = count + 1
-        local message = 'lease expired on attempt ' .. w[W_ATTEMPTS] .. ' of ' .. w[W_MAX] ..
-            ': no acknowledgement before the deadline'
-        if tonumber(w[W_ATTEMPTS]) >= tonumber(w[W_MAX]) then
+        local lost = tonumber(w[W_LOST]) + 1
+        w[W_LOST] = int(lost)
+        local message = lost_lease_error(w, lost)
+        if lost >= tonumber(w[W_MAX_LOST]) then
           make_dead(q, id, w, message, now)
           dead = dead + 1
         else
           call('HSET', q.task_prefix .. id, 'error', message)
-          to_ready[#to_ready + 1] = { id, w }
+          make_ready(q, id, w, tonumber(w[W_SEQ]), now, pairs)
+          returned = returned + 1
         end
       end
     end
     bump(q, 'dead', dead)
+    bump(q, 'dead_lost', dead)
     bump(q, 'expired', count)
     vanished(q, 'leased', lost)
   end
 
   if #to_ready > 0 then
     local seq = allocate_seq(q, #to_ready)
-    local pairs = {}
     for i, item in ipairs(to_ready) do
       make_ready(q, item[1], item[2], seq + i - 1, now, pairs)
     end
+  end
+  if #pairs > 0 then
     zadd_pairs(q.ready, pairs)
-    wake(q, #to_ready)
+    wake(q, #to_ready + returned)
   end
 
   if is_due(q.first_done) then
@@ -511,17 +544,19 @@ end
 -- not fit takes the word-by-word path.
 
 -- Words 3-4, 5 (attempts), 6, 8 (enqueued_at), 9-10, 11 (started_at),
--- 13, 15 (workers).
-local LEASE_PATTERN = '^1 %a+ (%S+ %S+) (%d+) (%S+) %S+ (%d+) (%S+ %S+) (%S+) %S+ (%S+) %S+ (%S+)$'
+-- 13, 15 (workers), 16-18.
+local LEASE_PATTERN = '^2 %a+ (%S+ %S+) (%d+) (%S+) %S+ (%d+) (%S+ %S+) (%S+) %S+ (%S+) %S+ (%S+) (%S+ %S+ %S+)$'
 
 -- The record of a task leased to `consumer` under `token`, and its attempt.
 local function leased_record(record, consumer, token, now)
-  local pm, attempts, seq, enqueued, run_ready, started, finished, workers = string.match(record, LEASE_PATTERN)
-  if pm == nil then -- not the usual shape: word by word
+  local pm, attempts, seq, enqueued, run_ready, started, finished, workers, budgets =
+      string.match(record, LEASE_PATTERN)
+  if pm == nil then -- not the usual shape (or a version-1 record): word by word
     local w = decode(record)
     pm, attempts, seq, enqueued = w[W_PRIORITY] .. ' ' .. w[W_MAX], w[W_ATTEMPTS], w[W_SEQ], w[W_ENQUEUED]
     run_ready, started, finished, workers = w[W_RUN_AT] .. ' ' .. w[W_READY_AT], w[W_STARTED_AT], w[W_FINISHED_AT],
         w[W_WORKERS]
+    budgets = w[W_FAILURES] .. ' ' .. w[W_LOST] .. ' ' .. w[W_MAX_LOST]
   end
   attempts = tonumber(attempts) + 1
   local leased_at = int(now - tonumber(enqueued))
@@ -531,13 +566,14 @@ local function leased_record(record, consumer, token, now)
   elseif not string.find(',' .. workers .. ',', ',' .. consumer .. ',', 1, true) then
     workers = workers .. ',' .. consumer
   end
-  return '1 leased ' .. pm .. ' ' .. attempts .. ' ' .. seq .. ' ' .. int(token) .. ' ' .. enqueued .. ' ' ..
-      run_ready .. ' ' .. started .. ' ' .. leased_at .. ' ' .. finished .. ' ' .. consumer .. ' ' .. workers, attempts
+  return '2 leased ' .. pm .. ' ' .. attempts .. ' ' .. seq .. ' ' .. int(token) .. ' ' .. enqueued .. ' ' ..
+      run_ready .. ' ' .. started .. ' ' .. leased_at .. ' ' .. finished .. ' ' .. consumer .. ' ' .. workers .. ' ' ..
+      budgets, attempts
 end
 
 -- A leased record's token (word 7), enqueued_at (word 8) and where its
 -- finished_at (word 13) starts and ends.
-local ACK_PATTERN = '^1 leased %S+ %S+ %S+ %S+ (%d+) (%d+) %S+ %S+ %S+ %S+ ()%S+() '
+local ACK_PATTERN = '^2 leased %S+ %S+ %S+ %S+ (%d+) (%d+) %S+ %S+ %S+ %S+ ()%S+() '
 
 -- Leases up to `count` ready tasks to `consumer`; appends them to `out`.
 -- The caller surveyed the queue (`survey`).
@@ -612,8 +648,8 @@ local function ack(q, items, keep_ms, now)
       if keep_ms == 0 then
         call('DEL', task_key)
       else
-        -- '1 leased ...' becomes '1 done ...' with finished_at set.
-        local done_record = '1 done' .. string.sub(record, 9, finished_from - 1) ..
+        -- '2 leased ...' becomes '2 done ...' with finished_at set.
+        local done_record = '2 done' .. string.sub(record, 9, finished_from - 1) ..
             int(now - tonumber(enqueued)) .. string.sub(record, finished_to)
         if item.result ~= '' then
           call('HSET', task_key, 'record', done_record, 'result', item.result)
@@ -646,8 +682,10 @@ local function nack(q, items, now)
       outcomes[i] = refused
     else
       failed = failed + 1
+      local failures = tonumber(w[W_FAILURES]) + 1
+      w[W_FAILURES] = int(failures)
       call('ZREM', q.leased, item.id)
-      if item.delay == nil or tonumber(w[W_ATTEMPTS]) >= tonumber(w[W_MAX]) then
+      if item.delay == nil or failures >= tonumber(w[W_MAX]) then
         make_dead(q, item.id, w, item.error, now)
         dead = dead + 1
         outcomes[i] = 'DEAD'
@@ -762,7 +800,8 @@ function commands.ENQUEUE(a)
     validate_id(id)
     local payload = a:next('payload')
     validate_payload('payload', payload)
-    local task = { id = id, payload = payload, priority = 0, attempts = DEFAULT_MAX_ATTEMPTS }
+    local task = { id = id, payload = payload, priority = 0, attempts = DEFAULT_MAX_ATTEMPTS,
+      lost = DEFAULT_MAX_LOST_LEASES }
     local scheduled = false
     while not a:is_empty() and not a:peek_is('TASK') do
       local option = a:next_keyword()
@@ -770,6 +809,8 @@ function commands.ENQUEUE(a)
         task.priority = a:next_int('PRIORITY', MIN_PRIORITY, MAX_PRIORITY)
       elseif option == 'ATTEMPTS' then
         task.attempts = a:next_int('ATTEMPTS', 1, MAX_ATTEMPTS)
+      elseif option == 'LOSTLEASES' then
+        task.lost = a:next_int('LOSTLEASES', 1, MAX_LOST_LEASES)
       elseif option == 'REPLACEFINISHED' then
         task.replace = true
       elseif (option == 'DELAY' or option == 'RUNAT') and scheduled then
@@ -842,14 +883,14 @@ function commands.ENQUEUE(a)
     if added[i] then
       local record
       if task.at <= now then
-        record = '1 ready ' .. task.priority .. ' ' .. task.attempts .. ' 0 ' .. int(seq) .. ' 0 ' ..
-            now_text .. ' - 0 - - - - -'
+        record = '2 ready ' .. task.priority .. ' ' .. task.attempts .. ' 0 ' .. int(seq) .. ' 0 ' ..
+            now_text .. ' - 0 - - - - - 0 0 ' .. task.lost
         ready[#ready + 1] = int(ready_score(task.priority, seq))
         ready[#ready + 1] = task.id
         seq = seq + 1
       else
-        record = '1 delayed ' .. task.priority .. ' ' .. task.attempts .. ' 0 0 0 ' .. now_text .. ' ' ..
-            int(task.at - now) .. ' - - - - - -'
+        record = '2 delayed ' .. task.priority .. ' ' .. task.attempts .. ' 0 0 0 ' .. now_text .. ' ' ..
+            int(task.at - now) .. ' - - - - - - 0 0 ' .. task.lost
         delayed[#delayed + 1] = int(task.at)
         delayed[#delayed + 1] = task.id
       end
@@ -1074,6 +1115,9 @@ function commands.GET(a)
   put('priority', w[W_PRIORITY])
   put('attempts', w[W_ATTEMPTS])
   put('max_attempts', w[W_MAX])
+  put('failed_attempts', w[W_FAILURES])
+  put('lost_leases', w[W_LOST])
+  put('max_lost_leases', w[W_MAX_LOST])
   put('enqueued_at', w[W_ENQUEUED])
   local deadline
   if w[W_STATE] == 'leased' then deadline = call('ZSCORE', q.leased, id) end
@@ -1137,9 +1181,9 @@ function commands.STATS(a)
   put('blocked', call('ZCOUNT', q.waiting, int(now), '+inf'))
   put('oldest_ready_age_ms', oldest_ready_age(q, now))
   local names = { 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead_lettered', 'released',
-    'requeued', 'cancelled', 'purged', 'vanished' }
+    'requeued', 'cancelled', 'purged', 'vanished', 'leases_cut', 'dead_lost' }
   local counters = call('HMGET', q.meta, 'enqueued', 'acked', 'failed', 'retried', 'expired', 'dead',
-    'released', 'requeued', 'cancelled', 'purged', 'vanished')
+    'released', 'requeued', 'cancelled', 'purged', 'vanished', 'leases_cut', 'dead_lost')
   for i, name in ipairs(names) do put(name, tonumber(counters[i] or 0)) end
   return out
 end
@@ -1213,7 +1257,7 @@ function commands.REQUEUE(a)
     call('ZREM', q.dead, id)
     local w = load(q, id)
     if w then
-      w[W_ATTEMPTS] = '0'
+      w[W_ATTEMPTS], w[W_FAILURES], w[W_LOST] = '0', '0', '0'
       w[W_FINISHED_AT] = '-'
       make_ready(q, id, w, seq + i - 1, now, ready)
     end

@@ -6,6 +6,7 @@ use crate::args::unknown_option;
 use crate::core::keys::*;
 use crate::core::queue::{self, Settled};
 use crate::parse::{item_count, parse_ack_item};
+use crate::server_time;
 
 /// VTASKS.ACK <queue> <n> <id> <token> <result> [<id> <token> <result> ...] [KEEP <ms>]
 #[command({
@@ -38,6 +39,11 @@ fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
         }
         let outcomes = queue::ack(store, keys, &items, keep, now)?;
+        server_time::with_holders(|h| {
+            for item in &items {
+                h.settled(keys.queue(), item.id, item.token);
+            }
+        });
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

@@ -5,7 +5,7 @@ use super::{flags, write_one, Clock};
 use crate::core::queue::{self};
 use crate::parse::parse_tasks;
 
-/// VTASKS.ENQUEUE <queue> [MAXLEN <n>] TASK <id> <payload> [PRIORITY <p>] [DELAY <ms> | RUNAT <unix-ms>] [ATTEMPTS <n>] [REPLACEFINISHED] [TASK ...]
+/// VTASKS.ENQUEUE <queue> [MAXLEN <n>] TASK <id> <payload> [PRIORITY <p>] [DELAY <ms> | RUNAT <unix-ms>] [ATTEMPTS <n>] [LOSTLEASES <n>] [REPLACEFINISHED] [TASK ...]
 #[command({
     name: "VTASKS.ENQUEUE",
     flags: [Write, DenyOOM],

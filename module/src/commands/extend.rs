@@ -5,6 +5,7 @@ use super::{statuses, write_one, Clock};
 use crate::core::keys::*;
 use crate::core::queue::{self, Settled};
 use crate::parse::parse_lease_refs;
+use crate::server_time;
 
 /// VTASKS.EXTEND <queue> <lease-ms> <n> <id> <token> [<id> <token> ...]
 #[command({
@@ -28,6 +29,16 @@ fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let items = parse_lease_refs(a, "EXTEND")?;
         a.finish()?;
         let outcomes = queue::extend(store, keys, &items, lease, now)?;
+        // The renewing connection holds the leases too (see core::holders).
+        if let Some(client) = server_time::lease_holder(ctx) {
+            server_time::with_holders(|h| {
+                for (item, outcome) in items.iter().zip(&outcomes) {
+                    if *outcome == Settled::Ok {
+                        h.renewed(client, keys.queue(), item.id, item.token);
+                    }
+                }
+            });
+        }
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

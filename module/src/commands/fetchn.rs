@@ -34,6 +34,7 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let (now, parse_args) = clock_and_args(ctx, &raw_args, Clock::AtEnd)?;
         let call = FetchCall::parse(&mut Args::new(&parse_args))?;
         let mut store = ValkeyStore::for_command(ctx.ctx);
+        forget_settled(&call);
         let outcome = settle(&mut store, &call, now).and_then(|(acks, nacks)| {
             Ok((
                 acks,
@@ -103,6 +104,20 @@ fn settle(
     ))
 }
 
+/// The leases the call settles are no longer held by anyone (a settlement
+/// under a stale token leaves the current holder in place).
+fn forget_settled(call: &FetchCall) {
+    let queues = &call.request.queues;
+    server_time::with_holders(|h| {
+        for (qi, item) in &call.acks {
+            h.settled(queues[*qi].queue(), item.id, item.token);
+        }
+        for (qi, item) in &call.nacks {
+            h.settled(queues[*qi].queue(), item.id, item.token);
+        }
+    });
+}
+
 /// The items that settle tasks of queue `qi`, with their places in the call.
 fn of_queue<T: Clone>(items: &[(usize, T)], qi: usize) -> (Vec<usize>, Vec<T>) {
     items
@@ -114,8 +129,28 @@ fn of_queue<T: Clone>(items: &[(usize, T)], qi: usize) -> (Vec<usize>, Vec<T>) {
 }
 
 /// Leases up to `count` tasks across the queues in order, after running any
-/// maintenance that is due on each (so nothing waits for the timer).
+/// maintenance that is due on each (so nothing waits for the timer). The
+/// leases are held by the calling connection: if it closes, they are cut
+/// to a short grace (`server_time`).
 pub fn fetch_ready(
+    ctx: &Context,
+    store: &mut ValkeyStore,
+    request: &FetchRequest,
+    now: i64,
+) -> VtResult<Vec<(usize, Leased)>> {
+    let holder = server_time::lease_holder(ctx);
+    let tasks = lease_from_queues(ctx, store, request, now)?;
+    if let Some(client) = holder {
+        server_time::with_holders(|h| {
+            for (qi, task) in &tasks {
+                h.took(client, request.queues[*qi].queue(), &task.id, task.token);
+            }
+        });
+    }
+    Ok(tasks)
+}
+
+fn lease_from_queues(
     ctx: &Context,
     store: &mut ValkeyStore,
     request: &FetchRequest,

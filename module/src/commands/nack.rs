@@ -4,6 +4,7 @@ use redis_module_macros::command;
 use super::{statuses, write_one, Clock};
 use crate::core::queue::{self, NackOutcome};
 use crate::parse::{item_count, parse_nack_item};
+use crate::server_time;
 
 /// VTASKS.NACK <queue> <n> <id> <token> <retry-delay-ms | DEAD> <error> [...]
 #[command({
@@ -30,6 +31,11 @@ fn vtasks_nack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         a.finish()?;
         let outcomes = queue::nack(store, keys, &items, now)?;
+        server_time::with_holders(|h| {
+            for item in &items {
+                h.settled(keys.queue(), item.id, item.token);
+            }
+        });
         Ok(statuses(outcomes, NackOutcome::as_str))
     })
 }

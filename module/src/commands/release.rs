@@ -4,6 +4,7 @@ use redis_module_macros::command;
 use super::{statuses, write_one, Clock};
 use crate::core::queue::{self, Settled};
 use crate::parse::parse_lease_refs;
+use crate::server_time;
 
 /// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
 #[command({
@@ -26,6 +27,11 @@ fn vtasks_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let items = parse_lease_refs(a, "RELEASE")?;
         a.finish()?;
         let outcomes = queue::release(store, keys, &items, now)?;
+        server_time::with_holders(|h| {
+            for item in &items {
+                h.settled(keys.queue(), item.id, item.token);
+            }
+        });
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

@@ -2,6 +2,7 @@
 //! no clock and no randomness, so plain `cargo test` covers all of it.
 
 pub mod error;
+pub mod holders;
 pub mod keys;
 pub mod native;
 pub mod queue;

@@ -34,6 +34,10 @@ mod meta {
     pub const CANCELLED: &str = "cancelled";
     pub const PURGED: &str = "purged";
     pub const VANISHED: &str = "vanished";
+    /// Leases cut to the grace because the connection holding them closed.
+    pub const LEASES_CUT: &str = "leases_cut";
+    /// Tasks dead-lettered because they used up their lost-lease budget.
+    pub const DEAD_LOST: &str = "dead_lost";
 }
 
 /// Ready-set scores sort by priority band, then by sequence (FIFO). Scores
@@ -67,7 +71,10 @@ pub struct NewTask<'a> {
     pub payload: &'a [u8],
     pub priority: i64,
     pub when: When,
+    /// Failed attempts (NACKs) before the task is dead-lettered.
     pub max_attempts: i64,
+    /// Lost leases (the worker vanished) before the task is dead-lettered.
+    pub max_lost_leases: i64,
     /// Replace a finished (done or dead) task with the same id instead of
     /// leaving it: at most one waiting or running task per id.
     pub replace_finished: bool,
@@ -82,6 +89,7 @@ impl<'a> NewTask<'a> {
             priority: 0,
             when: When::Now,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_lost_leases: DEFAULT_MAX_LOST_LEASES,
         }
     }
 }
@@ -449,7 +457,7 @@ pub fn enqueue(
         store.del(&keys.task(id))?;
     }
     for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
-        let mut rec = TaskRecord::new(task.priority, task.max_attempts, now);
+        let mut rec = TaskRecord::new(task.priority, task.max_attempts, task.max_lost_leases, now);
         let at = run_at(task);
         if at <= now {
             rec.seq = seq;
@@ -561,6 +569,9 @@ pub fn maintain(
     report.more |= due.len() == limit;
     let mut to_ready = Vec::with_capacity(due.len());
     let mut lost = 0;
+    // Returned leases keep their sequence number, and so their place ahead
+    // of the tasks enqueued after them (docs/DECISIONS.md).
+    let mut returned = Vec::new();
     for (id, _) in due {
         store.zrem(&keys.delayed, &id)?;
         match load_queued(store, keys, &id)? {
@@ -584,19 +595,18 @@ pub fn maintain(
             continue;
         };
         report.expired += 1;
-        let error = format!(
-            "lease expired on attempt {} of {}: no acknowledgement before the deadline",
-            rec.attempts, rec.max_attempts
-        );
-        if rec.attempts >= rec.max_attempts {
+        rec.lost += 1;
+        let error = lost_lease_error(&rec);
+        if rec.lost >= rec.max_lost {
             make_dead(store, keys, &id, &mut rec, error.as_bytes(), now)?;
             bump(store, keys, meta::DEAD, 1)?;
+            bump(store, keys, meta::DEAD_LOST, 1)?;
         } else {
             store.hset(
                 &keys.task(&id),
                 &[(field::ERROR, Val::Bytes(error.as_bytes()))],
             )?;
-            to_ready.push((id, rec));
+            returned.push((id, rec));
         }
     }
     bump(store, keys, meta::EXPIRED, report.expired)?;
@@ -608,7 +618,13 @@ pub fn maintain(
         for (seq, (id, rec)) in (first..).zip(to_ready.iter_mut()) {
             make_ready(store, keys, id, rec, seq, now)?;
         }
-        wake(store, keys, to_ready.len() as u64)?;
+    }
+    for (id, rec) in returned.iter_mut() {
+        let seq = rec.seq;
+        make_ready(store, keys, id, rec, seq, now)?;
+    }
+    if to_ready.len() + returned.len() > 0 {
+        wake(store, keys, (to_ready.len() + returned.len()) as u64)?;
     }
 
     // Done entries index results that expire by key TTL; drop the index entries.
@@ -619,6 +635,56 @@ pub fn maintain(
         report.pruned += 1;
     }
     Ok(report)
+}
+
+/// The error kept on a task whose lease expired: its worker stopped (a
+/// crash, a kill, a lost connection) or stopped renewing. It names that
+/// cause, so a task that keeps taking its worker down is recognisable in
+/// the dead letters. `rec.lost` already counts this loss.
+fn lost_lease_error(rec: &TaskRecord) -> String {
+    if rec.lost >= rec.max_lost {
+        format!(
+            "lease lost {} {}, its budget: the worker running it stopped (crash, kill, or lost \
+             connection) before finishing it (last on attempt {})",
+            rec.lost,
+            if rec.lost == 1 { "time" } else { "times" },
+            rec.attempts
+        )
+    } else {
+        format!(
+            "lease lost on attempt {} ({} of {} lost leases allowed): the worker running it \
+             stopped (crash, kill, or lost connection) before finishing it",
+            rec.attempts, rec.lost, rec.max_lost
+        )
+    }
+}
+
+/// Shortens the leases of a worker that went away (its connection closed)
+/// to end at `until`, so they come back in seconds instead of at their full
+/// deadline. Only leases still held under the given token and ending later
+/// than `until` change. Returns how many were cut.
+pub fn cut_leases(
+    store: &mut impl Store,
+    keys: &QueueKeys,
+    leases: &[LeaseRef],
+    until: i64,
+) -> VtResult<u64> {
+    check_types(store, keys)?;
+    let mut cut = 0;
+    for lease in leases {
+        if check_lease(store, keys, lease.id, lease.token)?.is_err() {
+            continue;
+        }
+        match store.zscore(&keys.leased, lease.id)? {
+            Some(deadline) if deadline > until => {
+                store.zadd(&keys.leased, until, lease.id)?;
+                cut += 1;
+            }
+            _ => {}
+        }
+    }
+    bump(store, keys, meta::LEASES_CUT, cut)?;
+    Ok(cut)
 }
 
 /// The earliest time at which `maintain` has work on this queue.
@@ -719,9 +785,10 @@ pub fn nack(
             }
         };
         failed += 1;
+        rec.failures += 1;
         store.zrem(&keys.leased, item.id)?;
         let delay = match item.retry {
-            Retry::After(ms) if rec.attempts < rec.max_attempts => ms,
+            Retry::After(ms) if rec.failures < rec.max_attempts => ms,
             _ => {
                 make_dead(store, keys, item.id, &mut rec, item.error, now)?;
                 dead += 1;
@@ -824,6 +891,9 @@ pub fn get(store: &mut impl Store, keys: &QueueKeys, id: &[u8]) -> VtResult<Opti
         ("priority", int(rec.priority)),
         ("attempts", int(rec.attempts)),
         ("max_attempts", int(rec.max_attempts)),
+        ("failed_attempts", int(rec.failures)),
+        ("lost_leases", int(rec.lost)),
+        ("max_lost_leases", int(rec.max_lost)),
         ("enqueued_at", int(rec.enqueued_at)),
     ];
     let times = [
@@ -891,6 +961,8 @@ pub fn stats(
         ("cancelled", meta::CANCELLED),
         ("purged", meta::PURGED),
         ("vanished", meta::VANISHED),
+        ("leases_cut", meta::LEASES_CUT),
+        ("dead_lost", meta::DEAD_LOST),
     ] {
         out.push((name, counter(store, stored)?));
     }
@@ -990,6 +1062,8 @@ pub fn requeue(
             continue;
         };
         rec.attempts = 0;
+        rec.failures = 0;
+        rec.lost = 0;
         rec.finished_at = None;
         make_ready(store, keys, id, &mut rec, seq, now)?;
     }

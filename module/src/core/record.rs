@@ -5,12 +5,18 @@
 //! of those operations reads and writes a single field instead of a dozen,
 //! which measured several times cheaper inside Valkey than one field each.
 //! The text form stays readable with `HGET` and is easy to split in a Lua
-//! script: fifteen space-separated words, `-` for an absent value, times after
-//! the enqueue time as offsets from it.
+//! script: eighteen space-separated words, `-` for an absent value, times
+//! after the enqueue time as offsets from it.
+//!
+//! Version 2 added the separate budgets (failed attempts, lost leases and the
+//! lost-lease budget) as three words at the end. Version-1 records, written
+//! by earlier releases, are still read: see `TaskRecord::decode`.
 
 use super::error::{VtError, VtResult};
+use super::keys::DEFAULT_MAX_LOST_LEASES;
 
-const VERSION: &[u8] = b"1";
+const VERSION: &[u8] = b"2";
+const VERSION_1: &[u8] = b"1";
 const ABSENT: &[u8] = b"-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +55,9 @@ impl State {
 pub struct TaskRecord {
     pub state: State,
     pub priority: i64,
+    /// Budget of failed attempts (NACKs).
     pub max_attempts: i64,
+    /// Attempts started so far (leases taken, less those released).
     pub attempts: i64,
     /// Ready-order number (see the ready score).
     pub seq: i64,
@@ -65,10 +73,18 @@ pub struct TaskRecord {
     pub consumer: Option<Vec<u8>>,
     /// Every consumer that leased the task, comma-separated, first-seen order.
     pub workers: Option<Vec<u8>>,
+    /// Attempts the worker reported as failed (NACK), counted against
+    /// `max_attempts`.
+    pub failures: i64,
+    /// Leases that expired because their worker vanished (or stopped
+    /// renewing), counted against `max_lost`.
+    pub lost: i64,
+    /// Budget of lost leases.
+    pub max_lost: i64,
 }
 
 impl TaskRecord {
-    pub fn new(priority: i64, max_attempts: i64, enqueued_at: i64) -> Self {
+    pub fn new(priority: i64, max_attempts: i64, max_lost: i64, enqueued_at: i64) -> Self {
         TaskRecord {
             state: State::Ready,
             priority,
@@ -84,6 +100,9 @@ impl TaskRecord {
             finished_at: None,
             consumer: None,
             workers: None,
+            failures: 0,
+            lost: 0,
+            max_lost,
         }
     }
 
@@ -144,9 +163,19 @@ impl TaskRecord {
                 None => absent(&mut out),
             }
         }
+        for n in [self.failures, self.lost, self.max_lost] {
+            out.push(b' ');
+            push_int(&mut out, n);
+        }
         out
     }
 
+    /// Reads a version-2 record, or a version-1 record as written by
+    /// earlier releases. Version 1 counted every started attempt (failed
+    /// or lost) against `max_attempts`; those attempts are read as failed
+    /// ones (less the one running, for a leased task), so an upgrade never
+    /// grants a task more retries than it was promised, and its lost-lease
+    /// budget starts afresh at the default.
     pub fn decode(bytes: &[u8]) -> VtResult<TaskRecord> {
         let corrupt = || {
             VtError::Internal(format!(
@@ -157,7 +186,9 @@ impl TaskRecord {
         let mut words = bytes.split(|c| *c == b' ');
         let mut next = || words.next().ok_or_else(corrupt);
         let int = |w: &[u8]| parse_int(w).ok_or_else(corrupt);
-        if next()? != VERSION {
+        let version = next()?;
+        let v1 = version == VERSION_1;
+        if !v1 && version != VERSION {
             return Err(corrupt());
         }
         let state = State::parse(next()?).ok_or_else(corrupt)?;
@@ -180,6 +211,12 @@ impl TaskRecord {
         let text = |w: &[u8]| (w != ABSENT).then(|| w.to_vec());
         let consumer = text(next()?);
         let workers = text(next()?);
+        let (failures, lost, max_lost) = if v1 {
+            let running = (state == State::Leased) as i64;
+            ((attempts - running).max(0), 0, DEFAULT_MAX_LOST_LEASES)
+        } else {
+            (int(next()?)?, int(next()?)?, int(next()?)?)
+        };
         if next().is_ok() {
             return Err(corrupt());
         }
@@ -198,6 +235,9 @@ impl TaskRecord {
             finished_at,
             consumer,
             workers,
+            failures,
+            lost,
+            max_lost,
         })
     }
 }
@@ -246,10 +286,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_reads_as_text() {
-        let mut rec = TaskRecord::new(-5, 3, 1_700_000_000_000);
+        let mut rec = TaskRecord::new(-5, 3, 4, 1_700_000_000_000);
         assert_eq!(
             rec.encode(),
-            b"1 ready -5 3 0 0 0 1700000000000 - - - - - - -".to_vec()
+            b"2 ready -5 3 0 0 0 1700000000000 - - - - - - - 0 0 4".to_vec()
         );
         rec.lease(b"w1", 7, 1_700_000_000_100);
         rec.lease(b"w2", 9, 1_700_000_000_200);
@@ -257,11 +297,32 @@ mod tests {
         assert_eq!(rec.attempts, 3);
         assert_eq!(rec.started_at, Some(1_700_000_000_100));
         assert_eq!(rec.workers.as_deref(), Some(&b"w1,w2"[..]));
+        rec.failures = 1;
+        rec.lost = 1;
         assert_eq!(
             rec.encode(),
-            b"1 leased -5 3 3 0 11 1700000000000 - - 100 300 - w1 w1,w2".to_vec()
+            b"2 leased -5 3 3 0 11 1700000000000 - - 100 300 - w1 w1,w2 1 1 4".to_vec()
         );
         assert_eq!(TaskRecord::decode(&rec.encode()).unwrap(), rec);
+    }
+
+    #[test]
+    fn version_1_records_are_read_with_their_attempts_as_failures() {
+        let leased =
+            TaskRecord::decode(b"1 leased 0 3 2 17 40 1764190000000 - 0 12 5034 - w2 w1,w2")
+                .unwrap();
+        assert_eq!(leased.state, State::Leased);
+        assert_eq!((leased.attempts, leased.max_attempts), (2, 3));
+        // One attempt ended before; the second is running.
+        assert_eq!(leased.failures, 1);
+        assert_eq!((leased.lost, leased.max_lost), (0, DEFAULT_MAX_LOST_LEASES));
+        assert_eq!(leased.workers.as_deref(), Some(&b"w1,w2"[..]));
+        let ready = TaskRecord::decode(b"1 ready 0 3 2 17 40 1764190000000 - 0 12 5034 - w2 w1,w2")
+            .unwrap();
+        assert_eq!(ready.failures, 2);
+        // Written back as version 2.
+        assert!(ready.encode().starts_with(b"2 ready 0 3 2 17 40 "));
+        assert!(ready.encode().ends_with(b" w2 w1,w2 2 0 3"));
     }
 
     #[test]
@@ -282,9 +343,12 @@ mod tests {
         for bad in [
             &b""[..],
             b"1 ready",
+            b"3 ready 0 3 0 0 0 1 - - - - - - - 0 0 3",
             b"2 ready 0 3 0 0 0 1 - - - - - - -",
+            b"1 ready 0 3 0 0 0 1 - - - - - - - 0 0 3",
             b"1 lost 0 3 0 0 0 1 - - - - - - -",
             b"1 ready x 3 0 0 0 1 - - - - - - -",
+            b"2 ready 0 3 0 0 0 1 - - - - - - - 0 x 3",
         ] {
             assert!(TaskRecord::decode(bad).is_err(), "{bad:?}");
         }

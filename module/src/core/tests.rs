@@ -121,10 +121,12 @@ fn delayed_task_becomes_ready_when_due() {
 }
 
 #[test]
-fn expired_lease_redelivers_and_counts_an_attempt_until_dead() {
+fn expired_lease_redelivers_and_counts_a_lost_lease_until_dead() {
     let mut s = MemStore::new();
+    // One attempt allowed to fail (Django's default), two leases to lose.
     let task = NewTask {
-        max_attempts: 2,
+        max_attempts: 1,
+        max_lost_leases: 2,
         ..NewTask::new(b"t", b"{}")
     };
     add(&mut s, &[task]);
@@ -134,6 +136,16 @@ fn expired_lease_redelivers_and_counts_an_attempt_until_dead() {
 
     let report = maintain(&mut s, &q(), T0 + LEASE, 100).unwrap();
     assert_eq!(report.expired, 1);
+    assert_eq!(field(&mut s, "t", "status").as_deref(), Some("ready"));
+    assert_eq!(field(&mut s, "t", "lost_leases").as_deref(), Some("1"));
+    assert_eq!(field(&mut s, "t", "failed_attempts").as_deref(), Some("0"));
+    assert_eq!(
+        field(&mut s, "t", "error").as_deref(),
+        Some(
+            "lease lost on attempt 1 (1 of 2 lost leases allowed): the worker running it \
+             stopped (crash, kill, or lost connection) before finishing it"
+        )
+    );
     let second = fetch_ids(&mut s, 1, T0 + LEASE);
     assert_eq!(second[0].attempt, 2);
     assert_ne!(second[0].token, first[0].token);
@@ -141,11 +153,160 @@ fn expired_lease_redelivers_and_counts_an_attempt_until_dead() {
     maintain(&mut s, &q(), T0 + 2 * LEASE, 100).unwrap();
     assert!(fetch_ids(&mut s, 1, T0 + 2 * LEASE).is_empty());
     assert_eq!(field(&mut s, "t", "status").as_deref(), Some("dead"));
-    assert!(field(&mut s, "t", "error")
-        .unwrap()
-        .contains("lease expired"));
+    assert_eq!(
+        field(&mut s, "t", "error").as_deref(),
+        Some(
+            "lease lost 2 times, its budget: the worker running it stopped (crash, kill, or lost \
+             connection) before finishing it (last on attempt 2)"
+        )
+    );
+    assert_eq!(field(&mut s, "t", "lost_leases").as_deref(), Some("2"));
+    assert_eq!(field(&mut s, "t", "max_lost_leases").as_deref(), Some("2"));
     assert_eq!(stat(&mut s, "dead", T0 + 2 * LEASE), 1);
     assert_eq!(stat(&mut s, "expired", T0 + 2 * LEASE), 2);
+    assert_eq!(stat(&mut s, "dead_lost", T0 + 2 * LEASE), 1);
+    assert_eq!(stat(&mut s, "failed", T0 + 2 * LEASE), 0);
+}
+
+#[test]
+fn failed_attempts_and_lost_leases_count_against_separate_budgets() {
+    let mut s = MemStore::new();
+    let task = NewTask {
+        max_attempts: 2,
+        max_lost_leases: 2,
+        ..NewTask::new(b"t", b"{}")
+    };
+    add(&mut s, &[task]);
+    // A lost lease, a failure, a lost lease would be 3 of 2 under one
+    // budget; here neither budget is used up until the second failure.
+    fetch_ids(&mut s, 1, T0);
+    maintain(&mut s, &q(), T0 + LEASE, 100).unwrap();
+    let l = fetch_ids(&mut s, 1, T0 + LEASE).remove(0);
+    let failure = |token| NackItem {
+        id: b"t",
+        token,
+        retry: Retry::After(0),
+        error: b"boom",
+    };
+    assert_eq!(
+        nack(&mut s, &q(), &[failure(l.token)], T0 + LEASE).unwrap(),
+        [NackOutcome::Retrying]
+    );
+    let now = T0 + LEASE;
+    fetch_ids(&mut s, 1, now);
+    maintain(&mut s, &q(), now + LEASE, 100).unwrap();
+    assert_eq!(field(&mut s, "t", "status").as_deref(), Some("dead"));
+    assert_eq!(field(&mut s, "t", "attempts").as_deref(), Some("3"));
+    assert_eq!(field(&mut s, "t", "failed_attempts").as_deref(), Some("1"));
+    assert_eq!(field(&mut s, "t", "lost_leases").as_deref(), Some("2"));
+
+    // And the other way round: failures use up max_attempts alone.
+    let task = NewTask {
+        max_attempts: 2,
+        max_lost_leases: 2,
+        ..NewTask::new(b"u", b"{}")
+    };
+    enqueue(&mut s, &q(), &[task], None, now).unwrap();
+    let mut now = now + LEASE;
+    let mut outcomes = Vec::new();
+    for lose in [true, false, false] {
+        let l = fetch_ids(&mut s, 1, now).remove(0);
+        if lose {
+            now += LEASE;
+            maintain(&mut s, &q(), now, 100).unwrap();
+        } else {
+            let item = NackItem {
+                id: b"u",
+                token: l.token,
+                retry: Retry::After(0),
+                error: b"boom",
+            };
+            outcomes.push(nack(&mut s, &q(), &[item], now).unwrap()[0]);
+        }
+    }
+    assert_eq!(outcomes, [NackOutcome::Retrying, NackOutcome::Dead]);
+    assert_eq!(field(&mut s, "u", "failed_attempts").as_deref(), Some("2"));
+    assert_eq!(field(&mut s, "u", "lost_leases").as_deref(), Some("1"));
+    assert_eq!(field(&mut s, "u", "error").as_deref(), Some("boom"));
+    assert_eq!(stat(&mut s, "failed", now), 3);
+    assert_eq!(stat(&mut s, "expired", now), 3);
+    assert_eq!(stat(&mut s, "dead_lost", now), 1);
+    assert_eq!(stat(&mut s, "dead_lettered", now), 2);
+}
+
+#[test]
+fn a_lost_lease_returns_ahead_of_tasks_enqueued_after_it() {
+    let mut s = MemStore::new();
+    add(
+        &mut s,
+        &[NewTask::new(b"a", b"{}"), NewTask::new(b"b", b"{}")],
+    );
+    fetch_ids(&mut s, 1, T0);
+    enqueue(&mut s, &q(), &[NewTask::new(b"c", b"{}")], None, T0 + 1).unwrap();
+    maintain(&mut s, &q(), T0 + LEASE, 100).unwrap();
+    assert_eq!(ids(&fetch_ids(&mut s, 3, T0 + LEASE)), ["a", "b", "c"]);
+}
+
+#[test]
+fn cut_leases_shortens_only_leases_still_held_under_their_token() {
+    let mut s = MemStore::new();
+    add(
+        &mut s,
+        &[
+            NewTask::new(b"a", b"{}"),
+            NewTask::new(b"b", b"{}"),
+            NewTask::new(b"c", b"{}"),
+        ],
+    );
+    let got = fetch_ids(&mut s, 3, T0);
+    // b was acknowledged; c's token is not the current one.
+    ack(
+        &mut s,
+        &q(),
+        &[AckItem {
+            id: b"b",
+            token: got[1].token,
+            result: None,
+        }],
+        1000,
+        T0,
+    )
+    .unwrap();
+    let refs = [
+        LeaseRef {
+            id: b"a",
+            token: got[0].token,
+        },
+        LeaseRef {
+            id: b"b",
+            token: got[1].token,
+        },
+        LeaseRef {
+            id: b"c",
+            token: got[2].token + 100,
+        },
+    ];
+    let until = T0 + 200;
+    assert_eq!(cut_leases(&mut s, &q(), &refs, until).unwrap(), 1);
+    assert_eq!(
+        field(&mut s, "a", "deadline").as_deref(),
+        Some(until.to_string().as_str())
+    );
+    assert_eq!(
+        field(&mut s, "c", "deadline").as_deref(),
+        Some((T0 + LEASE).to_string().as_str())
+    );
+    // A deadline already earlier than the cut stays.
+    assert_eq!(cut_leases(&mut s, &q(), &refs[..1], T0 + 500).unwrap(), 0);
+    assert_eq!(stat(&mut s, "leases_cut", T0), 1);
+    // Renewing restores the full lease (a worker that came back in time).
+    extend(&mut s, &q(), &refs[..1], LEASE, T0 + 100).unwrap();
+    assert_eq!(
+        field(&mut s, "a", "deadline").as_deref(),
+        Some((T0 + 100 + LEASE).to_string().as_str())
+    );
+    maintain(&mut s, &q(), until, 100).unwrap();
+    assert_eq!(field(&mut s, "a", "status").as_deref(), Some("leased"));
 }
 
 #[test]

@@ -35,7 +35,11 @@ def redacted_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class TaskState:
-    """A task as ``VTASKS.GET`` reports it; times are aware datetimes."""
+    """A task as ``VTASKS.GET`` reports it; times are aware datetimes.
+
+    ``attempts`` counts runs started; ``failed_attempts`` those that failed
+    (budget ``max_attempts``), ``lost_leases`` those lost because their
+    worker vanished (budget ``max_lost_leases``)."""
 
     id: str
     queue: str
@@ -43,6 +47,9 @@ class TaskState:
     priority: int
     attempts: int
     max_attempts: int
+    failed_attempts: int
+    lost_leases: int
+    max_lost_leases: int
     enqueued_at: dt.datetime
     run_at: dt.datetime | None
     started_at: dt.datetime | None
@@ -79,6 +86,9 @@ def _task_state(queue: str, id: str, raw: dict[str, Any] | None) -> TaskState | 
         priority=raw["priority"],
         attempts=raw["attempts"],
         max_attempts=raw["max_attempts"],
+        failed_attempts=raw["failed_attempts"],
+        lost_leases=raw["lost_leases"],
+        max_lost_leases=raw["max_lost_leases"],
         enqueued_at=_when(raw["enqueued_at"]),  # type: ignore[arg-type]
         run_at=_when(raw["run_at"]),
         started_at=_when(raw["started_at"]),
@@ -89,6 +99,14 @@ def _task_state(queue: str, id: str, raw: dict[str, Any] | None) -> TaskState | 
         result=None if result is None else loads(result),
         payload=raw["payload"],
     )
+
+
+def _lost_budget(task: Callable[..., Any] | str, given: int | None) -> int:
+    """The lost-lease budget of a call: as given, else the task's own."""
+    lost = options_of(task).max_lost_leases if given is None else given
+    if not isinstance(lost, int) or lost < 1:
+        raise ValueError(f"max_lost_leases must be an integer of at least 1, got {lost!r}")
+    return lost
 
 
 def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
@@ -230,19 +248,23 @@ class Client:
         delay: float | dt.timedelta | None = None,
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
+        max_lost_leases: int | None = None,
     ) -> str:
         """Enqueues one call with explicit options; returns the task id.
 
         ``id`` makes the enqueue idempotent: enqueueing an id that exists
         changes nothing. ``delay`` (seconds or timedelta) or ``run_at`` (an
-        aware datetime) postpone it.
+        aware datetime) postpone it. ``max_attempts`` and
+        ``max_lost_leases`` replace the task's budgets of failed attempts
+        and of runs lost with their worker (see :func:`vtasks.task`).
         """
         target, item = self._task_tuple(
             task, tuple(args), kwargs or {}, id=id, priority=priority, delay=delay,
             run_at=run_at, max_attempts=max_attempts,
         )
+        lost = _lost_budget(task, max_lost_leases)
         bridge = LoopBridge.current()
-        await bridge.wait(self.native.enqueue(bridge.native, queue or target, [item]))
+        await bridge.wait(self.native.enqueue(bridge.native, queue or target, [item], None, False, lost))
         return item[0]
 
     def enqueue_call_sync(
@@ -257,12 +279,14 @@ class Client:
         delay: float | dt.timedelta | None = None,
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
+        max_lost_leases: int | None = None,
     ) -> str:
         target, item = self._task_tuple(
             task, tuple(args), kwargs or {}, id=id, priority=priority, delay=delay,
             run_at=run_at, max_attempts=max_attempts,
         )
-        self.native.enqueue(None, queue or target, [item])
+        lost = _lost_budget(task, max_lost_leases)
+        self.native.enqueue(None, queue or target, [item], None, False, lost)
         return item[0]
 
     async def enqueue_payload(
@@ -275,6 +299,7 @@ class Client:
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
         replace_finished: bool = False,
+        max_lost_leases: int | None = None,
     ) -> bool:
         """Enqueues an already-encoded payload (framework integrations);
         returns False if a task with this id already exists. With
@@ -282,7 +307,7 @@ class Client:
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
         bridge = LoopBridge.current()
         added: list[bool] = await bridge.wait(
-            self.native.enqueue(bridge.native, queue, [item], None, replace_finished)
+            self.native.enqueue(bridge.native, queue, [item], None, replace_finished, max_lost_leases)
         )
         return added[0]
 
@@ -296,9 +321,10 @@ class Client:
         run_at: dt.datetime | None = None,
         max_attempts: int | None = None,
         replace_finished: bool = False,
+        max_lost_leases: int | None = None,
     ) -> bool:
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished)
+        added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished, max_lost_leases)
         return added[0]
 
     def _many(
@@ -321,7 +347,7 @@ class Client:
         if not items:
             return []
         bridge = LoopBridge.current()
-        await bridge.wait(self.native.enqueue(bridge.native, target, items))
+        await bridge.wait(self.native.enqueue(bridge.native, target, items, None, False, _lost_budget(task, None)))
         return [i[0] for i in items]
 
     def enqueue_many_sync(
@@ -331,7 +357,7 @@ class Client:
         target, items = self._many(task, calls, queue)
         if not items:
             return []
-        self.native.enqueue(None, target, items)
+        self.native.enqueue(None, target, items, None, False, _lost_budget(task, None))
         return [i[0] for i in items]
 
     async def get(self, queue: str, id: str) -> TaskState | None:

@@ -20,6 +20,8 @@ MIN_PRIORITY: Final[int] = LIMITS["MIN_PRIORITY"]
 MAX_PRIORITY: Final[int] = LIMITS["MAX_PRIORITY"]
 #: Highest ``max_attempts`` the engines accept (the lowest is 1).
 MAX_ATTEMPTS: Final[int] = LIMITS["MAX_ATTEMPTS"]
+#: Highest ``max_lost_leases`` the engines accept (the lowest is 1).
+MAX_LOST_LEASES: Final[int] = LIMITS["MAX_LOST_LEASES"]
 #: Largest payload (a task's encoded call) or result, in bytes: 16 MiB.
 MAX_PAYLOAD: Final[int] = LIMITS["MAX_PAYLOAD"]
 #: Longest task id, in bytes.
@@ -29,6 +31,10 @@ MAX_ERROR_TEXT: Final[int] = LIMITS["MAX_ERROR_TEXT"]
 
 #: ``max_attempts`` of a ``@vtasks.task`` and of a task enqueued without one.
 DEFAULT_MAX_ATTEMPTS: Final[int] = LIMITS["DEFAULT_MAX_ATTEMPTS"]
+#: ``max_lost_leases`` (runs lost with a vanished worker before a task is
+#: dead-lettered) of a ``@vtasks.task``, of a task enqueued without one and
+#: of a Django backend that sets no ``MAX_LOST_LEASES``.
+DEFAULT_MAX_LOST_LEASES: Final[int] = LIMITS["DEFAULT_MAX_LOST_LEASES"]
 #: ``MAX_ATTEMPTS`` of a Django backend that sets none: a task that raises
 #: fails, as with Django's own backends (``docs/DECISIONS.md``).
 DJANGO_MAX_ATTEMPTS: Final[int] = LIMITS["DJANGO_MAX_ATTEMPTS"]
@@ -54,3 +60,11 @@ def check_max_attempts(max_attempts: object, what: str = "max_attempts") -> int:
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= MAX_ATTEMPTS:
         raise ValueError(f"{what} must be an integer in 1..{MAX_ATTEMPTS}, got {max_attempts!r}")
     return max_attempts
+
+
+def check_max_lost_leases(max_lost_leases: object, what: str = "max_lost_leases") -> int:
+    """``max_lost_leases`` if it is an integer the engines accept, else ``ValueError``."""
+    if (isinstance(max_lost_leases, bool) or not isinstance(max_lost_leases, int)
+            or not 1 <= max_lost_leases <= MAX_LOST_LEASES):
+        raise ValueError(f"{what} must be an integer in 1..{MAX_LOST_LEASES}, got {max_lost_leases!r}")
+    return max_lost_leases

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TaskNotRegistered
-from .limits import DEFAULT_MAX_ATTEMPTS, check_max_attempts, check_priority
+from .limits import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_LOST_LEASES,
+    check_max_attempts,
+    check_max_lost_leases,
+    check_priority,
+)
 
 _registry: dict[str, Callable[..., Any]] = {}
 
@@ -19,6 +25,7 @@ class TaskOptions:
     queue: str = "default"
     priority: int = 0
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_lost_leases: int = DEFAULT_MAX_LOST_LEASES
 
 
 def task(
@@ -28,22 +35,28 @@ def task(
     queue: str = "default",
     priority: int = 0,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
 ) -> Any:
     """Registers a function (sync or async) as a task.
 
     ``@task`` or ``@task(queue="emails", max_attempts=5)``. The task's name
-    is ``module.qualname`` unless ``name`` is given.
+    is ``module.qualname`` unless ``name`` is given. ``max_attempts`` counts
+    attempts that failed (the task raised or timed out);
+    ``max_lost_leases`` counts runs lost because the worker process
+    running them vanished (a crash, a kill, a lost connection). Either
+    budget used up dead-letters the task.
     """
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
         task_name = name or f"{f.__module__}.{f.__qualname__}"
         check_priority(priority, f"priority of task {task_name}")
         check_max_attempts(max_attempts, f"max_attempts of task {task_name}")
+        check_max_lost_leases(max_lost_leases, f"max_lost_leases of task {task_name}")
         existing = _registry.get(task_name)
         if existing is not None and existing is not f:
             raise ValueError(f"a different callable is already registered as task {task_name}")
         _registry[task_name] = f
-        f.__vtasks__ = TaskOptions(task_name, queue, priority, max_attempts)  # type: ignore[attr-defined]
+        f.__vtasks__ = TaskOptions(task_name, queue, priority, max_attempts, max_lost_leases)  # type: ignore[attr-defined]
         return f
 
     return register(fn) if fn is not None else register

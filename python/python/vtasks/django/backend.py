@@ -94,8 +94,12 @@ class VtasksTask(Task):
     extra keywords to the backend's task class), and ``.options(...)``
     changes them like ``.using(...)`` changes the standard ones."""
 
-    # Attempts before the task is marked FAILED (None: the backend's MAX_ATTEMPTS).
+    # Failed attempts (the task raised or timed out) before the task is
+    # marked FAILED (None: the backend's MAX_ATTEMPTS).
     max_attempts: int | None = None
+    # Runs lost with their worker (a crash, a kill, a lost connection)
+    # before the task is marked FAILED (None: the backend's MAX_LOST_LEASES).
+    max_lost_leases: int | None = None
     # Seconds before the first retry, doubled per attempt (None: RETRY_BACKOFF).
     retry_backoff: float | None = None
     # Seconds an async task may run before it is cancelled and counted as failed.
@@ -113,9 +117,11 @@ class VtasksTask(Task):
         timeout: float | None = None,
         unique: str | None = None,
         unique_period: float | None = None,
+        max_lost_leases: int | None = None,
     ) -> VtasksTask:
         given = {
             "max_attempts": max_attempts,
+            "max_lost_leases": max_lost_leases,
             "retry_backoff": retry_backoff,
             "timeout": timeout,
             "unique": unique,
@@ -155,6 +161,14 @@ class ValkeyTaskBackend(BaseTaskBackend):
             )
         except ValueError as err:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {err}") from None
+        # Runs lost with their worker (crash, kill, lost connection) before a
+        # task is FAILED: a worker dying never fails a task under the defaults.
+        try:
+            self.max_lost_leases: int = limits.check_max_lost_leases(
+                int(options.get("MAX_LOST_LEASES", limits.DEFAULT_MAX_LOST_LEASES)), "MAX_LOST_LEASES"
+            )
+        except ValueError as err:
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {err}") from None
         self.retry_backoff: float = float(options.get("RETRY_BACKOFF", limits.DEFAULT_RETRY_BACKOFF))
         self.connect_timeout: float = float(options.get("CONNECT_TIMEOUT", 5.0))
         self.response_timeout: float = float(options.get("RESPONSE_TIMEOUT", 10.0))
@@ -179,6 +193,12 @@ class ValkeyTaskBackend(BaseTaskBackend):
         if max_attempts is not None:
             try:
                 limits.check_max_attempts(max_attempts)
+            except ValueError as err:
+                raise InvalidTask(str(err)) from None
+        max_lost = getattr(task, "max_lost_leases", None)
+        if max_lost is not None:
+            try:
+                limits.check_max_lost_leases(max_lost)
             except ValueError as err:
                 raise InvalidTask(str(err)) from None
         for name in ("retry_backoff", "timeout", "unique_period"):
@@ -207,6 +227,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
 
     def _attempts(self, task: Task) -> int:
         return getattr(task, "max_attempts", None) or self.max_attempts
+
+    def _lost_leases(self, task: Task) -> int:
+        return getattr(task, "max_lost_leases", None) or self.max_lost_leases
 
     def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, bytes]:
         self.validate_task(task)
@@ -253,6 +276,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
             self.client.enqueue_payload_sync(
                 queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
                 max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
+                max_lost_leases=self._lost_leases(task),
             )
             self._enqueued(result)
 
@@ -270,6 +294,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         await self.client.enqueue_payload(
             queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
             max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
+            max_lost_leases=self._lost_leases(task),
         )
         return self._enqueued(result)
 
