@@ -596,7 +596,7 @@ pub fn maintain(
         };
         report.expired += 1;
         rec.lost += 1;
-        let error = lost_lease_error(&rec);
+        let error = lost_lease_error(rec.lost, rec.max_lost, rec.attempts);
         if rec.lost >= rec.max_lost {
             make_dead(store, keys, &id, &mut rec, error.as_bytes(), now)?;
             bump(store, keys, meta::DEAD, 1)?;
@@ -641,20 +641,20 @@ pub fn maintain(
 /// crash, a kill, a lost connection) or stopped renewing. It names that
 /// cause, so a task that keeps taking its worker down is recognisable in
 /// the dead letters. `rec.lost` already counts this loss.
-fn lost_lease_error(rec: &TaskRecord) -> String {
-    if rec.lost >= rec.max_lost {
+pub(crate) fn lost_lease_error(lost: i64, max_lost: i64, attempts: i64) -> String {
+    if lost >= max_lost {
         format!(
             "lease lost {} {}, its budget: the worker running it stopped (crash, kill, or lost \
              connection) before finishing it (last on attempt {})",
-            rec.lost,
-            if rec.lost == 1 { "time" } else { "times" },
-            rec.attempts
+            lost,
+            if lost == 1 { "time" } else { "times" },
+            attempts
         )
     } else {
         format!(
             "lease lost on attempt {} ({} of {} lost leases allowed): the worker running it \
              stopped (crash, kill, or lost connection) before finishing it",
-            rec.attempts, rec.lost, rec.max_lost
+            attempts, lost, max_lost
         )
     }
 }

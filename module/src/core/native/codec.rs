@@ -125,6 +125,9 @@ fn write_task(w: &mut Writer, t: &TaskImage) {
     w.i(rec.priority);
     w.u(rec.max_attempts as u64);
     w.u(rec.attempts as u64);
+    w.u(rec.failures as u64);
+    w.u(rec.lost as u64);
+    w.u(rec.max_lost as u64);
     w.u(rec.seq as u64);
     w.u(rec.token as u64);
     w.u(rec.enqueued_at as u64);
@@ -170,6 +173,9 @@ fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
     let priority = r.i()?;
     let max_attempts = small(r.u()?)?;
     let attempts = small(r.u()?)?;
+    let failures = small(r.u()?)?;
+    let lost = small(r.u()?)?;
+    let max_lost = small(r.u()?)?;
     let seq = small(r.u()?)?;
     let token = small(r.u()?)?;
     let enqueued_at = small(r.u()?)?;
@@ -220,6 +226,9 @@ fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
             finished_at,
             consumer,
             workers,
+            failures,
+            lost,
+            max_lost,
         },
         due,
         error,
@@ -308,7 +317,7 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
         1 => true,
         _ => return Err(corrupt("pause flag")),
     };
-    let mut counters = [0u64; 10];
+    let mut counters = [0u64; 12];
     for c in counters.iter_mut() {
         *c = r.u()?;
     }

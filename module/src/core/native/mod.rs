@@ -24,15 +24,16 @@ use hashbrown::HashTable;
 use super::error::{VtError, VtResult};
 use super::keys::{BULK_BATCH, MAX_ERROR_TEXT};
 use super::queue::{
-    AckItem, DeadEntry, LeaseRef, Leased, Maintained, NackItem, NackOutcome, NewTask, Retry,
-    Selection, Settled, TaskFields, When,
+    lost_lease_error, AckItem, DeadEntry, LeaseRef, Leased, Maintained, NackItem, NackOutcome,
+    NewTask, Retry, Selection, Settled, TaskFields, When,
 };
 use super::record::State;
 use order::{Lanes, TimeIndex};
 use task::{Slab, Task, TaskImage, MAX_SEQ};
 
-/// The totals `VTASKS.STATS` reports, in its order.
-pub const COUNTER_NAMES: [&str; 10] = [
+/// The totals a queue keeps, in `VTASKS.STATS` order (which puts
+/// `vanished`, always 0 here, between `purged` and `leases_cut`).
+pub const COUNTER_NAMES: [&str; 12] = [
     "enqueued",
     "acked",
     "failed",
@@ -43,6 +44,8 @@ pub const COUNTER_NAMES: [&str; 10] = [
     "requeued",
     "cancelled",
     "purged",
+    "leases_cut",
+    "dead_lost",
 ];
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +60,14 @@ pub struct Counters {
     pub requeued: u64,
     pub cancelled: u64,
     pub purged: u64,
+    /// Leases cut to the grace because the connections holding them closed.
+    pub leases_cut: u64,
+    /// Tasks dead-lettered because they used up their lost-lease budget.
+    pub dead_lost: u64,
 }
 
 impl Counters {
-    pub fn to_array(self) -> [u64; 10] {
+    pub fn to_array(self) -> [u64; 12] {
         [
             self.enqueued,
             self.acked,
@@ -72,10 +79,12 @@ impl Counters {
             self.requeued,
             self.cancelled,
             self.purged,
+            self.leases_cut,
+            self.dead_lost,
         ]
     }
 
-    pub fn from_array(a: [u64; 10]) -> Counters {
+    pub fn from_array(a: [u64; 12]) -> Counters {
         Counters {
             enqueued: a[0],
             acked: a[1],
@@ -87,6 +96,8 @@ impl Counters {
             requeued: a[7],
             cancelled: a[8],
             purged: a[9],
+            leases_cut: a[10],
+            dead_lost: a[11],
         }
     }
 }
@@ -388,7 +399,14 @@ impl TaskQueue {
             self.remove_finished(slot);
         }
         for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
-            let new = Task::new(task.id, task.payload, task.priority, task.max_attempts, now);
+            let new = Task::new(
+                task.id,
+                task.payload,
+                task.priority,
+                task.max_attempts,
+                task.max_lost_leases,
+                now,
+            );
             let at = run_at(task);
             let slot = self.insert(new);
             if at <= now {
@@ -507,33 +525,38 @@ impl TaskQueue {
     }
 
     /// Server-side time: promotes due delayed tasks, returns expired leases
-    /// to the queue (or the dead letters when attempts are exhausted) and
-    /// forgets expired results. At most `limit` entries of each kind.
+    /// to their place in the queue (or the dead letters once the lost-lease
+    /// budget is used up) and forgets expired results. At most `limit` entries of each kind.
     pub fn maintain(&mut self, now: i64, limit: usize) -> VtResult<Maintained> {
         let mut report = Maintained::default();
         let due = self.delayed.pop_due(now, limit);
         report.more |= due.len() == limit;
         report.promoted = due.len() as u64;
-        let mut to_ready: Vec<u32> = due.into_iter().map(|(_, slot)| slot).collect();
+        let to_ready: Vec<u32> = due.into_iter().map(|(_, slot)| slot).collect();
 
         let expired = self.leased.pop_due(now, limit);
         report.more |= expired.len() == limit;
         report.expired = expired.len() as u64;
+        // A lease that expired counts against the lost-lease budget, and the
+        // task goes back to its old place: it was enqueued before the tasks
+        // behind it (docs/DECISIONS.md).
+        let mut returned = Vec::new();
         for (_, slot) in expired {
-            let task = self.slab.get(slot);
-            let error = format!(
-                "lease expired on attempt {} of {}: no acknowledgement before the deadline",
-                task.attempts(),
-                task.max_attempts()
-            );
-            if task.attempts() >= task.max_attempts() {
+            let (lost, max_lost, attempts) = self.update(slot, |t| {
+                let e = t.extra_mut();
+                e.lost += 1;
+                (e.lost as i64, e.max_lost as i64, e.attempts as i64)
+            });
+            let error = lost_lease_error(lost, max_lost, attempts);
+            if lost >= max_lost {
                 self.make_dead(slot, error.as_bytes(), now);
                 self.meta.counters.dead += 1;
+                self.meta.counters.dead_lost += 1;
             } else {
                 self.update(slot, |t| {
                     t.extra_mut().error = Some(error.into_bytes().into())
                 });
-                to_ready.push(slot);
+                returned.push(slot);
             }
         }
         self.meta.counters.expired += report.expired;
@@ -543,8 +566,11 @@ impl TaskQueue {
             for (seq, slot) in (first..).zip(&to_ready) {
                 self.make_ready(*slot, seq, now);
             }
-            self.woken += to_ready.len() as u64;
         }
+        for slot in &returned {
+            self.return_ready(*slot, now);
+        }
+        self.woken += (to_ready.len() + returned.len()) as u64;
 
         let forgotten = self.done.pop_due(now, limit);
         report.more |= forgotten.len() == limit;
@@ -629,9 +655,13 @@ impl TaskQueue {
             };
             self.meta.counters.failed += 1;
             self.unlease(slot);
-            let task = self.slab.get(slot);
+            let failures = self.update(slot, |t| {
+                let e = t.extra_mut();
+                e.failures += 1;
+                e.failures
+            });
             let delay = match item.retry {
-                Retry::After(ms) if task.attempts() < task.max_attempts() => ms,
+                Retry::After(ms) if failures < self.slab.get(slot).max_attempts() => ms,
                 _ => {
                     self.make_dead(slot, item.error, now);
                     self.meta.counters.dead += 1;
@@ -680,6 +710,28 @@ impl TaskQueue {
         outcomes
     }
 
+    /// Shortens the leases of a worker that went away (its connections
+    /// closed) to end at `until`: only leases still held under the given
+    /// token and ending later. Returns how many were cut.
+    pub fn cut_leases(&mut self, leases: &[LeaseRef], until: i64, now: i64) -> u64 {
+        let mut cut = 0;
+        for lease in leases {
+            let Ok(slot) = self.check_lease(lease.id, lease.token, now) else {
+                continue;
+            };
+            if self.slab.get(slot).due() <= until {
+                continue;
+            }
+            self.unlease(slot);
+            self.update(slot, |t| t.extra_mut().due = until);
+            let slab = &self.slab;
+            self.leased.insert(until, slot, |s| slab.id(s));
+            cut += 1;
+        }
+        self.meta.counters.leases_cut += cut;
+        cut
+    }
+
     /// Gives back leased tasks that were never started: they return to their
     /// old place in the queue and the attempt does not count.
     pub fn release(&mut self, items: &[LeaseRef], now: i64) -> Vec<Settled> {
@@ -713,6 +765,9 @@ impl TaskQueue {
             ("priority", int(task.priority() as i64)),
             ("attempts", int(task.attempts() as i64)),
             ("max_attempts", int(task.max_attempts() as i64)),
+            ("failed_attempts", int(task.failures() as i64)),
+            ("lost_leases", int(task.lost() as i64)),
+            ("max_lost_leases", int(task.max_lost() as i64)),
             ("enqueued_at", int(task.enqueued_at())),
         ];
         let times = [
@@ -754,11 +809,14 @@ impl TaskQueue {
             ("oldest_ready_age_ms", self.oldest_ready_age(now)),
         ];
         for (name, value) in COUNTER_NAMES.iter().zip(self.meta.counters.to_array()) {
+            if *name == "leases_cut" {
+                // Tasks whose record vanished while queued: the tasks of a
+                // native queue live inside its one value, so none can
+                // vanish on its own.
+                out.push(("vanished", 0));
+            }
             out.push((name, value as i64));
         }
-        // Tasks whose record vanished while queued: the tasks of a native
-        // queue live inside its one value, so none can vanish on its own.
-        out.push(("vanished", 0));
         out
     }
 
@@ -848,7 +906,10 @@ impl TaskQueue {
             let died = slab.get(slot).finished_at().unwrap_or_default();
             self.dead.remove(died, slot, |s| slab.id(s));
             self.update(slot, |t| {
-                t.extra_mut().attempts = 0;
+                let e = t.extra_mut();
+                e.attempts = 0;
+                e.failures = 0;
+                e.lost = 0;
                 t.set_finished_at(None);
             });
             self.make_ready(slot, seq, now);
@@ -1039,7 +1100,10 @@ impl TaskImage {
         }
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&rec.priority)
             || !(1..=MAX_ATTEMPTS).contains(&rec.max_attempts)
+            || !(1..=MAX_LOST_LEASES).contains(&rec.max_lost)
             || !(0..=u32::MAX as i64).contains(&rec.attempts)
+            || !(0..=u32::MAX as i64).contains(&rec.failures)
+            || !(0..=u32::MAX as i64).contains(&rec.lost)
             || !(0..=MAX_SEQ as i64).contains(&rec.seq)
             || rec.token < 0
             || !(0..=task::MAX_ENQUEUED_AT).contains(&rec.enqueued_at)

@@ -6,6 +6,7 @@
 //! was leased, delayed or finished has (attempts, token, times, workers,
 //! error, result) lives in an `Extra` allocated on first need.
 
+use super::super::keys::DEFAULT_MAX_LOST_LEASES;
 use super::super::record::{State, TaskRecord};
 
 /// A time that is not set.
@@ -24,6 +25,13 @@ fn raw(t: Option<i64>) -> i64 {
 pub struct Extra {
     pub token: u64,
     pub attempts: u32,
+    /// Attempts the worker reported failed (NACK), against `max_attempts`.
+    pub failures: u32,
+    /// Leases that expired (the worker vanished), against `max_lost`.
+    pub lost: u32,
+    /// The lost-lease budget; a task enqueued with the default keeps it
+    /// here only once it has an `Extra` for other reasons.
+    pub max_lost: u32,
     /// Where the current consumer's name sits in `workers`.
     consumer_at: u32,
     consumer_len: u32,
@@ -100,7 +108,14 @@ pub struct Task {
 impl Task {
     /// A task just enqueued. The caller has checked the limits (id length,
     /// priority, attempts, time), which the packing relies on.
-    pub fn new(id: &[u8], payload: &[u8], priority: i64, max_attempts: i64, now: i64) -> Task {
+    pub fn new(
+        id: &[u8],
+        payload: &[u8],
+        priority: i64,
+        max_attempts: i64,
+        max_lost: i64,
+        now: i64,
+    ) -> Task {
         let mut data = Vec::with_capacity(id.len() + payload.len());
         data.extend_from_slice(id);
         data.extend_from_slice(payload);
@@ -111,6 +126,9 @@ impl Task {
             enq: (now as u64 & ENQ_MASK) | (max_attempts as u64) << ENQ_BITS,
         };
         task.set_state(State::Ready);
+        if max_lost != DEFAULT_MAX_LOST_LEASES {
+            task.extra_mut().max_lost = max_lost as u32;
+        }
         task
     }
 
@@ -187,9 +205,23 @@ impl Task {
                 leased_at: NONE,
                 finished_at: NONE,
                 due: NONE,
+                max_lost: DEFAULT_MAX_LOST_LEASES as u32,
                 ..Extra::default()
             })
         })
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.extra().map_or(0, |e| e.failures)
+    }
+
+    pub fn lost(&self) -> u32 {
+        self.extra().map_or(0, |e| e.lost)
+    }
+
+    pub fn max_lost(&self) -> u32 {
+        self.extra()
+            .map_or(DEFAULT_MAX_LOST_LEASES as u32, |e| e.max_lost)
     }
 
     pub fn attempts(&self) -> u32 {
@@ -324,6 +356,9 @@ impl Task {
             finished_at: self.finished_at(),
             consumer: self.consumer().map(<[u8]>::to_vec),
             workers: self.workers().map(<[u8]>::to_vec),
+            failures: self.failures() as i64,
+            lost: self.lost() as i64,
+            max_lost: self.max_lost() as i64,
         };
         TaskImage {
             id: self.id().to_vec(),
@@ -344,11 +379,15 @@ impl Task {
             &image.payload,
             rec.priority,
             rec.max_attempts,
+            rec.max_lost,
             rec.enqueued_at,
         );
         task.set_state(rec.state);
         task.set_seq(rec.seq as u64);
         let plain = rec.attempts == 0
+            && rec.failures == 0
+            && rec.lost == 0
+            && rec.max_lost == DEFAULT_MAX_LOST_LEASES
             && rec.token == 0
             && rec.ready_at == Some(rec.enqueued_at)
             && rec.run_at.is_none()
@@ -370,6 +409,9 @@ impl Task {
         task.extra = Some(Box::new(Extra {
             token: rec.token as u64,
             attempts: rec.attempts as u32,
+            failures: rec.failures as u32,
+            lost: rec.lost as u32,
+            max_lost: rec.max_lost as u32,
             consumer_at: consumer_at as u32,
             consumer_len: if rec.consumer.is_some() {
                 consumer.len() as u32
@@ -524,7 +566,7 @@ mod tests {
     #[test]
     fn packed_fields_round_trip_at_their_limits() {
         let id = vec![b'x'; 256];
-        let mut t = Task::new(&id, b"payload", -100, 10_000, MAX_ENQUEUED_AT);
+        let mut t = Task::new(&id, b"payload", -100, 10_000, 10_000, MAX_ENQUEUED_AT);
         t.set_seq(MAX_SEQ);
         t.set_state(State::Dead);
         assert_eq!(t.id(), &id[..]);
@@ -534,7 +576,7 @@ mod tests {
         assert_eq!(t.enqueued_at(), MAX_ENQUEUED_AT);
         assert_eq!(t.seq(), MAX_SEQ);
         assert_eq!(t.state(), State::Dead);
-        let t = Task::new(b"a", b"", 100, 1, 0);
+        let t = Task::new(b"a", b"", 100, 1, DEFAULT_MAX_LOST_LEASES, 0);
         assert_eq!(
             (t.priority(), t.state(), t.ready_at()),
             (100, State::Ready, Some(0))
@@ -543,8 +585,8 @@ mod tests {
 
     #[test]
     fn leases_track_consumer_and_workers_like_the_record() {
-        let mut t = Task::new(b"t", b"{}", 0, 3, 1_000);
-        let mut rec = TaskRecord::new(0, 3, 1_000);
+        let mut t = Task::new(b"t", b"{}", 0, 3, DEFAULT_MAX_LOST_LEASES, 1_000);
+        let mut rec = TaskRecord::new(0, 3, DEFAULT_MAX_LOST_LEASES, 1_000);
         rec.ready_at = Some(1_000);
         for (i, who) in [&b"w1"[..], b"w2", b"w1", b"w10"].iter().enumerate() {
             let now = 2_000 + i as i64;

@@ -138,6 +138,7 @@ impl Pair {
                         );
                         t.priority = [-1, 0, 0, 5][rng.below(4) as usize];
                         t.max_attempts = 1 + rng.below(3) as i64;
+                        t.max_lost_leases = 1 + rng.below(3) as i64;
                         t.replace_finished = rng.chance(30);
                         t.when = match rng.below(5) {
                             0 => old::When::Delay(rng.below(30) as i64),
@@ -213,7 +214,13 @@ impl Pair {
                     .iter()
                     .map(|(id, token)| old::LeaseRef { id, token: *token })
                     .collect();
-                if rng.chance(50) {
+                if rng.chance(20) {
+                    let until = now + rng.below(20) as i64;
+                    self.log.push(format!("{now} CUT {until} {items:?}"));
+                    let o = old::cut_leases(&mut self.old, &k, &items, until).unwrap();
+                    let n = self.new.cut_leases(&items, until, now);
+                    self.check("CUT", o, n);
+                } else if rng.chance(50) {
                     let lease = 5 + rng.below(40) as i64;
                     self.log.push(format!("{now} EXTEND {lease} {items:?}"));
                     let o = old::extend(&mut self.old, &k, &items, lease, now).unwrap();
