@@ -27,7 +27,8 @@ pub enum Reply {
     Int(i64),
     Words(Vec<&'static str>),
     Deliveries(Vec<Delivery>),
-    Task(Option<TaskInfo>),
+    /// Boxed: a task's fields are large beside the other replies.
+    Task(Option<Box<TaskInfo>>),
     Stats(Vec<(String, i64)>),
     Dead(Vec<DeadTask>),
     Text(Option<String>),

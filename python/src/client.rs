@@ -127,7 +127,10 @@ impl NativeClient {
         let queue = queue(queue_name)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
-            client.get(&queue, &id).await.map(Reply::Task)
+            client
+                .get(&queue, &id)
+                .await
+                .map(|info| Reply::Task(info.map(Box::new)))
         })
     }
 
