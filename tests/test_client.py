@@ -59,8 +59,12 @@ def test_concurrent_awaits_share_one_connection(valkey):
 
 def test_bad_inputs_raise_clear_exceptions(valkey):
     client = vtasks.Client(valkey.url)
-    with pytest.raises(TypeError, match="not JSON-serializable"):
+    with pytest.raises(TypeError, match="argument 0 of task tests.add is not JSON: an object is not a JSON type"):
         client.enqueue_sync(sample_tasks.add, object(), 1)
+    with pytest.raises(TypeError, match=r"argument 'b' of task tests.add is not JSON at \[0\]\['k'\]: a set"):
+        client.enqueue_sync(sample_tasks.add, 1, b=[{"k": {1, 2}}])
+    with pytest.raises(TypeError, match=r"argument 1 .* dict key 1 is an int; JSON object keys are strings"):
+        client.enqueue_sync(sample_tasks.add, 1, {1: "a"})
     with pytest.raises(ValueError, match="priority"):
         client.enqueue_call_sync(sample_tasks.add, (1, 2), priority=101)
     with pytest.raises(ValueError, match="negative"):

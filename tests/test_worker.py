@@ -96,6 +96,12 @@ def test_failures_retry_with_backoff_then_dead_letter_with_traceback(valkey, run
     assert state.error["exception_class"] == "builtins.ValueError"
     assert state.error["message"] == "boom 7"
     assert "raise ValueError" in state.error["traceback"]
+    assert state.error["attempt"] == 3
+    earlier = state.error["previous"]
+    assert [(e["attempt"], e["exception_class"], e["message"]) for e in earlier] == [
+        (1, "builtins.ValueError", "boom 7"), (2, "builtins.ValueError", "boom 7"),
+    ], "every attempt's error is kept"
+    assert all("raise ValueError" in e["traceback"] for e in earlier)
     assert worker.failed == 3
     dead = client.native.dead_letters(None, "default", 0, 10)
     assert [d[0] for d in dead] == [task_id]
@@ -161,7 +167,7 @@ def test_payloads_that_cannot_run_are_dead_lettered_and_the_worker_goes_on(valke
     assert client.get_sync("default", good).result == 2
     assert client.get_sync("default", big).result == 5_000_000
     expected = [(task_id, reason) for task_id, _, reason in HOSTILE_PAYLOADS]
-    for task_id, reason in [*expected, (bad_result, "not JSON-serializable")]:
+    for task_id, reason in [*expected, (bad_result, "ran, but its return value cannot be stored")]:
         state = client.get_sync("default", task_id)
         assert state.status == "dead", task_id
         assert state.attempts == 1, f"{task_id} never retried"

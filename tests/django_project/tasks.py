@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
+import vtasks
 from django.tasks import task
 
 from tests.sample_tasks import record
@@ -74,3 +77,25 @@ def padded(n: int, pad: str) -> int:
     """A task with a large argument: a few thousand fill a small server."""
     record("django_padded", n)
     return n
+
+
+@task
+def returns_a_set(n: int) -> set[int]:
+    record("django_returns_a_set", n)
+    return {n}
+
+
+@task
+def fails_in_vtasks(n: int) -> None:
+    raise vtasks.QueueFull(f"full {n}")
+
+
+@task
+def sleeps(seconds: float) -> str:
+    """Sleeps ``seconds``, or until the file ``<VTASKS_TEST_RUNS>.release`` exists."""
+    record("django_sleeps", 1)
+    release = os.environ.get("VTASKS_TEST_RUNS", "") + ".release"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(release):
+        time.sleep(0.02)
+    return "slept"
