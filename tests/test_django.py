@@ -453,3 +453,29 @@ def test_queues_are_served_in_the_order_of_the_setting(valkey, settings, runs, c
 
 def run_order(runs) -> list[int]:
     return [int(line.split()[1]) for line in runs.read_text().splitlines() if line.startswith("django_ordered")]
+
+
+def test_an_async_task_cut_off_at_shutdown_reports_no_outcome(django_valkey, caplog):
+    result = tasks.slow.enqueue(30)
+    worker = make_worker(task_backends["default"], handle_signals=False, block=0.2, grace=0.2)
+    finished = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append(task_result.status)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        while (await tasks.slow.aget_result(result.id)).status != TaskResultStatus.RUNNING:
+            await asyncio.sleep(0.02)
+        await worker.close()
+        await runner
+
+    task_finished.connect(receiver)
+    try:
+        with caplog.at_level("WARNING", logger="vtasks"):
+            asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        task_finished.disconnect(receiver)
+    assert finished == [], "no outcome: the lease decides"
+    assert "still running after the 0.2 s grace period" in caplog.text
+    assert tasks.slow.get_result(result.id).status == TaskResultStatus.RUNNING, "still leased, nothing recorded"
