@@ -5,6 +5,7 @@ check exactly which tasks ran and how often."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 
@@ -56,6 +57,13 @@ def slow_sync(n: int, seconds: float) -> int:
 def boom(n: int) -> None:
     record("boom", n)
     raise ValueError(f"boom {n}")
+
+
+@vtasks.task(name="tests.random_text")
+def random_text(size: int) -> str:
+    """``size`` characters of random base64: zstd keeps about 3/4 of it."""
+    record("random_text", size)
+    return base64.b64encode(os.urandom(size * 3 // 4)).decode()
 
 
 @vtasks.task(name="tests.unserializable_result")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import vtasks
+from vtasks import limits
 
 from tests import sample_tasks
 from tests.conftest import ROOT
@@ -184,6 +185,22 @@ def test_a_payload_over_the_size_limit_is_refused_at_enqueue(valkey):
         client.enqueue_sync(sample_tasks.length, os.urandom(20 * 1024 * 1024).hex())
     with pytest.raises(vtasks.NoSuchQueue):
         client.stats_sync("default")  # nothing was written, not even the queue
+
+
+def test_a_result_over_the_size_limit_is_not_stored_and_the_batch_goes_on(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    # 3/2 of the limit in base64: still over it once compressed.
+    size = limits.MAX_PAYLOAD * 3 // 2
+    too_big = client.enqueue_sync(sample_tasks.random_text, size)
+    others = [client.enqueue_sync(sample_tasks.add, n, 1) for n in range(20)]
+    worker = burst(client, concurrency=25)
+    state = client.get_sync("default", too_big)
+    assert (state.status, state.attempts) == ("dead", 1), "ran once, never retried"
+    assert state.error["exception_class"] == "vtasks.ResultNotStored", state.error
+    assert f"exceeds the limit of {limits.MAX_PAYLOAD} bytes" in state.error["message"], state.error
+    assert run_counts(runs, "random_text") == {size: 1}
+    assert [client.get_sync("default", task_id).result for task_id in others] == [n + 1 for n in range(20)]
+    assert (worker.succeeded, worker.dead_lettered) == (20, 1)
 
 
 def start_worker_process(url: str, lease: float = 30.0, concurrency: int = 10) -> subprocess.Popen[str]:

@@ -344,6 +344,20 @@ impl WorkerCore {
         if st.running.remove(&key).is_none() {
             return;
         }
+        // A result the server would refuse would fail the whole command
+        // that carries it, and with it every other settlement of the batch:
+        // the task ran, so it is dead-lettered (not retried, its effects
+        // would repeat) with the reason, and the rest go through.
+        let outcome = match outcome {
+            Outcome::Success(Some(result)) => match crate::payload::check_size("result", &result) {
+                Ok(()) => Outcome::Success(Some(result)),
+                Err(err) => Outcome::Failure {
+                    error: format!("the task ran, but its result cannot be stored: {err}"),
+                    retry: Retry::Never,
+                },
+            },
+            other => other,
+        };
         match outcome {
             Outcome::Success(result) => {
                 st.stats.succeeded += 1;

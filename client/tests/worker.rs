@@ -305,3 +305,45 @@ async fn a_server_restart_mid_run_is_survived() {
     let twice = seen.values().filter(|n| **n > 1).count();
     assert!(twice <= 20, "{twice} tasks ran twice");
 }
+
+/// A result the server would refuse (over 16 MiB once encoded) would fail
+/// the whole FETCHN that carries the batch's settlements. The worker core
+/// dead-letters that task with the reason, and the rest of the batch is
+/// acknowledged as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_size_limit_dead_letters_its_task_and_the_batch_goes_on() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ids = enqueue_n(&client, 20).await;
+    let limit = vtasks_protocol::MAX_PAYLOAD;
+    let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
+    let stats = run(
+        core,
+        move |d: Delivery| async move {
+            let size = if d.id == "task-7" { limit + 1 } else { limit };
+            Outcome::Success(Some(vec![b'x'; size]))
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!((stats.succeeded, stats.failed), (19, 1), "{stats:?}");
+    for id in &ids {
+        let info = client.get(&queue(), id).await.unwrap().unwrap();
+        if id == "task-7" {
+            assert_eq!(info.status, Status::Dead);
+            let error = info.error.unwrap();
+            assert!(
+                error.contains(&format!(
+                    "result of {} bytes exceeds the limit of {limit} bytes",
+                    limit + 1
+                )),
+                "{error}"
+            );
+        } else {
+            assert_eq!(info.status, Status::Done, "{id}");
+            assert_eq!(info.result.map(|r| r.len()), Some(limit), "{id}");
+        }
+    }
+}

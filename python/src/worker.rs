@@ -88,7 +88,9 @@ impl NativeWorker {
         })
     }
 
-    /// A task succeeded; `result` is its encoded result, if any.
+    /// A task succeeded; `result` is its encoded result, if any. A result
+    /// over the size limit once compressed raises `PayloadError` and
+    /// records nothing: the caller reports the task with `failed`.
     #[pyo3(signature = (queue, id, token, result=None))]
     fn succeeded(
         &self,
@@ -101,6 +103,11 @@ impl NativeWorker {
             .map(payload::compress)
             .transpose()
             .map_err(to_pyerr)?;
+        // Refused here, before it reaches the batch of settlements, so the
+        // caller can record why (`vtasks.PayloadError`).
+        if let Some(bytes) = &result {
+            payload::check_size("result", bytes).map_err(to_pyerr)?;
+        }
         self.core
             .complete(&delivery(queue, id, token)?, Outcome::Success(result));
         Ok(())

@@ -25,8 +25,8 @@ from typing import Any
 from . import _native
 from ._bridge import LoopBridge
 from .client import Client, TaskState
-from .errors import ResultNotStored, ServerFull, TaskNotRegistered, VtasksError
-from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF
+from .errors import PayloadError, ResultNotStored, ServerFull, TaskNotRegistered, VtasksError
+from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF, MAX_PAYLOAD
 from .payloads import decode_call_with_options, dumps, error_entries, error_entry, error_record
 from .tasks import resolve
 
@@ -624,8 +624,14 @@ class Worker:
                 # It ran: retrying would repeat its effects.
                 self._refuse(token, delivery, name, result_not_stored(name, err), counted=False)
                 return
+            try:
+                native.succeeded(delivery.queue, delivery.id, token, result)
+            except PayloadError as err:
+                # Over the size limit once compressed: it ran, and its
+                # result cannot be kept.
+                self._refuse(token, delivery, name, result_not_stored(name, err, too_large=True), counted=False)
+                return
             self.succeeded += 1
-            native.succeeded(delivery.queue, delivery.id, token, result)
             return
         if isinstance(exc, ResultNotStored):
             self._refuse(token, delivery, name, exc, counted=False)
@@ -643,10 +649,15 @@ class Worker:
         self._report(token, delivery, name, exc, delay)
 
 
-def result_not_stored(name: str, err: BaseException) -> ResultNotStored:
-    """The error of a task that ran but returned what JSON cannot carry."""
+def result_not_stored(name: str, err: BaseException, too_large: bool = False) -> ResultNotStored:
+    """The error of a task that ran but returned what cannot be stored:
+    what JSON cannot carry, or more than the size limit."""
+    hint = (
+        f"return at most {MAX_PAYLOAD} bytes once encoded (keep large data elsewhere and return its key)"
+        if too_large
+        else "return JSON types (str, int, float, bool, None, lists, dicts with string keys)"
+    )
     return ResultNotStored(
         f"task {name} ran, but its return value cannot be stored: {err}. "
-        "It is not retried (its effects would repeat); return JSON types (str, int, float, bool, None, "
-        "lists, dicts with string keys)"
+        f"It is not retried (its effects would repeat); {hint}"
     )
