@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .limits import MAX_ERROR_TEXT
+
 try:
     import orjson
 
@@ -141,7 +143,7 @@ def decode_call_with_options(data: bytes) -> tuple[str, list[Any], dict[str, Any
 
 # The server keeps at most this much error text per task (docs/PROTOCOL.md,
 # "Limits"); records are built to fit, since a cut one is not JSON.
-MAX_ERROR_BYTES = 64 * 1024
+MAX_ERROR_BYTES = MAX_ERROR_TEXT
 # What one earlier attempt keeps at most before older attempts lose theirs.
 _KEEP_MESSAGE = 4096
 _KEEP_TRACEBACK = 4096
