@@ -12,6 +12,7 @@
 //! hashes with a random seed, which decides nothing observable).
 
 pub mod codec;
+pub mod layout;
 pub mod order;
 pub mod task;
 #[cfg(test)]
@@ -118,6 +119,10 @@ pub struct TaskQueue {
     woken: u64,
     /// Heap bytes of the tasks themselves (ids, payloads, extras).
     task_bytes: usize,
+    /// Whether anything changed since the caller last asked
+    /// (`take_changed`): the command layer replicates only commands that
+    /// changed something.
+    changed: bool,
 }
 
 impl Default for TaskQueue {
@@ -166,6 +171,7 @@ impl TaskQueue {
             meta,
             woken: 0,
             task_bytes: 0,
+            changed: false,
         }
     }
 
@@ -185,6 +191,11 @@ impl TaskQueue {
     /// How many tasks became ready since the last call.
     pub fn take_woken(&mut self) -> u64 {
         std::mem::take(&mut self.woken)
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Bytes the queue holds on the heap, for `MEMORY USAGE` and `INFO`.
@@ -226,6 +237,7 @@ impl TaskQueue {
     }
 
     fn insert(&mut self, task: Task) -> u32 {
+        self.changed = true;
         let hash = self.hash(task.id());
         self.task_bytes += task.heap_bytes();
         let slot = self.slab.insert(task);
@@ -236,6 +248,7 @@ impl TaskQueue {
     }
 
     fn unindex(&mut self, slot: u32) {
+        self.changed = true;
         let hash = self.hash(self.slab.id(slot));
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
@@ -263,6 +276,7 @@ impl TaskQueue {
 
     /// Changes a task, keeping the byte count right.
     fn update<T>(&mut self, slot: u32, f: impl FnOnce(&mut Task) -> T) -> T {
+        self.changed = true;
         let task = self.slab.get_mut(slot);
         let before = task.heap_bytes();
         let out = f(task);
@@ -874,10 +888,12 @@ impl TaskQueue {
     }
 
     pub fn pause(&mut self) {
+        self.changed = true;
         self.meta.paused = true;
     }
 
     pub fn resume(&mut self) {
+        self.changed = true;
         if self.meta.paused {
             self.woken += self.ready as u64;
         }
@@ -935,6 +951,24 @@ impl TaskQueue {
             self.slab.remove(front);
         }
         self.lanes.drop_if_empty(priority);
+    }
+
+    /// Hands every byte allocation of the tasks, from slot `start` on, to
+    /// `f` (which may move it: defragmentation), until `f` asks to stop;
+    /// then returns the slot to continue from, or None when done.
+    pub fn relocate_allocations(
+        &mut self,
+        start: u32,
+        mut f: impl FnMut(&mut Box<[u8]>) -> bool,
+    ) -> Option<u32> {
+        for slot in start..self.slab.capacity() as u32 {
+            if let Some(task) = self.slab.try_get_mut(slot) {
+                if !task.relocate(&mut f) {
+                    return Some(slot + 1);
+                }
+            }
+        }
+        None
     }
 
     /// Every task's full state, in a canonical order (ready by priority and
