@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vtasks_client::*;
-use vtasks_testkit::Server;
+use vtasks_testkit::{Server, Target};
 
 /// A client of the test target's engine (`VTASKS_TARGET`): the same tests
 /// run with the module and with the scripts.
@@ -298,10 +298,19 @@ async fn wait_replicas_returns_once_a_replica_holds_the_enqueue() {
         .unwrap();
     assert_eq!(added, [true]);
     // Acknowledged means the replica has it, with no further wait.
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg("{durable}:t:t1")
-        .query(&mut admin)
-        .unwrap();
+    let exists: i64 = if Target::current().uses_scripts() {
+        redis::cmd("EXISTS")
+            .arg("{durable}:t:t1")
+            .query(&mut admin)
+            .unwrap()
+    } else {
+        let task: redis::Value = redis::cmd("VTASKS.GET")
+            .arg("{durable}")
+            .arg("t1")
+            .query(&mut admin)
+            .unwrap();
+        (task != redis::Value::Nil) as i64
+    };
     assert_eq!(
         exists, 1,
         "the replica holds the task when the enqueue returns"

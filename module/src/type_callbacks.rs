@@ -16,7 +16,12 @@ use crate::metrics;
 fn log_io(io: *mut raw::RedisModuleIO, message: &str) {
     let text = CString::new(message.replace('\0', "?")).unwrap_or_default();
     unsafe {
-        raw::RedisModule_LogIOError.unwrap()(io, c"warning".as_ptr(), c"%s".as_ptr(), text.as_ptr());
+        raw::RedisModule_LogIOError.unwrap()(
+            io,
+            c"warning".as_ptr(),
+            c"%s".as_ptr(),
+            text.as_ptr(),
+        );
     }
 }
 
@@ -141,7 +146,10 @@ pub unsafe extern "C" fn free(value: *mut c_void) {
 
 /// About one allocation per task: above the server's threshold (64), `DEL`
 /// with lazy freeing and `UNLINK` free the queue off the main thread.
-pub unsafe extern "C" fn free_effort(_key: *mut raw::RedisModuleString, value: *const c_void) -> usize {
+pub unsafe extern "C" fn free_effort(
+    _key: *mut raw::RedisModuleString,
+    value: *const c_void,
+) -> usize {
     catch_unwind(AssertUnwindSafe(|| unsafe { queue(value) }.len() + 1)).unwrap_or(1)
 }
 
@@ -191,7 +199,8 @@ pub unsafe extern "C" fn defrag(
             // either leaves one in place (null) or copies it and frees the
             // old one, whose box must then be forgotten, not dropped.
             unsafe { relocate(ctx, alloc, bytes) };
-            unsafe { should_stop(ctx) } == 0
+            let stop = unsafe { should_stop(ctx) };
+            stop == 0
         });
         match next {
             Some(slot) => {
@@ -204,8 +213,7 @@ pub unsafe extern "C" fn defrag(
     .unwrap_or(0)
 }
 
-type DefragAlloc =
-    unsafe extern "C" fn(*mut raw::RedisModuleDefragCtx, *mut c_void) -> *mut c_void;
+type DefragAlloc = unsafe extern "C" fn(*mut raw::RedisModuleDefragCtx, *mut c_void) -> *mut c_void;
 
 /// # Safety
 /// `bytes` was allocated by the server's allocator.
@@ -216,9 +224,8 @@ unsafe fn relocate(ctx: *mut raw::RedisModuleDefragCtx, alloc: DefragAlloc, byte
     }
     let moved = unsafe { alloc(ctx, bytes.as_mut_ptr().cast::<c_void>()) };
     if !moved.is_null() {
-        let fresh: Box<[u8]> = unsafe {
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(moved.cast::<u8>(), len))
-        };
+        let fresh: Box<[u8]> =
+            unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(moved.cast::<u8>(), len)) };
         std::mem::forget(std::mem::replace(bytes, fresh));
     }
 }

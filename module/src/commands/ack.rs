@@ -4,7 +4,7 @@ use redis_module_macros::command;
 use super::{statuses, write_one, Clock};
 use crate::args::unknown_option;
 use crate::core::keys::*;
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::{item_count, parse_ack_item};
 
 /// VTASKS.ACK <queue> <n> <id> <token> <result> [<id> <token> <result> ...] [KEEP <ms>]
@@ -24,7 +24,7 @@ use crate::parse::{item_count, parse_ack_item};
     }],
 })]
 fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let n = item_count(a, "ACK", 3)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
@@ -37,7 +37,10 @@ fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 other => return Err(unknown_option(other)),
             }
         }
-        let outcomes = queue::ack(store, keys, &items, keep, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.ack(&items, keep, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

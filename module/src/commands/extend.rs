@@ -3,7 +3,7 @@ use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
 use crate::core::keys::*;
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::parse_lease_refs;
 
 /// VTASKS.EXTEND <queue> <lease-ms> <n> <id> <token> [<id> <token> ...]
@@ -23,11 +23,14 @@ use crate::parse::parse_lease_refs;
     }],
 })]
 fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let lease = a.next_int("lease", 1, MAX_DURATION_MS)?;
         let items = parse_lease_refs(a, "EXTEND")?;
         a.finish()?;
-        let outcomes = queue::extend(store, keys, &items, lease, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.extend(&items, lease, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

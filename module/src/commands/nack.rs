@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
-use crate::core::queue::{self, NackOutcome};
+use crate::core::queue::{NackOutcome, Settled};
 use crate::parse::{item_count, parse_nack_item};
 
 /// VTASKS.NACK <queue> <n> <id> <token> <retry-delay-ms | DEAD> <error> [...]
@@ -22,14 +22,17 @@ use crate::parse::{item_count, parse_nack_item};
     }],
 })]
 fn vtasks_nack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let n = item_count(a, "NACK", 4)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(parse_nack_item(a)?);
         }
         a.finish()?;
-        let outcomes = queue::nack(store, keys, &items, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.nack(&items, now)?,
+            None => vec![NackOutcome::Refused(Settled::NoTask); items.len()],
+        };
         Ok(statuses(outcomes, NackOutcome::as_str))
     })
 }

@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::parse_lease_refs;
 
 /// VTASKS.RELEASE <queue> <n> <id> <token> [<id> <token> ...]
@@ -22,10 +22,13 @@ use crate::parse::parse_lease_refs;
     }],
 })]
 fn vtasks_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let items = parse_lease_refs(a, "RELEASE")?;
         a.finish()?;
-        let outcomes = queue::release(store, keys, &items, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.release(&items, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
         Ok(statuses(outcomes, Settled::as_str))
     })
 }

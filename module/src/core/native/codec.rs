@@ -295,6 +295,11 @@ fn read_tasks(queue: &mut TaskQueue, mut r: Reader) -> VtResult<()> {
     Ok(())
 }
 
+/// Whether a chunk is a queue's first (it carries the queue-wide values).
+pub fn is_head(chunk: &[u8]) -> bool {
+    chunk.get(1) == Some(&KIND_HEAD)
+}
+
 /// A queue from its first chunk.
 pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
     let (mut r, kind) = open(chunk)?;
