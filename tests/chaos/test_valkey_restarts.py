@@ -45,7 +45,11 @@ MODES = [("always", False), ("everysec", False), ("always", True), ("everysec", 
 
 
 def missing_tasks(port: int, numbers: list[int]) -> list[int]:
-    """The numbers whose task record the server does not have."""
+    """The numbers whose task the server does not have."""
+    if TARGET == "module":
+        # The module holds the queue as one value: ask it for each task.
+        replies = command_pipeline(port, [("VTASKS.GET", "{default}", f"t{n}") for n in numbers])
+        return [n for n, task in zip(numbers, replies, strict=True) if task is None]
     replies = command_pipeline(port, [("EXISTS", f"{{default}}:t:t{n}") for n in numbers])
     return [n for n, exists in zip(numbers, replies, strict=True) if exists == 0]
 
