@@ -313,7 +313,7 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
         1 => true,
         _ => return Err(corrupt("pause flag")),
     };
-    let mut counters = [0u64; 10];
+    let mut counters = [0u64; 11];
     for c in counters.iter_mut() {
         *c = r.u()?;
     }

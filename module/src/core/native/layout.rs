@@ -14,7 +14,7 @@ use super::task::TaskImage;
 use super::{Counters, Meta, TaskQueue};
 
 /// Counter fields of the queue hash, in `Counters::to_array` order.
-const COUNTER_FIELDS: [&str; 10] = [
+const COUNTER_FIELDS: [&str; 11] = [
     "enqueued",
     "acked",
     "failed",
@@ -25,6 +25,7 @@ const COUNTER_FIELDS: [&str; 10] = [
     "requeued",
     "cancelled",
     "purged",
+    "vanished",
 ];
 
 /// What a read of the keyspace layout found.
@@ -52,7 +53,7 @@ pub fn read(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<LayoutQ
             return Err(VtError::WrongType);
         }
     }
-    let mut counters = [0u64; 10];
+    let mut counters = [0u64; 11];
     for (c, field) in counters.iter_mut().zip(COUNTER_FIELDS) {
         *c = counter(store, keys, field)?;
     }
@@ -122,6 +123,7 @@ pub fn read(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<LayoutQ
             found.keys.push(task_key);
         }
     }
+    queue.count_vanished(found.vanished);
     queue.take_changed();
     queue.take_woken();
     found.queue = queue;
