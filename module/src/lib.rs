@@ -55,7 +55,8 @@ pub fn guard<T>(f: impl FnOnce() -> VtResult<T>) -> VtResult<T> {
 #[cfg(not(test))]
 mod module_table {
     use redis_module::{
-        redis_module, AclCategory, Context, InfoContext, RedisResult, RedisString, Status,
+        redis_module, AclCategory, Context, InfoContext, NotifyEvent, RedisResult, RedisString,
+        Status,
     };
 
     use crate::data_type::QUEUE_TYPE;
@@ -78,6 +79,10 @@ mod module_table {
             .and_then(|b| b.build_info());
     }
 
+    fn on_generic_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+        crate::server_time::on_key_event(ctx, event, key);
+    }
+
     redis_module! {
         name: "vtasks",
         version: 1,
@@ -87,6 +92,9 @@ mod module_table {
         init: init,
         info: info,
         commands: [],
+        event_handlers: [
+            [@GENERIC: on_generic_event],
+        ],
     }
 }
 

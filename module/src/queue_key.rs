@@ -272,6 +272,14 @@ impl<'c> QueueAccess<'c> {
     }
 }
 
+/// When the queue under `name` next needs maintenance, if `name` holds a
+/// queue of the module's type.
+pub fn next_due_of(ctx: &Context, name: &[u8]) -> Option<Option<i64>> {
+    RawKey::open(ctx.ctx, name, false)
+        .queue()
+        .map(|queue| queue.next_due())
+}
+
 /// What `{name}` holds.
 pub fn kind_of(ctx: &Context, keys: &QueueKeys) -> Kind {
     RawKey::open(ctx.ctx, keys.queue(), false).kind()

@@ -161,6 +161,18 @@ fn rediscover(ctx: &Context) {
     arm(ctx);
 }
 
+/// A queue arrived under a key by a command that is not the module's
+/// (`RESTORE`, which `MIGRATE` runs on its target, `COPY`, `RENAME`): its
+/// deadlines reach the timer here.
+pub fn on_key_event(ctx: &Context, event: &str, key: &[u8]) {
+    if !matches!(event, "restore" | "copy_to" | "rename_to" | "move_to") {
+        return;
+    }
+    if let Some(due) = queue_key::next_due_of(ctx, key) {
+        reschedule(ctx, key, due);
+    }
+}
+
 #[loading_event_handler]
 fn on_loading(ctx: &Context, event: LoadingSubevent) {
     if event == LoadingSubevent::Ended {
