@@ -66,6 +66,19 @@ def random_text(size: int) -> str:
     return base64.b64encode(os.urandom(size * 3 // 4)).decode()
 
 
+@vtasks.task(name="tests.huge_error", max_attempts=3)
+def huge_error(size: int) -> None:
+    """Fails with a message of ``size`` characters, and a deep traceback."""
+    record("huge_error", size)
+
+    def deeper(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("e" * size)
+        deeper(depth - 1)
+
+    deeper(300)
+
+
 @vtasks.task(name="tests.unserializable_result")
 def unserializable_result() -> object:
     return object()

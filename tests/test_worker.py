@@ -108,6 +108,97 @@ def test_failures_retry_with_backoff_then_dead_letter_with_traceback(valkey, run
     assert [d[0] for d in dead] == [task_id]
 
 
+def test_retry_delays_double_with_jitter_up_to_the_cap(valkey, runs, monkeypatch):
+    """docs/PROTOCOL.md: the delay before attempt n + 1 is
+    min(backoff * 2^(n-1), max_backoff) * uniform(0.5, 1.5). The delays the
+    worker asks for are read where it hands them to the native layer, and
+    the server's schedule (run_at after each failed attempt) is checked
+    against them."""
+    asked: list[float | None] = []
+    real = vtasks.worker._native.NativeWorker
+
+    class Recording:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._real = real(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._real, name)
+
+        def failed(self, queue: str, id: str, token: int, error: str, retry_in: float | None = None) -> None:
+            asked.append(retry_in)
+            self._real.failed(queue, id, token, error, retry_in)
+
+    monkeypatch.setattr(vtasks.worker._native, "NativeWorker", Recording)
+    backoff, cap, attempts = 0.05, 0.3, 6
+    client = vtasks.Client(valkey.url)
+    task_id = client.enqueue_call_sync(sample_tasks.boom, (1,), max_attempts=attempts)
+    worker = vtasks.Worker(client, handle_signals=False, retry_backoff=backoff, max_backoff=cap, block=0.1)
+    scheduled: dict[int, float] = {}  # attempt -> run_at - its start, as the server has them
+
+    async def run_until_dead() -> None:
+        runner = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 30
+        while (state := await client.get("default", task_id)).status != "dead":
+            assert time.monotonic() < deadline, f"never dead-lettered: {state}"
+            if state.status == "delayed" and state.run_at and state.last_attempted_at:
+                scheduled[state.attempts] = (state.run_at - state.last_attempted_at).total_seconds()
+            await asyncio.sleep(0.002)
+        await worker.close()
+        await runner
+
+    asyncio.run(run_until_dead())
+    assert run_counts(runs, "boom") == {1: attempts}
+    assert len(asked) == attempts and None not in asked, asked
+    bases = [min(backoff * 2 ** (n - 1), cap) for n in range(1, attempts + 1)]
+    ratios = [delay / base for delay, base in zip(asked, bases, strict=True)]
+    assert all(0.5 <= r <= 1.5 for r in ratios), list(zip(asked, bases, strict=True))
+    assert len(set(ratios)) == attempts, f"no jitter: {ratios}"
+    # Without the doubling the third delay would be at most 0.075 s; without
+    # the cap the sixth would be at least 0.8 s.
+    assert asked[2] >= 0.1 and asked[5] <= 0.45, asked
+    # The server holds each retry back by what the worker asked (ms on the
+    # wire): run_at is that long after the failed attempt started, plus the
+    # time the attempt and its report took.
+    assert len(scheduled) >= 3, scheduled
+    for attempt, gap in scheduled.items():
+        assert asked[attempt - 1] - 0.001 <= gap <= asked[attempt - 1] + 5.0, (attempt, gap, asked)
+
+
+def test_an_error_history_longer_than_the_limit_is_cut_to_fit_and_stays_readable(valkey, runs):
+    """Each attempt's message is 200,000 characters with a 300-frame
+    traceback: three of them are many times the 64 KiB the server keeps.
+    The worker cuts the record to fit, so what the server keeps is whole
+    JSON that names every attempt's exception (a text cut by the server
+    would not parse)."""
+    client = vtasks.Client(valkey.url)
+    task_id = client.enqueue_sync(sample_tasks.huge_error, 200_000)
+    worker = vtasks.Worker(client, handle_signals=False, retry_backoff=0.01, block=0.1)
+
+    async def run_until_dead() -> None:
+        runner = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 30
+        while (await client.get("default", task_id)).status != "dead":
+            assert time.monotonic() < deadline, "never dead-lettered"
+            await asyncio.sleep(0.02)
+        await worker.close()
+        await runner
+
+    asyncio.run(run_until_dead())
+    raw = client.native.get(None, "default", task_id)["error"]
+    text = raw if isinstance(raw, str) else raw.decode()
+    assert len(text.encode()) <= limits.MAX_ERROR_TEXT, len(text.encode())
+    assert len(text.encode()) > limits.MAX_ERROR_TEXT // 2, "the room is used"
+    error = client.get_sync("default", task_id).error
+    assert (error["exception_class"], error["attempt"]) == ("builtins.ValueError", 3)
+    message, trace = error["message"], error["traceback"]
+    assert message.startswith("eeee") and message.endswith("characters cut]"), message[-60:]
+    # A traceback keeps its end, where the exception is raised.
+    assert trace.startswith("[") and "characters cut]" in trace[:40] and trace.endswith("eeee\n"), trace[:60]
+    kept = [e["attempt"] for e in error.get("previous", [])]
+    assert all(e["exception_class"] == "builtins.ValueError" for e in error.get("previous", []))
+    assert kept == list(range(1 + error.get("omitted", 0), 3)), "earlier attempts kept in order, or counted"
+
+
 def test_a_task_longer_than_its_lease_is_renewed_and_runs_once(valkey, runs):
     client = vtasks.Client(valkey.url)
     task_id = client.enqueue_sync(sample_tasks.slow_sync, 1, 1.5)
