@@ -436,17 +436,31 @@ class Worker:
             await bridge.wait(native.release(bridge.native, unstarted))
         if self._running:
             self._abandon(await self._wait_running())
-        # A forced stop gives what is left to send a second.
-        limit = 1.0 if self._aborting else None
+        sent = True
         if self._reports:
-            await asyncio.wait(self._reports, timeout=limit)
+            sent = await self._unless_aborted(asyncio.gather(*self._reports, return_exceptions=True))
         if native is not None:
-            try:
-                await asyncio.wait_for(bridge.wait(native.close(bridge.native)), limit)
-            except TimeoutError:
-                logger.warning("worker %s stopped before its last outcomes reached Valkey", self.consumer)
+            sent = await self._unless_aborted(bridge.wait(native.close(bridge.native))) and sent
+        if not sent:
+            logger.warning("worker %s stopped before its last outcomes reached Valkey", self.consumer)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _unless_aborted(self, future: asyncio.Future[Any]) -> bool:
+        """Waits for ``future``; a forced stop, before or during the wait,
+        gives it one more second. Whether it finished."""
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        try:
+            done, _ = await asyncio.wait({future, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            if future not in done:
+                done, _ = await asyncio.wait({future}, timeout=1.0)
+            if future in done:
+                future.result()
+                return True
+            future.cancel()
+            return False
+        finally:
+            aborted.cancel()
 
     async def _wait_running(self) -> set[asyncio.Future[Any]]:
         """Waits for the running tasks until the grace period ends or a
