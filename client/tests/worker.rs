@@ -346,4 +346,107 @@ async fn a_result_over_the_size_limit_dead_letters_its_task_and_the_batch_goes_o
             assert_eq!(info.result.map(|r| r.len()), Some(limit), "{id}");
         }
     }
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Runs `rounds` batches of `per_round` tasks through one idle worker on
+/// the default options (5 s block), each batch once the previous one is
+/// done, and returns, per task, how long after its handler returned the
+/// server recorded it done (`finished_at`, same clock). `due_in`: the
+/// batch is enqueued that far in the future, all with the same run time,
+/// so it falls due together into a worker blocked on an empty queue;
+/// without it the tasks are ready at once. Handlers end a little apart
+/// (`spread` more per round), so completions land at every point of the
+/// worker's settling.
+async fn settlement_lags(
+    rounds: usize,
+    per_round: usize,
+    due_in: Option<Duration>,
+) -> Vec<(String, i64)> {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ended: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let opts = WorkerOptions {
+        concurrency: 32,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(run(
+        core,
+        {
+            let ended = ended.clone();
+            move |d: Delivery| {
+                let ended = ended.clone();
+                async move {
+                    let micros: u64 = std::str::from_utf8(&d.payload).unwrap().parse().unwrap();
+                    tokio::time::sleep(Duration::from_micros(micros)).await;
+                    ended.lock().unwrap().insert(d.id.clone(), unix_ms());
+                    Outcome::Success(None)
+                }
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    for round in 0..rounds {
+        let when = match due_in {
+            Some(delay) => When::At(unix_ms() as u64 + delay.as_millis() as u64),
+            None => When::Now,
+        };
+        let tasks: Vec<NewTask> = (0..per_round)
+            .map(|i| {
+                let micros = 20_000 + i * (300 + 200 * round);
+                NewTask {
+                    when,
+                    ..NewTask::new(format!("r{round}-t{i}"), micros.to_string().into_bytes())
+                }
+            })
+            .collect();
+        client.enqueue_many(&queue(), &tasks, None).await.unwrap();
+        let total = ((round + 1) * per_round) as i64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while client.stats(&queue()).await.unwrap().get("acked") != Some(total) {
+            assert!(std::time::Instant::now() < deadline, "round {round} never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    let ended = ended.lock().unwrap().clone();
+    let mut lags = Vec::new();
+    for (id, end) in ended {
+        let info = client.get(&queue(), &id).await.unwrap().unwrap();
+        assert_eq!(info.status, Status::Done, "{id}");
+        lags.push((id, info.finished_at.unwrap() - end));
+    }
+    assert_eq!(lags.len(), rounds * per_round);
+    lags
+}
+
+fn assert_prompt(lags: &[(String, i64)]) {
+    let late: Vec<_> = lags.iter().filter(|(_, lag)| *lag > 500).collect();
+    assert!(
+        late.is_empty(),
+        "results final more than 0.5 s after their task ended (ms): {late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_batches_falling_due_together_are_settled_as_they_end() {
+    let lags = settlement_lags(12, 20, Some(Duration::from_millis(300))).await;
+    assert_prompt(&lags);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_ending_while_the_fetch_waits_are_settled_as_they_end() {
+    let lags = settlement_lags(12, 8, None).await;
+    assert_prompt(&lags);
 }
