@@ -414,7 +414,10 @@ async fn settlement_lags(
         let total = ((round + 1) * per_round) as i64;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while client.stats(&queue()).await.unwrap().get("acked") != Some(total) {
-            assert!(std::time::Instant::now() < deadline, "round {round} never finished");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round} never finished"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
