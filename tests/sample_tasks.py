@@ -97,3 +97,11 @@ async def gauge(n: int, group: str) -> int:
     gauge_now[group] -= 1
     record("gauge", n)
     return n
+
+
+@vtasks.task(name="tests.timed")
+async def timed(n: int, seconds: float) -> int:
+    """Sleeps, then records when it ended (``time.time()``)."""
+    await asyncio.sleep(seconds)
+    record("timed", f"{n} {time.time()!r}")
+    return n

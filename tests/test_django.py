@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+from signal import SIGTERM
+import threading
+import time
 
 import pytest
 import vtasks
@@ -16,7 +20,7 @@ from vtasks.django.worker import make_worker
 
 from tests.conftest import ValkeyServer
 from tests.django_project import tasks
-from tests.test_worker import run_counts
+from tests.test_worker import assert_final_as_they_end, ended_at, run_counts, wait_acked
 
 
 @pytest.fixture
@@ -479,3 +483,93 @@ def test_an_async_task_cut_off_at_shutdown_reports_no_outcome(django_valkey, cap
     assert finished == [], "no outcome: the lease decides"
     assert "still running after the 0.2 s grace period" in caplog.text
     assert tasks.slow.get_result(result.id).status == TaskResultStatus.RUNNING, "still leased, nothing recorded"
+
+
+def test_delayed_tasks_falling_due_together_are_final_as_they_end(django_valkey, runs):
+    """Sync tasks with one run_after falling due together into an idle
+    worker on the default options, batch after batch: each result is final
+    as its task ends, not when the worker's next fetch returns."""
+    backend = task_backends["default"]
+    worker = make_worker(backend, handle_signals=False)
+    rounds, per_round = 8, 20
+    result_ids: dict[int, str] = {}
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        for r in range(rounds):
+            run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)
+            delayed = tasks.timed.using(run_after=run_after)
+            for i in range(per_round):
+                n = r * per_round + i
+                result_ids[n] = (await delayed.aenqueue(n, 0.02 + i * 0.001)).id
+            await wait_acked(backend.client, "default", (r + 1) * per_round)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(main(), 100))
+    ends = ended_at(runs, "django_timed")
+    finished = {n: tasks.timed.get_result(rid).finished_at for n, rid in result_ids.items()}
+    assert_final_as_they_end({n: finished[n].timestamp() - ends[n] for n in result_ids})
+
+
+def capped_span(results: list) -> float:
+    """Seconds from the first start to the last finish of these tasks,
+    which must all have succeeded."""
+    done = [tasks.newsletter.get_result(r.id) for r in results]
+    assert {d.status for d in done} == {TaskResultStatus.SUCCESSFUL}
+    return (max(d.finished_at for d in done) - min(d.started_at for d in done)).total_seconds()
+
+
+def test_runworker_serves_a_capped_queue_as_its_cap_frees(valkey, settings, runs):
+    """README settings: 100 ten-millisecond tasks on a queue capped at 5,
+    `runworker --concurrency 20`. The worker must not wait in a blocking
+    fetch on the other queue (5 s) while the capped one has work and room."""
+    point_tasks_at(settings, valkey.url, QUEUE_CONCURRENCY={"emails": 5})
+    results = [tasks.newsletter.enqueue(n) for n in range(100)]
+    client = task_backends["default"].client
+    finished = threading.Event()
+
+    def stop_once_done() -> None:
+        deadline = time.monotonic() + 60
+        while client.stats_sync("emails")["acked"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not finished.is_set():
+            os.kill(os.getpid(), SIGTERM)  # runworker's graceful stop
+
+    threading.Thread(target=stop_once_done, daemon=True).start()
+    try:
+        call_command("runworker", "--concurrency", "20")
+    finally:
+        finished.set()
+    assert sorted(run_counts(runs, "django_newsletter")) == list(range(100))
+    span = capped_span(results)
+    assert span < 3, f"100 tasks took {span:.1f} s: the worker waited out a 5 s fetch"
+
+
+def test_the_asgi_worker_serves_a_capped_queue_as_its_cap_frees(valkey, settings, runs):
+    from django.core.asgi import get_asgi_application
+    from vtasks.django.asgi import with_worker
+
+    point_tasks_at(settings, valkey.url, QUEUE_CONCURRENCY={"emails": 5})
+    results = [tasks.newsletter.enqueue(n) for n in range(100)]
+    client = task_backends["default"].client
+    app = with_worker(get_asgi_application(), concurrency=20)
+
+    async def main():
+        inbox: asyncio.Queue = asyncio.Queue()
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        lifespan = asyncio.create_task(app({"type": "lifespan"}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        await wait_acked(client, "emails", 100)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 30)
+        assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    assert sorted(run_counts(runs, "django_newsletter")) == list(range(100))
+    span = capped_span(results)
+    assert span < 3, f"100 tasks took {span:.1f} s: the worker waited out a 5 s fetch"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import signal
 import subprocess
@@ -392,3 +393,112 @@ def test_a_queue_concurrency_cap_limits_running_tasks_of_that_queue(valkey, runs
     assert sample_tasks.gauge_peak["free"] > 2, "the other queue still used the free slots"
     with pytest.raises(ValueError, match="does not serve"):
         vtasks.Worker(client, queues=["a"], queue_concurrency={"b": 1})
+
+
+def ended_at(path: Path, kind: str) -> dict[int, float]:
+    """When each task recorded as ``kind <n> <time.time()>`` ended."""
+    ends = {}
+    for line in path.read_text().splitlines():
+        k, rest = line.split(" ", 1)
+        if k == kind:
+            n, when = rest.split()
+            ends[int(n)] = float(when)
+    return ends
+
+
+async def wait_acked(client: vtasks.Client, queue: str, total: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (await client.stats(queue))["acked"] < total:
+        assert time.monotonic() < deadline, f"fewer than {total} tasks done"
+        await asyncio.sleep(0.02)
+
+
+def assert_final_as_they_end(lags: dict[int, float]) -> None:
+    """Each result was final (the server's ``finished_at``) within 0.5 s
+    of its task's end; a result that waits for the worker's next fetch
+    waits out its 5 s block."""
+    late = {n: round(lag, 3) for n, lag in lags.items() if lag > 0.5}
+    assert not late, f"results final more than 0.5 s after their task ended (s): {late}"
+
+
+def test_tasks_ending_while_the_worker_waits_are_final_as_they_end(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    worker = vtasks.Worker(client, handle_signals=False)  # defaults: a fetch waits up to 5 s
+    rounds, per_round = 10, 6
+    ids: dict[int, str] = {}
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        for r in range(rounds):
+            # Ending a little apart, more so each round, so that endings
+            # fall at every point of the worker's settling.
+            for i in range(per_round):
+                n = r * per_round + i
+                ids[n] = await client.enqueue(sample_tasks.timed, n, 0.02 + i * 0.001 * (r + 1))
+            await wait_acked(client, "default", (r + 1) * per_round)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(main(), 100))
+    ends = ended_at(runs, "timed")
+    finished = {n: client.get_sync("default", task_id).finished_at for n, task_id in ids.items()}
+    assert_final_as_they_end({n: finished[n].timestamp() - ends[n] for n in ids})
+
+
+def test_an_unreachable_server_is_logged_once_when_lost_and_once_when_back(valkey, runs, caplog):
+    caplog.set_level(logging.WARNING, logger="vtasks.worker")
+    client = vtasks.Client(valkey.url)
+    worker = vtasks.Worker(client, handle_signals=False)
+
+    def records(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "vtasks.worker" and text in r.getMessage()]
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        await client.enqueue(sample_tasks.add, 1, 1)
+        await wait_acked(client, "default", 1)
+        valkey.stop()
+        await until(lambda: records("unreachable"), "the loss was never logged")
+        # The worker keeps retrying (with backoff) and says nothing more.
+        retries = worker.stats["reconnects"]
+        await until(lambda: worker.stats["reconnects"] >= retries + 3, "the worker stopped retrying")
+        valkey.start()
+        await until(lambda: records("is back"), "the return was never logged")
+        await client.enqueue(sample_tasks.add, 2, 2)
+        await wait_acked(client, "default", 1)
+        await until(lambda: run_counts(runs, "add").get(2) == 1, "no task ran after the return")
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(main(), 100))
+    assert [r.levelno for r in records("unreachable")] == [logging.WARNING]
+    assert [r.levelno for r in records("is back")] == [logging.WARNING]
+
+
+def test_a_running_worker_holds_two_connections(valkey):
+    worker = vtasks.Worker(valkey.url, handle_signals=False, concurrency=4)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        for n in range(20):
+            await worker.client.enqueue(sample_tasks.add, n, n)
+        await wait_acked(worker.client, "default", 20)
+        # Everything ran, so the worker waits in a blocking fetch: every
+        # connection it opened on the way is still there.
+        deadline = time.monotonic() + 30
+        while not any("b" in c["flags"] for c in valkey.clients()):
+            assert time.monotonic() < deadline, valkey.clients()
+            await asyncio.sleep(0.01)
+        connections = valkey.clients()
+        await worker.close()
+        await runner
+        return connections
+
+    connections = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(connections) == 2, f"the shared command connection and the fetch connection: {connections}"

@@ -120,7 +120,13 @@ async fn bad_urls_and_absent_servers_are_clear_errors() {
     assert!(err.is_connection(), "{err}");
 }
 
-#[tokio::test]
+/// Until the fetch connection `id` waits server-side, so the wake-up (or
+/// the unblock) that follows is what ends its wait.
+async fn wait_blocked(server: &Server, id: i64) {
+    tokio::task::block_in_place(|| server.wait_blocked(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     let server = Server::start();
     let client = connect(&server).await;
@@ -136,7 +142,7 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
         let fetch = fetch.clone();
         async move { (fetcher.fetch(&fetch).await, fetcher) }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_blocked(&server, id).await;
     client
         .enqueue(&queue, NewTask::new("x", b"1".to_vec()))
         .await
@@ -145,7 +151,7 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     assert_eq!(got.unwrap().tasks[0].id, "x");
 
     let waiting = tokio::spawn(async move { fetcher.fetch(&fetch).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_blocked(&server, id).await;
     let started = std::time::Instant::now();
     assert!(client.unblock(id).await.unwrap());
     let got = waiting.await.unwrap().unwrap();

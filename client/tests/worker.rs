@@ -453,3 +453,54 @@ async fn tasks_ending_while_the_fetch_waits_are_settled_as_they_end() {
     let lags = settlement_lags(12, 8, None).await;
     assert_prompt(&lags);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_holds_two_connections() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ids = enqueue_n(&client, 20).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = Arc::new(Mutex::new(0));
+    let opts = WorkerOptions {
+        concurrency: 4,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let worker = tokio::spawn(run(
+        WorkerCore::new(client.clone(), opts).unwrap(),
+        {
+            let done = done.clone();
+            move |_d: Delivery| {
+                let done = done.clone();
+                async move {
+                    *done.lock().unwrap() += 1;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    // Once everything ran, the worker waits in a blocking fetch: every
+    // connection it ever opened is still there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let blocked = loop {
+        let clients = tokio::task::block_in_place(|| server.clients());
+        let blocked = clients
+            .iter()
+            .any(|c| c.get("flags").is_some_and(|f| f.contains('b')));
+        if *done.lock().unwrap() == ids.len() && blocked {
+            break clients;
+        }
+        assert!(std::time::Instant::now() < deadline, "{clients:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        blocked.len(),
+        2,
+        "the shared command connection and the fetch connection: {blocked:?}"
+    );
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+}

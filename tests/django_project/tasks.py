@@ -99,3 +99,18 @@ def sleeps(seconds: float) -> str:
     while time.monotonic() < deadline and not os.path.exists(release):
         time.sleep(0.02)
     return "slept"
+
+
+@task
+def timed(n: int, seconds: float) -> int:
+    """Sleeps, then records when it ended (``time.time()``)."""
+    time.sleep(seconds)
+    record("django_timed", f"{n} {time.time()!r}")
+    return n
+
+
+@task(queue_name="emails")
+def newsletter(n: int) -> int:
+    time.sleep(0.01)
+    record("django_newsletter", n)
+    return n

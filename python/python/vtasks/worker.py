@@ -306,10 +306,12 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal)
         self._native.start()
         logger.info("worker %s serving %s, concurrency %d", self.consumer, self.queues, self.concurrency)
+        watcher = asyncio.create_task(self._log_connection(bridge))
         try:
             await self._loop(bridge)
         finally:
             await self._shutdown(bridge)
+            watcher.cancel()
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -372,6 +374,22 @@ class Worker:
 
     def _quota_reached(self) -> bool:
         return self.max_tasks is not None and self._taken >= self.max_tasks
+
+    async def _log_connection(self, bridge: LoopBridge) -> None:
+        """Logs once when the server becomes unreachable and once when it
+        is back; the native core retries by itself meanwhile."""
+        native = self._native
+        assert native is not None
+        up = True
+        while True:
+            error = await bridge.wait(native.connection_changed(bridge.native, up))
+            if (error is None) == up:
+                return  # closed
+            up = error is None
+            if up:
+                logger.warning("worker %s: the connection to Valkey is back", self.consumer)
+            else:
+                logger.warning("worker %s: Valkey is unreachable, retrying: %s", self.consumer, error)
 
     def stop(self) -> None:
         """Requests a graceful shutdown; call it on the worker's event loop
