@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-from signal import SIGTERM
 import threading
 import time
+from signal import SIGTERM
 
 import pytest
 import vtasks
