@@ -7,8 +7,9 @@
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
-#   make bench   every benchmark: module (and scripts engine), Python, and
-#                the comparison below; writes benchmarks/results/*.md
+#   make bench   every benchmark: module (and scripts engine), Python, the
+#                enqueue-to-result latency and the comparison below; writes
+#                benchmarks/results/*.md and sections of benchmarks/RESULTS.md
 #   make compare vtasks against django-vtasks, Celery and RQ, on localhost
 #                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
 #                (about 30 minutes)
@@ -160,6 +161,7 @@ bench: build-release setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
+	$(PY) -m benchmarks.latency
 	$(MAKE) compare
 
 # The comparison's own virtualenv: the other systems from PyPI (pinned in

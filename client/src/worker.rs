@@ -130,11 +130,14 @@ struct Inner {
     options: WorkerOptions,
     state: Mutex<State>,
     /// A slot freed, the queues to fetch from changed, or the worker is
-    /// stopping: wakes `next_batch` waiting for a slot, and ends the wait
-    /// of a fetch in flight that no longer asks for the right queues.
-    /// `notify_waiters`: only the one `next_batch` listens, and it takes
-    /// its `Notified` before it reads the state.
+    /// stopping: wakes `next_batch` waiting for a slot. `notify_waiters`:
+    /// only the one `next_batch` listens, and it takes its `Notified`
+    /// before it reads the state.
     changed: Notify,
+    /// The queues to fetch from changed, or the worker is stopping: ends
+    /// the wait of a fetch in flight that no longer asks for the right
+    /// queues (not woken by every finished task, as `changed` is).
+    requeued: Notify,
     /// A settlement is pending that no fetch will carry: `maintain` sends
     /// it. `notify_one` stores a permit when `maintain` is busy (sending
     /// the previous ones, renewing), so none is left behind.
@@ -178,6 +181,7 @@ impl WorkerCore {
                 options,
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
+                requeued: Notify::new(),
                 settle: Notify::new(),
                 stopping: AtomicBool::new(false),
                 connection: watch::Sender::new(ConnectionState::Up),
@@ -242,6 +246,7 @@ impl WorkerCore {
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
+        self.inner.requeued.notify_waiters();
         self.inner.settle.notify_one();
     }
 
@@ -417,7 +422,7 @@ impl WorkerCore {
         let mut retry: Option<Duration> = None;
         let mut unblocking: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            let changed = self.inner.changed.notified();
+            let requeued = self.inner.requeued.notified();
             if retry.is_none() && self.fetch_is_stale(&fetch.queues) {
                 retry = Some(Duration::ZERO);
             }
@@ -428,7 +433,7 @@ impl WorkerCore {
                     }
                     return outcome;
                 }
-                _ = changed, if retry.is_none() => {}
+                _ = requeued, if retry.is_none() => {}
                 _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
                     // One at a time: a command connection that is away
                     // must not pile them up.
@@ -481,6 +486,7 @@ impl WorkerCore {
         drop(st);
         if changed {
             self.inner.changed.notify_waiters();
+            self.inner.requeued.notify_waiters();
         }
     }
 
