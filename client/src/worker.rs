@@ -226,6 +226,8 @@ impl WorkerCore {
                     lost
                 });
             }
+            // A full server answers (and has its own error and log line).
+            Err(Error::ServerFull(_)) => {}
             Err(err) if err.is_transient() => {
                 self.inner.connection.send_if_modified(|c| {
                     let up = *c == ConnectionState::Up;

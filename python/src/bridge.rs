@@ -25,7 +25,6 @@ pub enum Reply {
     Bool(bool),
     Bools(Vec<bool>),
     Int(i64),
-    Text(Option<String>),
     Words(Vec<&'static str>),
     Deliveries(Vec<Delivery>),
     Task(Option<TaskInfo>),
@@ -138,8 +137,6 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
         Reply::None => py.None(),
         Reply::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
         Reply::Int(n) => n.into_pyobject(py)?.into_any().unbind(),
-        Reply::Text(None) => py.None(),
-        Reply::Text(Some(text)) => text.into_pyobject(py)?.into_any().unbind(),
         Reply::Bools(v) => PyList::new(py, v)?.into_any().unbind(),
         Reply::Words(v) => PyList::new(py, v)?.into_any().unbind(),
         Reply::Deliveries(tasks) => {
