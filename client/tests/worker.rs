@@ -346,6 +346,7 @@ async fn a_result_over_the_size_limit_dead_letters_its_task_and_the_batch_goes_o
             assert_eq!(info.result.map(|r| r.len()), Some(limit), "{id}");
         }
     }
+}
 
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
