@@ -362,13 +362,20 @@ def test_kill_9_tasks_are_redelivered_after_the_lease_and_all_complete(valkey, r
     assert time.monotonic() - killed_at >= 0.9, "redelivered only after the lease"
 
 
-def test_valkey_restart_mid_run_the_worker_reconnects_and_finishes(valkey_aof, runs):
+@pytest.mark.parametrize("how", ["shutdown", "sigkill"])
+def test_valkey_restart_mid_run_the_worker_reconnects_and_finishes(valkey_aof, runs, how):
+    """Valkey stopped mid-run, gracefully or with SIGKILL (then it comes
+    back from its AOF, appendfsync always, with no shutdown save)."""
     client = vtasks.Client(valkey_aof.url)
     for n in range(400):
         client.enqueue_call_sync(sample_tasks.mark, (n,), {"sleep": 0.01})
     process = start_worker_process(valkey_aof.url, lease=2.0, concurrency=10)
     wait_for_runs(runs, "mark", 50)
-    valkey_aof.restart()
+    if how == "sigkill":
+        valkey_aof.kill()
+        valkey_aof.start()
+    else:
+        valkey_aof.restart()
     deadline = time.monotonic() + 60
     while len(run_counts(runs, "mark")) < 400:
         assert time.monotonic() < deadline, f"only {len(run_counts(runs, 'mark'))} of 400 ran"

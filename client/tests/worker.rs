@@ -251,6 +251,17 @@ async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
+    restart_mid_run(false).await;
+}
+
+/// The same with the server killed (SIGKILL) instead of shut down: it
+/// comes back from its AOF (`appendfsync always`), with no shutdown save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_run_is_survived() {
+    restart_mid_run(true).await;
+}
+
+async fn restart_mid_run(kill: bool) {
     let mut server = Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let client = connect(&server).await;
     let ids = enqueue_n(&client, 3_000).await;
@@ -282,7 +293,11 @@ async fn a_server_restart_mid_run_is_survived() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _server = tokio::task::spawn_blocking(move || {
-        server.restart();
+        if kill {
+            server.kill_and_restart();
+        } else {
+            server.restart();
+        }
         server
     })
     .await

@@ -263,6 +263,17 @@ impl Server {
         self.launch();
     }
 
+    /// Kills the server with SIGKILL (no shutdown: it saves nothing and
+    /// flushes nothing it had not written) and starts it again on the same
+    /// port and directory, from what it left on disk.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(mut con) = self.try_connect() {
