@@ -46,6 +46,17 @@ async def mark(n: int, sleep: float = 0.0) -> int:
     return n
 
 
+@vtasks.task(name="tests.tracked", max_attempts=5)
+async def tracked(n: int, sleep: float = 0.0) -> int:
+    """As ``mark``, and also records each start: ``tracked_start <n>
+    <pid> <unix time>``, so a test can tell which process ran what, when."""
+    record("tracked_start", f"{n} {os.getpid()} {time.time()}")
+    if sleep:
+        await asyncio.sleep(sleep)
+    record("tracked", n)
+    return n
+
+
 @vtasks.task(name="tests.slow_sync")
 def slow_sync(n: int, seconds: float) -> int:
     time.sleep(seconds)
