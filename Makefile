@@ -7,8 +7,9 @@
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
-#   make bench   every benchmark: module (and scripts engine), Python, and
-#                the comparison below; writes benchmarks/results/*.md
+#   make bench   every benchmark: module (and scripts engine), Python, the
+#                enqueue-to-result latency and the comparison below; writes
+#                benchmarks/results/*.md and sections of benchmarks/RESULTS.md
 #   make compare vtasks against django-vtasks, Celery and RQ, on localhost
 #                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
 #                (about 30 minutes)
@@ -121,13 +122,14 @@ wheel-test: build python
 # failover to a replica, network cuts and latency spikes, a task that kills
 # its worker, a million tasks for memory. `chaos` runs it at full scale on
 # the module (release build, as deployed) and on the scripts engine, on
-# Valkey and on Redis (reports: target/chaos-report*.md); `chaos-ci` the
+# Valkey and on Redis (reports: target/chaos-report*.md; each pass in which
+# every test passed rewrites its table in docs/RELIABILITY.md); `chaos-ci` the
 # same tests smaller, on the module and on Redis, as part of `make test`.
 CHAOS_PYTEST := $(PY) -m pytest tests/chaos -q -p no:cacheprovider
 chaos: build-release python-release
-	VTASKS_CHAOS=full VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
-	VTASKS_CHAOS=full VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
-	VTASKS_CHAOS=full VTASKS_TARGET=scripts-redis VTASKS_CHAOS_REPORT=target/chaos-report-redis.md $(CHAOS_PYTEST) --timeout 1800
+	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
+	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
+	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-redis VTASKS_CHAOS_REPORT=target/chaos-report-redis.md $(CHAOS_PYTEST) --timeout 1800
 
 chaos-ci: build python
 	VTASKS_CHAOS=ci $(CHAOS_PYTEST) --timeout 300
@@ -160,6 +162,7 @@ bench: build-release setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
+	$(PY) -m benchmarks.latency
 	$(MAKE) compare
 
 # The comparison's own virtualenv: the other systems from PyPI (pinned in

@@ -129,6 +129,18 @@ class ValkeyServer:
         self.stop()
         self.start()
 
+    def clients(self) -> list[dict[str, str]]:
+        """``CLIENT LIST`` of every connection but the one asking, one dict
+        of fields (``id``, ``flags``, ``cmd``, ...) per connection."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+            reply = s.makefile("rb")
+            header = reply.readline()
+            assert header.startswith(b"$"), header
+            body = reply.read(int(header[1:]) + 2)[:-2].decode()
+        listed = [dict(f.split("=", 1) for f in line.split(" ") if "=" in f) for line in body.splitlines()]
+        return [c for c in listed if c.get("cmd") != "client|list"]
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

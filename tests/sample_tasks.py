@@ -5,6 +5,7 @@ check exactly which tasks ran and how often."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 
@@ -45,6 +46,17 @@ async def mark(n: int, sleep: float = 0.0) -> int:
     return n
 
 
+@vtasks.task(name="tests.tracked", max_attempts=5)
+async def tracked(n: int, sleep: float = 0.0) -> int:
+    """As ``mark``, and also records each start: ``tracked_start <n>
+    <pid> <unix time>``, so a test can tell which process ran what, when."""
+    record("tracked_start", f"{n} {os.getpid()} {time.time()}")
+    if sleep:
+        await asyncio.sleep(sleep)
+    record("tracked", n)
+    return n
+
+
 @vtasks.task(name="tests.slow_sync")
 def slow_sync(n: int, seconds: float) -> int:
     time.sleep(seconds)
@@ -56,6 +68,26 @@ def slow_sync(n: int, seconds: float) -> int:
 def boom(n: int) -> None:
     record("boom", n)
     raise ValueError(f"boom {n}")
+
+
+@vtasks.task(name="tests.random_text")
+def random_text(size: int) -> str:
+    """``size`` characters of random base64: zstd keeps about 3/4 of it."""
+    record("random_text", size)
+    return base64.b64encode(os.urandom(size * 3 // 4)).decode()
+
+
+@vtasks.task(name="tests.huge_error", max_attempts=3)
+def huge_error(size: int) -> None:
+    """Fails with a message of ``size`` characters, and a deep traceback."""
+    record("huge_error", size)
+
+    def deeper(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("e" * size)
+        deeper(depth - 1)
+
+    deeper(300)
 
 
 @vtasks.task(name="tests.unserializable_result")
@@ -75,4 +107,12 @@ async def gauge(n: int, group: str) -> int:
     await asyncio.sleep(0.02)
     gauge_now[group] -= 1
     record("gauge", n)
+    return n
+
+
+@vtasks.task(name="tests.timed")
+async def timed(n: int, seconds: float) -> int:
+    """Sleeps, then records when it ended (``time.time()``)."""
+    await asyncio.sleep(seconds)
+    record("timed", f"{n} {time.time()!r}")
     return n

@@ -59,8 +59,12 @@ def test_concurrent_awaits_share_one_connection(valkey):
 
 def test_bad_inputs_raise_clear_exceptions(valkey):
     client = vtasks.Client(valkey.url)
-    with pytest.raises(TypeError, match="not JSON-serializable"):
+    with pytest.raises(TypeError, match="argument 0 of task tests.add is not JSON: an object is not a JSON type"):
         client.enqueue_sync(sample_tasks.add, object(), 1)
+    with pytest.raises(TypeError, match=r"argument 'b' of task tests.add is not JSON at \[0\]\['k'\]: a set"):
+        client.enqueue_sync(sample_tasks.add, 1, b=[{"k": {1, 2}}])
+    with pytest.raises(TypeError, match=r"argument 1 .* dict key 1 is an int; JSON object keys are strings"):
+        client.enqueue_sync(sample_tasks.add, 1, {1: "a"})
     with pytest.raises(ValueError, match="priority"):
         client.enqueue_call_sync(sample_tasks.add, (1, 2), priority=101)
     with pytest.raises(ValueError, match="negative"):
@@ -176,12 +180,15 @@ def test_engine_selection_and_the_module_requirement(caplog):
         assert vtasks.Client(plain.url).engine == "scripts"
         with pytest.raises(vtasks.ModuleNotLoaded, match="loadmodule"):
             vtasks.Client(plain.url, engine="module").stats_sync("default")
-        # One queue, two engines: what one enqueues the other runs.
+        # One queue is served by one engine at a time: a queue the module
+        # holds as its own type is not the scripts engine's keyspace layout
+        # (VTASKS.EXPORT writes it back as one, docs/PROTOCOL.md).
         module_client = vtasks.Client(with_module.url, engine="module")
         scripts_client = vtasks.Client(with_module.url, engine="scripts")
         task_id = module_client.enqueue_sync(sample_tasks.add, 1, 1)
-        assert scripts_client.get_sync("default", task_id).status == "ready"
-        assert scripts_client.stats_sync("default")["enqueued"] == 1
+        assert module_client.get_sync("default", task_id).status == "ready"
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            scripts_client.stats_sync("default")
     finally:
         with_module.close()
         plain.close()

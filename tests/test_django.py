@@ -7,7 +7,9 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import threading
 import time
+from signal import SIGTERM
 
 import pytest
 import vtasks
@@ -20,7 +22,7 @@ from vtasks.django.worker import make_worker
 
 from tests.conftest import ROOT, ValkeyServer
 from tests.django_project import tasks
-from tests.test_worker import run_counts
+from tests.test_worker import assert_final_as_they_end, ended_at, run_counts, wait_acked
 
 
 @pytest.fixture
@@ -149,23 +151,55 @@ def test_signals_are_sent(django_valkey, runs):
 
 
 def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
-    result = tasks.fails.enqueue(4)
-    worker = run_worker_burst()
+    finished = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append(task_result)
+
+    task_finished.connect(receiver)
+    try:
+        result = tasks.fails.enqueue(4)
+        vtasks_error = tasks.fails_in_vtasks.enqueue(5)
+        worker = run_worker_burst(concurrency=1)
+    finally:
+        task_finished.disconnect(receiver)
     failed = tasks.fails.get_result(result.id)
     assert failed.status == TaskResultStatus.FAILED
     assert failed.errors[0].exception_class is ValueError
     assert "failed 4" in failed.errors[0].traceback
     with pytest.raises(ValueError, match="Task failed"):
         _ = failed.return_value
-    assert worker.failed == 1
+    assert worker.failed == 2
+    # The worker's own result, as task_finished receivers see it.
+    assert finished[0].status == TaskResultStatus.FAILED
+    assert 'raise ValueError(f"failed {n}")' in finished[0].errors[0].traceback
+    # An exception of the extension names a class that imports.
+    assert tasks.fails_in_vtasks.get_result(vtasks_error.id).errors[0].exception_class is vtasks.QueueFull
 
 
-def test_retries_follow_max_attempts(valkey, settings, runs):
+def test_retries_follow_max_attempts_and_every_error_is_kept(valkey, settings, runs, caplog):
     point_tasks_at(settings, valkey.url, MAX_ATTEMPTS=3, RETRY_BACKOFF=0.01)
-    result = tasks.fails.enqueue(5)
-    run_worker_until(result.id, TaskResultStatus.FAILED)
+    finished: list[tuple[str, int]] = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append((task_result.status, len(task_result.errors)))
+
+    task_finished.connect(receiver)
+    try:
+        with caplog.at_level("INFO", logger="django.tasks"):
+            result = tasks.fails.enqueue(5)
+            run_worker_until(result.id, TaskResultStatus.FAILED)
+    finally:
+        task_finished.disconnect(receiver)
     assert run_counts(runs, "django_fails") == {5: 3}
-    assert tasks.fails.get_result(result.id).attempts == 3
+    failed = tasks.fails.get_result(result.id)
+    assert failed.attempts == 3
+    assert [e.exception_class for e in failed.errors] == [ValueError] * 3, "one error per failed attempt"
+    assert all('raise ValueError(f"failed {n}")' in e.traceback for e in failed.errors)
+    # A retried attempt finishes READY (to run again), the last one FAILED.
+    assert finished == [(TaskResultStatus.READY, 1), (TaskResultStatus.READY, 2), (TaskResultStatus.FAILED, 3)]
+    states = [r.getMessage().rsplit("state=", 1)[1] for r in caplog.records if "state=" in r.getMessage()]
+    assert states == ["RUNNING", "READY", "RUNNING", "READY", "RUNNING", "FAILED"], "a retry is not logged as FAILED"
 
 
 def test_only_django_task_objects_run(django_valkey, runs):
@@ -185,6 +219,38 @@ def test_only_django_task_objects_run(django_valkey, runs):
 def test_queue_names_are_validated(django_valkey):
     with pytest.raises(InvalidTask):
         tasks.add.using(queue_name="elsewhere").enqueue(1, 2)
+
+
+def test_arguments_that_are_not_json_are_named(django_valkey):
+    with pytest.raises(TypeError, match=r"argument 0 of task tests.django_project.tasks.add is not JSON: "
+                                        r"dict key 1 is an int; JSON object keys are strings"):
+        tasks.add.enqueue({1: "a"}, 2)
+    with pytest.raises(TypeError, match=r"argument 'b' of task tests.django_project.tasks.add is not JSON at "
+                                        r"\['x'\]: a set is not a JSON type \(use a list\)"):
+        tasks.add.enqueue(1, b={"x": {1, 2}})
+    with pytest.raises(TypeError, match="argument 1 .* is not JSON"):
+        asyncio.run(tasks.add.aenqueue(1, {2: 3}))
+
+
+def test_a_return_value_that_cannot_be_stored_fails_the_task_without_a_retry(valkey, settings, runs):
+    point_tasks_at(settings, valkey.url, MAX_ATTEMPTS=3, RETRY_BACKOFF=0.01)
+    result = tasks.returns_a_set.enqueue(3)
+    worker = run_worker_burst()
+    assert run_counts(runs, "django_returns_a_set") == {3: 1}, "ran once: its effects are not repeated"
+    failed = tasks.returns_a_set.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert failed.errors[-1].exception_class is vtasks.ResultNotStored
+    assert "ran, but its return value cannot be stored" in failed.errors[-1].traceback
+    assert worker.dead_lettered == 1
+
+
+def test_get_result_of_a_task_that_is_not_a_django_task(django_valkey):
+    client = task_backends["default"].client
+    for task_id, body in [("plain", {"task": "os.system", "args": [], "kwargs": {}}),
+                          ("gone", {"task": "tests.django_project.tasks.removed", "args": [], "kwargs": {}})]:
+        client.enqueue_payload_sync("default", vtasks.payloads.dumps(body), id=task_id)
+        with pytest.raises(TaskResultDoesNotExist, match="not a Django task result"):
+            tasks.add.get_result(f"{task_id}@default")
 
 
 @reaching_server()
@@ -295,9 +361,20 @@ def test_a_worker_embedded_in_the_asgi_lifespan(django_valkey, runs):
 
 
 def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):
-    first = tasks.refresh_cache.enqueue("home")
-    again = tasks.refresh_cache.enqueue("home")
-    other = tasks.refresh_cache.enqueue("about")
+    enqueued = []
+
+    def receiver(sender, task_result, **kwargs):
+        enqueued.append(task_result.args)
+
+    task_enqueued.connect(receiver)
+    try:
+        first = tasks.refresh_cache.enqueue("home")
+        again = tasks.refresh_cache.enqueue("home")
+        other = asyncio.run(tasks.refresh_cache.aenqueue("about"))
+        asyncio.run(tasks.refresh_cache.aenqueue("about"))
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert enqueued == [["home"], ["about"]], "task_enqueued only for tasks enqueued"
     assert first.id == again.id != other.id
     assert task_backends["default"].client.stats_sync("default")["ready"] == 2, "the duplicate was not added"
     run_worker_burst()
@@ -342,11 +419,28 @@ def test_runworker_worker_id_and_max_tasks(django_valkey, runs, capsys):
     call_command("runworker", "--concurrency", "1", "--max-tasks", "5", "--worker-id", "box-1")
     out = capsys.readouterr().out
     assert "vtasks worker box-1" in out
-    done = sum(run_counts(runs, "django_add").values())
-    assert 5 <= done < 30, f"stopped after about 5 tasks, ran {done}"
+    assert sum(run_counts(runs, "django_add").values()) == 5
+    call_command("runworker", "--max-tasks", "3")  # concurrency 10 and prefetch: still exactly 3
+    assert sum(run_counts(runs, "django_add").values()) == 8
     stats = task_backends["default"].client.stats_sync("default")
     assert stats["leased"] == 0, "nothing left leased"
-    assert stats["acked"] + stats["ready"] == 30
+    assert (stats["acked"], stats["ready"]) == (8, 22)
+
+
+def test_runworker_refuses_what_it_cannot_run(django_valkey):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="no task backend 'other' in settings.TASKS"):
+        call_command("runworker", "--backend", "other")
+    with pytest.raises(CommandError, match="--max-tasks must be at least 1"):
+        call_command("runworker", "--max-tasks", "0")
+
+
+def test_runworker_help_says_what_burst_waits_for():
+    from vtasks.django.management.commands.runworker import Command
+
+    text = " ".join(Command().create_parser("manage.py", "runworker").format_help().split())
+    assert "failed tasks waiting for their retry stay queued" in text
 
 
 def test_queues_are_served_in_the_order_of_the_setting(valkey, settings, runs, capsys):
@@ -432,3 +526,118 @@ def test_a_sigkilled_worker_fails_nothing_and_a_replacement_finishes_its_tasks(d
         state = backend.client.get_sync("default", result.id.split("@")[0])
         assert state is not None
         assert (state.failed_attempts, state.lost_leases, state.max_lost_leases) == (0, 1, 3)
+
+def test_an_async_task_cut_off_at_shutdown_reports_no_outcome(django_valkey, caplog):
+    result = tasks.slow.enqueue(30)
+    worker = make_worker(task_backends["default"], handle_signals=False, block=0.2, grace=0.2)
+    finished = []
+
+    def receiver(sender, task_result, **kwargs):
+        finished.append(task_result.status)
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        while (await tasks.slow.aget_result(result.id)).status != TaskResultStatus.RUNNING:
+            await asyncio.sleep(0.02)
+        await worker.close()
+        await runner
+
+    task_finished.connect(receiver)
+    try:
+        with caplog.at_level("WARNING", logger="vtasks"):
+            asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        task_finished.disconnect(receiver)
+    assert finished == [], "no outcome: the lease decides"
+    assert "still running after the 0.2 s grace period" in caplog.text
+    assert tasks.slow.get_result(result.id).status == TaskResultStatus.RUNNING, "still leased, nothing recorded"
+
+
+def test_delayed_tasks_falling_due_together_are_final_as_they_end(django_valkey, runs):
+    """Sync tasks with one run_after falling due together into an idle
+    worker on the default options, batch after batch: each result is final
+    as its task ends, not when the worker's next fetch returns."""
+    backend = task_backends["default"]
+    worker = make_worker(backend, handle_signals=False)
+    rounds, per_round = 8, 20
+    result_ids: dict[int, str] = {}
+
+    async def main():
+        runner = asyncio.create_task(worker.run())
+        for r in range(rounds):
+            run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)
+            delayed = tasks.timed.using(run_after=run_after)
+            for i in range(per_round):
+                n = r * per_round + i
+                result_ids[n] = (await delayed.aenqueue(n, 0.02 + i * 0.001)).id
+            await wait_acked(backend.client, "default", (r + 1) * per_round)
+        await worker.close()
+        await runner
+
+    asyncio.run(asyncio.wait_for(main(), 100))
+    ends = ended_at(runs, "django_timed")
+    finished = {n: tasks.timed.get_result(rid).finished_at for n, rid in result_ids.items()}
+    assert_final_as_they_end({n: finished[n].timestamp() - ends[n] for n in result_ids})
+
+
+def capped_span(results: list) -> float:
+    """Seconds from the first start to the last finish of these tasks,
+    which must all have succeeded."""
+    done = [tasks.newsletter.get_result(r.id) for r in results]
+    assert {d.status for d in done} == {TaskResultStatus.SUCCESSFUL}
+    return (max(d.finished_at for d in done) - min(d.started_at for d in done)).total_seconds()
+
+
+def test_runworker_serves_a_capped_queue_as_its_cap_frees(valkey, settings, runs):
+    """README settings: 100 ten-millisecond tasks on a queue capped at 5,
+    `runworker --concurrency 20`. The worker must not wait in a blocking
+    fetch on the other queue (5 s) while the capped one has work and room."""
+    point_tasks_at(settings, valkey.url, QUEUE_CONCURRENCY={"emails": 5})
+    results = [tasks.newsletter.enqueue(n) for n in range(100)]
+    client = task_backends["default"].client
+    finished = threading.Event()
+
+    def stop_once_done() -> None:
+        deadline = time.monotonic() + 60
+        while client.stats_sync("emails")["acked"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not finished.is_set():
+            os.kill(os.getpid(), SIGTERM)  # runworker's graceful stop
+
+    threading.Thread(target=stop_once_done, daemon=True).start()
+    try:
+        call_command("runworker", "--concurrency", "20")
+    finally:
+        finished.set()
+    assert sorted(run_counts(runs, "django_newsletter")) == list(range(100))
+    span = capped_span(results)
+    assert span < 3, f"100 tasks took {span:.1f} s: the worker waited out a 5 s fetch"
+
+
+def test_the_asgi_worker_serves_a_capped_queue_as_its_cap_frees(valkey, settings, runs):
+    from django.core.asgi import get_asgi_application
+    from vtasks.django.asgi import with_worker
+
+    point_tasks_at(settings, valkey.url, QUEUE_CONCURRENCY={"emails": 5})
+    results = [tasks.newsletter.enqueue(n) for n in range(100)]
+    client = task_backends["default"].client
+    app = with_worker(get_asgi_application(), concurrency=20)
+
+    async def main():
+        inbox: asyncio.Queue = asyncio.Queue()
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        lifespan = asyncio.create_task(app({"type": "lifespan"}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        await wait_acked(client, "emails", 100)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 30)
+        assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    assert sorted(run_counts(runs, "django_newsletter")) == list(range(100))
+    span = capped_span(results)
+    assert span < 3, f"100 tasks took {span:.1f} s: the worker waited out a 5 s fetch"

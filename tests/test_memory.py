@@ -18,7 +18,7 @@ from vtasks.django.checks import reaching_server
 
 from tests import sample_tasks
 from tests.chaos.harness import command
-from tests.conftest import ValkeyServer
+from tests.conftest import TARGET, ValkeyServer
 from tests.django_project import tasks
 from tests.test_django import point_tasks_at, run_worker_burst
 from tests.test_worker import burst, run_counts
@@ -147,6 +147,13 @@ def test_an_evicting_policy_is_warned_about_on_connect_by_check_and_by_runworker
 def test_a_task_whose_record_vanished_is_counted_and_dropped(valkey, runs):
     client = vtasks.Client(valkey.url)
     ids = [client.enqueue_sync(sample_tasks.add, n, 0) for n in range(3)]
+    if TARGET == "module":
+        # The module holds the whole queue as one value: there is no task
+        # key to lose (eviction takes a queue whole or not at all).
+        assert command(valkey.port, "DEL", f"{{default}}:t:{ids[1]}") == 0
+        assert burst(client).succeeded == 3
+        assert client.stats_sync("default")["vanished"] == 0
+        return
     # Evicted, or deleted by hand: its id stays in the ready set.
     assert command(valkey.port, "DEL", f"{{default}}:t:{ids[1]}") == 1
     worker = burst(client)

@@ -36,4 +36,4 @@ pub use queue::QueueName;
 /// Limits and defaults of the protocol, the same numbers the module and the
 /// scripts engine check.
 pub use vtasks_protocol;
-pub use worker::{run, Outcome, WorkerCore, WorkerOptions, WorkerStats};
+pub use worker::{run, ConnectionState, Outcome, WorkerCore, WorkerOptions, WorkerStats};

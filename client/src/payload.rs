@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 
+use vtasks_protocol::MAX_PAYLOAD;
 /// Payloads larger than this are compressed; never inflate one beyond
 /// `MAX_DECODED` (a compressed bomb).
 pub use vtasks_protocol::{COMPRESS_ABOVE, MAX_DECODED};
@@ -23,6 +24,19 @@ pub fn compress(json: Vec<u8>) -> Result<Vec<u8>> {
         return Ok(json);
     }
     zstd::bulk::compress(&json, LEVEL).map_err(|e| Error::Payload(e.to_string()))
+}
+
+/// Refuses an encoded payload or result the server would refuse: larger
+/// than `MAX_PAYLOAD` (16 MiB) once compressed. `what` names it in the
+/// message, as the server's error does (`payload`, `result`).
+pub fn check_size(what: &str, encoded: &[u8]) -> Result<()> {
+    if encoded.len() > MAX_PAYLOAD {
+        return Err(Error::Payload(format!(
+            "{what} of {} bytes exceeds the limit of {MAX_PAYLOAD} bytes",
+            encoded.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The JSON text of a payload, decompressed if needed.

@@ -6,8 +6,12 @@
 //!   batch);
 //! - renews the leases of running tasks, one EXTEND per queue per interval,
 //!   so leases can be short and a dead worker's tasks come back quickly;
-//! - when a fetch is blocked (the queues are empty, so round trips are
-//!   cheap), sends settlements at once instead of waiting for it;
+//! - a task that finishes while a fetch is in flight (which may wait
+//!   server-side for up to `block`) is settled at once on the command
+//!   connection, never behind the fetch; one that finishes between fetches
+//!   goes with the next;
+//! - a fetch waiting on empty queues is ended early when a queue held back
+//!   at its per-queue limit may be served again, or when stopping;
 //! - on shutdown, stops fetching, lets running tasks finish within a grace
 //!   period and gives back the ones never started without counting an
 //!   attempt;
@@ -18,13 +22,13 @@
 //! blocking fetch. `run` drives it with an async handler; other runtimes
 //! (the Python worker) call `next_batch` and `complete` themselves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::client::{BlockingFetcher, Client};
 use crate::engine::Engine;
@@ -105,6 +109,15 @@ pub struct WorkerStats {
     pub round_trips: u64,
 }
 
+/// Whether the worker reaches its server, as its last command found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Up,
+    /// Unreachable (or refusing to serve for now) since a command failed
+    /// with this error; the worker keeps retrying.
+    Lost(String),
+}
+
 #[derive(Default)]
 struct State {
     /// Leased to this worker and not yet settled: (queue, id) -> token.
@@ -113,7 +126,13 @@ struct State {
     nacks: Vec<Nack>,
     /// Queues the caller asked not to fetch from for now (at their own
     /// concurrency limit).
-    held_back: std::collections::HashSet<QueueName>,
+    held_back: HashSet<QueueName>,
+    /// A fetch is in flight. Set and cleared under this lock in the same
+    /// step that takes the settlements it carries, so `complete` knows
+    /// whether the next fetch will carry its settlement or the fetch in
+    /// flight (which may wait server-side for up to `block`) is past
+    /// taking it, and `maintain` must send it.
+    fetching: bool,
     stats: WorkerStats,
 }
 
@@ -121,12 +140,23 @@ struct Inner {
     client: Client,
     options: WorkerOptions,
     state: Mutex<State>,
-    /// A slot freed or a settlement is waiting.
+    /// A slot freed, the queues to fetch from changed, or the worker is
+    /// stopping: wakes `next_batch` waiting for a slot. `notify_waiters`:
+    /// only the one `next_batch` listens, and it takes its `Notified`
+    /// before it reads the state.
     changed: Notify,
+    /// The queues to fetch from changed, or the worker is stopping: ends
+    /// the wait of a fetch in flight that no longer asks for the right
+    /// queues (not woken by every finished task, as `changed` is).
+    requeued: Notify,
+    /// A settlement is pending that no fetch will carry: `maintain` sends
+    /// it. `notify_one` stores a permit when `maintain` is busy (sending
+    /// the previous ones, renewing), so none is left behind.
+    settle: Notify,
     stopping: AtomicBool,
-    /// A fetch is in flight and may be blocked server-side.
-    fetching: AtomicBool,
-    /// `CLIENT ID` of the fetch connection, to end its wait on shutdown.
+    connection: watch::Sender<ConnectionState>,
+    /// `CLIENT ID` of the fetch connection last used: a new one means the
+    /// worker reconnected.
     fetch_connection: AtomicI64,
 }
 
@@ -134,6 +164,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct WorkerCore {
     inner: Arc<Inner>,
+}
+
+/// What `next_batch` does next.
+enum Plan {
+    /// Nothing can be fetched (no free slot, every queue held back): wait
+    /// for a change, after sending these settlements, which no fetch will.
+    Wait(Vec<Ack>, Vec<Nack>),
+    /// Fetch, settling these with it; `aside` are settlements of
+    /// held-back queues, which a FETCHN cannot carry.
+    Fetch(Fetch, Vec<Ack>, Vec<Nack>),
 }
 
 impl WorkerCore {
@@ -155,8 +195,10 @@ impl WorkerCore {
                 options,
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
+                requeued: Notify::new(),
+                settle: Notify::new(),
                 stopping: AtomicBool::new(false),
-                fetching: AtomicBool::new(false),
+                connection: watch::Sender::new(ConnectionState::Up),
                 fetch_connection: AtomicI64::new(0),
             }),
         })
@@ -191,133 +233,252 @@ impl WorkerCore {
         self.inner.stopping.load(Ordering::SeqCst)
     }
 
+    /// Whether the worker reaches its server, as a watch: it changes once
+    /// when a command finds the server unreachable and once when one gets
+    /// through again (for logging; the worker retries by itself).
+    pub fn connection(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.connection.subscribe()
+    }
+
+    /// Records what a command's outcome says about the connection.
+    fn note_connection<T>(&self, outcome: &Result<T>) {
+        match outcome {
+            Ok(_) => {
+                self.inner.connection.send_if_modified(|c| {
+                    let lost = matches!(c, ConnectionState::Lost(_));
+                    *c = ConnectionState::Up;
+                    lost
+                });
+            }
+            // A full server answers (and has its own error and log line).
+            Err(Error::ServerFull(_)) => {}
+            Err(err) if err.is_transient() => {
+                self.inner.connection.send_if_modified(|c| {
+                    let up = *c == ConnectionState::Up;
+                    if up {
+                        *c = ConnectionState::Lost(err.to_string());
+                    }
+                    up
+                });
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Stops fetching: `next_batch` returns at once from now on, and a
     /// fetch waiting server-side is ended early (its tasks, if any arrive,
-    /// are returned to the caller, who should release them).
-    pub async fn stop(&self) {
+    /// are returned to the caller, who should release them). Tasks still
+    /// running are settled as they finish.
+    pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
-        let id = self.inner.fetch_connection.load(Ordering::SeqCst);
-        if self.inner.fetching.load(Ordering::SeqCst) && id != 0 {
-            let _ = self.inner.client.unblock(id).await;
-        }
+        self.inner.requeued.notify_waiters();
+        self.inner.settle.notify_one();
     }
 
     /// The next batch of tasks: as many as there are free slots. Waits for
     /// a free slot first; blocks server-side up to `block` when the queues
     /// are empty and then returns an empty batch. Returns an empty batch at
-    /// once when stopping. Survives connection loss by retrying with
-    /// backoff, keeping its pending settlements. A server that refuses the
-    /// fetch for lack of memory (`Error::ServerFull`: an older module, or a
-    /// function library it cannot load while full) is returned at once,
-    /// settlements kept, so the caller can say so; calling again retries.
+    /// once when stopping, and early when a held-back queue is released
+    /// while the fetch waits (the next call asks for it too). Survives
+    /// connection loss by retrying with backoff, keeping its pending
+    /// settlements. A server that refuses the fetch for lack of memory
+    /// (`Error::ServerFull`: an older module, or a function library it
+    /// cannot load while full) is returned at once, settlements kept, so
+    /// the caller can say so; calling again retries.
     pub async fn next_batch(&self, fetcher: &mut BlockingFetcher) -> Result<Vec<Delivery>> {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.is_stopping() {
                 return Ok(Vec::new());
             }
+            // Taken before the state is read, so no change after the read
+            // is missed.
             let changed = self.inner.changed.notified();
-            let (free, queues, acks, nacks) = {
-                let mut st = self.state();
-                let free = self
-                    .inner
-                    .options
-                    .concurrency
-                    .saturating_sub(st.running.len());
-                let queues: Vec<QueueName> = self
-                    .inner
-                    .options
-                    .queues
-                    .iter()
-                    .filter(|q| !st.held_back.contains(*q))
-                    .cloned()
-                    .collect();
-                if free == 0 || queues.is_empty() {
-                    (0, queues, Vec::new(), Vec::new())
-                } else {
-                    (
-                        free,
-                        queues,
-                        std::mem::take(&mut st.acks),
-                        std::mem::take(&mut st.nacks),
-                    )
+            let (fetch, aside_acks, aside_nacks) = match self.plan() {
+                Plan::Wait(acks, nacks) => {
+                    if acks.is_empty() && nacks.is_empty() {
+                        changed.await;
+                        continue;
+                    }
+                    match self.settle_now(acks, nacks).await {
+                        Ok(()) => {
+                            backoff = Duration::from_millis(50);
+                            changed.await;
+                            continue;
+                        }
+                        Err(err) if err.is_transient() => {}
+                        Err(err) => return Err(err),
+                    }
+                    self.state().stats.reconnects += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
                 }
+                Plan::Fetch(fetch, aside_acks, aside_nacks) => (fetch, aside_acks, aside_nacks),
             };
-            if free == 0 {
-                changed.await;
-                continue;
-            }
-            // A FETCHN may settle only tasks of the queues it names; tasks of
-            // held-back queues are settled with their own ACK/NACK.
-            let (acks, aside_acks): (Vec<Ack>, Vec<Ack>) =
-                acks.into_iter().partition(|a| queues.contains(&a.queue));
-            let (nacks, aside_nacks): (Vec<Nack>, Vec<Nack>) =
-                nacks.into_iter().partition(|n| queues.contains(&n.queue));
             // On failure they are kept for the next attempt.
             let _ = self.settle_now(aside_acks, aside_nacks).await;
-            let fetch = Fetch {
-                queues,
-                consumer: self.inner.options.consumer.clone(),
-                count: free,
-                lease: self.lease(),
-                block: Some(self.inner.options.block),
-                keep: self.inner.options.keep_results,
-                acks,
-                nacks,
-            };
-            self.inner.fetching.store(true, Ordering::SeqCst);
-            let outcome = match fetcher.connect().await {
-                Ok(id) => {
-                    let previous = self.inner.fetch_connection.swap(id, Ordering::SeqCst);
-                    if previous != 0 && previous != id {
-                        // Reconnected. The module cuts the leases of a
-                        // closed connection to a short grace; renewing the
-                        // running ones now keeps them.
-                        let _ = self.renew().await;
-                    }
-                    fetcher.fetch(&fetch).await
-                }
-                Err(err) => Err(err),
-            };
-            self.inner.fetching.store(false, Ordering::SeqCst);
-            match outcome {
-                Ok(fetched) => {
-                    let mut st = self.state();
-                    st.stats.round_trips += 1;
-                    st.stats.fetched += fetched.tasks.len() as u64;
-                    st.stats.stale +=
-                        fetched.acks.iter().filter(|s| **s != Settled::Ok).count() as u64;
-                    st.stats.stale += fetched
-                        .nacks
-                        .iter()
-                        .filter(|s| matches!(s, NackOutcome::Refused(_)))
-                        .count() as u64;
-                    for task in &fetched.tasks {
-                        st.running
-                            .insert((task.queue.clone(), task.id.clone()), task.token);
-                    }
-                    return Ok(fetched.tasks);
-                }
-                Err(err) => {
-                    // The settlements may or may not have been applied;
-                    // sending them again is harmless (a repeat is STALE).
-                    let mut st = self.state();
-                    put_back(&mut st, fetch.acks, fetch.nacks);
-                    // A full server is returned to the caller, which says
-                    // so once and calls again after a pause (see `run`).
-                    if let Error::ServerFull(_) = err {
-                        st.stats.server_full += 1;
-                        return Err(err);
-                    }
-                    if !err.is_transient() {
-                        return Err(err);
-                    }
-                    st.stats.reconnects += 1;
-                }
+            let outcome = self.fetch_while_current(fetcher, &fetch).await;
+            self.note_connection(&outcome);
+            match self.fetched(fetch, outcome) {
+                Ok(Some(tasks)) => return Ok(tasks),
+                Ok(None) => {}
+                Err(err) => return Err(err),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Records a fetch's outcome: its tasks (Some), or its settlements
+    /// put back after a transient error (None: try again).
+    fn fetched(&self, fetch: Fetch, outcome: Result<Fetched>) -> Result<Option<Vec<Delivery>>> {
+        let mut st = self.state();
+        st.fetching = false;
+        match outcome {
+            Ok(fetched) => {
+                st.stats.round_trips += 1;
+                st.stats.fetched += fetched.tasks.len() as u64;
+                st.stats.stale += fetched.acks.iter().filter(|s| **s != Settled::Ok).count() as u64;
+                st.stats.stale += fetched
+                    .nacks
+                    .iter()
+                    .filter(|s| matches!(s, NackOutcome::Refused(_)))
+                    .count() as u64;
+                for task in &fetched.tasks {
+                    st.running
+                        .insert((task.queue.clone(), task.id.clone()), task.token);
+                }
+                Ok(Some(fetched.tasks))
+            }
+            Err(err) => {
+                // The settlements may or may not have been applied;
+                // sending them again is harmless (a repeat is STALE).
+                put_back(&mut st, fetch.acks, fetch.nacks);
+                // A full server is returned to the caller, which says
+                // so once and calls again after a pause (see `run`).
+                if let Error::ServerFull(_) = err {
+                    st.stats.server_full += 1;
+                    return Err(err);
+                }
+                if !err.is_transient() {
+                    return Err(err);
+                }
+                st.stats.reconnects += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Decides, under one lock, between fetching and waiting, and takes
+    /// the pending settlements for whichever will send them. A fetch is
+    /// marked in flight in the same step, so a settlement recorded after
+    /// this is known to need `maintain`.
+    fn plan(&self) -> Plan {
+        let mut st = self.state();
+        let free = self
+            .inner
+            .options
+            .concurrency
+            .saturating_sub(st.running.len());
+        let queues: Vec<QueueName> = self
+            .inner
+            .options
+            .queues
+            .iter()
+            .filter(|q| !st.held_back.contains(*q))
+            .cloned()
+            .collect();
+        let acks = std::mem::take(&mut st.acks);
+        let nacks = std::mem::take(&mut st.nacks);
+        if free == 0 || queues.is_empty() {
+            return Plan::Wait(acks, nacks);
+        }
+        st.fetching = true;
+        // A FETCHN may settle only tasks of the queues it names; tasks of
+        // held-back queues are settled with their own ACK/NACK.
+        let (acks, aside_acks): (Vec<Ack>, Vec<Ack>) =
+            acks.into_iter().partition(|a| queues.contains(&a.queue));
+        let (nacks, aside_nacks): (Vec<Nack>, Vec<Nack>) =
+            nacks.into_iter().partition(|n| queues.contains(&n.queue));
+        let fetch = Fetch {
+            queues,
+            consumer: self.inner.options.consumer.clone(),
+            count: free,
+            lease: self.lease(),
+            block: Some(self.inner.options.block),
+            keep: self.inner.options.keep_results,
+            acks,
+            nacks,
+        };
+        Plan::Fetch(fetch, aside_acks, aside_nacks)
+    }
+
+    /// Whether a fetch from `queues` should end its wait: the worker is
+    /// stopping, or a queue it leaves out (held back when it started) may
+    /// be fetched from again.
+    fn fetch_is_stale(&self, queues: &[QueueName]) -> bool {
+        if self.is_stopping() {
+            return true;
+        }
+        let st = self.state();
+        self.inner
+            .options
+            .queues
+            .iter()
+            .any(|q| !st.held_back.contains(q) && !queues.contains(q))
+    }
+
+    /// Runs the fetch to its end, never dropping it half-way (its
+    /// settlements and tasks would be lost). If it goes stale while it
+    /// waits server-side, its wait is ended with `CLIENT UNBLOCK` on the
+    /// command connection. A fetch still on its way to the server (or, with
+    /// the scripts, between its calls) has no wait to end yet, so the
+    /// unblock is repeated, with backoff, until the fetch returns.
+    async fn fetch_while_current(
+        &self,
+        fetcher: &mut BlockingFetcher,
+        fetch: &Fetch,
+    ) -> Result<Fetched> {
+        let id = fetcher.connect().await?;
+        let previous = self.inner.fetch_connection.swap(id, Ordering::SeqCst);
+        if previous != 0 && previous != id {
+            // Reconnected. The module cuts the leases of a closed
+            // connection to a short grace; renewing the running ones now
+            // keeps them.
+            let _ = self.renew().await;
+        }
+        let fetching = fetcher.fetch(fetch);
+        tokio::pin!(fetching);
+        // Set once the fetch is stale: the delay before the next unblock.
+        let mut retry: Option<Duration> = None;
+        let mut unblocking: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let requeued = self.inner.requeued.notified();
+            if retry.is_none() && self.fetch_is_stale(&fetch.queues) {
+                retry = Some(Duration::ZERO);
+            }
+            tokio::select! {
+                outcome = &mut fetching => {
+                    if let Some(handle) = unblocking {
+                        handle.abort();
+                    }
+                    return outcome;
+                }
+                _ = requeued, if retry.is_none() => {}
+                _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
+                    // One at a time: a command connection that is away
+                    // must not pile them up.
+                    if unblocking.as_ref().is_none_or(|h| h.is_finished()) {
+                        let client = self.inner.client.clone();
+                        unblocking = Some(tokio::spawn(async move {
+                            let _ = client.unblock(id).await;
+                        }));
+                    }
+                    retry = retry.map(|r| (r * 2).clamp(Duration::from_millis(5), Duration::from_millis(100)));
+                }
+            }
         }
     }
 
@@ -358,18 +519,36 @@ impl WorkerCore {
         drop(st);
         if changed {
             self.inner.changed.notify_waiters();
+            self.inner.requeued.notify_waiters();
         }
     }
 
-    /// Records how a task ended; it is sent with the next fetch (or at once
-    /// if the worker is waiting on empty queues). A task not leased to this
-    /// worker is ignored.
+    /// Records how a task ended. It goes with the next fetch when none is
+    /// in flight (the caller asks for the next batch as soon as it has
+    /// handled the last one); otherwise, or when stopping, `maintain` sends
+    /// it at once on the command connection, so it never waits for a fetch
+    /// blocked on empty queues. A task not leased to this worker is
+    /// ignored.
     pub fn complete(&self, delivery: &Delivery, outcome: Outcome) {
         let mut st = self.state();
         let key = (delivery.queue.clone(), delivery.id.clone());
         if st.running.remove(&key).is_none() {
             return;
         }
+        // A result the server would refuse would fail the whole command
+        // that carries it, and with it every other settlement of the batch:
+        // the task ran, so it is dead-lettered (not retried, its effects
+        // would repeat) with the reason, and the rest go through.
+        let outcome = match outcome {
+            Outcome::Success(Some(result)) => match crate::payload::check_size("result", &result) {
+                Ok(()) => Outcome::Success(Some(result)),
+                Err(err) => Outcome::Failure {
+                    error: format!("the task ran, but its result cannot be stored: {err}"),
+                    retry: Retry::Never,
+                },
+            },
+            other => other,
+        };
         match outcome {
             Outcome::Success(result) => {
                 st.stats.succeeded += 1;
@@ -391,8 +570,12 @@ impl WorkerCore {
                 });
             }
         }
+        let no_fetch_will_carry_it = st.fetching || self.is_stopping();
         drop(st);
         self.inner.changed.notify_waiters();
+        if no_fetch_will_carry_it {
+            self.inner.settle.notify_one();
+        }
     }
 
     /// Sends pending settlements now, with ACK and NACK commands on the
@@ -405,6 +588,19 @@ impl WorkerCore {
         self.settle_now(acks, nacks).await
     }
 
+    /// `flush`, unless no fetch is in flight: then the next one carries
+    /// them (it took them already if it started meanwhile).
+    async fn flush_behind_fetch(&self) -> Result<()> {
+        let (acks, nacks) = {
+            let mut st = self.state();
+            if !st.fetching && !self.is_stopping() {
+                return Ok(());
+            }
+            (std::mem::take(&mut st.acks), std::mem::take(&mut st.nacks))
+        };
+        self.settle_now(acks, nacks).await
+    }
+
     /// Sends these settlements with their own ACK/NACK commands; puts them
     /// back in front of the pending ones if that fails.
     async fn settle_now(&self, acks: Vec<Ack>, nacks: Vec<Nack>) -> Result<()> {
@@ -412,6 +608,7 @@ impl WorkerCore {
             return Ok(());
         }
         let outcome = self.send_settlements(&acks, &nacks).await;
+        self.note_connection(&outcome);
         let mut st = self.state();
         match outcome {
             Ok((stale, trips)) => {
@@ -472,11 +669,9 @@ impl WorkerCore {
             map
         };
         for (queue, items) in by_queue {
-            let outcome = self
-                .inner
-                .client
-                .extend(&queue, &items, self.lease())
-                .await?;
+            let outcome = self.inner.client.extend(&queue, &items, self.lease()).await;
+            self.note_connection(&outcome);
+            let outcome = outcome?;
             let lost = outcome.iter().filter(|s| **s != Settled::Ok).count() as u64;
             let mut st = self.state();
             st.stats.lost_leases += lost;
@@ -509,25 +704,24 @@ impl WorkerCore {
         Ok(())
     }
 
-    /// Background duties until the worker stops: lease renewal every third
-    /// of the lease, and prompt settlement while a fetch waits on empty
-    /// queues. Errors are retried on the next tick.
+    /// Background duties, until the future is dropped (after the last
+    /// task finished or the grace ended): lease renewal every third of the
+    /// lease, and sending the settlements no fetch will carry (recorded
+    /// while a fetch was in flight, or while stopping). Errors are retried
+    /// on the next tick; settlements that failed go with the next fetch.
     pub async fn maintain(&self) {
         let renew_every = self.lease() / 3;
         let mut next_renewal = tokio::time::Instant::now() + renew_every;
-        while !self.is_stopping() {
-            let changed = self.inner.changed.notified();
+        loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_renewal) => {
                     let _ = self.renew().await;
                     next_renewal = tokio::time::Instant::now() + renew_every;
                 }
-                _ = changed => {
+                _ = self.inner.settle.notified() => {
                     // Let completions that arrive together go in one command.
                     tokio::time::sleep(Duration::from_millis(2)).await;
-                    if self.inner.fetching.load(Ordering::SeqCst) {
-                        let _ = self.flush().await;
-                    }
+                    let _ = self.flush_behind_fetch().await;
                 }
             }
         }
@@ -572,7 +766,7 @@ where
             batch = &mut fetch => batch,
             _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
-                core.stop().await;
+                core.stop();
                 fetch.await
             }
         };
@@ -613,7 +807,7 @@ where
             });
         }
     };
-    core.stop().await;
+    core.stop();
     let deadline = tokio::time::Instant::now() + grace;
     while core.running() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;

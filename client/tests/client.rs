@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vtasks_client::*;
-use vtasks_testkit::Server;
+use vtasks_testkit::{Server, Target};
 
 /// A client of the test target's engine (`VTASKS_TARGET`): the same tests
 /// run with the module and with the scripts.
@@ -120,7 +120,13 @@ async fn bad_urls_and_absent_servers_are_clear_errors() {
     assert!(err.is_connection(), "{err}");
 }
 
-#[tokio::test]
+/// Until the fetch connection `id` waits server-side, so the wake-up (or
+/// the unblock) that follows is what ends its wait.
+async fn wait_blocked(server: &Server, id: i64) {
+    tokio::task::block_in_place(|| server.wait_blocked(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     let server = Server::start();
     let client = connect(&server).await;
@@ -136,7 +142,7 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
         let fetch = fetch.clone();
         async move { (fetcher.fetch(&fetch).await, fetcher) }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_blocked(&server, id).await;
     client
         .enqueue(&queue, NewTask::new("x", b"1".to_vec()))
         .await
@@ -145,7 +151,7 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     assert_eq!(got.unwrap().tasks[0].id, "x");
 
     let waiting = tokio::spawn(async move { fetcher.fetch(&fetch).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_blocked(&server, id).await;
     let started = std::time::Instant::now();
     assert!(client.unblock(id).await.unwrap());
     let got = waiting.await.unwrap().unwrap();
@@ -298,10 +304,19 @@ async fn wait_replicas_returns_once_a_replica_holds_the_enqueue() {
         .unwrap();
     assert_eq!(added, [true]);
     // Acknowledged means the replica has it, with no further wait.
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg("{durable}:t:t1")
-        .query(&mut admin)
-        .unwrap();
+    let exists: i64 = if Target::current().uses_scripts() {
+        redis::cmd("EXISTS")
+            .arg("{durable}:t:t1")
+            .query(&mut admin)
+            .unwrap()
+    } else {
+        let task: redis::Value = redis::cmd("VTASKS.GET")
+            .arg("{durable}")
+            .arg("t1")
+            .query(&mut admin)
+            .unwrap();
+        (task != redis::Value::Nil) as i64
+    };
     assert_eq!(
         exists, 1,
         "the replica holds the task when the enqueue returns"

@@ -42,7 +42,7 @@ fn fetch(queues: &[&QueueName], count: usize) -> Fetch {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_a_command_touches_is_in_its_queues_slot() {
     let server = cluster_node();
     let mut options = ClientOptions::new(server.url());
@@ -103,6 +103,7 @@ async fn every_key_a_command_touches_is_in_its_queues_slot() {
 
     // A blocking fetch sleeps on the wake list and an enqueue wakes it.
     let mut fetcher = client.blocking_fetcher();
+    let fetcher_id = fetcher.connect().await.unwrap();
     let mut blocking = fetch(&[&queue], 100);
     blocking.block = Some(Duration::from_secs(10));
     let drained = fetcher.fetch(&blocking).await.unwrap();
@@ -114,7 +115,9 @@ async fn every_key_a_command_touches_is_in_its_queues_slot() {
         let got = fetcher.fetch(&request).await.unwrap();
         (got.tasks.len(), started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Enqueued once the fetch sleeps on the wake list, so the wake-up,
+    // not the first look, hands it over.
+    tokio::task::block_in_place(|| server.wait_blocked(fetcher_id));
     client
         .enqueue(&queue, NewTask::new("late", b"{}".to_vec()))
         .await

@@ -251,6 +251,17 @@ async fn shutdown_lets_running_tasks_finish_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
+    restart_mid_run(false).await;
+}
+
+/// The same with the server killed (SIGKILL) instead of shut down: it
+/// comes back from its AOF (`appendfsync always`), with no shutdown save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_run_is_survived() {
+    restart_mid_run(true).await;
+}
+
+async fn restart_mid_run(kill: bool) {
     let mut server = Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let client = connect(&server).await;
     let ids = enqueue_n(&client, 3_000).await;
@@ -282,7 +293,11 @@ async fn a_server_restart_mid_run_is_survived() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _server = tokio::task::spawn_blocking(move || {
-        server.restart();
+        if kill {
+            server.kill_and_restart();
+        } else {
+            server.restart();
+        }
         server
     })
     .await
@@ -304,6 +319,206 @@ async fn a_server_restart_mid_run_is_survived() {
     // their lease expired); at most one batch of them.
     let twice = seen.values().filter(|n| **n > 1).count();
     assert!(twice <= 20, "{twice} tasks ran twice");
+}
+
+/// A result the server would refuse (over 16 MiB once encoded) would fail
+/// the whole FETCHN that carries the batch's settlements. The worker core
+/// dead-letters that task with the reason, and the rest of the batch is
+/// acknowledged as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_size_limit_dead_letters_its_task_and_the_batch_goes_on() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ids = enqueue_n(&client, 20).await;
+    let limit = vtasks_protocol::MAX_PAYLOAD;
+    let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
+    let stats = run(
+        core,
+        move |d: Delivery| async move {
+            let size = if d.id == "task-7" { limit + 1 } else { limit };
+            Outcome::Success(Some(vec![b'x'; size]))
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!((stats.succeeded, stats.failed), (19, 1), "{stats:?}");
+    for id in &ids {
+        let info = client.get(&queue(), id).await.unwrap().unwrap();
+        if id == "task-7" {
+            assert_eq!(info.status, Status::Dead);
+            let error = info.error.unwrap();
+            assert!(
+                error.contains(&format!(
+                    "result of {} bytes exceeds the limit of {limit} bytes",
+                    limit + 1
+                )),
+                "{error}"
+            );
+        } else {
+            assert_eq!(info.status, Status::Done, "{id}");
+            assert_eq!(info.result.map(|r| r.len()), Some(limit), "{id}");
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Runs `rounds` batches of `per_round` tasks through one idle worker on
+/// the default options (5 s block), each batch once the previous one is
+/// done, and returns, per task, how long after its handler returned the
+/// server recorded it done (`finished_at`, same clock). `due_in`: the
+/// batch is enqueued that far in the future, all with the same run time,
+/// so it falls due together into a worker blocked on an empty queue;
+/// without it the tasks are ready at once. Handlers end a little apart
+/// (`spread` more per round), so completions land at every point of the
+/// worker's settling.
+async fn settlement_lags(
+    rounds: usize,
+    per_round: usize,
+    due_in: Option<Duration>,
+) -> Vec<(String, i64)> {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ended: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let opts = WorkerOptions {
+        concurrency: 32,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(run(
+        core,
+        {
+            let ended = ended.clone();
+            move |d: Delivery| {
+                let ended = ended.clone();
+                async move {
+                    let micros: u64 = std::str::from_utf8(&d.payload).unwrap().parse().unwrap();
+                    tokio::time::sleep(Duration::from_micros(micros)).await;
+                    ended.lock().unwrap().insert(d.id.clone(), unix_ms());
+                    Outcome::Success(None)
+                }
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    for round in 0..rounds {
+        let when = match due_in {
+            Some(delay) => When::At(unix_ms() as u64 + delay.as_millis() as u64),
+            None => When::Now,
+        };
+        let tasks: Vec<NewTask> = (0..per_round)
+            .map(|i| {
+                let micros = 20_000 + i * (300 + 200 * round);
+                NewTask {
+                    when,
+                    ..NewTask::new(format!("r{round}-t{i}"), micros.to_string().into_bytes())
+                }
+            })
+            .collect();
+        client.enqueue_many(&queue(), &tasks, None).await.unwrap();
+        let total = ((round + 1) * per_round) as i64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while client.stats(&queue()).await.unwrap().get("acked") != Some(total) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round} never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    let ended = ended.lock().unwrap().clone();
+    let mut lags = Vec::new();
+    for (id, end) in ended {
+        let info = client.get(&queue(), &id).await.unwrap().unwrap();
+        assert_eq!(info.status, Status::Done, "{id}");
+        lags.push((id, info.finished_at.unwrap() - end));
+    }
+    assert_eq!(lags.len(), rounds * per_round);
+    lags
+}
+
+fn assert_prompt(lags: &[(String, i64)]) {
+    let late: Vec<_> = lags.iter().filter(|(_, lag)| *lag > 500).collect();
+    assert!(
+        late.is_empty(),
+        "results final more than 0.5 s after their task ended (ms): {late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_batches_falling_due_together_are_settled_as_they_end() {
+    let lags = settlement_lags(12, 20, Some(Duration::from_millis(300))).await;
+    assert_prompt(&lags);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_ending_while_the_fetch_waits_are_settled_as_they_end() {
+    let lags = settlement_lags(12, 8, None).await;
+    assert_prompt(&lags);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_holds_two_connections() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ids = enqueue_n(&client, 20).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = Arc::new(Mutex::new(0));
+    let opts = WorkerOptions {
+        concurrency: 4,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let worker = tokio::spawn(run(
+        WorkerCore::new(client.clone(), opts).unwrap(),
+        {
+            let done = done.clone();
+            move |_d: Delivery| {
+                let done = done.clone();
+                async move {
+                    *done.lock().unwrap() += 1;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    // Once everything ran, the worker waits in a blocking fetch: every
+    // connection it ever opened is still there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let blocked = loop {
+        let clients = tokio::task::block_in_place(|| server.clients());
+        let blocked = clients
+            .iter()
+            .any(|c| c.get("flags").is_some_and(|f| f.contains('b')));
+        if *done.lock().unwrap() == ids.len() && blocked {
+            break clients;
+        }
+        assert!(std::time::Instant::now() < deadline, "{clients:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        blocked.len(),
+        2,
+        "the shared command connection and the fetch connection: {blocked:?}"
+    );
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
 }
 
 /// The worker's fetch connection drops while a task runs (longer than the

@@ -1,19 +1,18 @@
-//! A FETCHN with nothing to hand out blocks on its queues' ready keys
+//! A FETCHN with nothing to hand out blocks on its queue keys
 //! (`RedisModule_BlockClientOnKeys`, which neither module crate wraps).
-//! Valkey calls `on_ready` whenever one of those keys is signalled: by an
-//! enqueue, by the timer promoting a delayed task or expiring a lease, by a
-//! resume. If the fetch still finds nothing (another consumer was faster),
+//! Valkey calls `on_ready` whenever one of those keys is signalled: by a
+//! command or the timer making tasks ready (an enqueue, a delayed task
+//! falling due, an expired lease, a release, a resume). If the fetch still finds nothing (another consumer was faster),
 //! the client stays blocked.
 
 use std::os::raw::{c_int, c_void};
 
 use redis_module::{raw, Context, RedisError, RedisValue};
 
-use crate::commands::fetchn::{fetch_ready, fetch_reply, replicate_woken_fetch};
+use crate::commands::fetchn::{fetch_ready, fetch_reply, replicate_woken_fetch, Queues};
 use crate::guard;
 use crate::parse::FetchRequest;
 use crate::server_time;
-use crate::valkey_store::ValkeyStore;
 
 pub struct Pending {
     pub request: FetchRequest,
@@ -31,7 +30,7 @@ pub fn block(ctx: &Context, pending: Pending, timeout_ms: i64) {
         .request
         .queues
         .iter()
-        .map(|keys| ctx.create_string(keys.ready.clone()))
+        .map(|keys| ctx.create_string(keys.queue()))
         .collect();
     let mut raw_names: Vec<*mut raw::RedisModuleString> = names.iter().map(|s| s.inner).collect();
     let privdata = Box::into_raw(Box::new(pending)).cast::<c_void>();
@@ -62,9 +61,9 @@ extern "C" fn on_ready(
     let pending = pending_of(ctx);
     let outcome = guard(|| {
         let now = server_time::now_ms();
-        let mut store = ValkeyStore::for_command(ctx);
-        let outcome = fetch_ready(&context, &mut store, &pending.request, now);
-        if store.wrote() {
+        let mut queues = Queues::new(&context, &pending.request.queues);
+        let outcome = fetch_ready(&context, &mut queues, &pending.request, now);
+        if queues.finish() {
             replicate_woken_fetch(&context, &pending.request, now);
         }
         outcome

@@ -4,10 +4,16 @@
 //! closes, its leases are cut to a short grace by the timer, whose writes
 //! replicate as native commands like the rest of its maintenance.
 //!
+//! The timer's maintenance has no client command behind it, so it is
+//! replicated (and written to the AOF) as the internal command
+//! `VTASKS.MAINTAIN <queue> NOW <ms>`: given the same queue and the same
+//! time, maintenance is deterministic, so a replica reaches the primary's
+//! state.
+//!
 //! Everything here runs on Valkey's main thread; the mutex only satisfies
 //! Rust's rules for statics and is never contended.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,10 +25,10 @@ use redis_module_macros::{loading_event_handler, role_changed_event_handler};
 use crate::core::error::VtResult;
 use crate::core::holders::{ClientId, Holders};
 use crate::core::keys::{QueueKeys, LEASE_GRACE_MS, MAINTENANCE_BATCH};
-use crate::core::queue::{self, LeaseRef};
+use crate::core::queue::LeaseRef;
 use crate::core::schedule::Schedule;
 use crate::guard;
-use crate::valkey_store::ValkeyStore;
+use crate::queue_key::{self, QueueAccess};
 
 #[derive(Default)]
 struct ServerTime {
@@ -56,21 +62,14 @@ fn is_primary(ctx: &Context) -> bool {
 
 /// After a command changed a queue: record when it next needs maintenance
 /// and make sure the timer fires by then.
-pub fn reschedule(ctx: &Context, store: &mut ValkeyStore, keys: &QueueKeys) -> VtResult<()> {
-    // Only these sets hold deadlines; a command that left them alone (an
-    // immediate enqueue, a GET) cannot have moved the queue's next deadline.
-    if !store.changed_any(&[&keys.delayed, &keys.leased, &keys.done]) {
-        return Ok(());
-    }
-    let due = queue::next_due(store, keys)?;
-    with_state(|st| st.schedule.set(keys.queue(), due));
+pub fn reschedule(ctx: &Context, queue: &[u8], due: Option<i64>) {
+    with_state(|st| st.schedule.set(queue, due));
     arm(ctx);
-    Ok(())
 }
 
 fn arm(ctx: &Context) {
     if !is_primary(ctx) {
-        return; // replicas receive the primary's maintenance as replicated writes
+        return; // replicas receive the primary's maintenance as commands
     }
     let Some(earliest) = with_state(|st| st.schedule.earliest()) else {
         return;
@@ -104,27 +103,81 @@ fn on_timer(ctx: &Context, _: ()) {
     arm(ctx);
 }
 
+/// The internal command the timer's maintenance is replicated as.
+pub const MAINTAIN_COMMAND: &str = "VTASKS.MAINTAIN";
+
 fn maintain_due_queues(ctx: &Context) -> VtResult<()> {
     let now = now_ms();
     let due = with_state(|st| st.schedule.take_due(now));
     for queue_name in due {
-        let keys = QueueKeys::parse(&queue_name)?;
-        let mut store = ValkeyStore::replicating_effects(ctx.ctx);
+        let Ok(keys) = QueueKeys::parse(&queue_name) else {
+            continue;
+        };
         let cuts = with_state(|st| st.holders.take_pending(&queue_name));
         if !cuts.is_empty() {
-            let refs: Vec<LeaseRef> = cuts
-                .iter()
-                .map(|(id, token)| LeaseRef { id, token: *token })
-                .collect();
-            queue::cut_leases(&mut store, &keys, &refs, now + LEASE_GRACE_MS)?;
+            cut_orphaned_leases(ctx, &keys, &cuts, now)?;
         }
-        let report = queue::maintain(&mut store, &keys, now, MAINTENANCE_BATCH)?;
-        let next = if report.more {
-            Some(now) // more was due than one pass handles: continue next tick
-        } else {
-            queue::next_due(&mut store, &keys)?
+        let mut access = QueueAccess::new(ctx, keys);
+        let more = match access.queue() {
+            Ok(Some(queue)) => queue.maintain(now, MAINTENANCE_BATCH)?.more,
+            // Gone, or replaced by another type: nothing to keep time for.
+            Ok(None) | Err(_) => continue,
         };
-        with_state(|st| st.schedule.set(&queue_name, next));
+        if access.finish() {
+            let name = ctx.create_string(MAINTAIN_COMMAND);
+            let args = [ctx.create_string(queue_name.as_slice())];
+            crate::commands::replicate(ctx, &name, &args, Some(1), now, &[]);
+        }
+        if more {
+            // More was due than one pass handles: continue next tick.
+            with_state(|st| st.schedule.set(&queue_name, Some(now)));
+        }
+    }
+    Ok(())
+}
+
+/// The internal command a cut of orphaned leases is replicated as.
+pub const CUT_COMMAND: &str = "VTASKS.CUTLEASES";
+
+/// Cuts leases whose connections all closed to end a grace from now
+/// (`LEASE_GRACE_MS`), and replicates the cut as
+/// `VTASKS.CUTLEASES <queue> <until> <n> <id> <token> ... NOW <ms>`:
+/// which leases were orphaned is known only to this primary.
+fn cut_orphaned_leases(
+    ctx: &Context,
+    keys: &QueueKeys,
+    cuts: &[(Vec<u8>, i64)],
+    now: i64,
+) -> VtResult<()> {
+    let until = now + LEASE_GRACE_MS;
+    let refs: Vec<LeaseRef> = cuts
+        .iter()
+        .map(|(id, token)| LeaseRef { id, token: *token })
+        .collect();
+    let mut access = QueueAccess::new(ctx, keys.clone());
+    match access.queue() {
+        Ok(Some(queue)) => {
+            queue.cut_leases(&refs, until, now);
+        }
+        // Gone, or replaced by another type: no lease to cut.
+        Ok(None) | Err(_) => return Ok(()),
+    }
+    if access.finish() {
+        let mut words: Vec<Vec<u8>> = vec![
+            keys.queue().to_vec(),
+            until.to_string().into_bytes(),
+            cuts.len().to_string().into_bytes(),
+        ];
+        for (id, token) in cuts {
+            words.push(id.clone());
+            words.push(token.to_string().into_bytes());
+        }
+        let args: Vec<_> = words
+            .iter()
+            .map(|w| ctx.create_string(w.as_slice()))
+            .collect();
+        let name = ctx.create_string(CUT_COMMAND);
+        crate::commands::replicate(ctx, &name, &args, Some(args.len()), now, &[]);
     }
     Ok(())
 }
@@ -204,20 +257,17 @@ pub fn add_blocked(queues: &[QueueKeys], delta: i64) {
 }
 
 /// The schedule lives in memory. After loading a dataset (restart, AOF or
-/// RDB) and when a replica becomes primary, queues with leases, delayed tasks
-/// or kept results are found by scanning the keyspace once, so their leases
-/// expire even if no consumer touches them again.
+/// RDB) and when a replica becomes primary, the queues are found by one
+/// scan of the keyspace, so their leases expire even if no consumer
+/// touches them again.
 fn rediscover(ctx: &Context) {
-    let queues = queues_with_schedules(ctx);
     let outcome = guard(|| {
-        for queue_name in queues {
-            let Ok(keys) = QueueKeys::parse(&queue_name) else {
-                continue; // a foreign key that merely ends like ours
-            };
-            let mut store = ValkeyStore::read_only(ctx.ctx);
-            let due = queue::next_due(&mut store, &keys).unwrap_or(None);
-            with_state(|st| st.schedule.set(&queue_name, due));
-        }
+        let found = queue_key::native_queues(ctx);
+        with_state(|st| {
+            for (queue, due) in found {
+                st.schedule.set(&queue, due);
+            }
+        });
         Ok(())
     });
     if let Err(err) = outcome {
@@ -226,84 +276,16 @@ fn rediscover(ctx: &Context) {
     arm(ctx);
 }
 
-/// The names of queues that have a leased, delayed or done set, from one
-/// pass over the keyspace. Scans with the server's API directly rather than
-/// the `redis-module` crate's `KeysCursor`, whose callback retains every
-/// key name it is handed and never releases it (one leaked string per key
-/// per scan, found with valgrind).
-fn queues_with_schedules(ctx: &Context) -> BTreeSet<Vec<u8>> {
-    extern "C" fn collect(
-        _ctx: *mut raw::RedisModuleCtx,
-        key_name: *mut raw::RedisModuleString,
-        _key: *mut raw::RedisModuleKey,
-        found: *mut c_void,
-    ) {
-        // Nothing here can panic; the guard keeps it that way across the FFI.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: `found` is the set passed to RedisModule_Scan below,
-            // alive for the whole scan; the key name is valid during the
-            // callback and only borrowed.
-            let found = unsafe { &mut *found.cast::<BTreeSet<Vec<u8>>>() };
-            let mut len = 0usize;
-            let ptr = unsafe { raw::RedisModule_StringPtrLen.unwrap()(key_name, &mut len) };
-            if ptr.is_null() {
-                return;
-            }
-            let name = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
-            for suffix in [&b":leased"[..], b":delayed", b":done"] {
-                if let Some(queue) = name.strip_suffix(suffix) {
-                    found.insert(queue.to_vec());
-                }
-            }
-        }));
-    }
-    let mut found = BTreeSet::new();
-    // SAFETY: the cursor is created, used and destroyed here, on the main
-    // thread holding the server lock (a server event callback).
-    unsafe {
-        let cursor = raw::RedisModule_ScanCursorCreate.unwrap()();
-        while raw::RedisModule_Scan.unwrap()(
-            ctx.ctx,
-            cursor,
-            Some(collect),
-            (&mut found as *mut BTreeSet<Vec<u8>>).cast::<c_void>(),
-        ) != 0
-        {}
-        raw::RedisModule_ScanCursorDestroy.unwrap()(cursor);
-    }
-    found
-}
-
-/// Deadlines written by something other than this module's commands (the
-/// scripts engine running on the same server, while a deployment moves
-/// between engines) reach the schedule through keyspace events: a `zadd`
-/// to a queue's delayed, leased or done set reschedules that queue. The
-/// module's own writes go through the key API, which raises no events.
-pub fn on_zset_event(ctx: &Context, event: &str, key: &[u8]) {
-    if event != "zadd" {
+/// A queue arrived under a key by a command that is not the module's
+/// (`RESTORE`, which `MIGRATE` runs on its target, `COPY`, `RENAME`): its
+/// deadlines reach the timer here.
+pub fn on_key_event(ctx: &Context, event: &str, key: &[u8]) {
+    if !matches!(event, "restore" | "copy_to" | "rename_to" | "move_to") {
         return;
     }
-    let Some(queue_name) = [&b":delayed"[..], b":leased", b":done"]
-        .iter()
-        .find_map(|suffix| key.strip_suffix(*suffix))
-    else {
-        return;
-    };
-    let outcome = guard(|| {
-        let Ok(keys) = QueueKeys::parse(queue_name) else {
-            return Ok(()); // a foreign key that merely ends like ours
-        };
-        let mut store = ValkeyStore::read_only(ctx.ctx);
-        let due = queue::next_due(&mut store, &keys)?;
-        with_state(|st| st.schedule.set(keys.queue(), due));
-        Ok(())
-    });
-    if let Err(err) = outcome {
-        ctx.log_warning(&format!(
-            "vtasks: rescheduling after a foreign write failed: {err}"
-        ));
+    if let Some(due) = queue_key::next_due_of(ctx, key) {
+        reschedule(ctx, key, due);
     }
-    arm(ctx);
 }
 
 #[loading_event_handler]

@@ -1,14 +1,10 @@
-//! `Store` over Valkey's module key API.
-//!
-//! Replication comes in two forms (see docs/DECISIONS.md). A command's writes
-//! are replicated by the command layer as the command itself with its clock
-//! reading attached, one cheap call per command; the store only records that
-//! something was written. The timer, which has no command to replicate,
-//! uses a store that replicates each write as the native command with the
-//! same resolved effect (`ZADD`, `HSET`, `PEXPIREAT` with absolute times).
+//! `Store` over Valkey's module key API: how the module reads and writes a
+//! queue kept in the keyspace layout (the scripts engine's), to adopt it
+//! into its own data type, to export one back, and to answer read-only
+//! commands on a queue not adopted yet. Writes are not replicated here: the
+//! command that made them is.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::{c_char, c_int};
 use std::ptr;
@@ -124,60 +120,27 @@ fn take_bytes(ctx: *mut raw::RedisModuleCtx, s: *mut raw::RedisModuleString) -> 
 pub struct ValkeyStore {
     ctx: *mut raw::RedisModuleCtx,
     mode: c_int,
-    /// Replicate each write as a native command (timer), or leave
-    /// replication to the caller (commands).
-    effects: bool,
-    wrote: bool,
-    /// Sorted sets this store added to or removed from.
-    changed_sets: Vec<Vec<u8>>,
     /// Keys opened during this command; a command touches each key several
     /// times, so each is opened once and closed when the store drops.
     open: OpenKeys,
 }
 
 impl ValkeyStore {
-    fn new(ctx: *mut raw::RedisModuleCtx, mode: c_int, effects: bool) -> Self {
+    fn new(ctx: *mut raw::RedisModuleCtx, mode: c_int) -> Self {
         ValkeyStore {
             ctx,
             mode,
-            effects,
-            wrote: false,
-            changed_sets: Vec::new(),
             open: OpenKeys::with_capacity_and_hasher(32, Default::default()),
         }
     }
 
-    /// For a command, which replicates itself when `wrote()` says so.
+    /// For a command, which replicates itself.
     pub fn for_command(ctx: *mut raw::RedisModuleCtx) -> Self {
-        Self::new(ctx, MODE_READ | MODE_WRITE, false)
-    }
-
-    /// For work with no command behind it (the timer): every write is
-    /// replicated as its native effect.
-    pub fn replicating_effects(ctx: *mut raw::RedisModuleCtx) -> Self {
-        Self::new(ctx, MODE_READ | MODE_WRITE, true)
+        Self::new(ctx, MODE_READ | MODE_WRITE)
     }
 
     pub fn read_only(ctx: *mut raw::RedisModuleCtx) -> Self {
-        Self::new(ctx, MODE_READ, false)
-    }
-
-    /// Whether anything was written through this store.
-    pub fn wrote(&self) -> bool {
-        self.wrote
-    }
-
-    /// Whether any of these sorted sets changed through this store.
-    pub fn changed_any(&self, sets: &[&[u8]]) -> bool {
-        self.changed_sets
-            .iter()
-            .any(|k| sets.contains(&k.as_slice()))
-    }
-
-    fn note_set_change(&mut self, key: &[u8]) {
-        if !self.changed_sets.iter().any(|k| k == key) {
-            self.changed_sets.push(key.to_vec());
-        }
+        Self::new(ctx, MODE_READ)
     }
 
     fn key(&mut self, name: &[u8]) -> *mut raw::RedisModuleKey {
@@ -228,29 +191,6 @@ impl ValkeyStore {
             _ => Err(VtError::WrongType),
         }
     }
-
-    /// Records a write; true when the caller must replicate it as its
-    /// native effect.
-    fn record_write(&mut self) -> bool {
-        self.wrote = true;
-        self.effects
-    }
-
-    /// Replicates `cmd` with arguments given as byte strings.
-    fn replicate(&self, cmd: &str, args: &[&[u8]]) {
-        let owned: Vec<ModString> = args.iter().map(|a| ModString::new(self.ctx, a)).collect();
-        let mut argv: Vec<*mut raw::RedisModuleString> = owned.iter().map(|s| s.ptr).collect();
-        let cmd = CString::new(cmd).expect("constant command name");
-        unsafe {
-            raw::RedisModule_Replicate.unwrap()(
-                self.ctx,
-                cmd.as_ptr(),
-                c"v".as_ptr(),
-                argv.as_mut_ptr(),
-                argv.len(),
-            );
-        }
-    }
 }
 
 impl Drop for ValkeyStore {
@@ -272,10 +212,6 @@ impl Store for ValkeyStore {
         if status != OK {
             return Err(VtError::WrongType);
         }
-        self.note_set_change(key);
-        if self.record_write() {
-            self.replicate("ZADD", &[key, score.to_string().as_bytes(), member]);
-        }
         Ok(())
     }
 
@@ -287,12 +223,7 @@ impl Store for ValkeyStore {
         let m = ModString::new(self.ctx, member);
         let mut deleted: c_int = 0;
         unsafe { raw::RedisModule_ZsetRem.unwrap()(k, m.ptr, &mut deleted) };
-        if deleted != 0 {
-            self.note_set_change(key);
-            if self.record_write() {
-                self.replicate("ZREM", &[key, member]);
-            }
-        }
+
         Ok(deleted != 0)
     }
 
@@ -417,15 +348,6 @@ impl Store for ValkeyStore {
                 };
             }
         }
-        if self.record_write() {
-            let owned: Vec<Vec<u8>> = fields.iter().map(|(_, v)| v.to_bytes()).collect();
-            let mut args: Vec<&[u8]> = vec![key];
-            for ((name, _), value) in fields.iter().zip(&owned) {
-                args.push(name.as_bytes());
-                args.push(value);
-            }
-            self.replicate("HSET", &args);
-        }
         Ok(())
     }
 
@@ -434,23 +356,16 @@ impl Store for ValkeyStore {
             return Ok(());
         }
         let k = self.writable_key(key, KeyKind::Hash)?;
-        let mut removed: Vec<&[u8]> = vec![key];
         for name in fields {
-            let n = unsafe {
+            unsafe {
                 raw::RedisModule_HashSet.unwrap()(
                     k,
                     HASH_NONE,
                     field_string(name),
                     raw::REDISMODULE_HASH_DELETE as *mut raw::RedisModuleString,
                     ptr::null_mut::<c_char>(),
-                )
-            };
-            if n > 0 {
-                removed.push(name.as_bytes());
+                );
             }
-        }
-        if removed.len() > 1 && self.record_write() {
-            self.replicate("HDEL", &removed);
         }
         Ok(())
     }
@@ -465,9 +380,6 @@ impl Store for ValkeyStore {
         let k = self.key(key);
         if Self::kind_of(k) != KeyKind::Missing {
             unsafe { raw::RedisModule_DeleteKey.unwrap()(k) };
-            if self.record_write() {
-                self.replicate("DEL", &[key]);
-            }
         }
         Ok(())
     }
@@ -479,9 +391,6 @@ impl Store for ValkeyStore {
             return Ok(());
         }
         unsafe { raw::RedisModule_SetAbsExpire.unwrap()(k, at_ms) };
-        if self.record_write() {
-            self.replicate("PEXPIREAT", &[key, at_ms.to_string().as_bytes()]);
-        }
         Ok(())
     }
 
@@ -525,11 +434,6 @@ impl Store for ValkeyStore {
             if status != OK {
                 return Err(VtError::Internal("could not push a wake-up token".into()));
             }
-        }
-        if self.record_write() {
-            let mut args: Vec<&[u8]> = vec![key];
-            args.extend(std::iter::repeat_n(&b"1"[..], n as usize));
-            self.replicate("RPUSH", &args);
         }
         Ok(())
     }

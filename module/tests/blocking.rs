@@ -82,6 +82,65 @@ fn a_delayed_task_falling_due_wakes_a_blocked_consumer() {
     );
 }
 
+/// A deadline written while a consumer already waits, due `due_ms` after
+/// `written`: the consumer gets the task once it is due, not when its wait
+/// would have ended. The scripts decide a sleep's length when it starts, so
+/// this checks that they wake a sleeper that would sleep past it.
+fn assert_woken_when_due(waiter: thread::JoinHandle<(Fetched, Duration)>, written: Instant) {
+    let (got, _) = waiter.join().unwrap();
+    let since = written.elapsed();
+    assert_eq!(ids(&got.tasks).len(), 1);
+    assert!(
+        since >= Duration::from_millis(300),
+        "not before it is due: {since:?}"
+    );
+    assert!(
+        since < Duration::from_secs(5),
+        "woken when due, not at the end of the wait: {since:?}"
+    );
+}
+
+#[test]
+fn a_delayed_task_enqueued_while_a_consumer_waits_wakes_it_when_due() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]); // creates the queue so STATS answers
+    query(&mut con, &["VTASKS.RESUME", "{q}"]);
+    let waiter = blocked_fetch(&server, "{q}");
+    wait_blocked(&mut con, "{q}", 1);
+    let written = Instant::now();
+    query(
+        &mut con,
+        &[
+            "VTASKS.ENQUEUE",
+            "{q}",
+            "TASK",
+            "later",
+            "{}",
+            "DELAY",
+            "300",
+        ],
+    );
+    assert_woken_when_due(waiter, written);
+}
+
+#[test]
+fn a_retry_written_while_a_consumer_waits_wakes_it_when_due() {
+    let server = Server::start();
+    let mut con = server.connect();
+    query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "t", "{}"]);
+    let first = fetch(&mut con, &["1", "{q}", "CONSUMER", "first"]);
+    let token = first.tasks[0].token.to_string();
+    let waiter = blocked_fetch(&server, "{q}");
+    wait_blocked(&mut con, "{q}", 1);
+    let written = Instant::now();
+    query(
+        &mut con,
+        &["VTASKS.NACK", "{q}", "1", "t", &token, "300", "failed"],
+    );
+    assert_woken_when_due(waiter, written);
+}
+
 #[test]
 fn an_expired_lease_wakes_another_consumer() {
     let server = Server::start();

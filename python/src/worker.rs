@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use vtasks_client::ConnectionState;
 use vtasks_client::{
     payload, BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions,
 };
@@ -23,6 +24,8 @@ pub struct NativeWorker {
     core: WorkerCore,
     fetcher: Arc<AsyncMutex<BlockingFetcher>>,
     maintenance: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set by `close`: ends the waits of `connection_changed`.
+    closed: watch::Sender<bool>,
 }
 
 fn delivery(queue: &str, id: String, token: i64) -> PyResult<Delivery> {
@@ -66,6 +69,7 @@ impl NativeWorker {
             core,
             fetcher: Arc::new(AsyncMutex::new(fetcher)),
             maintenance: std::sync::Mutex::new(None),
+            closed: watch::Sender::new(false),
         })
     }
 
@@ -88,7 +92,9 @@ impl NativeWorker {
         })
     }
 
-    /// A task succeeded; `result` is its encoded result, if any.
+    /// A task succeeded; `result` is its encoded result, if any. A result
+    /// over the size limit once compressed raises `PayloadError` and
+    /// records nothing: the caller reports the task with `failed`.
     #[pyo3(signature = (queue, id, token, result=None))]
     fn succeeded(
         &self,
@@ -101,6 +107,11 @@ impl NativeWorker {
             .map(payload::compress)
             .transpose()
             .map_err(to_pyerr)?;
+        // Refused here, before it reaches the batch of settlements, so the
+        // caller can record why (`vtasks.PayloadError`).
+        if let Some(bytes) = &result {
+            payload::check_size("result", bytes).map_err(to_pyerr)?;
+        }
         self.core
             .complete(&delivery(queue, id, token)?, Outcome::Success(result));
         Ok(())
@@ -156,15 +167,32 @@ impl NativeWorker {
 
     /// Stops fetching and ends a fetch waiting server-side.
     fn stop(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
-        let core = self.core.clone();
-        dispatch(py, bridge, async move {
-            core.stop().await;
-            Ok(Reply::None)
+        self.core.stop();
+        dispatch(py, bridge, async move { Ok(Reply::None) })
+    }
+
+    /// Once the connection's state differs from `up` (or the worker is
+    /// closed): None if the server is reachable, else the error that
+    /// found it unreachable.
+    fn connection_changed(&self, py: Python<'_>, bridge: &Bridge, up: bool) -> PyResult<Py<PyAny>> {
+        let mut connection = self.core.connection();
+        let mut closed = self.closed.subscribe();
+        dispatch(py, Some(bridge), async move {
+            tokio::select! {
+                _ = connection.wait_for(|c| (*c == ConnectionState::Up) != up) => {}
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
+            let state = connection.borrow().clone();
+            Ok(Reply::Text(match state {
+                ConnectionState::Up => None,
+                ConnectionState::Lost(error) => Some(error),
+            }))
         })
     }
 
     /// Sends pending settlements now and stops background duties.
     fn close(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
+        self.closed.send_replace(true);
         if let Some(handle) = self
             .maintenance
             .lock()

@@ -263,6 +263,17 @@ impl Server {
         self.launch();
     }
 
+    /// Kills the server with SIGKILL (no shutdown: it saves nothing and
+    /// flushes nothing it had not written) and starts it again on the same
+    /// port and directory, from what it left on disk.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(mut con) = self.try_connect() {
@@ -280,6 +291,45 @@ impl Server {
     /// Whether the process is still running (it must survive bad input).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// `CLIENT LIST` of every connection but the one asking, one map of
+    /// fields (`id`, `flags`, `cmd`, ...) per connection.
+    pub fn clients(&self) -> Vec<std::collections::HashMap<String, String>> {
+        let mut con = self.connect();
+        let own: i64 = redis::cmd("CLIENT").arg("ID").query(&mut con).unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+        list.lines()
+            .map(|line| {
+                line.split(' ')
+                    .filter_map(|field| field.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|fields| fields.get("id") != Some(&own.to_string()))
+            .collect()
+    }
+
+    /// Waits until the connection with this `CLIENT ID` is blocked in the
+    /// server (a FETCHN with the module, a `BLPOP` on the wake lists with
+    /// the scripts), so what a test does next finds it waiting.
+    pub fn wait_blocked(&self, client_id: i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let blocked = self.clients().iter().any(|c| {
+                c.get("id") == Some(&client_id.to_string())
+                    && c.get("flags").is_some_and(|f| f.contains('b'))
+            });
+            if blocked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connection {client_id} never blocked: {:?}",
+                self.clients()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 

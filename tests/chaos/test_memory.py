@@ -27,6 +27,15 @@ BACKLOG = 20_000  # the producer keeps at most this many tasks waiting
 SLACK = 96 * 1024
 
 
+# What the worker's RSS may grow between the first tenth of the run and its
+# end: 1 MiB. Measured growth was about 100 KiB over 45,000 tasks (CI scale,
+# the page-granular noise of the allocators) and under 1 MiB over 900,000
+# (full scale, 27 MiB throughout). A leak of 24 bytes per task exceeds it at
+# the CI scale, of 2 bytes per task at full scale; the bound this replaces
+# (16 MiB) let through a leak of 370 bytes per task in CI.
+RSS_SLACK_KIB = 1024
+
+
 def used_memory(port: int) -> int:
     return int(info(port, "memory")["used_memory"])
 
@@ -52,7 +61,8 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
                "the first result to expire", interval=0.2)
     start, start_used = allocated(valkey.port), used_memory(valkey.port)
 
-    rss: list[tuple[int, int]] = []  # (tasks acked, worker RSS KiB)
+    rss: list[tuple[int, int]] = []  # (tasks acked, worker RSS KiB), at each tenth of the run
+    next_sample = tasks // 10
     peak_memory = start
     started = time.monotonic()
     enqueued = 0
@@ -64,11 +74,12 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
             client.native.enqueue(None, "default", [(f"m{enqueued + i}", body, 0, None, None, 3)
                                                     for i in range(count)])
             enqueued += count
-            if enqueued % (tasks // 10) == 0:
-                rss.append((stats["acked"], worker.rss_kib()))
-                peak_memory = max(peak_memory, allocated(valkey.port))
         else:
             time.sleep(0.01)
+        if stats["acked"] >= next_sample:
+            rss.append((stats["acked"], worker.rss_kib()))
+            peak_memory = max(peak_memory, allocated(valkey.port))
+            next_sample += tasks // 10
     wait_until(lambda: client.stats_sync("default")["acked"] >= tasks + 1, 600, "every task", interval=0.2)
     elapsed = time.monotonic() - started
     rss.append((tasks, worker.rss_kib()))
@@ -81,10 +92,11 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
     stats = client.stats_sync("default")
     assert stats["acked"] == tasks + 1 and stats["dead"] == 0, stats
     assert worker_stats["succeeded"] == tasks + 1, worker_stats
-    # The worker's memory after the first tenth against the end: no growth
-    # beyond allocator noise.
+    # The worker's memory once the first tenth of the tasks has run (its
+    # pools and caches warm) against the end: growth within RSS_SLACK.
     first, last = rss[0][1], rss[-1][1]
-    assert last - first < 16 * 1024, f"worker RSS grew from {first} to {last} KiB: {rss}"
+    assert rss[0][0] >= tasks // 10, rss
+    assert last - first <= RSS_SLACK_KIB, f"worker RSS grew from {first} to {last} KiB: {rss}"
     report.append({
         "fault": "memory: tasks through one worker, results kept 1 s",
         "runs": 1,
@@ -96,5 +108,6 @@ def test_a_million_tasks_leave_no_memory_behind(valkey, events, report):
         "notes": f"{tasks / elapsed:,.0f} tasks/s; allocated start {start / 1e6:.2f} MB, "
                  f"peak {peak_memory / 1e6:.1f} MB, end {end / 1e6:.2f} MB "
                  f"(used_memory {start_used / 1e6:.2f} → {end_used / 1e6:.2f} MB); "
-                 f"worker RSS {first / 1024:.0f} MiB at 10%, {last / 1024:.0f} MiB at the end",
+                 f"worker RSS {first / 1024:.1f} MiB after the first tenth, {last / 1024:.1f} MiB at the end "
+                 f"({last - first:+,} KiB; at most {RSS_SLACK_KIB:,} KiB allowed)",
     })

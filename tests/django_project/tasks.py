@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 
+import vtasks
 from django.tasks import task
 
 from tests.sample_tasks import record
@@ -84,4 +85,41 @@ async def slow(seconds: float) -> str:
 def padded(n: int, pad: str) -> int:
     """A task with a large argument: a few thousand fill a small server."""
     record("django_padded", n)
+    return n
+
+
+@task
+def returns_a_set(n: int) -> set[int]:
+    record("django_returns_a_set", n)
+    return {n}
+
+
+@task
+def fails_in_vtasks(n: int) -> None:
+    raise vtasks.QueueFull(f"full {n}")
+
+
+@task
+def sleeps(seconds: float) -> str:
+    """Sleeps ``seconds``, or until the file ``<VTASKS_TEST_RUNS>.release`` exists."""
+    record("django_sleeps", 1)
+    release = os.environ.get("VTASKS_TEST_RUNS", "") + ".release"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(release):
+        time.sleep(0.02)
+    return "slept"
+
+
+@task
+def timed(n: int, seconds: float) -> int:
+    """Sleeps, then records when it ended (``time.time()``)."""
+    time.sleep(seconds)
+    record("django_timed", f"{n} {time.time()!r}")
+    return n
+
+
+@task(queue_name="emails")
+def newsletter(n: int) -> int:
+    time.sleep(0.01)
+    record("django_newsletter", n)
     return n

@@ -13,6 +13,14 @@
 //!
 //! Usage: module_bench [--tasks N] [--runs R] [--concurrency C] [--markdown FILE]
 //!                     [--url redis://...] [--only SCENARIO-SUBSTRING]
+//!        module_bench --goals RESULTS.md [--tasks N] [--runs R] [--big N]
+//!
+//! `--goals` measures the module's data type against the plain list pattern
+//! side by side on one server (memory per queued task, server CPU per task
+//! for enqueue + fetch + ack in batches of 100 and of 1, and a queue of
+//! `--big` tasks: RDB save and load, memory, `MEMORY USAGE`, `UNLINK`) and
+//! writes the tables between the `native:begin`/`native:end` markers of the
+//! given file.
 
 use std::time::Instant;
 
@@ -25,6 +33,10 @@ const PAYLOAD: &str = r#"{"task":"app.tasks.noop","args":[12345],"kwargs":{}}"#;
 const QUEUE: &str = "{bench}";
 
 struct Options {
+    /// Write the data type's goal measurements into this file.
+    goals: Option<String>,
+    /// Tasks in the large queue of `--goals`.
+    big: usize,
     tasks: usize,
     runs: usize,
     concurrency: usize,
@@ -37,6 +49,8 @@ struct Options {
 
 fn options() -> Options {
     let mut o = Options {
+        goals: None,
+        big: 10_000_000,
         tasks: 100_000,
         runs: 3,
         concurrency: 32,
@@ -54,6 +68,8 @@ fn options() -> Options {
             "--markdown" => o.markdown = Some(value),
             "--url" => o.url = Some(value),
             "--only" => o.only = Some(value),
+            "--goals" => o.goals = Some(value),
+            "--big" => o.big = value.parse().expect("--big N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -280,6 +296,10 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let o = options();
+    if let Some(path) = &o.goals {
+        goals::run(path, o.tasks, o.runs, o.big);
+        return;
+    }
     let server = match &o.url {
         Some(_) => None,
         None => Some(Server::start()),
@@ -363,5 +383,369 @@ async fn main() {
     }
     if let Some(path) = o.markdown {
         std::fs::write(&path, table).expect("write markdown table");
+    }
+}
+
+/// The module's data type against the plain list pattern, measured side by
+/// side on one server: what the data type was built to reach.
+mod goals {
+    use std::time::{Duration, Instant};
+
+    use redis::{Connection, Value};
+    use vtasks_benchmarks::{server_cpu_seconds, Server};
+
+    const QUEUE: &str = "{goals}";
+    const BEGIN: &str = "<!-- native:begin -->";
+    const END: &str = "<!-- native:end -->";
+
+    /// A JSON payload of about 100 bytes, as a Python task's call.
+    fn payload(i: usize) -> String {
+        format!(
+            r#"{{"task":"shop.tasks.send_receipt","args":[{i}],"kwargs":{{"to":"ada@example.com","lang":"en"}}}}"#
+        )
+    }
+
+    /// A uuid-shaped id, unique per `i`.
+    fn uuid(i: usize) -> String {
+        let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            x >> 32,
+            (x >> 16) & 0xffff,
+            x & 0xfff,
+            (x >> 20) & 0xfff,
+            (i as u64) & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The plain pattern's list entry: the same id and payload in one JSON.
+    fn plain_entry(i: usize) -> String {
+        format!(r#"{{"id":"{}","call":{}}}"#, uuid(i), payload(i))
+    }
+
+    fn used_memory(con: &mut Connection) -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(con).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    }
+
+    fn flush(con: &mut Connection) {
+        let _: () = redis::cmd("FLUSHALL").arg("SYNC").query(con).unwrap();
+    }
+
+    fn enqueue_module(con: &mut Connection, range: std::ops::Range<usize>, batch: usize) {
+        let ids: Vec<usize> = range.collect();
+        let mut pipe = redis::pipe();
+        let mut queued = 0;
+        for chunk in ids.chunks(batch) {
+            let mut c = redis::cmd("VTASKS.ENQUEUE");
+            c.arg(QUEUE);
+            for i in chunk {
+                c.arg("TASK").arg(uuid(*i)).arg(payload(*i));
+            }
+            pipe.add_command(c).ignore();
+            queued += 1;
+            if queued == 100 || chunk.len() * queued >= 1000 {
+                let _: () = pipe.query(con).unwrap();
+                pipe = redis::pipe();
+                queued = 0;
+            }
+        }
+        if queued > 0 {
+            let _: () = pipe.query(con).unwrap();
+        }
+    }
+
+    fn enqueue_plain(con: &mut Connection, range: std::ops::Range<usize>) {
+        let ids: Vec<usize> = range.collect();
+        for chunk in ids.chunks(100) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                pipe.cmd("LPUSH")
+                    .arg("plain:queue")
+                    .arg(plain_entry(*i))
+                    .ignore();
+            }
+            let _: () = pipe.query(con).unwrap();
+        }
+    }
+
+    /// Bytes per queued task: `used_memory` before and after.
+    fn memory_per_task(con: &mut Connection, tasks: usize, module: bool) -> f64 {
+        flush(con);
+        let before = used_memory(con);
+        if module {
+            enqueue_module(con, 0..tasks, 100);
+        } else {
+            enqueue_plain(con, 0..tasks);
+        }
+        let after = used_memory(con);
+        flush(con);
+        (after - before) as f64 / tasks as f64
+    }
+
+    /// Plain: LPUSH, then LMOVE to a processing list and LREM, each
+    /// pipelined 100 deep. Returns server CPU µs per task.
+    fn cpu_plain(con: &mut Connection, tasks: usize) -> f64 {
+        flush(con);
+        let before = server_cpu_seconds(con);
+        enqueue_plain(con, 0..tasks);
+        let mut left = tasks;
+        while left > 0 {
+            let n = left.min(100);
+            let mut pipe = redis::pipe();
+            for _ in 0..n {
+                pipe.cmd("LMOVE")
+                    .arg("plain:queue")
+                    .arg("plain:processing")
+                    .arg("RIGHT")
+                    .arg("LEFT");
+            }
+            let moved: Vec<String> = pipe.query(con).unwrap();
+            let mut pipe = redis::pipe();
+            for entry in &moved {
+                pipe.cmd("LREM")
+                    .arg("plain:processing")
+                    .arg(1)
+                    .arg(entry)
+                    .ignore();
+            }
+            let _: () = pipe.query(con).unwrap();
+            left -= n;
+        }
+        let cpu = server_cpu_seconds(con) - before;
+        cpu * 1e6 / tasks as f64
+    }
+
+    fn leased(reply: &Value) -> Vec<(Vec<u8>, i64)> {
+        let Value::Array(parts) = reply else {
+            panic!("bad reply {reply:?}")
+        };
+        let Value::Array(tasks) = &parts[0] else {
+            panic!("bad reply {reply:?}")
+        };
+        tasks
+            .iter()
+            .map(|t| match t {
+                Value::Array(f) => match (&f[1], &f[2]) {
+                    (Value::BulkString(id), Value::Int(token)) => (id.clone(), *token),
+                    other => panic!("bad task {other:?}"),
+                },
+                other => panic!("bad task {other:?}"),
+            })
+            .collect()
+    }
+
+    fn fetchn(consumer: &str, count: usize, acks: &[(Vec<u8>, i64)]) -> redis::Cmd {
+        let mut c = redis::cmd("VTASKS.FETCHN");
+        c.arg(1)
+            .arg(QUEUE)
+            .arg("CONSUMER")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("KEEP")
+            .arg(0);
+        if !acks.is_empty() {
+            c.arg("ACK").arg(acks.len());
+            for (id, token) in acks {
+                c.arg(QUEUE).arg(id.as_slice()).arg(*token).arg("");
+            }
+        }
+        c
+    }
+
+    /// The module: ENQUEUE and FETCHN ... ACK with `batch` tasks per command
+    /// (KEEP 0, as the plain pattern keeps nothing); with batches of 1, 100
+    /// commands are pipelined per round trip, as the plain pattern's are.
+    fn cpu_module(con: &mut Connection, tasks: usize, batch: usize) -> f64 {
+        flush(con);
+        let before = server_cpu_seconds(con);
+        enqueue_module(con, 0..tasks, batch);
+        let mut done = 0;
+        if batch > 1 {
+            let mut held = Vec::new();
+            loop {
+                let reply: Value = fetchn("w", batch, &held).query(con).unwrap();
+                done += held.len();
+                held = leased(&reply);
+                if held.is_empty() {
+                    break;
+                }
+            }
+        } else {
+            // 100 consumers, each fetching one task and acknowledging the
+            // one it fetched before, in one pipeline per round.
+            let mut held: Vec<Vec<(Vec<u8>, i64)>> = vec![Vec::new(); 100];
+            loop {
+                let mut pipe = redis::pipe();
+                for (w, acks) in held.iter().enumerate() {
+                    pipe.add_command(fetchn(&format!("w{w}"), 1, acks));
+                }
+                let replies: Vec<Value> = pipe.query(con).unwrap();
+                done += held.iter().map(Vec::len).sum::<usize>();
+                held = replies.iter().map(leased).collect();
+                if held.iter().all(Vec::is_empty) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(done, tasks, "every task fetched and acknowledged once");
+        let cpu = server_cpu_seconds(con) - before;
+        cpu * 1e6 / tasks as f64
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    }
+
+    fn secs(d: Duration) -> String {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+
+    fn mib(bytes: f64) -> String {
+        format!("{:.0} MiB", bytes / (1024.0 * 1024.0))
+    }
+
+    /// Longest PING round trip while `busy` runs on another connection.
+    fn worst_ping_during(server: &Server, busy: impl FnOnce()) -> Duration {
+        let url = server.url();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let pinger = std::thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut worst = Duration::ZERO;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query(&mut con).unwrap();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            worst
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        busy();
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pinger.join().unwrap()
+    }
+
+    fn big_queue(server: &Server, con: &mut Connection, big: usize) -> String {
+        flush(con);
+        let before = used_memory(con);
+        let started = Instant::now();
+        enqueue_module(con, 0..big, 1000);
+        let filled = started.elapsed();
+        let memory = (used_memory(con) - before) as f64;
+        let usage: i64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(QUEUE)
+            .query(con)
+            .unwrap();
+        let t = Instant::now();
+        let _: () = redis::cmd("SAVE").query(con).unwrap();
+        let save = t.elapsed();
+        let rdb = std::fs::metadata(server.dir.join("dump.rdb"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let t = Instant::now();
+        let _: () = redis::cmd("DEBUG")
+            .arg("RELOAD")
+            .arg("NOSAVE")
+            .query(con)
+            .unwrap();
+        let load = t.elapsed();
+        let stats: Value = redis::cmd("VTASKS.STATS").arg(QUEUE).query(con).unwrap();
+        let ready = match &stats {
+            Value::Array(items) => match &items[1] {
+                Value::Int(n) => *n as usize,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        assert_eq!(ready, big, "the reloaded queue holds every task");
+        let mut unlink_reply = Duration::ZERO;
+        let worst_ping = worst_ping_during(server, || {
+            let t = Instant::now();
+            let _: i64 = redis::cmd("UNLINK").arg(QUEUE).query(con).unwrap();
+            unlink_reply = t.elapsed();
+        });
+        format!(
+            "| tasks | enqueue (1,000 per command) | memory (`used_memory`) | per task | `MEMORY USAGE` | RDB file | `SAVE` | load (`DEBUG RELOAD NOSAVE`) | `UNLINK` reply | longest `PING` during `UNLINK` |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n\
+             | {big} | {} | {} | {:.0} B | {} | {} | {} | {} | {:.1} ms | {:.1} ms |\n",
+            secs(filled),
+            mib(memory),
+            memory / big as f64,
+            mib(usage as f64),
+            mib(rdb as f64),
+            secs(save),
+            secs(load),
+            unlink_reply.as_secs_f64() * 1e3,
+            worst_ping.as_secs_f64() * 1e3,
+        )
+    }
+
+    pub fn run(path: &str, tasks: usize, runs: usize, big: usize) {
+        let server = Server::start_with_module(&["--enable-debug-command", "local"]);
+        let mut con = server.connect();
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Measured by `cargo run --release -p vtasks-benchmarks --bin module_bench -- --goals \
+             benchmarks/RESULTS.md --tasks {tasks} --runs {runs} --big {big}` (medians of {runs} runs; \
+             {tasks} tasks per run; uuid ids, a {}-byte JSON payload).\n\n",
+            payload(0).len()
+        ));
+        let plain_mem = median(
+            (0..runs)
+                .map(|_| memory_per_task(&mut con, tasks, false))
+                .collect(),
+        );
+        let module_mem = median(
+            (0..runs)
+                .map(|_| memory_per_task(&mut con, tasks, true))
+                .collect(),
+        );
+        eprintln!("memory: plain {plain_mem:.0} B, module {module_mem:.0} B");
+        out.push_str(&format!(
+            "| per queued task | plain list (`LPUSH` of one JSON entry, {} bytes) | module | module / plain | goal |\n\
+             |---|---|---|---|---|\n\
+             | memory (`used_memory` delta) | {plain_mem:.0} B | {module_mem:.0} B | {:.2}× | ≤ 1.25× |\n\n",
+            plain_entry(0).len(),
+            module_mem / plain_mem
+        ));
+        let plain_cpu = median((0..runs).map(|_| cpu_plain(&mut con, tasks)).collect());
+        let batch100 = median(
+            (0..runs)
+                .map(|_| cpu_module(&mut con, tasks, 100))
+                .collect(),
+        );
+        let batch1 = median((0..runs).map(|_| cpu_module(&mut con, tasks, 1)).collect());
+        eprintln!("cpu: plain {plain_cpu:.2} µs, module b100 {batch100:.2} µs, b1 {batch1:.2} µs");
+        out.push_str(&format!(
+            "| server CPU per task, enqueue + fetch + ack | µs | / plain | goal |\n\
+             |---|---|---|---|\n\
+             | plain: `LPUSH`, `LMOVE` + `LREM`, pipelined 100 deep | {plain_cpu:.2} | 1.00× | |\n\
+             | module: `VTASKS.ENQUEUE` 100 tasks, `FETCHN COUNT 100 ... ACK` (`KEEP 0`) | {batch100:.2} | {:.2}× | ≤ 0.2× |\n\
+             | module: one task per command, pipelined 100 deep | {batch1:.2} | {:.2}× | ≤ 0.5× |\n\n",
+            batch100 / plain_cpu,
+            batch1 / plain_cpu
+        ));
+        if big > 0 {
+            out.push_str(&big_queue(&server, &mut con, big));
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let section = format!("{BEGIN}\n{out}{END}");
+        let updated = match (text.find(BEGIN), text.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                format!("{}{}{}", &text[..b], section, &text[e + END.len()..])
+            }
+            _ => format!("{text}\n{section}\n"),
+        };
+        std::fs::write(path, updated).expect("write the results");
+        println!("{out}");
     }
 }

@@ -62,6 +62,9 @@ local MAX_SLEEP_MS = __MAX_SLEEP_MS__
 local VANISHED_PER_FETCH = __VANISHED_PER_FETCH__
 -- Least time between two warnings in the server log.
 local WARN_EVERY_MS = __WARN_EVERY_MS__
+-- A sleeper stays registered this long past its planned wake-up (its
+-- round trip to BLPOP and back).
+local SLEEP_MARGIN_MS = 1000
 -- Chunk size for variadic calls (Lua's C stack holds about 8000 values).
 local CHUNK = 1000
 
@@ -403,6 +406,14 @@ local function vanished(q, set, n)
   redis.log(redis.LOG_WARNING, line)
 end
 
+-- Wakes the consumers whose sleep would outlast `at`, a deadline just
+-- written (a delayed task, a retry): a sleep's length was decided before
+-- it existed. They fetch again and sleep until it instead.
+local function wake_before(q, at)
+  local late = pcall_redis('ZCOUNT', q.waiting, '(' .. int(at + SLEEP_MARGIN_MS), '+inf')
+  if type(late) == 'number' and late > 0 then wake(q, late) end
+end
+
 local function make_ready(q, id, w, seq, now, pairs)
   w[W_STATE] = 'ready'
   w[W_SEQ] = int(seq)
@@ -676,6 +687,7 @@ local function nack(q, items, now)
   local outcomes = {}
   local failed, retried, dead = 0, 0, 0
   local ready = {}
+  local earliest = nil
   for i, item in ipairs(items) do
     local w, refused = check_lease(q, item.id, item.token)
     if not w then
@@ -700,6 +712,7 @@ local function nack(q, items, now)
           set_time(w, W_RUN_AT, now + item.delay)
           save(q, item.id, w)
           call('ZADD', q.delayed, int(now + item.delay), item.id)
+          if earliest == nil or now + item.delay < earliest then earliest = now + item.delay end
         end
         outcomes[i] = 'RETRY'
       end
@@ -712,6 +725,7 @@ local function nack(q, items, now)
     zadd_pairs(q.ready, ready)
     wake(q, #ready / 2)
   end
+  if earliest ~= nil then wake_before(q, earliest) end
   return outcomes
 end
 
@@ -879,6 +893,7 @@ function commands.ENQUEUE(a)
   end
   local now_text = int(now)
   local ready, delayed = {}, {}
+  local earliest = nil
   for i, task in ipairs(tasks) do
     if added[i] then
       local record
@@ -893,6 +908,7 @@ function commands.ENQUEUE(a)
             int(task.at - now) .. ' - - - - - - 0 0 ' .. task.lost
         delayed[#delayed + 1] = int(task.at)
         delayed[#delayed + 1] = task.id
+        if earliest == nil or task.at < earliest then earliest = task.at end
       end
       call('HSET', q.task_prefix .. task.id, 'payload', task.payload, 'record', record)
     end
@@ -901,6 +917,7 @@ function commands.ENQUEUE(a)
   zadd_pairs(q.delayed, delayed)
   bump(q, 'enqueued', new_count)
   if ready_now > 0 then wake(q, ready_now) end
+  if earliest ~= nil then wake_before(q, earliest) end
   return flags(added)
 end
 
@@ -1010,7 +1027,7 @@ function commands.FETCHN(a)
     -- The ticket tells apart sleepers that share a consumer name.
     local t = call('TIME')
     local ticket = consumer .. '#' .. t[1] .. t[2]
-    local until_ms = int(now + sleep + 1000)
+    local until_ms = int(now + sleep + SLEEP_MARGIN_MS)
     for _, q in ipairs(queues) do
       call('ZREMRANGEBYSCORE', q.waiting, '-inf', '(' .. int(now))
       call('ZADD', q.waiting, until_ms, ticket)

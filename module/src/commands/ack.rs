@@ -4,7 +4,7 @@ use redis_module_macros::command;
 use super::{statuses, write_one, Clock};
 use crate::args::unknown_option;
 use crate::core::keys::*;
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::{item_count, parse_ack_item};
 use crate::server_time;
 
@@ -25,7 +25,7 @@ use crate::server_time;
     }],
 })]
 fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let n = item_count(a, "ACK", 3)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
@@ -38,10 +38,14 @@ fn vtasks_ack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 other => return Err(unknown_option(other)),
             }
         }
-        let outcomes = queue::ack(store, keys, &items, keep, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.ack(&items, keep, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
+        let queue_name = access.keys().queue();
         server_time::with_holders(|h| {
             for item in &items {
-                h.settled(keys.queue(), item.id, item.token);
+                h.settled(queue_name, item.id, item.token);
             }
         });
         Ok(statuses(outcomes, Settled::as_str))

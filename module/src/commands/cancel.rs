@@ -3,7 +3,6 @@ use redis_module_macros::command;
 
 use super::{flags, write_one, Clock};
 use crate::core::keys::validate_id;
-use crate::core::queue;
 
 /// VTASKS.CANCEL <queue> <id> [<id> ...]
 #[command({
@@ -22,13 +21,16 @@ use crate::core::queue;
     }],
 })]
 fn vtasks_cancel(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |access, a, _now| {
         let mut ids = Vec::new();
         while !a.is_empty() {
             let id = a.next_bytes("task id")?;
             validate_id(id)?;
             ids.push(id);
         }
-        Ok(flags(queue::cancel(store, keys, &ids)?))
+        Ok(flags(match access.queue()? {
+            Some(queue) => queue.cancel(&ids),
+            None => vec![false; ids.len()],
+        }))
     })
 }

@@ -7,6 +7,7 @@ use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
 use crate::core::queue::{self};
 use crate::parse::parse_selection;
+use crate::queue_key::View;
 
 /// VTASKS.DEADLIST <queue> [OFFSET <n>] [COUNT <n>]
 #[command({
@@ -25,7 +26,7 @@ use crate::parse::parse_selection;
     }],
 })]
 fn vtasks_deadlist(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    read_one(ctx, &args, |store, keys, a, _now| {
+    read_one(ctx, &args, |access, keys, a, _now| {
         let (mut offset, mut count) = (0, 100);
         while let Some(option) = a.next_keyword() {
             match option.as_str() {
@@ -34,8 +35,15 @@ fn vtasks_deadlist(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 other => return Err(unknown_option(other)),
             }
         }
-        require_queue(store, keys)?;
-        let entries = queue::dead_list(store, keys, offset as usize, count as usize)?;
+        let (offset, count) = (offset as usize, count as usize);
+        let entries = match access.view()? {
+            View::Missing => return Err(VtError::NoQueue(keys.queue_str())),
+            View::Native(queue) => queue.dead_list(offset, count),
+            View::Layout(mut store) => {
+                require_queue(&mut store, keys)?;
+                queue::dead_list(&mut store, keys, offset, count)?
+            }
+        };
         Ok(RedisValue::Array(
             entries
                 .into_iter()
@@ -69,12 +77,11 @@ fn vtasks_deadlist(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_requeue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AfterQueue, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AfterQueue, |access, a, now| {
         let selection = parse_selection(a)?;
-        require_queue(store, keys)?;
-        Ok(RedisValue::Integer(
-            queue::requeue(store, keys, &selection, now)? as i64,
-        ))
+        let name = access.keys().queue_str();
+        let queue = access.queue()?.ok_or(VtError::NoQueue(name))?;
+        Ok(RedisValue::Integer(queue.requeue(&selection, now)? as i64))
     })
 }
 
@@ -95,17 +102,16 @@ fn vtasks_requeue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |access, a, _now| {
         let selection = parse_selection(a)?;
-        require_queue(store, keys)?;
-        Ok(RedisValue::Integer(
-            queue::purge(store, keys, &selection)? as i64
-        ))
+        let name = access.keys().queue_str();
+        let queue = access.queue()?.ok_or(VtError::NoQueue(name))?;
+        Ok(RedisValue::Integer(queue.purge(&selection) as i64))
     })
 }
 
 /// Dead-letter commands name an existing queue: a typo should not look like
-/// an empty dead-letter list.
+/// an empty dead-letter list. (A queue of the module's type always exists.)
 fn require_queue(store: &mut impl crate::core::store::Store, keys: &QueueKeys) -> VtResult<()> {
     queue::check_types(store, keys)?;
     if store.key_kind(&keys.meta)? == crate::core::store::KeyKind::Missing {

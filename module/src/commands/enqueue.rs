@@ -2,7 +2,6 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{flags, write_one, Clock};
-use crate::core::queue::{self};
 use crate::parse::parse_tasks;
 
 /// VTASKS.ENQUEUE <queue> [MAXLEN <n>] TASK <id> <payload> [PRIORITY <p>] [DELAY <ms> | RUNAT <unix-ms>] [ATTEMPTS <n>] [LOSTLEASES <n>] [REPLACEFINISHED] [TASK ...]
@@ -22,14 +21,17 @@ use crate::parse::parse_tasks;
     }],
 })]
 fn vtasks_enqueue(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AfterQueue, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AfterQueue, |access, a, now| {
         let maxlen = if a.take_keyword("MAXLEN") {
             Some(a.next_int("MAXLEN", 0, i64::MAX)? as u64)
         } else {
             None
         };
         let tasks = parse_tasks(a)?;
-        let added = queue::enqueue(store, keys, &tasks, maxlen, now)?;
+        let name = access.keys().queue().to_vec();
+        let added = access
+            .queue_or_create()?
+            .enqueue(&name, &tasks, maxlen, now)?;
         Ok(flags(added))
     })
 }

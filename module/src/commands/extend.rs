@@ -3,7 +3,7 @@ use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
 use crate::core::keys::*;
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::parse_lease_refs;
 use crate::server_time;
 
@@ -24,17 +24,21 @@ use crate::server_time;
     }],
 })]
 fn vtasks_extend(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let lease = a.next_int("lease", 1, MAX_DURATION_MS)?;
         let items = parse_lease_refs(a, "EXTEND")?;
         a.finish()?;
-        let outcomes = queue::extend(store, keys, &items, lease, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.extend(&items, lease, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
         // The renewing connection holds the leases too (see core::holders).
         if let Some(client) = server_time::lease_holder(ctx) {
+            let queue_name = access.keys().queue();
             server_time::with_holders(|h| {
                 for (item, outcome) in items.iter().zip(&outcomes) {
                     if *outcome == Settled::Ok {
-                        h.renewed(client, keys.queue(), item.id, item.token);
+                        h.renewed(client, queue_name, item.id, item.token);
                     }
                 }
             });

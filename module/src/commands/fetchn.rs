@@ -6,11 +6,12 @@ use crate::args::Args;
 use crate::blocking::{self, Pending};
 use crate::core::error::VtResult;
 use crate::core::keys::*;
-use crate::core::queue::{self, Leased, NackOutcome, Settled};
+use crate::core::native::TaskQueue;
+use crate::core::queue::{Leased, NackOutcome, Settled};
 use crate::guard;
 use crate::parse::{FetchCall, FetchRequest};
+use crate::queue_key::QueueAccess;
 use crate::server_time;
-use crate::valkey_store::ValkeyStore;
 
 /// VTASKS.FETCHN <numqueues> <queue> [<queue> ...] CONSUMER <name> [COUNT <n>] [LEASE <ms>] [BLOCK <ms>] [KEEP <ms>] [ACK <n> <queue> <id> <token> <result> ...] [NACK <n> <queue> <id> <token> <retry-delay-ms | DEAD> <error> ...]
 #[command({
@@ -33,16 +34,16 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     to_reply(guard(|| {
         let (now, parse_args) = clock_and_args(ctx, &raw_args, Clock::AtEnd)?;
         let call = FetchCall::parse(&mut Args::new(&parse_args))?;
-        let mut store = ValkeyStore::for_command(ctx.ctx);
+        let mut queues = Queues::new(ctx, &call.request.queues);
         forget_settled(&call);
-        let outcome = settle(&mut store, &call, now).and_then(|(acks, nacks)| {
+        let outcome = settle(&mut queues, &call, now).and_then(|(acks, nacks)| {
             Ok((
                 acks,
                 nacks,
-                fetch_ready(ctx, &mut store, &call.request, now)?,
+                fetch_ready(ctx, &mut queues, &call.request, now)?,
             ))
         });
-        if store.wrote() {
+        if queues.finish() {
             // Replicas never block: BLOCK is left out of the replicated form.
             let skip = call.block_at.map(|i| vec![i, i + 1]).unwrap_or_default();
             replicate(
@@ -73,28 +74,64 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }))
 }
 
+/// The queues of one FETCHN, each opened once however often it is named.
+pub struct Queues<'c> {
+    access: Vec<QueueAccess<'c>>,
+    /// For each queue argument, its entry in `access`.
+    of_arg: Vec<usize>,
+}
+
+impl<'c> Queues<'c> {
+    pub fn new(ctx: &'c Context, queues: &[QueueKeys]) -> Self {
+        let mut access: Vec<QueueAccess> = Vec::with_capacity(queues.len());
+        let mut of_arg = Vec::with_capacity(queues.len());
+        for keys in queues {
+            match access.iter().position(|a| a.keys() == keys) {
+                Some(i) => of_arg.push(i),
+                None => {
+                    of_arg.push(access.len());
+                    access.push(QueueAccess::new(ctx, keys.clone()));
+                }
+            }
+        }
+        Queues { access, of_arg }
+    }
+
+    /// The queue named by argument `qi`, if it exists.
+    fn queue(&mut self, qi: usize) -> VtResult<Option<&mut TaskQueue>> {
+        self.access[self.of_arg[qi]].queue()
+    }
+
+    /// Finishes every queue; true if any changed.
+    pub fn finish(self) -> bool {
+        self.access
+            .into_iter()
+            .fold(false, |changed, access| access.finish() | changed)
+    }
+}
+
 /// Applies the call's ACKs and NACKs, one core call per queue, and returns
 /// their outcomes in the order given.
-fn settle(
-    store: &mut ValkeyStore,
-    call: &FetchCall,
-    now: i64,
-) -> VtResult<(RedisValue, RedisValue)> {
+fn settle(queues: &mut Queues, call: &FetchCall, now: i64) -> VtResult<(RedisValue, RedisValue)> {
     let mut ack_out = vec![Settled::NoTask; call.acks.len()];
     let mut nack_out = vec![NackOutcome::Refused(Settled::NoTask); call.nacks.len()];
-    for (qi, keys) in call.request.queues.iter().enumerate() {
+    for qi in 0..call.request.queues.len() {
         let (positions, items) = of_queue(&call.acks, qi);
         if !items.is_empty() {
-            let outcomes = queue::ack(store, keys, &items, call.keep_ms, now)?;
-            for (pos, outcome) in positions.into_iter().zip(outcomes) {
-                ack_out[pos] = outcome;
+            if let Some(queue) = queues.queue(qi)? {
+                let outcomes = queue.ack(&items, call.keep_ms, now);
+                for (pos, outcome) in positions.into_iter().zip(outcomes) {
+                    ack_out[pos] = outcome;
+                }
             }
         }
         let (positions, items) = of_queue(&call.nacks, qi);
         if !items.is_empty() {
-            let outcomes = queue::nack(store, keys, &items, now)?;
-            for (pos, outcome) in positions.into_iter().zip(outcomes) {
-                nack_out[pos] = outcome;
+            if let Some(queue) = queues.queue(qi)? {
+                let outcomes = queue.nack(&items, now)?;
+                for (pos, outcome) in positions.into_iter().zip(outcomes) {
+                    nack_out[pos] = outcome;
+                }
             }
         }
     }
@@ -134,12 +171,12 @@ fn of_queue<T: Clone>(items: &[(usize, T)], qi: usize) -> (Vec<usize>, Vec<T>) {
 /// to a short grace (`server_time`).
 pub fn fetch_ready(
     ctx: &Context,
-    store: &mut ValkeyStore,
+    queues: &mut Queues,
     request: &FetchRequest,
     now: i64,
 ) -> VtResult<Vec<(usize, Leased)>> {
     let holder = server_time::lease_holder(ctx);
-    let tasks = lease_from_queues(ctx, store, request, now)?;
+    let tasks = lease_from_queues(queues, request, now)?;
     if let Some(client) = holder {
         server_time::with_holders(|h| {
             for (qi, task) in &tasks {
@@ -151,27 +188,21 @@ pub fn fetch_ready(
 }
 
 fn lease_from_queues(
-    ctx: &Context,
-    store: &mut ValkeyStore,
+    queues: &mut Queues,
     request: &FetchRequest,
     now: i64,
 ) -> VtResult<Vec<(usize, Leased)>> {
     let mut tasks = Vec::new();
-    for (qi, keys) in request.queues.iter().enumerate() {
-        queue::maintain(store, keys, now, MAINTENANCE_BATCH)?;
+    for qi in 0..request.queues.len() {
+        let Some(queue) = queues.queue(qi)? else {
+            continue;
+        };
+        queue.maintain(now, MAINTENANCE_BATCH)?;
         let wanted = request.count - tasks.len();
         if wanted > 0 {
-            let leased = queue::fetch(
-                store,
-                keys,
-                &request.consumer,
-                wanted,
-                request.lease_ms,
-                now,
-            )?;
+            let leased = queue.fetch(&request.consumer, wanted, request.lease_ms, now);
             tasks.extend(leased.into_iter().map(|l| (qi, l)));
         }
-        server_time::reschedule(ctx, store, keys)?;
     }
     Ok(tasks)
 }

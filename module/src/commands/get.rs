@@ -4,6 +4,7 @@ use redis_module_macros::command;
 use super::{bulk, read_one};
 use crate::core::keys::validate_id;
 use crate::core::queue;
+use crate::queue_key::View;
 
 /// VTASKS.GET <queue> <id>
 #[command({
@@ -22,11 +23,16 @@ use crate::core::queue;
     }],
 })]
 fn vtasks_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    read_one(ctx, &args, |store, keys, a, _now| {
+    read_one(ctx, &args, |access, keys, a, now| {
         let id = a.next_bytes("task id")?;
         validate_id(id)?;
         a.finish()?;
-        Ok(match queue::get(store, keys, id)? {
+        let found = match access.view()? {
+            View::Missing => None,
+            View::Native(queue) => queue.get(id, now),
+            View::Layout(mut store) => queue::get(&mut store, keys, id)?,
+        };
+        Ok(match found {
             None => RedisValue::Null,
             Some(fields) => RedisValue::Array(
                 fields

@@ -3,12 +3,14 @@
 //! in `docs/PROTOCOL.md`.
 
 mod ack;
+mod adopt;
 mod cancel;
 mod dead;
 mod enqueue;
 mod extend;
 pub mod fetchn;
 mod get;
+mod internal;
 mod nack;
 mod pause;
 mod release;
@@ -22,8 +24,8 @@ use crate::args::{parse_int, Args};
 use crate::core::error::VtResult;
 use crate::core::keys::{QueueKeys, MAX_TIMESTAMP_MS};
 use crate::guard;
+use crate::queue_key::{QueueAccess, ReadAccess};
 use crate::server_time;
-use crate::valkey_store::ValkeyStore;
 
 /// Where a command that reads the clock carries the reading when it is
 /// replicated (see "Replication" in docs/PROTOCOL.md). Replicas and AOF
@@ -39,7 +41,7 @@ pub(crate) enum Clock {
 }
 
 /// True when the command comes from the primary or from the AOF.
-fn replaying(ctx: &Context) -> bool {
+pub(crate) fn replaying(ctx: &Context) -> bool {
     ctx.get_flags()
         .intersects(ContextFlags::REPLICATED | ContextFlags::LOADING)
 }
@@ -106,25 +108,25 @@ pub(crate) fn to_reply(outcome: VtResult<RedisValue>) -> RedisResult {
     outcome.map_err(|err| RedisError::String(err.to_string()))
 }
 
-/// A write command on one queue: the clock, the store, replication of the
-/// command when it wrote anything, and rescheduling of the queue's
-/// maintenance.
+/// A write command on one queue: the clock, the queue, replication of the
+/// command when it changed anything (with its clock reading), waking
+/// blocked consumers and rescheduling the queue's maintenance.
 fn write_one(
     ctx: &Context,
     args: &[RedisString],
     clock: Clock,
-    body: impl FnOnce(&mut ValkeyStore, &QueueKeys, &mut Args, i64) -> VtResult<RedisValue>,
+    body: impl FnOnce(&mut QueueAccess, &mut Args, i64) -> VtResult<RedisValue>,
 ) -> RedisResult {
     let raw_args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
     to_reply(guard(|| {
         let (now, parse_args) = clock_and_args(ctx, &raw_args, clock)?;
         let mut a = Args::new(&parse_args);
         let keys = QueueKeys::parse(a.next_bytes("queue")?)?;
-        let mut store = ValkeyStore::for_command(ctx.ctx);
-        let reply = body(&mut store, &keys, &mut a, now);
+        let mut access = QueueAccess::new(ctx, keys);
+        let reply = body(&mut access, &mut a, now);
         // Replicated even when the command failed part-way: the replica
         // fails at the same point and keeps the same partial effect.
-        if store.wrote() {
+        if access.finish() {
             match clock {
                 Clock::Unused => ctx.replicate_verbatim(),
                 Clock::AfterQueue => replicate(ctx, &args[0], &args[1..], Some(1), now, &[]),
@@ -133,9 +135,7 @@ fn write_one(
                 }
             }
         }
-        let reply = reply?;
-        server_time::reschedule(ctx, &mut store, &keys)?;
-        Ok(reply)
+        reply
     }))
 }
 
@@ -143,14 +143,14 @@ fn write_one(
 fn read_one(
     ctx: &Context,
     args: &[RedisString],
-    body: impl FnOnce(&mut ValkeyStore, &QueueKeys, &mut Args, i64) -> VtResult<RedisValue>,
+    body: impl FnOnce(&ReadAccess, &QueueKeys, &mut Args, i64) -> VtResult<RedisValue>,
 ) -> RedisResult {
     let raw_args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
     to_reply(guard(|| {
         let mut a = Args::new(&raw_args);
         let keys = QueueKeys::parse(a.next_bytes("queue")?)?;
-        let mut store = ValkeyStore::read_only(ctx.ctx);
-        body(&mut store, &keys, &mut a, server_time::now_ms())
+        let access = ReadAccess::open(ctx, &keys);
+        body(&access, &keys, &mut a, server_time::now_ms())
     }))
 }
 

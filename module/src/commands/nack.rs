@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
-use crate::core::queue::{self, NackOutcome};
+use crate::core::queue::{NackOutcome, Settled};
 use crate::parse::{item_count, parse_nack_item};
 use crate::server_time;
 
@@ -23,17 +23,21 @@ use crate::server_time;
     }],
 })]
 fn vtasks_nack(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let n = item_count(a, "NACK", 4)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(parse_nack_item(a)?);
         }
         a.finish()?;
-        let outcomes = queue::nack(store, keys, &items, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.nack(&items, now)?,
+            None => vec![NackOutcome::Refused(Settled::NoTask); items.len()],
+        };
+        let queue_name = access.keys().queue();
         server_time::with_holders(|h| {
             for item in &items {
-                h.settled(keys.queue(), item.id, item.token);
+                h.settled(queue_name, item.id, item.token);
             }
         });
         Ok(statuses(outcomes, NackOutcome::as_str))

@@ -2,7 +2,6 @@ use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
 use super::{write_one, Clock};
-use crate::core::queue;
 
 /// VTASKS.PAUSE <queue>
 #[command({
@@ -21,9 +20,9 @@ use crate::core::queue;
     }],
 })]
 fn vtasks_pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |access, a, _now| {
         a.finish()?;
-        queue::pause(store, keys)?;
+        access.queue_or_create()?.pause();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }
@@ -45,9 +44,9 @@ fn vtasks_pause(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }],
 })]
 fn vtasks_resume(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::Unused, |store, keys, a, _now| {
+    write_one(ctx, &args, Clock::Unused, |access, a, _now| {
         a.finish()?;
-        queue::resume(store, keys)?;
+        access.queue_or_create()?.resume();
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
 }

@@ -2,7 +2,7 @@ use redis_module::{Context, RedisResult, RedisString};
 use redis_module_macros::command;
 
 use super::{statuses, write_one, Clock};
-use crate::core::queue::{self, Settled};
+use crate::core::queue::Settled;
 use crate::parse::parse_lease_refs;
 use crate::server_time;
 
@@ -23,13 +23,17 @@ use crate::server_time;
     }],
 })]
 fn vtasks_release(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    write_one(ctx, &args, Clock::AtEnd, |store, keys, a, now| {
+    write_one(ctx, &args, Clock::AtEnd, |access, a, now| {
         let items = parse_lease_refs(a, "RELEASE")?;
         a.finish()?;
-        let outcomes = queue::release(store, keys, &items, now)?;
+        let outcomes = match access.queue()? {
+            Some(queue) => queue.release(&items, now),
+            None => vec![Settled::NoTask; items.len()],
+        };
+        let queue_name = access.keys().queue();
         server_time::with_holders(|h| {
             for item in &items {
-                h.settled(keys.queue(), item.id, item.token);
+                h.settled(queue_name, item.id, item.token);
             }
         });
         Ok(statuses(outcomes, Settled::as_str))

@@ -2,7 +2,9 @@ use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use redis_module_macros::command;
 
 use super::read_one;
+use crate::core::error::VtError;
 use crate::core::queue;
+use crate::queue_key::View;
 use crate::server_time;
 
 /// VTASKS.STATS <queue>
@@ -22,10 +24,14 @@ use crate::server_time;
     }],
 })]
 fn vtasks_stats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    read_one(ctx, &args, |store, keys, a, now| {
+    read_one(ctx, &args, |access, keys, a, now| {
         a.finish()?;
         let blocked = server_time::blocked_on(keys.queue());
-        let stats = queue::stats(store, keys, now, blocked)?;
+        let stats = match access.view()? {
+            View::Missing => return Err(VtError::NoQueue(keys.queue_str())),
+            View::Native(queue) => queue.stats(now, blocked),
+            View::Layout(mut store) => queue::stats(&mut store, keys, now, blocked)?,
+        };
         Ok(RedisValue::Array(
             stats
                 .into_iter()

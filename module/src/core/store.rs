@@ -144,6 +144,24 @@ impl MemStore {
         self.data.len()
     }
 
+    /// Every key with its content and expiry, in key order: two stores
+    /// hold the same data exactly when these are equal.
+    pub fn sorted(&self) -> Vec<(Vec<u8>, String, Option<i64>)> {
+        let mut out: Vec<_> = self
+            .data
+            .iter()
+            .map(|(key, value)| {
+                let content = match value {
+                    MemValue::Zset { order, .. } => format!("{order:?}"),
+                    other => format!("{other:?}"),
+                };
+                (key.clone(), content, self.expires.get(key).copied())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn zset(&mut self, key: &[u8], create: bool) -> VtResult<Option<&mut MemValue>> {
         if create && !self.data.contains_key(key) {
             self.data.insert(

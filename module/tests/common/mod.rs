@@ -288,6 +288,12 @@ pub fn snapshot(con: &mut Connection) -> Vec<(String, String, String)> {
                             .unwrap();
                     format!("{members:?}")
                 }
+                // The module's queue: its serialized form is canonical, so
+                // two servers hold the same queue exactly when these match.
+                "vtasksque" => {
+                    let dump: Vec<u8> = cmd(&["DUMP", &key]).query(con).unwrap();
+                    format!("{dump:?}")
+                }
                 other => format!("unexpected type {other}"),
             };
             let ttl: i64 = cmd(&["PTTL", &key]).query(con).unwrap();

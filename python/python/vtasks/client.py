@@ -69,15 +69,27 @@ def _when(ms: int | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
+def _error_record(text: str) -> dict[str, Any]:
+    """A task's error text as a failure record (``docs/PROTOCOL.md``,
+    "Python tasks"). Text that is not one was written by the server (a lost
+    lease) or by another kind of worker: it becomes the record's message,
+    with a class path that imports."""
+    try:
+        record = loads(text)
+    except Exception:
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("exception_class"), str):
+        return record
+    cls = "vtasks.LeaseLost" if text.startswith("lease ") else "vtasks.VtasksError"
+    return {"exception_class": cls, "message": text, "traceback": ""}
+
+
 def _task_state(queue: str, id: str, raw: dict[str, Any] | None) -> TaskState | None:
     if raw is None:
         return None
     error = raw["error"]
     if error is not None:
-        try:
-            error = loads(error)
-        except Exception:
-            error = {"exception_class": "", "message": error, "traceback": ""}
+        error = _error_record(error)
     result = raw["result"]
     return TaskState(
         id=id,

@@ -304,6 +304,11 @@ fn read_tasks(queue: &mut TaskQueue, mut r: Reader) -> VtResult<()> {
     Ok(())
 }
 
+/// Whether a chunk is a queue's first (it carries the queue-wide values).
+pub fn is_head(chunk: &[u8]) -> bool {
+    chunk.get(1) == Some(&KIND_HEAD)
+}
+
 /// A queue from its first chunk.
 pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
     let (mut r, kind) = open(chunk)?;
@@ -317,7 +322,7 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
         1 => true,
         _ => return Err(corrupt("pause flag")),
     };
-    let mut counters = [0u64; 12];
+    let mut counters = [0u64; 13];
     for c in counters.iter_mut() {
         *c = r.u()?;
     }

@@ -12,6 +12,7 @@
 //! hashes with a random seed, which decides nothing observable).
 
 pub mod codec;
+pub mod layout;
 pub mod order;
 pub mod task;
 #[cfg(test)]
@@ -31,9 +32,8 @@ use super::record::State;
 use order::{Lanes, TimeIndex};
 use task::{Slab, Task, TaskImage, MAX_SEQ};
 
-/// The totals a queue keeps, in `VTASKS.STATS` order (which puts
-/// `vanished`, always 0 here, between `purged` and `leases_cut`).
-pub const COUNTER_NAMES: [&str; 12] = [
+/// The totals `VTASKS.STATS` reports, in its order.
+pub const COUNTER_NAMES: [&str; 13] = [
     "enqueued",
     "acked",
     "failed",
@@ -44,6 +44,7 @@ pub const COUNTER_NAMES: [&str; 12] = [
     "requeued",
     "cancelled",
     "purged",
+    "vanished",
     "leases_cut",
     "dead_lost",
 ];
@@ -60,6 +61,9 @@ pub struct Counters {
     pub requeued: u64,
     pub cancelled: u64,
     pub purged: u64,
+    /// Ids found without their task when a keyspace-layout queue was
+    /// adopted (a queue of the module's type cannot lose a task's record).
+    pub vanished: u64,
     /// Leases cut to the grace because the connections holding them closed.
     pub leases_cut: u64,
     /// Tasks dead-lettered because they used up their lost-lease budget.
@@ -67,7 +71,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn to_array(self) -> [u64; 12] {
+    pub fn to_array(self) -> [u64; 13] {
         [
             self.enqueued,
             self.acked,
@@ -79,12 +83,13 @@ impl Counters {
             self.requeued,
             self.cancelled,
             self.purged,
+            self.vanished,
             self.leases_cut,
             self.dead_lost,
         ]
     }
 
-    pub fn from_array(a: [u64; 12]) -> Counters {
+    pub fn from_array(a: [u64; 13]) -> Counters {
         Counters {
             enqueued: a[0],
             acked: a[1],
@@ -96,8 +101,9 @@ impl Counters {
             requeued: a[7],
             cancelled: a[8],
             purged: a[9],
-            leases_cut: a[10],
-            dead_lost: a[11],
+            vanished: a[10],
+            leases_cut: a[11],
+            dead_lost: a[12],
         }
     }
 }
@@ -129,6 +135,10 @@ pub struct TaskQueue {
     woken: u64,
     /// Heap bytes of the tasks themselves (ids, payloads, extras).
     task_bytes: usize,
+    /// Whether anything changed since the caller last asked
+    /// (`take_changed`): the command layer replicates only commands that
+    /// changed something.
+    changed: bool,
 }
 
 impl Default for TaskQueue {
@@ -177,11 +187,17 @@ impl TaskQueue {
             meta,
             woken: 0,
             task_bytes: 0,
+            changed: false,
         }
     }
 
     pub fn meta(&self) -> Meta {
         self.meta
+    }
+
+    /// Counts ids that had lost their task before the queue came here.
+    pub fn count_vanished(&mut self, n: u64) {
+        self.meta.counters.vanished += n;
     }
 
     /// Tasks held, in any state.
@@ -196,6 +212,11 @@ impl TaskQueue {
     /// How many tasks became ready since the last call.
     pub fn take_woken(&mut self) -> u64 {
         std::mem::take(&mut self.woken)
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Bytes the queue holds on the heap, for `MEMORY USAGE` and `INFO`.
@@ -237,6 +258,7 @@ impl TaskQueue {
     }
 
     fn insert(&mut self, task: Task) -> u32 {
+        self.changed = true;
         let hash = self.hash(task.id());
         self.task_bytes += task.heap_bytes();
         let slot = self.slab.insert(task);
@@ -247,6 +269,7 @@ impl TaskQueue {
     }
 
     fn unindex(&mut self, slot: u32) {
+        self.changed = true;
         let hash = self.hash(self.slab.id(slot));
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
@@ -274,6 +297,7 @@ impl TaskQueue {
 
     /// Changes a task, keeping the byte count right.
     fn update<T>(&mut self, slot: u32, f: impl FnOnce(&mut Task) -> T) -> T {
+        self.changed = true;
         let task = self.slab.get_mut(slot);
         let before = task.heap_bytes();
         let out = f(task);
@@ -809,12 +833,6 @@ impl TaskQueue {
             ("oldest_ready_age_ms", self.oldest_ready_age(now)),
         ];
         for (name, value) in COUNTER_NAMES.iter().zip(self.meta.counters.to_array()) {
-            if *name == "leases_cut" {
-                // Tasks whose record vanished while queued: the tasks of a
-                // native queue live inside its one value, so none can
-                // vanish on its own.
-                out.push(("vanished", 0));
-            }
             out.push((name, value as i64));
         }
         out
@@ -935,10 +953,12 @@ impl TaskQueue {
     }
 
     pub fn pause(&mut self) {
+        self.changed = true;
         self.meta.paused = true;
     }
 
     pub fn resume(&mut self) {
+        self.changed = true;
         if self.meta.paused {
             self.woken += self.ready as u64;
         }
@@ -996,6 +1016,24 @@ impl TaskQueue {
             self.slab.remove(front);
         }
         self.lanes.drop_if_empty(priority);
+    }
+
+    /// Hands every byte allocation of the tasks, from slot `start` on, to
+    /// `f` (which may move it: defragmentation), until `f` asks to stop;
+    /// then returns the slot to continue from, or None when done.
+    pub fn relocate_allocations(
+        &mut self,
+        start: u32,
+        mut f: impl FnMut(&mut Box<[u8]>) -> bool,
+    ) -> Option<u32> {
+        for slot in start..self.slab.capacity() as u32 {
+            if let Some(task) = self.slab.try_get_mut(slot) {
+                if !task.relocate(&mut f) {
+                    return Some(slot + 1);
+                }
+            }
+        }
+        None
     }
 
     /// Every task's full state, in a canonical order (ready by priority and

@@ -332,6 +332,26 @@ impl Task {
         e.workers = Some(workers.into_boxed_slice());
     }
 
+    /// Hands each byte allocation of the task to `f`, which may move it
+    /// (defragmentation); stops early when `f` says so. Contents never
+    /// change.
+    pub fn relocate(&mut self, f: &mut impl FnMut(&mut Box<[u8]>) -> bool) -> bool {
+        if !f(&mut self.data) {
+            return false;
+        }
+        if let Some(e) = self.extra.as_deref_mut() {
+            for text in [&mut e.workers, &mut e.error, &mut e.result]
+                .into_iter()
+                .flatten()
+            {
+                if !f(text) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Bytes this task holds on the heap (its entry in the slab aside).
     pub fn heap_bytes(&self) -> usize {
         self.data.len() + self.extra().map_or(0, Extra::heap_bytes)
@@ -539,6 +559,19 @@ impl Slab {
         self.chunks.len() * CHUNK * std::mem::size_of::<Option<Task>>()
             + self.free.capacity() * 4
             + self.chunks.capacity() * 16
+    }
+
+    /// Slots in the slab, used or free.
+    pub fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// The task in `slot`, if there is one.
+    pub fn try_get_mut(&mut self, slot: u32) -> Option<&mut Task> {
+        let slot = slot as usize;
+        self.chunks
+            .get_mut(slot / CHUNK)
+            .and_then(|c| c[slot % CHUNK].as_mut())
     }
 
     /// Every live task with its slot (tombstones left out).

@@ -27,7 +27,7 @@ from django.utils.module_loading import import_string
 from .. import limits
 from ..client import Client, TaskState, redacted_url
 from ..errors import ModuleNotLoaded, VtasksError
-from ..payloads import dumps, loads
+from ..payloads import argument_error, dumps, error_entries, loads
 from .checks import reaches_server
 
 # Status of a vtasks task -> Django's.
@@ -74,6 +74,22 @@ def split_result_id(value: str) -> tuple[str, str]:
     if not sep or not task_id or not queue:
         raise TaskResultDoesNotExist(value)
     return task_id, queue
+
+
+def task_error(entry: dict[str, Any]) -> TaskError:
+    """Django's record of one failed attempt. An attempt without a traceback
+    (a lost lease, whose text the server wrote; an earlier attempt whose
+    traceback was cut to fit the error limit) shows its message instead."""
+    cls = str(entry.get("exception_class") or "vtasks.VtasksError")
+    traceback = str(entry.get("traceback") or "")
+    if not traceback:
+        traceback = f"{cls}: {entry.get('message', '')}"
+    return TaskError(exception_class_path=cls, traceback=traceback)
+
+
+def _argument_error(task: Task, args: Any, kwargs: Any) -> TypeError | ValueError | None:
+    """Which argument Django's JSON normalization or the encoder refuses."""
+    return argument_error(task.module_path, list(args), dict(kwargs), lambda value: dumps(normalize_json(value)))
 
 
 def resolve_task(path: str) -> Task:
@@ -233,8 +249,11 @@ class ValkeyTaskBackend(BaseTaskBackend):
 
     def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, bytes]:
         self.validate_task(task)
-        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        task_id = self._task_id(task, args, kwargs)
+        try:
+            args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+            task_id = self._task_id(task, args, kwargs)
+        except (TypeError, ValueError) as exc:
+            raise _argument_error(task, args, kwargs) or exc from exc
         body: dict[str, Any] = {"task": task.module_path, "args": args, "kwargs": kwargs}
         run_options = {
             key: value
@@ -246,7 +265,10 @@ class ValkeyTaskBackend(BaseTaskBackend):
         }
         if run_options:
             body["options"] = run_options
-        payload = dumps(body)
+        try:
+            payload = dumps(body)
+        except (TypeError, ValueError) as exc:
+            raise _argument_error(task, args, kwargs) or exc from exc
         result = TaskResult(
             task=task,
             id=result_id(task_id, task.queue_name),
@@ -263,9 +285,13 @@ class ValkeyTaskBackend(BaseTaskBackend):
         )
         return result, payload
 
-    def _enqueued(self, result: TaskResult) -> TaskResult:
-        object.__setattr__(result, "enqueued_at", timezone.now())
-        task_enqueued.send(type(self), task_result=result)
+    def _enqueued(self, result: TaskResult, added: bool) -> TaskResult:
+        """Sends ``task_enqueued`` if the task was added: a unique task that
+        already existed was not enqueued again (the result is the existing
+        task's; its ``enqueued_at`` stays None until refreshed)."""
+        if added:
+            object.__setattr__(result, "enqueued_at", timezone.now())
+            task_enqueued.send(type(self), task_result=result)
         return result
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
@@ -273,12 +299,12 @@ class ValkeyTaskBackend(BaseTaskBackend):
         task_id, queue = split_result_id(result.id)
 
         def send() -> None:
-            self.client.enqueue_payload_sync(
+            added = self.client.enqueue_payload_sync(
                 queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
                 max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
                 max_lost_leases=self._lost_leases(task),
             )
-            self._enqueued(result)
+            self._enqueued(result, added)
 
         if self.enqueue_on_commit and any(c.in_atomic_block for c in connections.all(initialized_only=True)):
             # The task must not run before the data it needs is committed,
@@ -291,26 +317,27 @@ class ValkeyTaskBackend(BaseTaskBackend):
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         result, payload = self._prepare(task, args, kwargs)
         task_id, queue = split_result_id(result.id)
-        await self.client.enqueue_payload(
+        added = await self.client.enqueue_payload(
             queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
             max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
             max_lost_leases=self._lost_leases(task),
         )
-        return self._enqueued(result)
+        return self._enqueued(result, added)
 
     def _result(self, value: str, state: TaskState | None) -> TaskResult:
         if state is None:
             raise TaskResultDoesNotExist(value)
-        body = loads(state.payload)
-        task = resolve_task(body["task"])
-        errors = []
-        if state.error is not None:
-            errors.append(
-                TaskError(
-                    exception_class_path=state.error.get("exception_class", ""),
-                    traceback=state.error.get("traceback", ""),
-                )
-            )
+        try:
+            body = loads(state.payload)
+            task = resolve_task(body["task"])
+        except (ValueError, TypeError, KeyError, LookupError) as exc:
+            # Not enqueued through Django, or its task was renamed or
+            # removed since: there is no Task to give the result.
+            raise TaskResultDoesNotExist(
+                f"{value}: the task exists in Valkey but is not a Django task result ({exc})"
+            ) from exc
+        entries, _ = error_entries(state.error)
+        errors = [task_error(entry) for entry in entries]
         # Django counts attempts as len(worker_ids); vtasks keeps each
         # worker once, so the last one is repeated for its further attempts.
         workers = state.workers[: state.attempts]

@@ -1,24 +1,33 @@
 """Running Django Tasks on a vtasks worker: only Django ``Task`` objects,
 with ``TaskContext``, the task signals, and Django's database connection
 hygiene for sync tasks (each runs in a worker thread, with
-``close_old_connections`` around it)."""
+``close_old_connections`` around it).
+
+``task_finished`` is sent once per attempt. An attempt that failed and will
+run again finishes with status ``READY`` (Django's "ready to be executed
+again"), so Django's log reads ``state=READY`` for a retry and
+``state=FAILED`` only when the task failed for good; ``errors`` lists every
+failed attempt so far. A run the worker abandons at shutdown sends no
+``task_finished``: its lease decides what becomes of it."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from django.db import close_old_connections
 from django.tasks import TaskContext, TaskResult, TaskResultStatus
-from django.tasks.base import Task, TaskError
+from django.tasks.base import Task
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
-from ..errors import TaskNotRegistered
-from ..worker import Delivery, Worker
-from .backend import ValkeyTaskBackend, resolve_task, result_id
+from ..errors import ResultNotStored, TaskNotRegistered
+from ..payloads import dumps
+from ..worker import Delivery, Failure, Worker, result_not_stored
+from .backend import ValkeyTaskBackend, resolve_task, result_id, task_error
 
 
 def _running_result(task: Task, backend: str, d: Delivery, args: Any, kwargs: Any) -> TaskResult:
@@ -39,15 +48,32 @@ def _running_result(task: Task, backend: str, d: Delivery, args: Any, kwargs: An
     )
 
 
-def _finish(result: TaskResult, sender: type, error: BaseException | None) -> None:
+def _succeeded(result: TaskResult, sender: type) -> None:
     object.__setattr__(result, "finished_at", timezone.now())
-    if error is None:
-        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+    object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+    task_finished.send(sender, task_result=result)
+
+
+def _failed(result: TaskResult, sender: type, failure: Failure) -> None:
+    """Sends ``task_finished`` for a failed attempt (inside the handler of
+    its exception, so Django's log shows the traceback)."""
+    result.errors[:] = [task_error(entry) for entry in failure.entries]
+    if failure.will_retry:
+        object.__setattr__(result, "status", TaskResultStatus.READY)
     else:
-        cls = type(error)
-        result.errors.append(TaskError(exception_class_path=f"{cls.__module__}.{cls.__qualname__}", traceback=""))
+        object.__setattr__(result, "finished_at", timezone.now())
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
     task_finished.send(sender, task_result=result)
+
+
+def _stored(task: Task, value: Any) -> Any:
+    """The return value as it will be stored, or ResultNotStored."""
+    try:
+        value = normalize_json(value)
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise result_not_stored(task.module_path, exc) from exc
+    return value
 
 
 def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., Any]]:
@@ -64,8 +90,22 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
         except LookupError as exc:
             raise TaskNotRegistered(str(exc)) from None
 
+        signature = _call_signature(task)
+
         def call_args(result: TaskResult, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (TaskContext(task_result=result), *args) if task.takes_context else args
+
+        def retryable(d: Delivery, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+            """As the worker decides: arguments that do not fit, or a
+            result that cannot be stored, fail the same way every time."""
+            if isinstance(exc, ResultNotStored):
+                return False
+            if isinstance(exc, TypeError) and signature is not None:
+                try:
+                    signature.bind(d, *args, **kwargs)
+                except TypeError:
+                    return False
+            return True
 
         if _is_coroutine(task.func):
 
@@ -73,11 +113,20 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                 result = _running_result(task, backend.alias, d, args, kwargs)
                 task_started.send(sender, task_result=result)
                 try:
-                    value = normalize_json(await task.func(*call_args(result, args), **kwargs))
-                except BaseException as exc:
-                    _finish(result, sender, exc)
+                    value = _stored(task, await task.func(*call_args(result, args), **kwargs))
+                except asyncio.CancelledError:
+                    if d.abandoned or d.timeout is None:
+                        raise  # stopped without an outcome: the lease decides
+                    # The worker's timeout cut it; it records a TimeoutError.
+                    try:
+                        raise TimeoutError(f"task {task.module_path} ran longer than its timeout of {d.timeout:g} s")
+                    except TimeoutError as timeout:
+                        _failed(result, sender, await d.afailure(timeout))
                     raise
-                _finish(result, sender, None)
+                except BaseException as exc:
+                    _failed(result, sender, await d.afailure(exc, retryable=retryable(d, exc, args, kwargs)))
+                    raise
+                _succeeded(result, sender)
                 return value
 
             wrapper = run_async
@@ -89,18 +138,17 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     result = _running_result(task, backend.alias, d, args, kwargs)
                     task_started.send(sender, task_result=result)
                     try:
-                        value = normalize_json(task.func(*call_args(result, args), **kwargs))
+                        value = _stored(task, task.func(*call_args(result, args), **kwargs))
                     except BaseException as exc:
-                        _finish(result, sender, exc)
+                        _failed(result, sender, d.failure(exc, retryable=retryable(d, exc, args, kwargs)))
                         raise
-                    _finish(result, sender, None)
+                    _succeeded(result, sender)
                     return value
                 finally:
                     close_old_connections()
 
             wrapper = run_sync
         wrapper.wants_delivery = True  # type: ignore[union-attr]
-        signature = _call_signature(task)
         if signature is not None:
             # The worker checks arguments against it when a call fails with
             # TypeError: arguments that cannot fit are dead-lettered at once.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import task_backends
+from django.tasks.exceptions import InvalidTaskBackend
 
 from ....errors import VtasksError
 from ...backend import ValkeyTaskBackend
@@ -16,7 +18,12 @@ from ...worker import make_worker
 
 
 class Command(BaseCommand):
-    help = "Runs a vtasks worker for a Django task backend."
+    help = (
+        "Runs a vtasks worker for a Django task backend. SIGTERM or SIGINT stops it gracefully: no new tasks, "
+        "running ones get --grace seconds; a second signal stops it at once. A task still running then is "
+        "abandoned (the log names it): its lease runs out and the server runs it again or, once its budget "
+        "is spent, dead-letters it."
+    )
 
     def check(self, *args: Any, **kwargs: Any) -> None:
         # A worker uses Valkey: its checks reach the server, whether the
@@ -30,33 +37,57 @@ class Command(BaseCommand):
             "--queue", action="append", dest="queues",
             help="queue to serve, repeatable, in order of preference (default: the backend's QUEUES, in their order)",
         )
-        parser.add_argument("--concurrency", type=int, default=10)
-        parser.add_argument("--burst", action="store_true", help="drain the queues (nothing ready or leased) and exit")
-        parser.add_argument("--max-tasks", type=int, default=None)
-        parser.add_argument("--worker-id", default=None)
+        parser.add_argument("--concurrency", type=int, default=10, help="tasks run at once (default: %(default)s)")
+        parser.add_argument(
+            "--burst", action="store_true",
+            help="exit once the queues hold no ready and no leased task. Delayed tasks are not waited for: "
+            "tasks scheduled for later (run_after) and failed tasks waiting for their retry stay queued "
+            "for the next worker",
+        )
+        parser.add_argument(
+            "--max-tasks", type=int, default=None,
+            help="exit after taking this many tasks (run, or dead-lettered because they cannot run); "
+            "it never takes more",
+        )
+        parser.add_argument(
+            "--grace", type=float, default=30.0,
+            help="seconds running tasks get to finish when the worker stops (default: %(default)s)",
+        )
+        parser.add_argument("--worker-id", default=None, help="the worker's name in VTASKS.GET and worker_ids")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        backend = task_backends[options["backend"]]
-        if not isinstance(backend, ValkeyTaskBackend):
-            raise CommandError(f"task backend {options['backend']!r} is not a ValkeyTaskBackend")
-        queues = options["queues"] or backend.queue_order
-        unknown = set(queues) - backend.queues
-        if unknown:
-            raise CommandError(f"queues not configured for backend {options['backend']!r}: {sorted(unknown)}")
-        if options["concurrency"] < 1:
-            raise CommandError("--concurrency must be at least 1")
-        logging.getLogger("vtasks").setLevel(logging.INFO if options["verbosity"] > 0 else logging.WARNING)
-        worker = make_worker(
-            backend,
-            queues=queues,
-            concurrency=options["concurrency"],
-            burst=options["burst"],
-            max_tasks=options["max_tasks"],
-            consumer=options["worker_id"],
-        )
+        alias = options["backend"]
         try:
+            backend = task_backends[alias]
+        except InvalidTaskBackend as exc:
+            configured = ", ".join(repr(a) for a in task_backends.settings) or "none"
+            raise CommandError(f"no task backend {alias!r} in settings.TASKS (configured: {configured})") from exc
+        if not isinstance(backend, ValkeyTaskBackend):
+            raise CommandError(f"task backend {alias!r} is not a ValkeyTaskBackend")
+        queues = options["queues"] or backend.queue_order
+        if not queues:
+            raise CommandError(f"task backend {alias!r} names no QUEUES: give the queues to serve with --queue")
+        unknown = set(queues) - backend.queues if backend.queues else set()
+        if unknown:
+            raise CommandError(f"queues not configured for backend {alias!r}: {sorted(unknown)}")
+        for name in ("concurrency", "max_tasks"):
+            if options[name] is not None and options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        if options["grace"] < 0:
+            raise CommandError("--grace must not be negative")
+        self._log_to_stderr(logging.INFO if options["verbosity"] > 0 else logging.WARNING)
+        try:
+            worker = make_worker(
+                backend,
+                queues=queues,
+                concurrency=options["concurrency"],
+                burst=options["burst"],
+                max_tasks=options["max_tasks"],
+                grace=options["grace"],
+                consumer=options["worker_id"],
+            )
             engine = backend.client.engine
-        except VtasksError as exc:
+        except (ValueError, VtasksError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}, {engine} engine"
@@ -66,3 +97,14 @@ class Command(BaseCommand):
             f"vtasks worker {worker.consumer} done: {worker.succeeded} succeeded, "
             f"{worker.failed} failed, {worker.dead_lettered} dead-lettered"
         )
+
+    @staticmethod
+    def _log_to_stderr(level: int) -> None:
+        """The worker's log (``vtasks`` loggers) at ``level``, on stderr
+        unless the project's LOGGING already sends it somewhere."""
+        logger = logging.getLogger("vtasks")
+        logger.setLevel(level)
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)

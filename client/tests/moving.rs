@@ -1,8 +1,11 @@
-//! Both engines on one server (Valkey with the module): what one engine
-//! leaves in flight (ready, delayed and leased tasks, dead letters) the other
-//! carries on with, in both directions, and each engine's consumers are
-//! woken by the other engine's writes. This is what a deployment moving
-//! between managed Valkey (scripts) and Valkey with the module goes through.
+//! Moving a queue between the engines (Valkey with the module): what one
+//! engine leaves in flight (ready, delayed and leased tasks, dead letters)
+//! the other carries on with, in both directions, after `VTASKS.ADOPT`
+//! (keyspace layout to the module's type; also done on first use) or
+//! `VTASKS.EXPORT` (back to the keyspace layout, for a server without the
+//! module). This is what a deployment moving between managed Valkey
+//! (scripts) and Valkey with the module goes through. The two engines never
+//! serve one queue at the same time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -44,10 +47,11 @@ fn ack_of(d: &Delivery) -> Ack {
 /// `first` enqueues 40 tasks (10 delayed, 5 allowed one lost lease) and leaves
 /// them in flight: 10 leased under a short lease and never settled (5 of
 /// them with a lost-lease budget of 1, so their expiry dead-letters them), 5 dead-lettered
-/// by a NACK. `second` then runs the queue to the end: expired leases come
-/// back or die, delayed tasks become due, dead letters are requeued. Every
-/// task ends done exactly once, and the totals add up.
-async fn hand_over(first: &Client, second: &Client, name: &str) {
+/// by a NACK. `between` converts the
+/// queue. `second` then runs the queue to the end: expired leases come back
+/// or die, delayed tasks become due, dead letters are requeued. Every task
+/// ends done exactly once, and the totals add up.
+async fn hand_over(first: &Client, second: &Client, name: &str, between: impl FnOnce(&str)) {
     let queue = QueueName::new(name).unwrap();
     let tasks: Vec<NewTask> = (0..40)
         .map(|i| {
@@ -86,7 +90,8 @@ async fn hand_over(first: &Client, second: &Client, name: &str) {
     let outcomes = first.nack(&queue, &nacks).await.unwrap();
     assert!(outcomes.iter().all(|o| *o == NackOutcome::Dead));
 
-    // The second engine takes over.
+    // The queue changes hands: the second engine takes over.
+    between(name);
     assert_eq!(second.requeue_dead(&queue, None).await.unwrap(), 5);
     let mut done: BTreeMap<String, u32> = BTreeMap::new();
     let mut pending = Vec::new();
@@ -126,11 +131,11 @@ async fn hand_over(first: &Client, second: &Client, name: &str) {
     assert_eq!(done.len(), 35);
     assert!(done.values().all(|n| *n == 1), "{done:?}");
     for id in done.keys() {
-        let info = first.get(&queue, id).await.unwrap().unwrap();
+        let info = second.get(&queue, id).await.unwrap().unwrap();
         assert_eq!(info.status, Status::Done, "{id}");
         assert_eq!(info.consumer.as_deref(), Some("second"));
     }
-    let stats = first.stats(&queue).await.unwrap();
+    let stats = second.stats(&queue).await.unwrap();
     for (name, value) in [
         ("enqueued", 40),
         ("acked", 35),
@@ -143,102 +148,99 @@ async fn hand_over(first: &Client, second: &Client, name: &str) {
     }
 }
 
+/// `VTASKS.ADOPT` or `VTASKS.EXPORT`, with the reply: how many tasks moved.
+fn convert(server: &Server, command: &str, queue: &str) -> i64 {
+    let mut con = server.connect();
+    redis::cmd(command)
+        .arg(format!("{{{queue}}}"))
+        .query(&mut con)
+        .unwrap_or_else(|e| panic!("{command}: {e}"))
+}
+
+fn key_type(server: &Server, key: &str) -> String {
+    let mut con = server.connect();
+    redis::cmd("TYPE").arg(key).query(&mut con).unwrap()
+}
+
+/// The module's queue written back in the keyspace layout: the scripts
+/// engine carries on what the module left in flight (a move to a server
+/// without the module).
 #[tokio::test]
-async fn the_scripts_carry_on_what_the_module_left_in_flight() {
+async fn the_scripts_carry_on_what_the_module_left_in_flight_after_an_export() {
     let server = Server::start_with_module(&[]);
     let module = client(&server, EngineChoice::Module).await;
     let scripts = client(&server, EngineChoice::Scripts).await;
-    hand_over(&module, &scripts, "module-to-scripts").await;
-}
-
-#[tokio::test]
-async fn the_module_carries_on_what_the_scripts_left_in_flight() {
-    let server = Server::start_with_module(&[]);
-    let module = client(&server, EngineChoice::Module).await;
-    let scripts = client(&server, EngineChoice::Scripts).await;
-    hand_over(&scripts, &module, "scripts-to-module").await;
-}
-
-/// Starts a blocking fetch of `consumer` (20 s block) and waits until the
-/// queue counts it as blocked. `watcher` must run the module: only the
-/// module sees both its own blocked clients and the scripts' sleepers.
-async fn blocked_fetch(
-    consumer: &Client,
-    watcher: &Client,
-    queue: &QueueName,
-) -> tokio::task::JoinHandle<(Fetched, Instant)> {
-    let mut fetcher = consumer.blocking_fetcher();
-    let mut request = fetch(queue, "sleeper", 1, 30_000);
-    request.block = Some(Duration::from_secs(20));
-    let waiter = tokio::spawn(async move {
-        let got = fetcher.fetch(&request).await.unwrap();
-        (got, Instant::now())
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while watcher.stats(queue).await.unwrap().get("blocked") != Some(1) {
-        assert!(
-            Instant::now() < deadline,
-            "the {} consumer never blocked: {:?}",
-            consumer.engine(),
-            watcher.stats(queue).await
+    hand_over(&module, &scripts, "module-to-scripts", |name| {
+        assert_eq!(key_type(&server, &format!("{{{name}}}")), "vtasksque");
+        assert_eq!(convert(&server, "VTASKS.EXPORT", name), 40);
+        assert_eq!(key_type(&server, &format!("{{{name}}}")), "hash");
+        assert_eq!(
+            convert(&server, "VTASKS.EXPORT", name),
+            0,
+            "already exported"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    waiter
+    })
+    .await;
 }
 
+/// A queue the scripts engine kept, adopted by `VTASKS.ADOPT`: the module
+/// carries on what the scripts left in flight.
 #[tokio::test]
-async fn each_engine_wakes_the_other_engines_blocked_consumers() {
+async fn the_module_carries_on_what_the_scripts_left_in_flight_after_an_adopt() {
+    let server = Server::start_with_module(&[]);
+    let module = client(&server, EngineChoice::Module).await;
+    let scripts = client(&server, EngineChoice::Scripts).await;
+    hand_over(&scripts, &module, "scripts-to-module", |name| {
+        assert_eq!(key_type(&server, &format!("{{{name}}}")), "hash");
+        assert_eq!(convert(&server, "VTASKS.ADOPT", name), 40);
+        assert_eq!(key_type(&server, &format!("{{{name}}}")), "vtasksque");
+        let mut con = server.connect();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+        assert_eq!(keys, [format!("{{{name}}}")], "the layout's keys are gone");
+        assert_eq!(convert(&server, "VTASKS.ADOPT", name), 0, "already adopted");
+    })
+    .await;
+}
+
+/// With no `VTASKS.ADOPT`, the module adopts a scripts-layout queue on the
+/// first command that writes to it: here a worker's fetch.
+#[tokio::test]
+async fn the_module_adopts_a_scripts_queue_on_first_use() {
+    let server = Server::start_with_module(&[]);
+    let module = client(&server, EngineChoice::Module).await;
+    let scripts = client(&server, EngineChoice::Scripts).await;
+    hand_over(&scripts, &module, "first-use", |name| {
+        assert_eq!(key_type(&server, &format!("{{{name}}}")), "hash");
+    })
+    .await;
+    assert_eq!(key_type(&server, "{first-use}"), "vtasksque");
+}
+
+/// A blocked module consumer waits on the queue key; adopting a queue with
+/// ready tasks wakes it.
+#[tokio::test]
+async fn adopting_wakes_a_blocked_module_consumer() {
     let server = Server::start_with_module(&[]);
     let module = client(&server, EngineChoice::Module).await;
     let scripts = client(&server, EngineChoice::Scripts).await;
     let queue = QueueName::new("wakes").unwrap();
-    module.pause(&queue).await.unwrap(); // creates the queue for STATS
-    module.resume(&queue).await.unwrap();
-
-    for (consumer, producer) in [(&scripts, &module), (&module, &scripts)] {
-        // An enqueue wakes a consumer of the other engine at once...
-        let waiter = blocked_fetch(consumer, &module, &queue).await;
-        let sent = Instant::now();
-        producer
-            .enqueue(
-                &queue,
-                NewTask::new(format!("now-{}", consumer.engine()), b"{}".to_vec()),
-            )
-            .await
-            .unwrap();
-        let (got, woke) = waiter.await.unwrap();
-        assert_eq!(got.tasks.len(), 1);
-        assert!(woke - sent < Duration::from_secs(2), "woken by the enqueue");
-        module
-            .ack(
-                &queue,
-                &[(got.tasks[0].id.clone(), got.tasks[0].token, None)],
-                None,
-            )
-            .await
-            .unwrap();
-
-        // ...and a delayed task enqueued by the other engine wakes it when due.
-        let waiter = blocked_fetch(consumer, &module, &queue).await;
-        let mut later = NewTask::new(format!("later-{}", consumer.engine()), b"{}".to_vec());
-        later.when = When::After(Duration::from_millis(300));
-        let sent = Instant::now();
-        producer.enqueue(&queue, later).await.unwrap();
-        let (got, woke) = waiter.await.unwrap();
-        assert_eq!(got.tasks.len(), 1, "{}", consumer.engine());
-        let waited = woke - sent;
-        assert!(
-            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-            "woken when the task fell due, after {waited:?}"
-        );
-        module
-            .ack(
-                &queue,
-                &[(got.tasks[0].id.clone(), got.tasks[0].token, None)],
-                None,
-            )
-            .await
-            .unwrap();
+    scripts.pause(&queue).await.unwrap();
+    scripts
+        .enqueue(&queue, NewTask::new("t", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let mut fetcher = module.blocking_fetcher();
+    let mut request = fetch(&queue, "sleeper", 1, 30_000);
+    request.block = Some(Duration::from_secs(20));
+    let waiter = tokio::spawn(async move { fetcher.fetch(&request).await.unwrap() });
+    // The fetch adopted the (paused) queue and is blocked on it now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while module.stats(&queue).await.unwrap().get("blocked") != Some(1) {
+        assert!(Instant::now() < deadline, "the consumer never blocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(key_type(&server, "{wakes}"), "vtasksque");
+    module.resume(&queue).await.unwrap();
+    let got = waiter.await.unwrap();
+    assert_eq!(got.tasks.len(), 1);
 }
