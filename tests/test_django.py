@@ -473,7 +473,7 @@ def start_runworker(url: str, runs) -> subprocess.Popen[bytes]:
 
 
 def sleeps_runs(runs, kind: str) -> list[tuple[int, int, float]]:
-    """(task number, pid, time) of each `tasks.sleeps` start or end."""
+    """(task number, pid, time) of each `tasks.sleeps_recorded` start or end."""
     out = []
     for line in runs.read_text().splitlines():
         k, _, rest = line.partition(" ")
@@ -486,7 +486,7 @@ def sleeps_runs(runs, kind: str) -> list[tuple[int, int, float]]:
 def test_a_sigkilled_worker_fails_nothing_and_a_replacement_finishes_its_tasks(django_valkey, settings, runs):
     # The defaults a new project gets (MAX_ATTEMPTS 1, a 30 s lease): a
     # worker killed mid-run (a deploy, the OOM killer) is not a task failure.
-    results = [tasks.sleeps.enqueue(n, 1.5) for n in range(10)]
+    results = [tasks.sleeps_recorded.enqueue(n, 1.5) for n in range(10)]
     first = start_runworker(django_valkey.url, runs)
     replacement = None
     try:

@@ -67,8 +67,8 @@ def send_digest(user: int) -> int:
 
 
 @task
-def sleeps(n: int, seconds: float) -> int:
-    """Records its start and end with the worker's pid."""
+def sleeps_recorded(n: int, seconds: float) -> int:
+    """Sleeps ``seconds``, recording its start and end with the worker's pid."""
     record("django_sleeps_start", f"{n} {os.getpid()} {time.time():.3f}")
     time.sleep(seconds)
     record("django_sleeps_done", f"{n} {os.getpid()} {time.time():.3f}")
