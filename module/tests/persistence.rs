@@ -149,7 +149,9 @@ fn module_only_an_aof_rewrite_restores_the_exact_state_and_its_timers() {
         "the rewrite used the module's command"
     );
     let before = snapshot(&mut con);
-    drop(con);
+    // The connection stays open until the server stops: closing it first
+    // would cut the leases it holds, and the state would not be `before`.
+    let _open_until_the_restart = con;
 
     server.restart();
     let mut con = server.connect();
