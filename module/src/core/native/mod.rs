@@ -18,9 +18,9 @@ pub mod task;
 #[cfg(test)]
 mod tests;
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::error::{VtError, VtResult};
 use super::keys::{BULK_BATCH, MAX_ERROR_TEXT};
@@ -112,7 +112,9 @@ pub struct TaskQueue {
     slab: Slab,
     /// Task id -> slot. Holds only slot numbers; the ids live in the tasks.
     index: HashTable<u32>,
-    hasher: RandomState,
+    /// foldhash with a per-queue random seed: fast for short ids, and the
+    /// seed keeps chosen ids from colliding on purpose.
+    hasher: DefaultHashBuilder,
     lanes: Lanes,
     ready: usize,
     delayed: TimeIndex,
@@ -167,7 +169,7 @@ impl TaskQueue {
         TaskQueue {
             slab: Slab::default(),
             index: HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             lanes: Lanes::default(),
             ready: 0,
             delayed: TimeIndex::default(),
@@ -228,10 +230,13 @@ impl TaskQueue {
 
     /// The slot of the task with this id, expired kept records included.
     fn find(&self, id: &[u8]) -> Option<u32> {
+        self.find_hashed(self.hash(id), id)
+    }
+
+    /// `find`, with the id's hash already computed.
+    fn find_hashed(&self, hash: u64, id: &[u8]) -> Option<u32> {
         let slab = &self.slab;
-        self.index
-            .find(self.hash(id), |&slot| slab.id(slot) == id)
-            .copied()
+        self.index.find(hash, |&slot| slab.id(slot) == id).copied()
     }
 
     /// Whether a done task's kept record has expired: it is gone for every
@@ -248,8 +253,12 @@ impl TaskQueue {
     }
 
     fn insert(&mut self, task: Task) -> u32 {
-        self.changed = true;
         let hash = self.hash(task.id());
+        self.insert_hashed(task, hash)
+    }
+
+    fn insert_hashed(&mut self, task: Task, hash: u64) -> u32 {
+        self.changed = true;
         self.task_bytes += task.heap_bytes();
         let slot = self.slab.insert(task);
         let (slab, hasher) = (&self.slab, &self.hasher);
@@ -259,8 +268,12 @@ impl TaskQueue {
     }
 
     fn unindex(&mut self, slot: u32) {
-        self.changed = true;
         let hash = self.hash(self.slab.id(slot));
+        self.unindex_hashed(slot, hash);
+    }
+
+    fn unindex_hashed(&mut self, slot: u32, hash: u64) {
+        self.changed = true;
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
         }
@@ -269,7 +282,12 @@ impl TaskQueue {
 
     /// Deletes a task that is in no order any more.
     fn delete(&mut self, slot: u32) {
-        self.unindex(slot);
+        let hash = self.hash(self.slab.id(slot));
+        self.delete_hashed(slot, hash);
+    }
+
+    fn delete_hashed(&mut self, slot: u32, hash: u64) {
+        self.unindex_hashed(slot, hash);
         self.slab.remove(slot);
         self.shrink_index();
     }
@@ -355,12 +373,12 @@ impl TaskQueue {
     ) -> VtResult<Vec<bool>> {
         let mut added = Vec::with_capacity(tasks.len());
         let mut replaced = Vec::new();
-        let mut seen = hashbrown::HashSet::with_capacity_and_hasher(
-            if tasks.len() > 1 { tasks.len() } else { 0 },
-            self.hasher.clone(),
-        );
-        for task in tasks {
-            let mut free = match self.find(task.id) {
+        let hashes: Vec<u64> = tasks.iter().map(|t| self.hash(t.id)).collect();
+        // Ids earlier in the same call (task indices, by the ids' hashes).
+        let mut seen: HashTable<usize> =
+            HashTable::with_capacity(if tasks.len() > 1 { tasks.len() } else { 0 });
+        for (i, task) in tasks.iter().enumerate() {
+            let mut free = match self.find_hashed(hashes[i], task.id) {
                 None => true,
                 Some(slot) => {
                     let old = self.slab.get(slot);
@@ -374,7 +392,11 @@ impl TaskQueue {
                 }
             };
             if tasks.len() > 1 {
-                free &= seen.insert(task.id);
+                let first = seen.find(hashes[i], |&j| tasks[j].id == task.id).is_none();
+                if first {
+                    seen.insert_unique(hashes[i], i, |&j| hashes[j]);
+                }
+                free &= first;
             }
             added.push(free);
         }
@@ -412,10 +434,10 @@ impl TaskQueue {
         for slot in replaced {
             self.remove_finished(slot);
         }
-        for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
+        for (i, task) in tasks.iter().enumerate().filter(|(i, _)| added[*i]) {
             let new = Task::new(task.id, task.payload, task.priority, task.max_attempts, now);
             let at = run_at(task);
-            let slot = self.insert(new);
+            let slot = self.insert_hashed(new, hashes[i]);
             if at <= now {
                 self.update(slot, |t| t.set_seq(seq));
                 self.lanes
@@ -588,14 +610,19 @@ impl TaskQueue {
             .min()
     }
 
-    /// The task's slot if `token` holds its current lease, else why not.
-    fn check_lease(&self, id: &[u8], token: i64, now: i64) -> Result<u32, Settled> {
-        let slot = self.find_live(id, now).ok_or(Settled::NoTask)?;
+    /// The task's slot and its id's hash if `token` holds its current
+    /// lease, else why not.
+    fn check_lease(&self, id: &[u8], token: i64, now: i64) -> Result<(u32, u64), Settled> {
+        let hash = self.hash(id);
+        let slot = self
+            .find_hashed(hash, id)
+            .filter(|slot| !Self::expired(self.slab.get(*slot), now))
+            .ok_or(Settled::NoTask)?;
         let task = self.slab.get(slot);
         if task.state() != State::Leased || task.token() as i64 != token {
             return Err(Settled::Stale);
         }
-        Ok(slot)
+        Ok((slot, hash))
     }
 
     fn unlease(&mut self, slot: u32) {
@@ -609,8 +636,8 @@ impl TaskQueue {
     pub fn ack(&mut self, items: &[AckItem], keep_ms: i64, now: i64) -> Vec<Settled> {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let slot = match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => slot,
+            let (slot, hash) = match self.check_lease(item.id, item.token, now) {
+                Ok(found) => found,
                 Err(refused) => {
                     outcomes.push(refused);
                     continue;
@@ -620,7 +647,7 @@ impl TaskQueue {
             self.meta.counters.acked += 1;
             self.unlease(slot);
             if keep_ms == 0 {
-                self.delete(slot);
+                self.delete_hashed(slot, hash);
                 continue;
             }
             let expires = now + keep_ms;
@@ -646,7 +673,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             let slot = match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => slot,
+                Ok((slot, _)) => slot,
                 Err(refused) => {
                     outcomes.push(NackOutcome::Refused(refused));
                     continue;
@@ -691,7 +718,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => {
+                Ok((slot, _)) => {
                     self.unlease(slot);
                     let deadline = now + lease_ms;
                     self.update(slot, |t| t.extra_mut().due = deadline);
@@ -711,7 +738,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => {
+                Ok((slot, _)) => {
                     self.meta.counters.released += 1;
                     self.unlease(slot);
                     self.update(slot, |t| {
@@ -961,17 +988,20 @@ impl TaskQueue {
         self.lanes.drop_if_empty(priority);
     }
 
-    /// Hands every byte allocation of the tasks, from slot `start` on, to
-    /// `f` (which may move it: defragmentation), until `f` asks to stop;
-    /// then returns the slot to continue from, or None when done.
+    /// Hands every allocation of the tasks, from slot `start` on, to
+    /// `moved` (which may move it: defragmentation; see `Task::relocate`)
+    /// until `stop` says so; then returns the slot to continue from, or
+    /// None when done.
     pub fn relocate_allocations(
         &mut self,
         start: u32,
-        mut f: impl FnMut(&mut Box<[u8]>) -> bool,
+        mut moved: impl FnMut(*mut u8, usize) -> *mut u8,
+        mut stop: impl FnMut() -> bool,
     ) -> Option<u32> {
         for slot in start..self.slab.capacity() as u32 {
             if let Some(task) = self.slab.try_get_mut(slot) {
-                if !task.relocate(&mut f) {
+                task.relocate(&mut moved);
+                if stop() {
                     return Some(slot + 1);
                 }
             }
