@@ -712,6 +712,12 @@ mod goals {
                 let us = match only.unwrap_or("") {
                     "plain" => cpu_plain(&mut con, tasks),
                     "1" => cpu_module(&mut con, tasks, 1),
+                    "fill" => {
+                        let t = Instant::now();
+                        enqueue_module(&mut con, 0..tasks, 1000);
+                        println!("filled {tasks} in {:?}", t.elapsed());
+                        0.0
+                    }
                     _ => cpu_module(&mut con, tasks, 100),
                 };
                 println!("{us:.2} µs server CPU per task");

@@ -1014,16 +1014,23 @@ impl TaskQueue {
     /// two queues with the same state give the same images in the same
     /// order, whatever their history.
     pub fn images(&self) -> impl Iterator<Item = TaskImage> + '_ {
+        // Each lane's fifo and returned set are both in sequence order:
+        // merged as they go, with no copy of a large queue's order.
         let ready = self.lanes.iter().flat_map(move |(_, lane)| {
-            let mut slots: Vec<(u64, u32)> = lane
+            let mut fifo = lane
                 .fifo
                 .iter()
                 .filter(|s| !self.slab.get(*s).is_tombstone())
                 .map(|s| (self.slab.get(s).seq(), s))
-                .chain(lane.returned.iter().copied())
-                .collect();
-            slots.sort_unstable();
-            slots.into_iter().map(|(_, s)| s)
+                .peekable();
+            let mut returned = lane.returned.iter().copied().peekable();
+            std::iter::from_fn(move || match (fifo.peek(), returned.peek()) {
+                (Some(f), Some(r)) if f < r => fifo.next(),
+                (_, Some(_)) => returned.next(),
+                (Some(_), None) => fifo.next(),
+                (None, None) => None,
+            })
+            .map(|(_, s)| s)
         });
         let timed = [&self.delayed, &self.leased, &self.dead, &self.done]
             .into_iter()
@@ -1052,7 +1059,7 @@ impl TaskQueue {
             if let Some(back) = self
                 .lanes
                 .lane(rec.priority as i8)
-                .and_then(|l| l.fifo.iter().last())
+                .and_then(|l| l.fifo.back())
             {
                 if self.slab.get(back).seq() >= rec.seq as u64 {
                     return Err(VtError::Internal("ready tasks out of order".into()));

@@ -46,6 +46,13 @@ impl SlotDeque {
         (self.len > 0).then(|| self.blocks[0][self.head])
     }
 
+    pub fn back(&self) -> Option<u32> {
+        (self.len > 0).then(|| {
+            let last = self.head + self.len - 1;
+            self.blocks[last / BLOCK][last % BLOCK]
+        })
+    }
+
     pub fn pop_front(&mut self) -> Option<u32> {
         let slot = self.front()?;
         self.head += 1;
@@ -349,6 +356,7 @@ mod tests {
             assert_eq!(d.pop_front(), Some(i));
         }
         d.push_back(9999);
+        assert_eq!(d.back(), Some(9999));
         let rest: Vec<u32> = d.iter().collect();
         assert_eq!(rest.len(), BLOCK + 8);
         assert_eq!(rest[0], 2 * BLOCK as u32);
