@@ -63,8 +63,16 @@ fn is_primary(ctx: &Context) -> bool {
 /// After a command changed a queue: record when it next needs maintenance
 /// and make sure the timer fires by then.
 pub fn reschedule(ctx: &Context, queue: &[u8], due: Option<i64>) {
-    with_state(|st| st.schedule.set(queue, due));
-    arm(ctx);
+    let changed = with_state(|st| {
+        let changed = st.schedule.get(queue) != due;
+        if changed {
+            st.schedule.set(queue, due);
+        }
+        changed
+    });
+    if changed {
+        arm(ctx);
+    }
 }
 
 fn arm(ctx: &Context) {

@@ -193,15 +193,15 @@ pub unsafe extern "C" fn defrag(
         } else {
             0
         };
-        let next = queue.relocate_allocations(start, |bytes| {
-            // SAFETY: the queue's allocations come from the server's
-            // allocator (the module's global allocator); `DefragAlloc`
-            // either leaves one in place (null) or copies it and frees the
-            // old one, whose box must then be forgotten, not dropped.
-            unsafe { relocate(ctx, alloc, bytes) };
-            let stop = unsafe { should_stop(ctx) };
-            stop == 0
-        });
+        // SAFETY: the queue's allocations come from the server's allocator
+        // (the module's global allocator); `DefragAlloc` either leaves one
+        // in place (null) or copies it and frees the old one, and the queue
+        // then uses the new address only.
+        let next = queue.relocate_allocations(
+            start,
+            |ptr, _len| unsafe { alloc(ctx, ptr.cast::<c_void>()).cast::<u8>() },
+            || unsafe { should_stop(ctx) } != 0,
+        );
         match next {
             Some(slot) => {
                 unsafe { cursor_set(ctx, slot as std::ffi::c_ulong) };
@@ -211,21 +211,4 @@ pub unsafe extern "C" fn defrag(
         }
     }))
     .unwrap_or(0)
-}
-
-type DefragAlloc = unsafe extern "C" fn(*mut raw::RedisModuleDefragCtx, *mut c_void) -> *mut c_void;
-
-/// # Safety
-/// `bytes` was allocated by the server's allocator.
-unsafe fn relocate(ctx: *mut raw::RedisModuleDefragCtx, alloc: DefragAlloc, bytes: &mut Box<[u8]>) {
-    let len = bytes.len();
-    if len == 0 {
-        return;
-    }
-    let moved = unsafe { alloc(ctx, bytes.as_mut_ptr().cast::<c_void>()) };
-    if !moved.is_null() {
-        let fresh: Box<[u8]> =
-            unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(moved.cast::<u8>(), len)) };
-        std::mem::forget(std::mem::replace(bytes, fresh));
-    }
 }

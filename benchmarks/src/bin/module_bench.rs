@@ -297,7 +297,14 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 async fn main() {
     let o = options();
     if let Some(path) = &o.goals {
-        goals::run(path, o.tasks, o.runs, o.big);
+        goals::run(
+            path,
+            o.tasks,
+            o.runs,
+            o.big,
+            o.url.as_deref(),
+            o.only.as_deref(),
+        );
         return;
     }
     let server = match &o.url {
@@ -689,7 +696,34 @@ mod goals {
         )
     }
 
-    pub fn run(path: &str, tasks: usize, runs: usize, big: usize) {
+    /// With `url`, measures CPU on that server only (to profile it); with
+    /// `only`, only the scenarios whose name contains it.
+    pub fn run(
+        path: &str,
+        tasks: usize,
+        runs: usize,
+        big: usize,
+        url: Option<&str>,
+        only: Option<&str>,
+    ) {
+        if let Some(url) = url {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            for _ in 0..runs {
+                let us = match only.unwrap_or("") {
+                    "plain" => cpu_plain(&mut con, tasks),
+                    "1" => cpu_module(&mut con, tasks, 1),
+                    "fill" => {
+                        let t = Instant::now();
+                        enqueue_module(&mut con, 0..tasks, 1000);
+                        println!("filled {tasks} in {:?}", t.elapsed());
+                        0.0
+                    }
+                    _ => cpu_module(&mut con, tasks, 100),
+                };
+                println!("{us:.2} µs server CPU per task");
+            }
+            return;
+        }
         let server = Server::start_with_module(&["--enable-debug-command", "local"]);
         let mut con = server.connect();
         let mut out = String::new();

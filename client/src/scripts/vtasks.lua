@@ -1382,7 +1382,11 @@ local function dispatch(keys, args, function_name)
   local arity = ARITY[name]
   local given = #ARGV -- the command name plus its arguments, as the server counts
   if (arity > 0 and given ~= arity) or (arity < 0 and given < -arity) then
-    fail("ERR wrong number of arguments for 'vtasks." .. string.lower(name) .. "' command")
+    -- The server names the command as the client spelled it; the client
+    -- sends the name after the prefix as given, so the prefix follows its
+    -- case.
+    local prefix = ARGV[1] == string.lower(ARGV[1]) and 'vtasks.' or 'VTASKS.'
+    fail("ERR wrong number of arguments for '" .. prefix .. ARGV[1] .. "' command")
   end
   return command(args_from(2))
 end

@@ -27,6 +27,11 @@ impl Schedule {
         }
     }
 
+    /// A queue's recorded due time.
+    pub fn get(&self, queue: &[u8]) -> Option<i64> {
+        self.due_by_queue.get(queue).copied()
+    }
+
     /// Removes and returns every queue due at or before `now`.
     pub fn take_due(&mut self, now: i64) -> Vec<Vec<u8>> {
         let mut due = Vec::new();

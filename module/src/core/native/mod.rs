@@ -18,9 +18,9 @@ pub mod task;
 #[cfg(test)]
 mod tests;
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::error::{VtError, VtResult};
 use super::keys::{BULK_BATCH, MAX_ERROR_TEXT};
@@ -122,7 +122,9 @@ pub struct TaskQueue {
     slab: Slab,
     /// Task id -> slot. Holds only slot numbers; the ids live in the tasks.
     index: HashTable<u32>,
-    hasher: RandomState,
+    /// foldhash with a per-queue random seed: fast for short ids, and the
+    /// seed keeps chosen ids from colliding on purpose.
+    hasher: DefaultHashBuilder,
     lanes: Lanes,
     ready: usize,
     delayed: TimeIndex,
@@ -177,7 +179,7 @@ impl TaskQueue {
         TaskQueue {
             slab: Slab::default(),
             index: HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             lanes: Lanes::default(),
             ready: 0,
             delayed: TimeIndex::default(),
@@ -238,10 +240,13 @@ impl TaskQueue {
 
     /// The slot of the task with this id, expired kept records included.
     fn find(&self, id: &[u8]) -> Option<u32> {
+        self.find_hashed(self.hash(id), id)
+    }
+
+    /// `find`, with the id's hash already computed.
+    fn find_hashed(&self, hash: u64, id: &[u8]) -> Option<u32> {
         let slab = &self.slab;
-        self.index
-            .find(self.hash(id), |&slot| slab.id(slot) == id)
-            .copied()
+        self.index.find(hash, |&slot| slab.id(slot) == id).copied()
     }
 
     /// Whether a done task's kept record has expired: it is gone for every
@@ -258,8 +263,12 @@ impl TaskQueue {
     }
 
     fn insert(&mut self, task: Task) -> u32 {
-        self.changed = true;
         let hash = self.hash(task.id());
+        self.insert_hashed(task, hash)
+    }
+
+    fn insert_hashed(&mut self, task: Task, hash: u64) -> u32 {
+        self.changed = true;
         self.task_bytes += task.heap_bytes();
         let slot = self.slab.insert(task);
         let (slab, hasher) = (&self.slab, &self.hasher);
@@ -269,8 +278,12 @@ impl TaskQueue {
     }
 
     fn unindex(&mut self, slot: u32) {
-        self.changed = true;
         let hash = self.hash(self.slab.id(slot));
+        self.unindex_hashed(slot, hash);
+    }
+
+    fn unindex_hashed(&mut self, slot: u32, hash: u64) {
+        self.changed = true;
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
         }
@@ -279,7 +292,12 @@ impl TaskQueue {
 
     /// Deletes a task that is in no order any more.
     fn delete(&mut self, slot: u32) {
-        self.unindex(slot);
+        let hash = self.hash(self.slab.id(slot));
+        self.delete_hashed(slot, hash);
+    }
+
+    fn delete_hashed(&mut self, slot: u32, hash: u64) {
+        self.unindex_hashed(slot, hash);
         self.slab.remove(slot);
         self.shrink_index();
     }
@@ -365,12 +383,12 @@ impl TaskQueue {
     ) -> VtResult<Vec<bool>> {
         let mut added = Vec::with_capacity(tasks.len());
         let mut replaced = Vec::new();
-        let mut seen = hashbrown::HashSet::with_capacity_and_hasher(
-            if tasks.len() > 1 { tasks.len() } else { 0 },
-            self.hasher.clone(),
-        );
-        for task in tasks {
-            let mut free = match self.find(task.id) {
+        let hashes: Vec<u64> = tasks.iter().map(|t| self.hash(t.id)).collect();
+        // Ids earlier in the same call (task indices, by the ids' hashes).
+        let mut seen: HashTable<usize> =
+            HashTable::with_capacity(if tasks.len() > 1 { tasks.len() } else { 0 });
+        for (i, task) in tasks.iter().enumerate() {
+            let mut free = match self.find_hashed(hashes[i], task.id) {
                 None => true,
                 Some(slot) => {
                     let old = self.slab.get(slot);
@@ -384,7 +402,11 @@ impl TaskQueue {
                 }
             };
             if tasks.len() > 1 {
-                free &= seen.insert(task.id);
+                let first = seen.find(hashes[i], |&j| tasks[j].id == task.id).is_none();
+                if first {
+                    seen.insert_unique(hashes[i], i, |&j| hashes[j]);
+                }
+                free &= first;
             }
             added.push(free);
         }
@@ -422,7 +444,7 @@ impl TaskQueue {
         for slot in replaced {
             self.remove_finished(slot);
         }
-        for (task, _) in tasks.iter().zip(&added).filter(|(_, a)| **a) {
+        for (i, task) in tasks.iter().enumerate().filter(|(i, _)| added[*i]) {
             let new = Task::new(
                 task.id,
                 task.payload,
@@ -432,7 +454,7 @@ impl TaskQueue {
                 now,
             );
             let at = run_at(task);
-            let slot = self.insert(new);
+            let slot = self.insert_hashed(new, hashes[i]);
             if at <= now {
                 self.update(slot, |t| t.set_seq(seq));
                 self.lanes
@@ -613,14 +635,19 @@ impl TaskQueue {
             .min()
     }
 
-    /// The task's slot if `token` holds its current lease, else why not.
-    fn check_lease(&self, id: &[u8], token: i64, now: i64) -> Result<u32, Settled> {
-        let slot = self.find_live(id, now).ok_or(Settled::NoTask)?;
+    /// The task's slot and its id's hash if `token` holds its current
+    /// lease, else why not.
+    fn check_lease(&self, id: &[u8], token: i64, now: i64) -> Result<(u32, u64), Settled> {
+        let hash = self.hash(id);
+        let slot = self
+            .find_hashed(hash, id)
+            .filter(|slot| !Self::expired(self.slab.get(*slot), now))
+            .ok_or(Settled::NoTask)?;
         let task = self.slab.get(slot);
         if task.state() != State::Leased || task.token() as i64 != token {
             return Err(Settled::Stale);
         }
-        Ok(slot)
+        Ok((slot, hash))
     }
 
     fn unlease(&mut self, slot: u32) {
@@ -634,8 +661,8 @@ impl TaskQueue {
     pub fn ack(&mut self, items: &[AckItem], keep_ms: i64, now: i64) -> Vec<Settled> {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let slot = match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => slot,
+            let (slot, hash) = match self.check_lease(item.id, item.token, now) {
+                Ok(found) => found,
                 Err(refused) => {
                     outcomes.push(refused);
                     continue;
@@ -645,7 +672,7 @@ impl TaskQueue {
             self.meta.counters.acked += 1;
             self.unlease(slot);
             if keep_ms == 0 {
-                self.delete(slot);
+                self.delete_hashed(slot, hash);
                 continue;
             }
             let expires = now + keep_ms;
@@ -671,7 +698,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             let slot = match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => slot,
+                Ok((slot, _)) => slot,
                 Err(refused) => {
                     outcomes.push(NackOutcome::Refused(refused));
                     continue;
@@ -720,7 +747,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => {
+                Ok((slot, _)) => {
                     self.unlease(slot);
                     let deadline = now + lease_ms;
                     self.update(slot, |t| t.extra_mut().due = deadline);
@@ -740,7 +767,7 @@ impl TaskQueue {
     pub fn cut_leases(&mut self, leases: &[LeaseRef], until: i64, now: i64) -> u64 {
         let mut cut = 0;
         for lease in leases {
-            let Ok(slot) = self.check_lease(lease.id, lease.token, now) else {
+            let Ok((slot, _)) = self.check_lease(lease.id, lease.token, now) else {
                 continue;
             };
             if self.slab.get(slot).due() <= until {
@@ -762,7 +789,7 @@ impl TaskQueue {
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             match self.check_lease(item.id, item.token, now) {
-                Ok(slot) => {
+                Ok((slot, _)) => {
                     self.meta.counters.released += 1;
                     self.unlease(slot);
                     self.update(slot, |t| {
@@ -1018,17 +1045,20 @@ impl TaskQueue {
         self.lanes.drop_if_empty(priority);
     }
 
-    /// Hands every byte allocation of the tasks, from slot `start` on, to
-    /// `f` (which may move it: defragmentation), until `f` asks to stop;
-    /// then returns the slot to continue from, or None when done.
+    /// Hands every allocation of the tasks, from slot `start` on, to
+    /// `moved` (which may move it: defragmentation; see `Task::relocate`)
+    /// until `stop` says so; then returns the slot to continue from, or
+    /// None when done.
     pub fn relocate_allocations(
         &mut self,
         start: u32,
-        mut f: impl FnMut(&mut Box<[u8]>) -> bool,
+        mut moved: impl FnMut(*mut u8, usize) -> *mut u8,
+        mut stop: impl FnMut() -> bool,
     ) -> Option<u32> {
         for slot in start..self.slab.capacity() as u32 {
             if let Some(task) = self.slab.try_get_mut(slot) {
-                if !task.relocate(&mut f) {
+                task.relocate(&mut moved);
+                if stop() {
                     return Some(slot + 1);
                 }
             }
@@ -1041,16 +1071,23 @@ impl TaskQueue {
     /// two queues with the same state give the same images in the same
     /// order, whatever their history.
     pub fn images(&self) -> impl Iterator<Item = TaskImage> + '_ {
+        // Each lane's fifo and returned set are both in sequence order:
+        // merged as they go, with no copy of a large queue's order.
         let ready = self.lanes.iter().flat_map(move |(_, lane)| {
-            let mut slots: Vec<(u64, u32)> = lane
+            let mut fifo = lane
                 .fifo
                 .iter()
                 .filter(|s| !self.slab.get(*s).is_tombstone())
                 .map(|s| (self.slab.get(s).seq(), s))
-                .chain(lane.returned.iter().copied())
-                .collect();
-            slots.sort_unstable();
-            slots.into_iter().map(|(_, s)| s)
+                .peekable();
+            let mut returned = lane.returned.iter().copied().peekable();
+            std::iter::from_fn(move || match (fifo.peek(), returned.peek()) {
+                (Some(f), Some(r)) if f < r => fifo.next(),
+                (_, Some(_)) => returned.next(),
+                (Some(_), None) => fifo.next(),
+                (None, None) => None,
+            })
+            .map(|(_, s)| s)
         });
         let timed = [&self.delayed, &self.leased, &self.dead, &self.done]
             .into_iter()
@@ -1079,7 +1116,7 @@ impl TaskQueue {
             if let Some(back) = self
                 .lanes
                 .lane(rec.priority as i8)
-                .and_then(|l| l.fifo.iter().last())
+                .and_then(|l| l.fifo.back())
             {
                 if self.slab.get(back).seq() >= rec.seq as u64 {
                     return Err(VtError::Internal("ready tasks out of order".into()));

@@ -46,6 +46,13 @@ impl SlotDeque {
         (self.len > 0).then(|| self.blocks[0][self.head])
     }
 
+    pub fn back(&self) -> Option<u32> {
+        (self.len > 0).then(|| {
+            let last = self.head + self.len - 1;
+            self.blocks[last / BLOCK][last % BLOCK]
+        })
+    }
+
     pub fn pop_front(&mut self) -> Option<u32> {
         let slot = self.front()?;
         self.head += 1;
@@ -147,20 +154,42 @@ impl Lanes {
     }
 }
 
+/// The first eight bytes of an id, big-endian and zero-padded: comparing
+/// these first orders most ids without reading them from their tasks.
+fn prefix(id: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = id.len().min(8);
+    b[..n].copy_from_slice(&id[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// A slot in a time order, with its id's prefix.
+#[derive(Clone, Copy)]
+struct Entry {
+    prefix: u64,
+    slot: u32,
+}
+
 /// Slots that share one time, in id order. Most times hold one task.
 #[derive(Clone)]
 enum Group {
-    One(u32),
-    Many(Vec<u32>),
+    One(Entry),
+    Many(Vec<Entry>),
 }
 
 impl Group {
-    fn as_slice(&self) -> &[u32] {
+    fn as_slice(&self) -> &[Entry] {
         match self {
-            Group::One(slot) => std::slice::from_ref(slot),
-            Group::Many(slots) => slots,
+            Group::One(entry) => std::slice::from_ref(entry),
+            Group::Many(entries) => entries,
         }
     }
+}
+
+/// Where an entry for `id` goes in a group sorted by id.
+fn position<'a>(entries: &[Entry], id: &[u8], id_of: &impl Fn(u32) -> &'a [u8]) -> usize {
+    let p = prefix(id);
+    entries.partition_point(|e| e.prefix < p || (e.prefix == p && id_of(e.slot) < id))
 }
 
 /// Tasks ordered by a time (run-at, lease deadline, death, expiry), ties by
@@ -187,19 +216,27 @@ impl TimeIndex {
 
     pub fn insert<'a>(&mut self, at: i64, slot: u32, id_of: impl Fn(u32) -> &'a [u8]) {
         self.len += 1;
+        let id = id_of(slot);
+        let entry = Entry {
+            prefix: prefix(id),
+            slot,
+        };
         match self.by_time.get_mut(&at) {
             None => {
-                self.by_time.insert(at, Group::One(slot));
+                self.by_time.insert(at, Group::One(entry));
             }
             Some(group) => {
-                let mut slots = match std::mem::replace(group, Group::Many(Vec::new())) {
-                    Group::One(other) => vec![other],
-                    Group::Many(slots) => slots,
+                let mut entries = match std::mem::replace(group, Group::Many(Vec::new())) {
+                    Group::One(other) => {
+                        let mut v = Vec::with_capacity(4);
+                        v.push(other);
+                        v
+                    }
+                    Group::Many(entries) => entries,
                 };
-                let id = id_of(slot);
-                let pos = slots.partition_point(|s| id_of(*s) < id);
-                slots.insert(pos, slot);
-                *group = Group::Many(slots);
+                let pos = position(&entries, id, &id_of);
+                entries.insert(pos, entry);
+                *group = Group::Many(entries);
             }
         }
     }
@@ -210,21 +247,20 @@ impl TimeIndex {
             return false;
         };
         let removed = match group {
-            Group::One(s) if *s == slot => {
+            Group::One(e) if e.slot == slot => {
                 self.by_time.remove(&at);
                 true
             }
             Group::One(_) => false,
-            Group::Many(slots) => {
-                let id = id_of(slot);
-                let pos = slots.partition_point(|s| id_of(*s) < id);
-                if slots.get(pos) == Some(&slot) {
-                    slots.remove(pos);
-                    match slots.len() {
+            Group::Many(entries) => {
+                let pos = position(entries, id_of(slot), &id_of);
+                if entries.get(pos).is_some_and(|e| e.slot == slot) {
+                    entries.remove(pos);
+                    match entries.len() {
                         0 => {
                             self.by_time.remove(&at);
                         }
-                        1 => *group = Group::One(slots[0]),
+                        1 => *group = Group::One(entries[0]),
                         _ => {}
                     }
                     true
@@ -253,18 +289,18 @@ impl TimeIndex {
             }
             let room = limit - out.len();
             match entry.get_mut() {
-                Group::One(slot) => {
-                    out.push((at, *slot));
+                Group::One(e) => {
+                    out.push((at, e.slot));
                     entry.remove();
                 }
-                Group::Many(slots) if slots.len() <= room => {
-                    out.extend(slots.iter().map(|s| (at, *s)));
+                Group::Many(entries) if entries.len() <= room => {
+                    out.extend(entries.iter().map(|e| (at, e.slot)));
                     entry.remove();
                 }
-                Group::Many(slots) => {
-                    out.extend(slots.drain(..room).map(|s| (at, s)));
-                    if slots.len() == 1 {
-                        let last = slots[0];
+                Group::Many(entries) => {
+                    out.extend(entries.drain(..room).map(|e| (at, e.slot)));
+                    if entries.len() == 1 {
+                        let last = entries[0];
                         *entry.get_mut() = Group::One(last);
                     }
                 }
@@ -278,7 +314,7 @@ impl TimeIndex {
     pub fn iter(&self) -> impl Iterator<Item = (i64, u32)> + '_ {
         self.by_time
             .iter()
-            .flat_map(|(at, group)| group.as_slice().iter().map(move |s| (*at, *s)))
+            .flat_map(|(at, group)| group.as_slice().iter().map(move |e| (*at, e.slot)))
     }
 
     /// How many entries have a time `<= upto`: a walk over the due times
@@ -297,10 +333,11 @@ impl TimeIndex {
 
     /// An estimate of the heap bytes, in constant time: B-tree nodes hold
     /// eleven entries and run about two-thirds full; entries that share a
-    /// time take four bytes each in their group.
+    /// time take sixteen bytes each in their group.
     pub fn heap_bytes(&self) -> usize {
         let groups = self.by_time.len();
-        groups * (std::mem::size_of::<(i64, Group)>() * 3 / 2) + (self.len - groups) * 4
+        groups * (std::mem::size_of::<(i64, Group)>() * 3 / 2)
+            + (self.len - groups) * std::mem::size_of::<Entry>()
     }
 }
 
@@ -319,6 +356,7 @@ mod tests {
             assert_eq!(d.pop_front(), Some(i));
         }
         d.push_back(9999);
+        assert_eq!(d.back(), Some(9999));
         let rest: Vec<u32> = d.iter().collect();
         assert_eq!(rest.len(), BLOCK + 8);
         assert_eq!(rest[0], 2 * BLOCK as u32);
@@ -356,6 +394,19 @@ mod tests {
         assert!(t.remove(20, 1, id_of));
         assert!(!t.remove(20, 1, id_of));
         assert_eq!(t.pop_due(25, 2), [(10, 3), (10, 2)]);
+        // Ids longer than the prefix, sharing it, still order by their bytes.
+        let long: Vec<&[u8]> = vec![b"task-000b", b"task-000a", b"task-000", b"task-00"];
+        let long_of = |s: u32| long[s as usize];
+        let mut l = TimeIndex::default();
+        for s in 0..4 {
+            l.insert(1, s, long_of);
+        }
+        let order: Vec<&[u8]> = l.iter().map(|(_, s)| long_of(s)).collect();
+        assert_eq!(
+            order,
+            [&b"task-00"[..], b"task-000", b"task-000a", b"task-000b"]
+        );
+        assert!(l.remove(1, 0, long_of) && l.remove(1, 2, long_of));
         assert_eq!(t.pop_due(25, 5), [(20, 0)]);
         assert_eq!(t.first_time(), Some(30));
         assert_eq!(t.len(), 1);

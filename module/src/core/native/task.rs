@@ -1,10 +1,14 @@
 //! One task in memory, and the slab that numbers them.
 //!
-//! Memory is what this layout is for: a queued task is one slab entry of
-//! 40 bytes plus one allocation holding its id and payload together. The
-//! fields every task has are packed into two words; what only a task that
-//! was leased, delayed or finished has (attempts, token, times, workers,
-//! error, result) lives in an `Extra` allocated on first need.
+//! Memory is what this layout is for: a queued task is one 8-byte slab
+//! entry, a pointer to one allocation holding a 28-byte head, its id and
+//! its payload. The fields every task has are packed into two words of the
+//! head; what only a task that was leased, delayed or finished has
+//! (attempts, token, times, workers, error, result) lives in an `Extra`
+//! allocated on first need.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
 
 use super::super::keys::DEFAULT_MAX_LOST_LEASES;
 use super::super::record::{State, TaskRecord};
@@ -29,8 +33,8 @@ pub struct Extra {
     pub failures: u32,
     /// Leases that expired (the worker vanished), against `max_lost`.
     pub lost: u32,
-    /// The lost-lease budget; a task enqueued with the default keeps it
-    /// here only once it has an `Extra` for other reasons.
+    /// The lost-lease budget (a task enqueued with the default has it only
+    /// once it has an `Extra` for other reasons).
     pub max_lost: u32,
     /// Where the current consumer's name sits in `workers`.
     consumer_at: u32,
@@ -97,12 +101,108 @@ fn state_of(code: u8) -> State {
     }
 }
 
+/// A task's one allocation: a 28-byte head (the extra fields' pointer, the
+/// two packed words, the byte length), then the id, then the payload. The
+/// head rides in what the allocator's size classes would round up anyway
+/// for most payloads, and the slab holds only the pointer.
+struct Block(NonNull<u8>);
+
+// SAFETY: a Block owns its allocation outright (no sharing, no interior
+// references escape); a queue may be freed on another thread.
+unsafe impl Send for Block {}
+unsafe impl Sync for Block {}
+
+const OFF_WORD: usize = 8;
+const OFF_ENQ: usize = 16;
+const OFF_LEN: usize = 24;
+const HEAD: usize = 28;
+
+impl Block {
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(HEAD + len, 8).expect("a task's size fits a layout")
+    }
+
+    fn new(id: &[u8], payload: &[u8], word: u64, enq: u64) -> Block {
+        let len = id.len() + payload.len();
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size; every byte of the head is
+        // written before use, the id and payload fill the rest.
+        unsafe {
+            let ptr = alloc(layout);
+            let Some(ptr) = NonNull::new(ptr) else {
+                handle_alloc_error(layout);
+            };
+            let p = ptr.as_ptr();
+            p.cast::<Option<Box<Extra>>>().write(None);
+            p.add(OFF_WORD).cast::<u64>().write(word);
+            p.add(OFF_ENQ).cast::<u64>().write(enq);
+            p.add(OFF_LEN).cast::<u32>().write(len as u32);
+            std::ptr::copy_nonoverlapping(id.as_ptr(), p.add(HEAD), id.len());
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEAD + id.len()), payload.len());
+            Block(ptr)
+        }
+    }
+
+    fn len(&self) -> usize {
+        // SAFETY: written by `new`, aligned to 4.
+        unsafe { self.0.as_ptr().add(OFF_LEN).cast::<u32>().read() as usize }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes follow the head, initialized by `new`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(HEAD), self.len()) }
+    }
+
+    fn word(&self) -> u64 {
+        // SAFETY: written by `new`, aligned to 8.
+        unsafe { self.0.as_ptr().add(OFF_WORD).cast::<u64>().read() }
+    }
+
+    fn set_word(&mut self, word: u64) {
+        // SAFETY: as `word`; `&mut self` is the only access.
+        unsafe { self.0.as_ptr().add(OFF_WORD).cast::<u64>().write(word) }
+    }
+
+    fn enq(&self) -> u64 {
+        // SAFETY: written by `new`, aligned to 8.
+        unsafe { self.0.as_ptr().add(OFF_ENQ).cast::<u64>().read() }
+    }
+
+    fn extra(&self) -> &Option<Box<Extra>> {
+        // SAFETY: an initialized Option<Box<Extra>> at offset 0, aligned to 8.
+        unsafe { &*self.0.as_ptr().cast::<Option<Box<Extra>>>() }
+    }
+
+    fn extra_mut(&mut self) -> &mut Option<Box<Extra>> {
+        // SAFETY: as `extra`; `&mut self` is the only access.
+        unsafe { &mut *self.0.as_ptr().cast::<Option<Box<Extra>>>() }
+    }
+
+    /// Lets `moved` move the allocation (defragmentation): it returns the
+    /// new address of the same bytes, or null if it left them in place.
+    fn relocate(&mut self, moved: &mut impl FnMut(*mut u8, usize) -> *mut u8) {
+        let new = moved(self.0.as_ptr(), HEAD + self.len());
+        if let Some(new) = NonNull::new(new) {
+            self.0 = new;
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let layout = Self::layout(self.len());
+        // SAFETY: the head's extra pointer is initialized; the allocation
+        // was made with this layout (the length never changes).
+        unsafe {
+            std::ptr::drop_in_place(self.0.as_ptr().cast::<Option<Box<Extra>>>());
+            dealloc(self.0.as_ptr(), layout);
+        }
+    }
+}
+
+/// A task: one pointer to its `Block`.
 pub struct Task {
-    /// The id, then the payload.
-    data: Box<[u8]>,
-    extra: Option<Box<Extra>>,
-    word: u64,
-    enq: u64,
+    block: Block,
 }
 
 impl Task {
@@ -116,16 +216,13 @@ impl Task {
         max_lost: i64,
         now: i64,
     ) -> Task {
-        let mut data = Vec::with_capacity(id.len() + payload.len());
-        data.extend_from_slice(id);
-        data.extend_from_slice(payload);
+        let word = ((priority + 100) as u64) << PRIO_SHIFT
+            | (id.len() as u64) << IDLEN_SHIFT
+            | (state_code(State::Ready) as u64) << STATE_SHIFT;
+        let enq = (now as u64 & ENQ_MASK) | (max_attempts as u64) << ENQ_BITS;
         let mut task = Task {
-            data: data.into_boxed_slice(),
-            extra: None,
-            word: ((priority + 100) as u64) << PRIO_SHIFT | (id.len() as u64) << IDLEN_SHIFT,
-            enq: (now as u64 & ENQ_MASK) | (max_attempts as u64) << ENQ_BITS,
+            block: Block::new(id, payload, word, enq),
         };
-        task.set_state(State::Ready);
         if max_lost != DEFAULT_MAX_LOST_LEASES {
             task.extra_mut().max_lost = max_lost as u32;
         }
@@ -134,10 +231,7 @@ impl Task {
 
     fn tombstone() -> Task {
         Task {
-            data: Box::default(),
-            extra: None,
-            word: (TOMBSTONE as u64) << STATE_SHIFT,
-            enq: 0,
+            block: Block::new(b"", b"", (TOMBSTONE as u64) << STATE_SHIFT, 0),
         }
     }
 
@@ -146,19 +240,19 @@ impl Task {
     }
 
     fn id_len(&self) -> usize {
-        (self.word >> IDLEN_SHIFT) as usize
+        (self.block.word() >> IDLEN_SHIFT) as usize
     }
 
     pub fn id(&self) -> &[u8] {
-        &self.data[..self.id_len()]
+        &self.block.bytes()[..self.id_len()]
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.data[self.id_len()..]
+        &self.block.bytes()[self.id_len()..]
     }
 
     fn state_code(&self) -> u8 {
-        ((self.word >> STATE_SHIFT) & 7) as u8
+        ((self.block.word() >> STATE_SHIFT) & 7) as u8
     }
 
     pub fn state(&self) -> State {
@@ -166,38 +260,41 @@ impl Task {
     }
 
     pub fn set_state(&mut self, state: State) {
-        self.word = (self.word & !(7 << STATE_SHIFT)) | (state_code(state) as u64) << STATE_SHIFT;
+        let word = self.block.word();
+        self.block
+            .set_word((word & !(7 << STATE_SHIFT)) | (state_code(state) as u64) << STATE_SHIFT);
     }
 
     pub fn priority(&self) -> i8 {
-        (((self.word >> PRIO_SHIFT) & 0xff) as i64 - 100) as i8
+        (((self.block.word() >> PRIO_SHIFT) & 0xff) as i64 - 100) as i8
     }
 
     pub fn seq(&self) -> u64 {
-        self.word & SEQ_MASK
+        self.block.word() & SEQ_MASK
     }
 
     pub fn set_seq(&mut self, seq: u64) {
-        self.word = (self.word & !SEQ_MASK) | (seq & SEQ_MASK);
+        let word = self.block.word();
+        self.block.set_word((word & !SEQ_MASK) | (seq & SEQ_MASK));
     }
 
     pub fn enqueued_at(&self) -> i64 {
-        (self.enq & ENQ_MASK) as i64
+        (self.block.enq() & ENQ_MASK) as i64
     }
 
     pub fn max_attempts(&self) -> u32 {
-        (self.enq >> ENQ_BITS) as u32
+        (self.block.enq() >> ENQ_BITS) as u32
     }
 
     pub fn extra(&self) -> Option<&Extra> {
-        self.extra.as_deref()
+        self.block.extra().as_deref()
     }
 
     /// The extra fields, created on first need with the values a fresh
     /// task implies (ready since its enqueue).
     pub fn extra_mut(&mut self) -> &mut Extra {
         let enqueued_at = self.enqueued_at();
-        self.extra.get_or_insert_with(|| {
+        self.block.extra_mut().get_or_insert_with(|| {
             Box::new(Extra {
                 ready_at: enqueued_at,
                 run_at: NONE,
@@ -332,29 +429,36 @@ impl Task {
         e.workers = Some(workers.into_boxed_slice());
     }
 
-    /// Hands each byte allocation of the task to `f`, which may move it
-    /// (defragmentation); stops early when `f` says so. Contents never
-    /// change.
-    pub fn relocate(&mut self, f: &mut impl FnMut(&mut Box<[u8]>) -> bool) -> bool {
-        if !f(&mut self.data) {
-            return false;
-        }
-        if let Some(e) = self.extra.as_deref_mut() {
+    /// Hands each allocation of the task to `moved` (its address and size),
+    /// which may move it (defragmentation) and returns the new address, or
+    /// null if it left it in place. Contents never change.
+    pub fn relocate(&mut self, moved: &mut impl FnMut(*mut u8, usize) -> *mut u8) {
+        self.block.relocate(moved);
+        if let Some(e) = self.block.extra_mut().as_deref_mut() {
             for text in [&mut e.workers, &mut e.error, &mut e.result]
                 .into_iter()
                 .flatten()
             {
-                if !f(text) {
-                    return false;
+                let len = text.len();
+                if len == 0 {
+                    continue;
+                }
+                let new = moved(text.as_mut_ptr(), len);
+                if !new.is_null() {
+                    // SAFETY: `moved` copied the same `len` bytes to `new`
+                    // (an allocation of the same allocator) and freed the
+                    // old one, which must therefore not be freed again.
+                    let fresh: Box<[u8]> =
+                        unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(new, len)) };
+                    std::mem::forget(std::mem::replace(text, fresh));
                 }
             }
         }
-        true
     }
 
     /// Bytes this task holds on the heap (its entry in the slab aside).
     pub fn heap_bytes(&self) -> usize {
-        self.data.len() + self.extra().map_or(0, Extra::heap_bytes)
+        HEAD + self.block.len() + self.extra().map_or(0, Extra::heap_bytes)
     }
 
     /// The task's full state, as the persistence encoding and a move to the
@@ -426,7 +530,7 @@ impl Task {
         let consumer_at = workers
             .and_then(|w| find_name(w, consumer))
             .unwrap_or_default();
-        task.extra = Some(Box::new(Extra {
+        *task.block.extra_mut() = Some(Box::new(Extra {
             token: rec.token as u64,
             attempts: rec.attempts as u32,
             failures: rec.failures as u32,
@@ -592,8 +696,11 @@ mod tests {
 
     #[test]
     fn a_queued_task_is_small() {
-        assert_eq!(std::mem::size_of::<Task>(), 40);
-        assert_eq!(std::mem::size_of::<Option<Task>>(), 40);
+        assert_eq!(std::mem::size_of::<Task>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Task>>(), 8);
+        // A uuid id and a 96-byte payload fit the allocator's 160-byte class.
+        let t = Task::new(&[b'u'; 36], &[b'p'; 96], 0, 3, DEFAULT_MAX_LOST_LEASES, 0);
+        assert_eq!(t.heap_bytes(), 160);
     }
 
     #[test]
