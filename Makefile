@@ -136,12 +136,18 @@ chaos-ci: build python
 	VTASKS_CHAOS=ci VTASKS_TARGET=scripts-redis VTASKS_CHAOS_REPORT=target/chaos-report-redis.md $(CHAOS_PYTEST) --timeout 300
 
 # 10,000,000 random and mutated argument lists through the module's parsers
-# (no server), then 1,000,000 random and mutated VTASKS.* commands at a live
-# server, with the module (debug build: overflow checks on) and with the
-# scripts engine. CI runs the same tests with 20,000.
+# (no server); 20,000 random command sequences through the module's queue
+# type and the keyspace-layout core side by side (no server); 150,000
+# random valid and invalid commands at the module and at the scripts engine
+# on a second server, every reply compared; then 1,000,000 random and
+# mutated VTASKS.* commands at a live server, with the module (debug build:
+# overflow checks on) and with the scripts engine. CI runs the same tests
+# smaller.
 FUZZ := -p vtasks-module --test bad_input -E 'test(random_and_mutated)'
 fuzz: build
 	VTASKS_PARSE_FUZZ_CASES=10000000 $(CARGO) nextest run -p vtasks-module --lib -E 'test(parse_fuzz)'
+	VTASKS_NATIVE_DIFF_CASES=20000 $(CARGO) nextest run -p vtasks-module --lib -E 'test(random_sequences_match_the_keyspace_layout)'
+	VTASKS_DIFF_SEQUENCES=300 VTASKS_DIFF_STEPS=500 $(CARGO) nextest run -p vtasks-module --test differential
 	VTASKS_FUZZ_COMMANDS=1000000 $(CARGO) nextest run $(FUZZ)
 	VTASKS_FUZZ_COMMANDS=1000000 VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(FUZZ)
 

@@ -18,11 +18,15 @@ use super::super::record::{State, TaskRecord};
 use super::task::TaskImage;
 use super::{Counters, Meta, TaskQueue};
 
-/// The version this module writes, and the newest it reads.
-pub const ENCODING_VERSION: u8 = 1;
+/// The version this module writes, and the newest it reads. Version 2
+/// added the head's task count; version 1 is still read.
+pub const ENCODING_VERSION: u8 = 2;
 
 /// A chunk is closed once it holds this many bytes.
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The most tasks a head's count makes a reader reserve room for at once.
+const MAX_RESERVED_TASKS: u64 = 1 << 24;
 
 const KIND_HEAD: u8 = 0;
 const KIND_TASKS: u8 = 1;
@@ -250,6 +254,10 @@ pub fn encode(queue: &TaskQueue, chunk_bytes: usize, mut emit: impl FnMut(&[u8])
     for c in meta.counters.to_array() {
         w.u(c);
     }
+    // How many tasks follow in all the chunks, so a reader can size the
+    // queue's index once instead of growing it (and rehashing every id)
+    // as the tasks arrive.
+    w.u(queue.len() as u64);
     let mut body = Writer(Vec::new());
     let mut count = 0u64;
     let flush =
@@ -274,7 +282,7 @@ pub fn encode(queue: &TaskQueue, chunk_bytes: usize, mut emit: impl FnMut(&[u8])
     }
 }
 
-fn open(chunk: &[u8]) -> VtResult<(Reader<'_>, u8)> {
+fn open(chunk: &[u8]) -> VtResult<(Reader<'_>, u8, u8)> {
     let mut r = Reader {
         data: chunk,
         pos: 0,
@@ -290,7 +298,7 @@ fn open(chunk: &[u8]) -> VtResult<(Reader<'_>, u8)> {
         return Err(corrupt("version 0"));
     }
     let kind = r.byte()?;
-    Ok((r, kind))
+    Ok((r, version, kind))
 }
 
 fn read_tasks(queue: &mut TaskQueue, mut r: Reader) -> VtResult<()> {
@@ -311,7 +319,7 @@ pub fn is_head(chunk: &[u8]) -> bool {
 
 /// A queue from its first chunk.
 pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
-    let (mut r, kind) = open(chunk)?;
+    let (mut r, version, kind) = open(chunk)?;
     if kind != KIND_HEAD {
         return Err(corrupt("the first chunk is not a head"));
     }
@@ -326,19 +334,22 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
     for c in counters.iter_mut() {
         *c = r.u()?;
     }
+    let total = if version >= 2 { r.u()? } else { 0 };
     let mut queue = TaskQueue::with_meta(Meta {
         seq,
         token,
         paused,
         counters: Counters::from_array(counters),
     });
+    // A claim is not trusted beyond what a real queue could hold in memory.
+    queue.reserve(total.min(MAX_RESERVED_TASKS) as usize);
     read_tasks(&mut queue, r)?;
     Ok(queue)
 }
 
 /// Adds the tasks of a later chunk to a queue read so far.
 pub fn decode_more(queue: &mut TaskQueue, chunk: &[u8]) -> VtResult<()> {
-    let (r, kind) = open(chunk)?;
+    let (r, _, kind) = open(chunk)?;
     if kind != KIND_TASKS {
         return Err(corrupt("a head after the first chunk"));
     }

@@ -211,6 +211,13 @@ impl TaskQueue {
         self.index.is_empty()
     }
 
+    /// Makes room for `n` more tasks in the id index (loading a queue whose
+    /// size is known), so it does not grow and rehash step by step.
+    pub fn reserve(&mut self, n: usize) {
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index.reserve(n, |&s| hasher.hash_one(slab.id(s)));
+    }
+
     /// How many tasks became ready since the last call.
     pub fn take_woken(&mut self) -> u64 {
         std::mem::take(&mut self.woken)

@@ -429,12 +429,24 @@ fn corrupt_or_newer_encodings_are_refused_without_panicking() {
             }
         }
     }
+    // Version 1 (no task count in the head) is still read.
+    let mut v1 = chunk.clone();
+    v1[0] = 1;
+    v1.remove(HEAD_LEN - 1);
+    let old = codec::decode_head(&v1).unwrap();
+    assert!(old.images().eq(q.images()));
+
     // A length prefix far beyond the limits is refused before allocating.
     let mut huge = vec![codec::ENCODING_VERSION, 0, 0, 0, 0];
     huge.extend([0u8; 10]);
     huge.extend([1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(codec::decode_head(&huge).is_err());
 }
+
+/// Bytes of a head chunk up to and including its task count when every
+/// value is below 128 (one byte as a varint): version, kind, seq, token,
+/// paused, 11 counters, the count.
+const HEAD_LEN: usize = 2 + 1 + 1 + 1 + 11 + 1;
 
 #[test]
 fn a_drained_queue_gives_its_memory_back() {
