@@ -13,14 +13,23 @@
 //! protocol's limits, states, ranges) before it is used.
 
 use super::super::error::{VtError, VtResult};
-use super::super::keys::{MAX_CONSUMER_LEN, MAX_ERROR_TEXT, MAX_ID_LEN, MAX_PAYLOAD};
+use super::super::keys::{
+    DEFAULT_MAX_LOST_LEASES, MAX_CONSUMER_LEN, MAX_ERROR_TEXT, MAX_ID_LEN, MAX_PAYLOAD,
+};
 use super::super::record::{State, TaskRecord};
 use super::task::TaskImage;
 use super::{Counters, Meta, TaskQueue};
 
 /// The version this module writes, and the newest it reads. Version 2
-/// added the head's task count; version 1 is still read.
-pub const ENCODING_VERSION: u8 = 2;
+/// added the head's task count, version 3 the separate budgets (each
+/// task's failed attempts, lost leases and lost-lease budget; the
+/// `leases_cut` and `dead_lost` counters). Versions 1 and 2 are still
+/// read, their tasks' budgets as a version-1 task record implies them
+/// (`TaskRecord::decode`).
+pub const ENCODING_VERSION: u8 = 3;
+
+/// Counters a head holds before version 3.
+const COUNTERS_BEFORE_V3: usize = 11;
 
 /// A chunk is closed once it holds this many bytes.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -121,7 +130,7 @@ fn state_code(state: State) -> u8 {
     }
 }
 
-fn write_task(w: &mut Writer, t: &TaskImage) {
+fn write_task(w: &mut Writer, t: &TaskImage, version: u8) {
     let rec = &t.rec;
     w.bytes(&t.id);
     w.bytes(&t.payload);
@@ -129,9 +138,11 @@ fn write_task(w: &mut Writer, t: &TaskImage) {
     w.i(rec.priority);
     w.u(rec.max_attempts as u64);
     w.u(rec.attempts as u64);
-    w.u(rec.failures as u64);
-    w.u(rec.lost as u64);
-    w.u(rec.max_lost as u64);
+    if version >= 3 {
+        w.u(rec.failures as u64);
+        w.u(rec.lost as u64);
+        w.u(rec.max_lost as u64);
+    }
     w.u(rec.seq as u64);
     w.u(rec.token as u64);
     w.u(rec.enqueued_at as u64);
@@ -160,7 +171,7 @@ fn write_task(w: &mut Writer, t: &TaskImage) {
     }
 }
 
-fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
+fn read_task(r: &mut Reader, version: u8) -> VtResult<TaskImage> {
     let id = r.bytes(MAX_ID_LEN, "task id")?.to_vec();
     let payload = r.bytes(MAX_PAYLOAD, "payload")?.to_vec();
     let state = match r.byte()? {
@@ -177,9 +188,12 @@ fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
     let priority = r.i()?;
     let max_attempts = small(r.u()?)?;
     let attempts = small(r.u()?)?;
-    let failures = small(r.u()?)?;
-    let lost = small(r.u()?)?;
-    let max_lost = small(r.u()?)?;
+    let (failures, lost, max_lost) = if version >= 3 {
+        (small(r.u()?)?, small(r.u()?)?, small(r.u()?)?)
+    } else {
+        let running = (state == State::Leased) as i64;
+        ((attempts - running).max(0), 0, DEFAULT_MAX_LOST_LEASES)
+    };
     let seq = small(r.u()?)?;
     let token = small(r.u()?)?;
     let enqueued_at = small(r.u()?)?;
@@ -244,20 +258,34 @@ fn read_task(r: &mut Reader) -> VtResult<TaskImage> {
 
 /// Writes `queue` as chunks of about `chunk_bytes`, handing each to `emit`.
 /// The first chunk holds the queue-wide values, so there is always one.
-pub fn encode(queue: &TaskQueue, chunk_bytes: usize, mut emit: impl FnMut(&[u8])) {
+pub fn encode(queue: &TaskQueue, chunk_bytes: usize, emit: impl FnMut(&[u8])) {
+    encode_as(queue, ENCODING_VERSION, chunk_bytes, emit)
+}
+
+/// `encode` in an earlier version of the encoding (what is left out is
+/// lost): for tests of the reader.
+pub fn encode_as(queue: &TaskQueue, version: u8, chunk_bytes: usize, mut emit: impl FnMut(&[u8])) {
     let meta = queue.meta();
     let mut w = Writer(Vec::with_capacity(chunk_bytes.min(1 << 16)));
-    w.0.extend_from_slice(&[ENCODING_VERSION, KIND_HEAD]);
+    w.0.extend_from_slice(&[version, KIND_HEAD]);
     w.u(meta.seq);
     w.u(meta.token);
     w.0.push(meta.paused as u8);
-    for c in meta.counters.to_array() {
-        w.u(c);
+    let counters = meta.counters.to_array();
+    let kept = if version >= 3 {
+        counters.len()
+    } else {
+        COUNTERS_BEFORE_V3
+    };
+    for c in &counters[..kept] {
+        w.u(*c);
     }
-    // How many tasks follow in all the chunks, so a reader can size the
-    // queue's index once instead of growing it (and rehashing every id)
-    // as the tasks arrive.
-    w.u(queue.len() as u64);
+    if version >= 2 {
+        // How many tasks follow in all the chunks, so a reader can size
+        // the queue's index once instead of growing it (and rehashing
+        // every id) as the tasks arrive.
+        w.u(queue.len() as u64);
+    }
     let mut body = Writer(Vec::new());
     let mut count = 0u64;
     let flush =
@@ -266,12 +294,12 @@ pub fn encode(queue: &TaskQueue, chunk_bytes: usize, mut emit: impl FnMut(&[u8])
             w.0.extend_from_slice(&body.0);
             emit(&w.0);
             w.0.clear();
-            w.0.extend_from_slice(&[ENCODING_VERSION, KIND_TASKS]);
+            w.0.extend_from_slice(&[version, KIND_TASKS]);
             body.0.clear();
             *count = 0;
         };
     for image in queue.images() {
-        write_task(&mut body, &image);
+        write_task(&mut body, &image, version);
         count += 1;
         if body.0.len() >= chunk_bytes {
             flush(&mut w, &mut body, &mut count, &mut emit);
@@ -301,10 +329,10 @@ fn open(chunk: &[u8]) -> VtResult<(Reader<'_>, u8, u8)> {
     Ok((r, version, kind))
 }
 
-fn read_tasks(queue: &mut TaskQueue, mut r: Reader) -> VtResult<()> {
+fn read_tasks(queue: &mut TaskQueue, mut r: Reader, version: u8) -> VtResult<()> {
     let count = r.u()?;
     for _ in 0..count {
-        queue.restore(&read_task(&mut r)?)?;
+        queue.restore(&read_task(&mut r, version)?)?;
     }
     if !r.done() {
         return Err(corrupt("bytes after the last task"));
@@ -331,7 +359,12 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
         _ => return Err(corrupt("pause flag")),
     };
     let mut counters = [0u64; 13];
-    for c in counters.iter_mut() {
+    let kept = if version >= 3 {
+        counters.len()
+    } else {
+        COUNTERS_BEFORE_V3
+    };
+    for c in counters.iter_mut().take(kept) {
         *c = r.u()?;
     }
     let total = if version >= 2 { r.u()? } else { 0 };
@@ -343,17 +376,17 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
     });
     // A claim is not trusted beyond what a real queue could hold in memory.
     queue.reserve(total.min(MAX_RESERVED_TASKS) as usize);
-    read_tasks(&mut queue, r)?;
+    read_tasks(&mut queue, r, version)?;
     Ok(queue)
 }
 
 /// Adds the tasks of a later chunk to a queue read so far.
 pub fn decode_more(queue: &mut TaskQueue, chunk: &[u8]) -> VtResult<()> {
-    let (r, _, kind) = open(chunk)?;
+    let (r, version, kind) = open(chunk)?;
     if kind != KIND_TASKS {
         return Err(corrupt("a head after the first chunk"));
     }
-    read_tasks(queue, r)
+    read_tasks(queue, r, version)
 }
 
 /// Reads a queue chunk by chunk, in the order `encode` wrote them.

@@ -429,12 +429,25 @@ fn corrupt_or_newer_encodings_are_refused_without_panicking() {
             }
         }
     }
-    // Version 1 (no task count in the head) is still read.
-    let mut v1 = chunk.clone();
-    v1[0] = 1;
-    v1.remove(HEAD_LEN - 1);
-    let old = codec::decode_head(&v1).unwrap();
-    assert!(old.images().eq(q.images()));
+    // Versions 1 (no task count in the head) and 2 (no separate budgets)
+    // are still read, the budgets as a version-1 task record implies them.
+    let as_before_budgets = |image: TaskImage| {
+        let mut image = image;
+        let running = (image.rec.state == State::Leased) as i64;
+        image.rec.failures = (image.rec.attempts - running).max(0);
+        image.rec.lost = 0;
+        image.rec.max_lost = crate::core::keys::DEFAULT_MAX_LOST_LEASES;
+        image
+    };
+    for version in [1, 2] {
+        let mut d = Decoder::new();
+        codec::encode_as(&q, version, codec::CHUNK_BYTES, |c| d.feed(c).unwrap());
+        let old = d.finish().unwrap();
+        assert!(
+            old.images().eq(q.images().map(as_before_budgets)),
+            "version {version}"
+        );
+    }
 
     // A length prefix far beyond the limits is refused before allocating.
     let mut huge = vec![codec::ENCODING_VERSION, 0, 0, 0, 0];
@@ -442,11 +455,6 @@ fn corrupt_or_newer_encodings_are_refused_without_panicking() {
     huge.extend([1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(codec::decode_head(&huge).is_err());
 }
-
-/// Bytes of a head chunk up to and including its task count when every
-/// value is below 128 (one byte as a varint): version, kind, seq, token,
-/// paused, 11 counters, the count.
-const HEAD_LEN: usize = 2 + 1 + 1 + 1 + 11 + 1;
 
 #[test]
 fn a_drained_queue_gives_its_memory_back() {
