@@ -147,7 +147,7 @@ FUZZ := -p vtasks-module --test bad_input -E 'test(random_and_mutated)'
 fuzz: build
 	VTASKS_PARSE_FUZZ_CASES=10000000 $(CARGO) nextest run -p vtasks-module --lib -E 'test(parse_fuzz)'
 	VTASKS_NATIVE_DIFF_CASES=20000 $(CARGO) nextest run -p vtasks-module --lib -E 'test(random_sequences_match_the_keyspace_layout)'
-	VTASKS_DIFF_SEQUENCES=300 VTASKS_DIFF_STEPS=500 $(CARGO) nextest run -p vtasks-module --test differential
+	VTASKS_DIFF_SEQUENCES=100 VTASKS_DIFF_STEPS=500 $(CARGO) nextest run -p vtasks-module --test differential
 	VTASKS_FUZZ_COMMANDS=1000000 $(CARGO) nextest run $(FUZZ)
 	VTASKS_FUZZ_COMMANDS=1000000 VTASKS_TARGET=scripts-valkey $(CARGO) nextest run $(FUZZ)
 

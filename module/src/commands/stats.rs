@@ -13,7 +13,7 @@ use crate::server_time;
     flags: [ReadOnly],
     arity: 2,
     summary: "Counts per state, blocked consumers, oldest ready task age and totals of a queue",
-    complexity: "O(P log M) for P non-empty priority bands",
+    complexity: "O(P + K) for P priorities in use and K overdue leases and expired results not yet returned (the timer returns them within milliseconds)",
     since: "0.1.0",
     acl_categories: [Read, Slow, Single("vtasks")],
     key_spec: [{
