@@ -137,7 +137,7 @@ chaos-ci: build python
 
 # 10,000,000 random and mutated argument lists through the module's parsers
 # (no server); 20,000 random command sequences through the module's queue
-# type and the keyspace-layout core side by side (no server); 150,000
+# type and the keyspace-layout core side by side (no server); 50,000
 # random valid and invalid commands at the module and at the scripts engine
 # on a second server, every reply compared; then 1,000,000 random and
 # mutated VTASKS.* commands at a live server, with the module (debug build:
