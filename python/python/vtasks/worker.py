@@ -1,15 +1,20 @@
 """``vtasks.Worker``: runs registered tasks from Valkey queues.
 
-Async tasks run on the event loop, sync tasks in a thread pool, at most
-``concurrency`` at a time. Batches of tasks cross from Rust in one call, and
-outcomes go back with the next fetch: one round trip per batch.
+Async tasks run on the event loop, sync tasks in long-lived threads, at
+most ``concurrency`` at a time. Batches of tasks cross from Rust in one
+call, and outcomes go back with the next fetch: one round trip per batch.
+
+A sync task crosses threads once: the event loop hands it to a task thread,
+which runs it, records its outcome with the native core itself and takes
+the next waiting task, so a stream of sync tasks never goes back through
+the event loop (which handed them over a batch at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import functools
 import inspect
 import logging
 import os
@@ -115,64 +120,76 @@ class Delivery:
         return self.reported
 
 
-class _TaskThreads(concurrent.futures.Executor):
-    """Threads for sync tasks, started as needed (the worker runs at most
-    ``concurrency`` at once). Daemon threads: a task still running when the
-    worker stops without it (grace period over, second signal) does not
-    keep the process alive, as a ThreadPoolExecutor's threads would (the
-    interpreter joins them at exit)."""
+class _TaskThreads:
+    """Long-lived threads for sync tasks, started as needed (the worker
+    runs at most ``concurrency`` tasks at once, so never more threads).
+    Each takes one job at a time; a job runs a task, records its outcome
+    and goes on with the next waiting task itself. Daemon threads: a task
+    still running when the worker stops without it (grace period over,
+    second signal) does not keep the process alive, as a
+    ThreadPoolExecutor's threads would (the interpreter joins them at
+    exit)."""
 
     def __init__(self, prefix: str) -> None:
-        self._work: queue_module.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None] = (
-            queue_module.SimpleQueue()
-        )
+        self._work: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
         self._prefix = prefix
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
         self._closed = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the task threads are shut down")
-            self._work.put((future, lambda: fn(*args, **kwargs)))
+            self._work.put(job)
             if self._idle == 0:
                 self._threads += 1
                 threading.Thread(target=self._serve, name=f"{self._prefix}-{self._threads}", daemon=True).start()
             else:
                 self._idle -= 1
-        return future
 
     def _serve(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
+            job = self._work.get()
+            if job is None:
                 return
-            future, call = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(call())
-                except BaseException as exc:
-                    future.set_exception(exc)
+            try:
+                job()
+            except BaseException:  # a job records its own outcome; this is a bug
+                logger.exception("vtasks task thread: unexpected error")
             with self._lock:
                 self._idle += 1
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self) -> None:
+        """Ends idle threads; jobs not started are dropped (their tasks
+        were released or are abandoned)."""
         with self._lock:
             self._closed = True
             threads = self._threads
-        if cancel_futures:
-            while True:
-                try:
-                    item = self._work.get_nowait()
-                except queue_module.Empty:
-                    break
-                if item is not None:
-                    item[0].cancel()
+        while True:
+            try:
+                self._work.get_nowait()
+            except queue_module.Empty:
+                break
         for _ in range(threads):
             self._work.put(None)
+
+
+class _Run:
+    """One task the worker took, from its start to its recorded outcome."""
+
+    __slots__ = ("token", "delivery", "name", "fn", "args", "kwargs", "backoff", "is_async", "future")
+
+    def __init__(
+        self, token: int, delivery: Delivery, name: str, fn: Callable[..., Any],
+        args: list[Any], kwargs: dict[str, Any], backoff: float, is_async: bool,
+    ) -> None:
+        self.token, self.delivery, self.name = token, delivery, name
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.backoff, self.is_async = backoff, is_async
+        # The asyncio task of an async run that is still running.
+        self.future: asyncio.Future[Any] | None = None
 
 
 class Worker:
@@ -261,23 +278,29 @@ class Worker:
         self.succeeded = 0
         self.failed = 0
         self.dead_lettered = 0
-        self._running: set[asyncio.Future[Any]] = set()
-        # The run behind each running future: (delivery, task name, async).
-        self._runs: dict[asyncio.Future[Any], tuple[Delivery, str, bool]] = {}
-        # Failures being recorded (each reads the task first).
+        # Everything below that task threads touch too is guarded by _lock.
+        self._lock = threading.Lock()
+        # Runs started and not yet recorded.
+        self._running: set[_Run] = set()
+        # Failures being recorded on the event loop (each reads the task first).
         self._reports: set[asyncio.Task[None]] = set()
         # Tasks taken (started or refused), against max_tasks.
         self._taken = 0
         self._stopping = False
         self._aborting = False
         self._aborted = asyncio.Event()
+        # Set (on the loop) whenever the last run finishes.
+        self._idle = asyncio.Event()
         self._native: _native.NativeWorker | None = None
-        self._pool: concurrent.futures.Executor | None = None
+        self._pool: _TaskThreads | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._is_async: dict[Callable[..., Any], bool] = {}
         self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
         # Leased, not started yet: (queue, id, token, attempt, payload).
         self._backlog: collections.deque[tuple[str, str, int, int, bytes]] = collections.deque()
+        # `_start_waiting` is running on the loop; asked to run again.
         self._starting = False
+        self._start_again = False
 
     def __repr__(self) -> str:
         return (
@@ -292,7 +315,7 @@ class Worker:
 
     async def run(self) -> None:
         """Runs until stopped (or, in burst mode, until the queues are empty)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         bridge = LoopBridge.current()
         holds = self.concurrency + self.prefetch
         if self.max_tasks is not None:
@@ -308,7 +331,7 @@ class Worker:
         logger.info("worker %s serving %s, concurrency %d", self.consumer, self.queues, self.concurrency)
         watcher = asyncio.create_task(self._log_connection(bridge))
         try:
-            await self._loop(bridge)
+            await self._loop_batches(bridge)
         finally:
             await self._shutdown(bridge)
             watcher.cancel()
@@ -317,7 +340,7 @@ class Worker:
                     loop.remove_signal_handler(sig)
             logger.info("worker %s stopped: %r", self.consumer, self)
 
-    async def _loop(self, bridge: LoopBridge) -> None:
+    async def _loop_batches(self, bridge: LoopBridge) -> None:
         native = self._native
         assert native is not None
         full_since: float | None = None
@@ -342,14 +365,15 @@ class Worker:
                 if batch:
                     await bridge.wait(native.release(bridge.native, [(q, i, t) for q, i, t, _, _ in batch]))
                 return
-            if not batch and self.burst and native.running() == 0 and not self._running:
+            if not batch and self.burst and native.running() == 0:
                 # Leases lost with a connection come back when they expire:
                 # a burst ends once nothing is ready or leased.
                 if await bridge.wait(native.drained(bridge.native)):
                     return
-            self._backlog.extend(batch)
-            for queue, *_ in batch:
-                self._count(queue, +1)
+            with self._lock:
+                self._backlog.extend(batch)
+                for queue, *_ in batch:
+                    self._count(queue, +1)
             self._start_waiting()
 
     def _on_signal(self) -> None:
@@ -407,123 +431,84 @@ class Worker:
         """Stops the worker; ``run`` returns once running tasks finish."""
         self.stop()
 
+    # --- starting tasks -----------------------------------------------------------------------
+
     def _start_waiting(self) -> None:
-        # Not re-entered: a task that finishes while being started (eagerly)
-        # frees its slot for the loop already running here.
+        """Starts waiting tasks while slots are free (on the event loop).
+        Not re-entered: an async task that finishes while being started
+        (eagerly) asks for another pass of the loop already running here."""
         if self._starting:
+            self._start_again = True
             return
         self._starting = True
         try:
-            while (
-                self._backlog and len(self._running) < self.concurrency and not self._stopping
-                and not self._quota_reached()
-            ):
-                item = self._next_startable()
-                if item is None:
+            while True:
+                self._start_again = False
+                for run in self._take_startable():
+                    if run.is_async:
+                        self._launch_async(run)
+                    else:
+                        self._launch_sync(run)
+                if not self._start_again:
                     return
-                self._start(*item)
         finally:
             self._starting = False
 
+    def _take_startable(self) -> list[_Run]:
+        """Takes the waiting tasks that may start now (free slots, queues
+        under their caps), each counted as running; any thread. Tasks that
+        cannot run are dead-lettered on the way."""
+        runs = []
+        while True:
+            with self._lock:
+                if not self._backlog or len(self._running) >= self.concurrency or self._stopping:
+                    break
+                if self._quota_reached():
+                    break
+                item = self._next_startable()
+                if item is None:
+                    break
+                self._taken += 1
+                quota = self._quota_reached()
+            if quota:
+                self._call_on_loop(self.stop)
+            run = self._prepare(*item)
+            if run is not None:
+                runs.append(run)
+        return runs
+
     def _next_startable(self) -> tuple[str, str, int, int, bytes] | None:
-        """The oldest waiting task whose queue is under its running cap."""
+        """The oldest waiting task whose queue is under its running cap
+        (under the lock)."""
         if not self.queue_concurrency:
             return self._backlog.popleft()
-        running = collections.Counter(q for q, *_ in self._backlog)
+        waiting = collections.Counter(q for q, *_ in self._backlog)
         for index, item in enumerate(self._backlog):
             queue = item[0]
             limit = self.queue_concurrency.get(queue)
-            if limit is None or self._held[queue] - running[queue] < limit:
+            if limit is None or self._held[queue] - waiting[queue] < limit:
                 del self._backlog[index]
                 return item
         return None
 
     def _count(self, queue: str, delta: int) -> None:
-        """Tracks tasks held per queue and holds back fetching at the cap."""
+        """Tracks tasks held per queue and holds back fetching at the cap
+        (under the lock)."""
         self._held[queue] += delta
         limit = self.queue_concurrency.get(queue)
         if limit is not None and self._native is not None:
             self._native.hold_back(queue, self._held[queue] >= limit)
 
-    async def _shutdown(self, bridge: LoopBridge) -> None:
-        native = self._native
-        if native is not None and self._backlog:
-            # Fetched but never started: back to the queue, no attempt counted.
-            unstarted = [(q, i, t) for q, i, t, _, _ in self._backlog]
-            self._backlog.clear()
-            await bridge.wait(native.release(bridge.native, unstarted))
-        if self._running:
-            self._abandon(await self._wait_running())
-        sent = True
-        if self._reports:
-            sent = await self._unless_aborted(asyncio.gather(*self._reports, return_exceptions=True))
-        if native is not None:
-            sent = await self._unless_aborted(bridge.wait(native.close(bridge.native))) and sent
-        if not sent:
-            logger.warning("worker %s stopped before its last outcomes reached Valkey", self.consumer)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _unless_aborted(self, future: asyncio.Future[Any]) -> bool:
-        """Waits for ``future``; a forced stop, before or during the wait,
-        gives it one more second. Whether it finished."""
-        aborted = asyncio.ensure_future(self._aborted.wait())
-        try:
-            done, _ = await asyncio.wait({future, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            if future not in done:
-                done, _ = await asyncio.wait({future}, timeout=1.0)
-            if future in done:
-                future.result()
-                return True
-            future.cancel()
-            return False
-        finally:
-            aborted.cancel()
-
-    async def _wait_running(self) -> set[asyncio.Future[Any]]:
-        """Waits for the running tasks until the grace period ends or a
-        forced stop; the ones still running."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace
-        aborted = asyncio.ensure_future(self._aborted.wait())
-        try:
-            while self._running and not self._aborting:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                await asyncio.wait({*self._running, aborted}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            aborted.cancel()
-        return set(self._running)
-
-    def _abandon(self, pending: set[asyncio.Future[Any]]) -> None:
-        """Gives up on tasks still running, saying what becomes of them."""
-        when = "at a forced stop" if self._aborting else f"after the {self.grace:g} s grace period"
-        for future in pending:
-            delivery, name, is_async = self._runs[future]
-            delivery.abandoned = True
-            logger.warning(
-                "task %s in %s (%s, attempt %d) is still running %s: the worker stops without its outcome. "
-                "Its lease is no longer renewed and runs out within %g s; the server then runs the task again "
-                "or, once its budget is spent, dead-letters it with the lease's error%s.",
-                delivery.id, delivery.queue, name, delivery.attempt, when, self.lease,
-                "" if is_async else " (a sync task cannot be interrupted: it ends with the process)",
-            )
-            future.cancel()
-
-    def _start(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> None:
-        native = self._native
-        assert native is not None
-        self._taken += 1
-        if self._quota_reached():
-            self.stop()
+    def _prepare(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
+        """The run of a task just taken, or None when it cannot run (then
+        dead-lettered with the reason); any thread."""
         delivery = Delivery(queue, task_id, attempt, self.consumer, client=self.client)
         try:
             name, args, kwargs, options = decode_call_with_options(body)
             fn = self.resolver(name)
         except (ValueError, TaskNotRegistered) as exc:
             self._refuse(token, delivery, "?", exc)
-            return
+            return None
         is_async = self._is_async.get(fn)
         if is_async is None:
             is_async = self._is_async[fn] = inspect.iscoroutinefunction(fn)
@@ -532,45 +517,167 @@ class Worker:
         delivery.timeout = None if timeout is None else float(timeout)
         if getattr(fn, "wants_delivery", False):
             args = [delivery, *args]
-        loop = asyncio.get_running_loop()
-        call = (name, fn, args, kwargs)
-        if is_async:
-            # Started eagerly: a task that finishes without awaiting anything
-            # is settled at once, without a trip through the event loop.
-            try:
-                coro = fn(*args, **kwargs)
-            except TypeError as exc:
-                # Calling a coroutine function runs none of its body: a
-                # TypeError here is arguments that do not fit.
-                self._refuse(token, delivery, name, self._arguments_mismatch(name, fn, args, kwargs) or exc)
-                return
-            if delivery.timeout is not None:
-                coro = asyncio.wait_for(coro, delivery.timeout)
-            future: asyncio.Future[Any] = asyncio.Task(coro, loop=loop, eager_start=True)
-            if future.done():
-                self._finished(future, token, delivery, call, backoff)
-                return
+        run = _Run(token, delivery, name, fn, args, kwargs, backoff, is_async)
+        with self._lock:
+            self._running.add(run)
+        return run
+
+    def _on_loop(self) -> bool:
+        """Whether this is the worker's event loop thread."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _call_on_loop(self, callback: Callable[[], Any]) -> None:
+        """Runs ``callback`` on the worker's event loop, now when called
+        there."""
+        loop = self._loop
+        if loop is None:
+            return
+        if self._on_loop():
+            callback()
         else:
-            future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        self._running.add(future)
-        self._runs[future] = (delivery, name, is_async)
-        future.add_done_callback(lambda f: self._finished(f, token, delivery, call, backoff))
+            loop.call_soon_threadsafe(callback)
 
-    def _refuse(self, token: int, delivery: Delivery, name: str, exc: BaseException, counted: bool = True) -> None:
+    def _launch_async(self, run: _Run) -> None:
+        """Starts an async run on the event loop."""
+        try:
+            coro = run.fn(*run.args, **run.kwargs)
+        except TypeError as exc:
+            # Calling a coroutine function runs none of its body: a
+            # TypeError here is arguments that do not fit.
+            mismatch = self._arguments_mismatch(run.name, run.fn, run.args, run.kwargs)
+            self._refuse(run.token, run.delivery, run.name, mismatch or exc, counted=False)
+            self._finish(run)
+            return
+        if run.delivery.timeout is not None:
+            coro = asyncio.wait_for(coro, run.delivery.timeout)
+        # Started eagerly: a task that finishes without awaiting anything
+        # is recorded at once, without a trip through the event loop.
+        future: asyncio.Future[Any] = asyncio.Task(coro, loop=self._loop, eager_start=True)
+        if future.done():
+            self._finished_async(future, run)
+            return
+        run.future = future
+        future.add_done_callback(lambda f: self._finished_async(f, run))
+
+    def _launch_sync(self, run: _Run) -> None:
+        pool = self._pool
+        assert pool is not None
+        pool.submit(lambda: self._run_in_thread(run))
+
+    def _run_in_thread(self, run: _Run | None) -> None:
+        """A task thread's job: runs sync tasks and records their outcomes,
+        one after the other, as long as sync tasks are waiting."""
+        while run is not None:
+            try:
+                value, exc = run.fn(*run.args, **run.kwargs), None
+            except BaseException as error:
+                value, exc = None, error
+            if not run.delivery.abandoned:
+                self._record_outcome(run, value, exc, blocking=True)
+            self._finish(run)
+            run = None
+            for started in self._take_startable():
+                if started.is_async:
+                    self._call_on_loop(functools.partial(self._launch_async, started))
+                elif run is None:
+                    run = started  # runs next, in this thread
+                else:
+                    self._launch_sync(started)
+
+    def _finished_async(self, future: asyncio.Future[Any], run: _Run) -> None:
+        run.future = None
+        if not future.cancelled():
+            exc = future.exception()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self._finish(run)
+                raise exc
+            self._record_outcome(run, None if exc is not None else future.result(), exc, blocking=False)
+        # Cancelled: abandoned at shutdown (logged), the lease decides.
+        self._finish(run)
+        self._start_waiting()
+
+    def _finish(self, run: _Run) -> None:
+        """A run is over (its outcome recorded, or abandoned): its slot is
+        free; any thread."""
+        with self._lock:
+            self._running.discard(run)
+            self._count(run.delivery.queue, -1)
+            idle = not self._running
+        if idle:
+            self._call_on_loop(self._idle.set)
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def _record_outcome(self, run: _Run, value: Any, exc: BaseException | None, blocking: bool) -> None:
+        """Records how a run ended with the native core. ``blocking``: on a
+        task thread, where reading the task for a failure's history may
+        block; on the event loop that read is awaited in the background."""
+        native = self._native
+        assert native is not None
+        token, delivery, name = run.token, run.delivery, run.name
+        if exc is None:
+            try:
+                result = value.data if isinstance(value, Stored) else dumps(value)
+            except (TypeError, ValueError) as err:
+                # It ran: retrying would repeat its effects.
+                self._refuse(token, delivery, name, result_not_stored(name, err), counted=False, blocking=blocking)
+                return
+            try:
+                native.succeeded(delivery.queue, delivery.id, token, result)
+            except PayloadError as err:
+                # Over the size limit once compressed: it ran, and its
+                # result cannot be kept.
+                error = result_not_stored(name, err, too_large=True)
+                self._refuse(token, delivery, name, error, counted=False, blocking=blocking)
+                return
+            with self._lock:
+                self.succeeded += 1
+            return
+        if isinstance(exc, ResultNotStored):
+            self._refuse(token, delivery, name, exc, counted=False, blocking=blocking)
+            return
+        if isinstance(exc, TypeError):
+            # Arguments that do not fit the task fail the same way on every
+            # attempt: dead-lettered at once, with the reason.
+            mismatch = self._arguments_mismatch(name, run.fn, run.args, run.kwargs)
+            if mismatch is not None:
+                self._refuse(token, delivery, name, mismatch, counted=False, blocking=blocking)
+                return
+        with self._lock:
+            self.failed += 1
+        delay = min(run.backoff * 2 ** (delivery.attempt - 1), self.max_backoff)
+        delay *= random.uniform(0.5, 1.5)
+        self._report(token, delivery, name, exc, delay, blocking)
+
+    def _refuse(
+        self, token: int, delivery: Delivery, name: str, exc: BaseException, counted: bool = True,
+        blocking: bool | None = None,
+    ) -> None:
         """Dead-letters a task that cannot run (or cannot succeed), at once
-        and with the reason (``counted``: it still holds its place in the
-        per-queue count)."""
-        self.dead_lettered += 1
-        self._report(token, delivery, name, exc, None)
-        if counted:
-            self._count(delivery.queue, -1)
+        and with the reason (``counted``: it was taken from the backlog
+        without starting, so it still holds its place in the per-queue
+        count)."""
+        with self._lock:
+            self.dead_lettered += 1
+            if counted:
+                self._count(delivery.queue, -1)
+        self._report(token, delivery, name, exc, None, blocking)
 
-    def _report(self, token: int, delivery: Delivery, name: str, exc: BaseException, retry_in: float | None) -> None:
+    def _report(
+        self, token: int, delivery: Delivery, name: str, exc: BaseException, retry_in: float | None,
+        blocking: bool | None = None,
+    ) -> None:
         """Records a failed attempt: retried after ``retry_in`` seconds (the
         server dead-letters it once its attempts are used up), or
         dead-lettered now when None. The error text carries the earlier
         attempts' errors, read from the task first unless the task's
-        wrapper did."""
+        wrapper did: right here on a task thread (``blocking``; by default
+        any thread but the event loop's), in the background on the loop."""
+        if blocking is None:
+            blocking = not self._on_loop()
         failure = delivery.reported
         if failure is not None:
             self._record(token, delivery, name, failure, retry_in)
@@ -578,6 +685,9 @@ class Worker:
         if delivery.attempt == 1 and retry_in is None:
             # No earlier attempt to keep, and nothing to ask: it ends here.
             self._record(token, delivery, name, Failure(exc, 1, None, False), None)
+            return
+        if blocking:
+            self._record(token, delivery, name, delivery.failure(exc, retryable=retry_in is not None), retry_in)
             return
 
         async def read_then_record() -> None:
@@ -616,69 +726,97 @@ class Worker:
             return TypeError(f"arguments do not fit task {name}: {exc}")
         return None
 
-    def _finished(
-        self,
-        future: asyncio.Future[Any],
-        token: int,
-        delivery: Delivery,
-        call: tuple[str, Callable[..., Any], list[Any], dict[str, Any]],
-        backoff: float,
-    ) -> None:
-        self._running.discard(future)
-        self._runs.pop(future, None)
-        self._count(delivery.queue, -1)
-        try:
-            self._settle(future, token, delivery, call, backoff)
-        finally:
-            self._start_waiting()
+    # --- stopping -----------------------------------------------------------------------------
 
-    def _settle(
-        self,
-        future: asyncio.Future[Any],
-        token: int,
-        delivery: Delivery,
-        call: tuple[str, Callable[..., Any], list[Any], dict[str, Any]],
-        backoff: float,
-    ) -> None:
+    async def _shutdown(self, bridge: LoopBridge) -> None:
         native = self._native
-        name = call[0]
-        assert native is not None
-        if future.cancelled():
-            # Abandoned at shutdown (logged): the lease decides.
-            return
-        exc = future.exception()
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise exc
-        if exc is None:
-            try:
-                result = dumps(future.result())
-            except (TypeError, ValueError) as err:
-                # It ran: retrying would repeat its effects.
-                self._refuse(token, delivery, name, result_not_stored(name, err), counted=False)
-                return
-            try:
-                native.succeeded(delivery.queue, delivery.id, token, result)
-            except PayloadError as err:
-                # Over the size limit once compressed: it ran, and its
-                # result cannot be kept.
-                self._refuse(token, delivery, name, result_not_stored(name, err, too_large=True), counted=False)
-                return
-            self.succeeded += 1
-            return
-        if isinstance(exc, ResultNotStored):
-            self._refuse(token, delivery, name, exc, counted=False)
-            return
-        if isinstance(exc, TypeError):
-            # Arguments that do not fit the task fail the same way on every
-            # attempt: dead-lettered at once, with the reason.
-            mismatch = self._arguments_mismatch(*call)
-            if mismatch is not None:
-                self._refuse(token, delivery, name, mismatch, counted=False)
-                return
-        self.failed += 1
-        delay = min(backoff * 2 ** (delivery.attempt - 1), self.max_backoff)
-        delay *= random.uniform(0.5, 1.5)
-        self._report(token, delivery, name, exc, delay)
+        with self._lock:
+            unstarted = [(q, i, t) for q, i, t, _, _ in self._backlog]
+            self._backlog.clear()
+        if native is not None and unstarted:
+            # Fetched but never started: back to the queue, no attempt counted.
+            await bridge.wait(native.release(bridge.native, unstarted))
+        if self._running:
+            self._abandon(await self._wait_running())
+        sent = True
+        if self._reports:
+            sent = await self._unless_aborted(asyncio.gather(*self._reports, return_exceptions=True))
+        if native is not None:
+            sent = await self._unless_aborted(bridge.wait(native.close(bridge.native))) and sent
+        if not sent:
+            logger.warning("worker %s stopped before its last outcomes reached Valkey", self.consumer)
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    async def _unless_aborted(self, future: asyncio.Future[Any]) -> bool:
+        """Waits for ``future``; a forced stop, before or during the wait,
+        gives it one more second. Whether it finished."""
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        try:
+            done, _ = await asyncio.wait({future, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            if future not in done:
+                done, _ = await asyncio.wait({future}, timeout=1.0)
+            if future in done:
+                future.result()
+                return True
+            future.cancel()
+            return False
+        finally:
+            aborted.cancel()
+
+    async def _wait_running(self) -> set[_Run]:
+        """Waits for the running tasks until the grace period ends or a
+        forced stop; the ones still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        try:
+            while not self._aborting:
+                # Cleared before the check: a run finishing after it sets
+                # the event again, so no wake-up is lost.
+                self._idle.clear()
+                with self._lock:
+                    if not self._running:
+                        break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                idle = asyncio.ensure_future(self._idle.wait())
+                try:
+                    await asyncio.wait({idle, aborted}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    idle.cancel()
+        finally:
+            aborted.cancel()
+        with self._lock:
+            return set(self._running)
+
+    def _abandon(self, pending: set[_Run]) -> None:
+        """Gives up on tasks still running, saying what becomes of them."""
+        when = "at a forced stop" if self._aborting else f"after the {self.grace:g} s grace period"
+        for run in pending:
+            delivery = run.delivery
+            delivery.abandoned = True
+            logger.warning(
+                "task %s in %s (%s, attempt %d) is still running %s: the worker stops without its outcome. "
+                "Its lease is no longer renewed and runs out within %g s; the server then runs the task again "
+                "or, once its budget is spent, dead-letters it with the lease's error%s.",
+                delivery.id, delivery.queue, run.name, delivery.attempt, when, self.lease,
+                "" if run.is_async else " (a sync task cannot be interrupted: it ends with the process)",
+            )
+            if run.future is not None:
+                run.future.cancel()
+
+
+class Stored:
+    """A task's return value already encoded (a wrapper that had to encode
+    it to know it can be stored hands it over this way, so it is encoded
+    once)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 def result_not_stored(name: str, err: BaseException, too_large: bool = False) -> ResultNotStored:

@@ -14,20 +14,97 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections
+from django.dispatch import Signal
 from django.tasks import TaskContext, TaskResult, TaskResultStatus
+from django.tasks import signals as task_signals
 from django.tasks.base import Task
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
+from django.utils.log import RequireDebugFalse, RequireDebugTrue
 
 from ..errors import ResultNotStored, TaskNotRegistered
 from ..payloads import dumps
-from ..worker import Delivery, Failure, Worker, result_not_stored
+from ..worker import Delivery, Failure, Stored, Worker, result_not_stored
 from .backend import ValkeyTaskBackend, resolve_task, result_id, task_error
+
+# Django's own receivers of the task signals: they only log.
+_DJANGO_LOG_RECEIVERS = {
+    getattr(task_signals, name, None) for name in ("log_task_started", "log_task_finished")
+} - {None}
+
+
+class _Listening:
+    """Whether sending a task signal does anything: a receiver other than
+    Django's own log receivers, or a record of theirs that a handler would
+    emit. With Django's default LOGGING (``django.tasks`` at INFO, whose
+    console handler needs ``DEBUG``) or with that logger at WARNING, their
+    INFO records are built and dropped, a quarter of a no-op task's time;
+    the worker then sends no signal for a run that succeeds. The answer is
+    kept for a second, so a change of the logging setup or a receiver
+    connected later is seen within one."""
+
+    def __init__(self, sender: type) -> None:
+        self._sender = sender
+        self._until = 0.0
+        self._answers: dict[tuple[Signal, int], bool] = {}
+
+    def __call__(self, signal: Signal, level: int = logging.INFO) -> bool:
+        now = time.monotonic()
+        if now >= self._until:
+            self._answers.clear()
+            self._until = now + 1.0
+        key = (signal, level)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._listened(signal, level)
+        return answer
+
+    def _listened(self, signal: Signal, level: int) -> bool:
+        try:
+            sync_receivers, async_receivers = signal._live_receivers(self._sender)
+        except Exception:  # a Django without this helper: assume someone listens
+            return True
+        if async_receivers or any(r not in _DJANGO_LOG_RECEIVERS for r in sync_receivers):
+            return True
+        return bool(sync_receivers) and _emits(logging.getLogger("django.tasks"), level)
+
+
+def _emits(logger: logging.Logger, level: int) -> bool:
+    """Whether a record of ``level`` from ``logger`` would reach a handler
+    that writes it. Filters other than Django's DEBUG filters are assumed
+    to pass it."""
+    if not logger.isEnabledFor(level):
+        return False
+    if logger.filters:
+        return True
+    current: logging.Logger | None = logger
+    found = False
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            if level >= handler.level and all(_passes(f) for f in handler.filters):
+                return True
+        if not current.propagate:
+            break
+        current = current.parent
+    last_resort = logging.lastResort
+    return not found and last_resort is not None and level >= last_resort.level
+
+
+def _passes(log_filter: Any) -> bool:
+    if isinstance(log_filter, RequireDebugTrue):
+        return bool(settings.DEBUG)
+    if isinstance(log_filter, RequireDebugFalse):
+        return not settings.DEBUG
+    return True
 
 
 def _running_result(task: Task, backend: str, d: Delivery, args: Any, kwargs: Any) -> TaskResult:
@@ -54,9 +131,16 @@ def _succeeded(result: TaskResult, sender: type) -> None:
     task_finished.send(sender, task_result=result)
 
 
-def _failed(result: TaskResult, sender: type, failure: Failure) -> None:
+def _failed(
+    result: TaskResult | None, sender: type, failure: Failure, listening: _Listening, make: Callable[[], TaskResult]
+) -> None:
     """Sends ``task_finished`` for a failed attempt (inside the handler of
-    its exception, so Django's log shows the traceback)."""
+    its exception, so Django's log shows the traceback), when someone
+    listens: Django logs a failure for good at ERROR, a retry at INFO."""
+    if not listening(task_finished, logging.INFO if failure.will_retry else logging.ERROR):
+        return
+    if result is None:
+        result = make()
     result.errors[:] = [task_error(entry) for entry in failure.entries]
     if failure.will_retry:
         object.__setattr__(result, "status", TaskResultStatus.READY)
@@ -66,20 +150,20 @@ def _failed(result: TaskResult, sender: type, failure: Failure) -> None:
     task_finished.send(sender, task_result=result)
 
 
-def _stored(task: Task, value: Any) -> Any:
-    """The return value as it will be stored, or ResultNotStored."""
+def _stored(task: Task, value: Any) -> Stored:
+    """The return value encoded as it will be stored (once: the worker
+    keeps these bytes), or ResultNotStored."""
     try:
-        value = normalize_json(value)
-        dumps(value)
+        return Stored(dumps(normalize_json(value)))
     except (TypeError, ValueError) as exc:
         raise result_not_stored(task.module_path, exc) from exc
-    return value
 
 
 def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., Any]]:
     """Maps a payload's task path to a wrapper that runs the Django Task."""
     sender = type(backend)
     cache: dict[str, Callable[..., Any]] = {}
+    listening = _Listening(sender)
 
     def resolve(path: str) -> Callable[..., Any]:
         wrapper = cache.get(path)
@@ -92,7 +176,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
 
         signature = _call_signature(task)
 
-        def call_args(result: TaskResult, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        def call_args(result: TaskResult | None, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (TaskContext(task_result=result), *args) if task.takes_context else args
 
         def retryable(d: Delivery, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -110,8 +194,13 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
         if _is_coroutine(task.func):
 
             async def run_async(d: Delivery, *args: Any, **kwargs: Any) -> Any:
-                result = _running_result(task, backend.alias, d, args, kwargs)
-                task_started.send(sender, task_result=result)
+                def make() -> TaskResult:
+                    return _running_result(task, backend.alias, d, args, kwargs)
+
+                signals = listening(task_started)
+                result = make() if signals or task.takes_context else None
+                if signals:
+                    task_started.send(sender, task_result=result)
                 try:
                     value = _stored(task, await task.func(*call_args(result, args), **kwargs))
                 except asyncio.CancelledError:
@@ -121,28 +210,37 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     try:
                         raise TimeoutError(f"task {task.module_path} ran longer than its timeout of {d.timeout:g} s")
                     except TimeoutError as timeout:
-                        _failed(result, sender, await d.afailure(timeout))
+                        _failed(result, sender, await d.afailure(timeout), listening, make)
                     raise
                 except BaseException as exc:
-                    _failed(result, sender, await d.afailure(exc, retryable=retryable(d, exc, args, kwargs)))
+                    failure = await d.afailure(exc, retryable=retryable(d, exc, args, kwargs))
+                    _failed(result, sender, failure, listening, make)
                     raise
-                _succeeded(result, sender)
+                if signals or listening(task_finished):
+                    _succeeded(result or make(), sender)
                 return value
 
             wrapper = run_async
         else:
 
             def run_sync(d: Delivery, *args: Any, **kwargs: Any) -> Any:
+                def make() -> TaskResult:
+                    return _running_result(task, backend.alias, d, args, kwargs)
+
                 close_old_connections()
                 try:
-                    result = _running_result(task, backend.alias, d, args, kwargs)
-                    task_started.send(sender, task_result=result)
+                    signals = listening(task_started)
+                    result = make() if signals or task.takes_context else None
+                    if signals:
+                        task_started.send(sender, task_result=result)
                     try:
                         value = _stored(task, task.func(*call_args(result, args), **kwargs))
                     except BaseException as exc:
-                        _failed(result, sender, d.failure(exc, retryable=retryable(d, exc, args, kwargs)))
+                        failure = d.failure(exc, retryable=retryable(d, exc, args, kwargs))
+                        _failed(result, sender, failure, listening, make)
                         raise
-                    _succeeded(result, sender)
+                    if signals or listening(task_finished):
+                        _succeeded(result or make(), sender)
                     return value
                 finally:
                     close_old_connections()
