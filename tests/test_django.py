@@ -150,6 +150,37 @@ def test_signals_are_sent(django_valkey, runs):
     ]
 
 
+@pytest.mark.parametrize("tasks_logger_level", [None, "WARNING"])
+def test_djangos_task_log_reaches_a_root_console_handler(django_valkey, runs, tasks_logger_level):
+    # A common setup: a root console handler with no level of its own.
+    # Django's receivers log each start and finish at INFO, which such a
+    # handler prints, unless the django.tasks logger is set to WARNING.
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root, tasks_logger = logging.getLogger(), logging.getLogger("django.tasks")
+    level = tasks_logger.level
+    root.addHandler(handler)
+    if tasks_logger_level:
+        tasks_logger.setLevel(tasks_logger_level)
+    try:
+        sync_result, async_result = tasks.add.enqueue(1, 2), tasks.send_email.enqueue(3)
+        run_worker_burst()
+    finally:
+        root.removeHandler(handler)
+        tasks_logger.setLevel(level)
+    printed = stream.getvalue()
+    for result in (sync_result, async_result):
+        lines = [line for line in printed.splitlines() if result.id in line]
+        if tasks_logger_level:
+            assert lines == [], printed
+        else:
+            assert any("state=RUNNING" in line for line in lines), printed
+            assert any("state=SUCCESSFUL" in line for line in lines), printed
+
+
 def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
     finished = []
 
