@@ -116,3 +116,16 @@ async def timed(n: int, seconds: float) -> int:
     await asyncio.sleep(seconds)
     record("timed", f"{n} {time.time()!r}")
     return n
+
+
+@vtasks.task(name="tests.held")
+async def held(n: int, seconds: float) -> int:
+    """Records its start with the process id (``held_start <n> <pid>``),
+    then waits ``seconds`` or until ``<VTASKS_TEST_RUNS>.release`` exists."""
+    record("held_start", f"{n} {os.getpid()}")
+    release = os.environ.get("VTASKS_TEST_RUNS", "") + ".release"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(release):
+        await asyncio.sleep(0.02)
+    record("held", n)
+    return n

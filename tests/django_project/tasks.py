@@ -123,3 +123,28 @@ def newsletter(n: int) -> int:
     time.sleep(0.01)
     record("django_newsletter", n)
     return n
+
+
+@task
+def meets(n: int, seconds: float) -> int:
+    """Records its start with the process id (``django_meets_start <n> <pid>``),
+    waits until tasks from two processes have started (at most 30 s, then it
+    fails), then sleeps ``seconds`` or until ``<VTASKS_TEST_RUNS>.release``
+    exists."""
+    path = os.environ["VTASKS_TEST_RUNS"]
+    record("django_meets_start", f"{n} {os.getpid()}")
+    deadline = time.monotonic() + 30
+    while len(_pids(path, "django_meets_start")) < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no task started in a second worker process")
+        time.sleep(0.02)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(path + ".release"):
+        time.sleep(0.02)
+    record("django_meets", f"{n} {os.getpid()}")
+    return n
+
+
+def _pids(path: str, kind: str) -> set[str]:
+    with open(path) as f:
+        return {line.split()[2] for line in f if line.startswith(kind + " ")}

@@ -12,8 +12,10 @@ from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 
 from ....errors import VtasksError
+from ....supervisor import serve
 from ...backend import ValkeyTaskBackend
 from ...checks import reaching_server
+from ...supervisor import check_worker_id, run_processes
 from ...worker import make_worker
 
 
@@ -22,7 +24,8 @@ class Command(BaseCommand):
         "Runs a vtasks worker for a Django task backend. SIGTERM or SIGINT stops it gracefully: no new tasks, "
         "running ones get --grace seconds; a second signal stops it at once. A task still running then is "
         "abandoned (the log names it): its lease runs out and the server runs it again or, once its budget "
-        "is spent, dead-letters it."
+        "is spent, dead-letters it. With --processes N, the signals go to the parent, which stops every "
+        "process the same way."
     )
 
     def check(self, *args: Any, **kwargs: Any) -> None:
@@ -54,6 +57,12 @@ class Command(BaseCommand):
             help="seconds running tasks get to finish when the worker stops (default: %(default)s)",
         )
         parser.add_argument("--worker-id", default=None, help="the worker's name in VTASKS.GET and worker_ids")
+        parser.add_argument(
+            "--processes", type=int, default=1,
+            help="worker processes to run, each with these options (its own --concurrency and --max-tasks; "
+            "with --worker-id NAME they are named NAME.1 to NAME.N); one that dies is replaced "
+            "(default: %(default)s)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["backend"]
@@ -70,7 +79,7 @@ class Command(BaseCommand):
         unknown = set(queues) - backend.queues if backend.queues else set()
         if unknown:
             raise CommandError(f"queues not configured for backend {alias!r}: {sorted(unknown)}")
-        for name in ("concurrency", "max_tasks"):
+        for name in ("concurrency", "max_tasks", "processes"):
             if options[name] is not None and options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         if options["grace"] < 0:
@@ -87,12 +96,27 @@ class Command(BaseCommand):
                 consumer=options["worker_id"],
             )
             engine = backend.client.engine
+            check_worker_id(options["worker_id"], options["processes"])
         except (ValueError, VtasksError) as exc:
             raise CommandError(str(exc)) from exc
+        if options["processes"] > 1:
+            # The worker above only checked the options: each process makes its own.
+            self.stdout.write(
+                f"vtasks: {options['processes']} worker processes: queues {queues}, "
+                f"concurrency {worker.concurrency} each, {engine} engine"
+            )
+            self.stdout.flush()
+            try:
+                status = run_processes(options)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
+            if status:
+                raise CommandError("a worker process did not stop cleanly (see the log)")
+            return
         self.stdout.write(
             f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}, {engine} engine"
         )
-        asyncio.run(worker.run())
+        asyncio.run(serve(worker))
         self.stdout.write(
             f"vtasks worker {worker.consumer} done: {worker.succeeded} succeeded, "
             f"{worker.failed} failed, {worker.dead_lettered} dead-lettered"
