@@ -19,8 +19,10 @@
 //!   on once the server is back.
 //!
 //! It uses at most two connections: the client's shared one and one for the
-//! blocking fetch. `run` drives it with an async handler; other runtimes
-//! (the Python worker) call `next_batch` and `complete` themselves.
+//! blocking fetch. Every runtime runs the same loop, `fetch_loop`, which
+//! hands each batch to a callback: `run` with an async handler per task,
+//! the Python worker with its event loop and task threads; both report each
+//! task's outcome with `complete`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -116,6 +118,29 @@ pub enum ConnectionState {
     /// Unreachable (or refusing to serve for now) since a command failed
     /// with this error; the worker keeps retrying.
     Lost(String),
+    /// The server refuses the worker's fetch for lack of memory (an older
+    /// module, or a scripts library it cannot load while full); the worker
+    /// keeps retrying until it has room.
+    Full(String),
+}
+
+impl ConnectionState {
+    /// `"up"`, `"lost"` or `"full"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectionState::Up => "up",
+            ConnectionState::Lost(_) => "lost",
+            ConnectionState::Full(_) => "full",
+        }
+    }
+
+    /// The error behind a state other than `Up`.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            ConnectionState::Up => None,
+            ConnectionState::Lost(detail) | ConnectionState::Full(detail) => Some(detail),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -245,9 +270,9 @@ impl WorkerCore {
         match outcome {
             Ok(_) => {
                 self.inner.connection.send_if_modified(|c| {
-                    let lost = matches!(c, ConnectionState::Lost(_));
+                    let changed = *c != ConnectionState::Up;
                     *c = ConnectionState::Up;
-                    lost
+                    changed
                 });
             }
             // A full server answers (and has its own error and log line).
@@ -735,9 +760,68 @@ fn put_back(st: &mut State, acks: Vec<Ack>, nacks: Vec<Nack>) {
     st.nacks.splice(0..0, nacks);
 }
 
+impl WorkerCore {
+    /// The worker loop, the one every runtime uses (the Rust handlers of
+    /// `run`, the Python worker): fetches batches and hands each to
+    /// `deliver` until the worker stops (a batch that arrives then is
+    /// given back unstarted) or, in burst mode, until its queues hold
+    /// nothing it could still get (see `drained`). A server refusing the
+    /// fetch for lack of memory is waited out (`stats.server_full`, and the
+    /// connection state says so). Returns when no more batches will come;
+    /// running tasks, the grace period and the last settlements are the
+    /// caller's (`run`, or the Python worker's shutdown).
+    pub async fn fetch_loop(
+        &self,
+        fetcher: &mut BlockingFetcher,
+        mut deliver: impl FnMut(Vec<Delivery>),
+    ) -> Result<()> {
+        let mut full_backoff = Duration::from_millis(25);
+        loop {
+            let batch = match self.next_batch(fetcher).await {
+                Ok(batch) => batch,
+                // Memory comes back as workers drain and results expire: a
+                // worker keeps trying rather than dying.
+                Err(err @ Error::ServerFull(_)) => {
+                    self.inner.connection.send_if_modified(|c| {
+                        let up = *c == ConnectionState::Up;
+                        if up {
+                            *c = ConnectionState::Full(err.to_string());
+                        }
+                        up
+                    });
+                    tokio::time::sleep(full_backoff).await;
+                    full_backoff = (full_backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            full_backoff = Duration::from_millis(25);
+            if self.is_stopping() {
+                if !batch.is_empty() {
+                    self.release(&batch).await?;
+                }
+                return Ok(());
+            }
+            if batch.is_empty() && self.inner.options.burst && self.running() == 0 {
+                match self.drained().await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(err) if err.is_transient() => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            if !batch.is_empty() {
+                deliver(batch);
+            }
+        }
+    }
+}
+
 /// Runs a worker with an async handler until `shutdown` resolves (or, in
 /// burst mode, until the queues are empty). Running tasks get `grace` to
-/// finish; settlements are flushed before returning.
+/// finish; settlements are flushed before returning. A handler that
+/// panics fails its task's attempt (retried as any failure is) instead of
+/// leaving it leased and renewed forever.
 pub async fn run<H, F>(
     core: WorkerCore,
     handler: H,
@@ -754,57 +838,38 @@ where
         async move { core.maintain().await }
     });
     let mut fetcher = core.inner.client.blocking_fetcher();
-    tokio::pin!(shutdown);
-    let mut shutting_down = false;
-    let mut full_backoff = Duration::from_millis(25);
-    let outcome: Result<()> = loop {
-        // The fetch is never dropped half-way: on shutdown it is ended early
-        // and awaited, so neither its settlements nor its tasks get lost.
-        let fetch = core.next_batch(&mut fetcher);
-        tokio::pin!(fetch);
-        let batch = tokio::select! {
-            batch = &mut fetch => batch,
-            _ = &mut shutdown, if !shutting_down => {
-                shutting_down = true;
+    let outcome = {
+        let deliver = |batch: Vec<Delivery>| {
+            for delivery in batch {
+                let core = core.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    // Its own task, so a panic ends it and not the worker.
+                    let outcome = match tokio::spawn(handler(delivery.clone())).await {
+                        Ok(outcome) => outcome,
+                        Err(err) => Outcome::Failure {
+                            error: format!("the task's handler panicked: {}", panic_text(err)),
+                            retry: Retry::After(Duration::from_millis(
+                                vtasks_protocol::DEFAULT_RETRY_BACKOFF_MS as u64,
+                            )),
+                        },
+                    };
+                    core.complete(&delivery, outcome);
+                });
+            }
+        };
+        let fetching = core.fetch_loop(&mut fetcher, deliver);
+        tokio::pin!(fetching);
+        tokio::pin!(shutdown);
+        // The fetch loop is never dropped half-way: on shutdown the worker
+        // stops (ending a fetch that waits) and the loop is awaited, so
+        // neither a fetch's settlements nor its tasks get lost.
+        tokio::select! {
+            outcome = &mut fetching => outcome,
+            _ = &mut shutdown => {
                 core.stop();
-                fetch.await
+                fetching.await
             }
-        };
-        let batch = match batch {
-            Ok(batch) => batch,
-            // Memory comes back as workers drain and results expire: a
-            // worker keeps trying rather than dying (`stats.server_full`).
-            Err(Error::ServerFull(_)) => {
-                full_backoff = (full_backoff * 2).min(Duration::from_secs(2));
-                tokio::time::sleep(full_backoff).await;
-                continue;
-            }
-            Err(err) => break Err(err),
-        };
-        full_backoff = Duration::from_millis(25);
-        if core.is_stopping() {
-            if !batch.is_empty() {
-                if let Err(err) = core.release(&batch).await {
-                    break Err(err);
-                }
-            }
-            break Ok(());
-        }
-        if batch.is_empty() && core.options().burst && core.running() == 0 {
-            match core.drained().await {
-                Ok(true) => break Ok(()),
-                Ok(false) => {}
-                Err(err) if err.is_transient() => {}
-                Err(err) => break Err(err),
-            }
-        }
-        for delivery in batch {
-            let core = core.clone();
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let outcome = handler(delivery.clone()).await;
-                core.complete(&delivery, outcome);
-            });
         }
     };
     core.stop();
@@ -817,4 +882,16 @@ where
     outcome?;
     flushed?;
     Ok(core.stats())
+}
+
+/// What a panicking task said, as far as it can be read.
+fn panic_text(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string()),
+        Err(err) => err.to_string(),
+    }
 }

@@ -606,3 +606,42 @@ async fn a_worker_whose_fetch_connection_drops_keeps_its_leases() {
     let s = client.stats(&queue()).await.unwrap();
     assert_eq!((s.get("expired"), s.get("ready")), (Some(0), Some(0)));
 }
+
+/// A handler that panics fails its task's attempt: the task waits for
+/// its retry instead of staying leased to a worker that renews the lease
+/// forever, and a burst worker still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_fails_the_attempt_and_the_worker_goes_on() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let ids = enqueue_n(&client, 3).await;
+    let core = WorkerCore::new(client.clone(), options("w1")).unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            core,
+            |d: Delivery| async move {
+                if d.id == "task-1" {
+                    panic!("boom in {}", d.id);
+                }
+                Outcome::Success(None)
+            },
+            std::future::pending(),
+            Duration::from_secs(5),
+        ),
+    )
+    .await
+    .expect("the burst ended")
+    .unwrap();
+    assert_eq!((stats.succeeded, stats.failed), (2, 1), "{stats:?}");
+    let info = client.get(&queue(), &ids[1]).await.unwrap().unwrap();
+    assert_eq!(info.status, Status::Delayed, "waiting for its retry");
+    assert_eq!((info.attempts, info.failed_attempts), (1, 1));
+    assert!(
+        info.error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked: boom in task-1")),
+        "{:?}",
+        info.error
+    );
+}

@@ -32,9 +32,12 @@ pub enum Reply {
     Stats(Vec<(String, i64)>),
     Dead(Vec<DeadTask>),
     Text(Option<String>),
+    /// A state's name and what it says.
+    State(&'static str, Option<String>),
 }
 
-type Completion = (u64, Result<Reply, Error>);
+/// A ticket's outcome; `true` marks one item of a stream, more to come.
+type Completion = (u64, Result<Reply, Error>, bool);
 
 pub struct Shared {
     done: Mutex<Vec<Completion>>,
@@ -68,13 +71,40 @@ impl Bridge {
     where
         F: Future<Output = Result<Reply, Error>> + Send + 'static,
     {
+        self.spawn_stream(|_| work)
+    }
+
+    /// As `spawn`, for work that also hands out items before its result
+    /// (each through the `Items` it is given); they arrive under the same
+    /// ticket, marked as items, in the order sent, before the result.
+    pub fn spawn_stream<W, F>(&self, work: W) -> u64
+    where
+        W: FnOnce(Items) -> F,
+        F: Future<Output = Result<Reply, Error>> + Send + 'static,
+    {
         let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
+        let work = work(Items {
+            shared: shared.clone(),
+            ticket,
+        });
         runtime().spawn(async move {
             let outcome = work.await;
-            shared.push((ticket, outcome));
+            shared.push((ticket, outcome, false));
         });
         ticket
+    }
+}
+
+/// Sends the items of a stream (`Bridge::spawn_stream`).
+pub struct Items {
+    shared: Arc<Shared>,
+    ticket: u64,
+}
+
+impl Items {
+    pub fn send(&self, item: Reply) {
+        self.shared.push((self.ticket, Ok(item), true));
     }
 }
 
@@ -101,8 +131,8 @@ impl Bridge {
         self.shared.reader.as_raw_fd()
     }
 
-    /// Every finished operation since the last call, as
-    /// `(ticket, succeeded, value_or_exception)` tuples.
+    /// Every finished operation (and stream item) since the last call, as
+    /// `(ticket, succeeded, value_or_exception, is_item)` tuples.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         // Order matters: consume the wake-up bytes, then clear the flag, then
         // take the results. A result pushed after the flag is cleared writes
@@ -112,12 +142,12 @@ impl Bridge {
         self.shared.signaled.store(false, Ordering::Release);
         let done = std::mem::take(&mut *self.shared.done.lock().unwrap_or_else(|p| p.into_inner()));
         let items = PyList::empty(py);
-        for (ticket, outcome) in done {
+        for (ticket, outcome, item) in done {
             let (ok, value) = match outcome {
                 Ok(reply) => (true, to_python(py, reply)?),
                 Err(err) => (false, to_pyerr(err).into_value(py).into_any()),
             };
-            items.append((ticket, ok, value))?;
+            items.append((ticket, ok, value, item))?;
         }
         Ok(items)
     }
@@ -157,6 +187,7 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             list.into_any().unbind()
         }
         Reply::Task(None) | Reply::Text(None) => py.None(),
+        Reply::State(kind, detail) => (kind, detail).into_pyobject(py)?.into_any().unbind(),
         Reply::Text(Some(text)) => text.into_pyobject(py)?.into_any().unbind(),
         Reply::Task(Some(info)) => {
             let d = PyDict::new(py);

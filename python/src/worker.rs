@@ -41,7 +41,8 @@ fn delivery(queue: &str, id: String, token: i64) -> PyResult<Delivery> {
 #[pymethods]
 impl NativeWorker {
     #[new]
-    #[pyo3(signature = (client, queues, consumer, concurrency, lease, block, keep_results=None))]
+    #[pyo3(signature = (client, queues, consumer, concurrency, lease, block, keep_results=None, burst=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         client: &NativeClient,
         queues: Vec<String>,
@@ -50,6 +51,7 @@ impl NativeWorker {
         lease: f64,
         block: f64,
         keep_results: Option<f64>,
+        burst: bool,
     ) -> PyResult<Self> {
         let queues = queues
             .iter()
@@ -61,6 +63,7 @@ impl NativeWorker {
             lease: Duration::from_secs_f64(lease.max(0.0)),
             block: Duration::from_secs_f64(block.max(0.0)),
             keep_results: keep_results.map(|k| Duration::from_secs_f64(k.max(0.0))),
+            burst,
             ..WorkerOptions::new(queues, consumer)
         };
         let core = WorkerCore::new(client.client.clone(), options).map_err(to_pyerr)?;
@@ -82,14 +85,20 @@ impl NativeWorker {
         }
     }
 
-    /// The next batch (through the bridge): `[(queue, id, token, attempt, payload)]`.
-    fn next_batch(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
+    /// Runs the worker loop (`WorkerCore::fetch_loop`) on the runtime;
+    /// returns its ticket. Each batch arrives through the bridge as an item
+    /// of that ticket, `[(queue, id, token, attempt, payload)]`; the result
+    /// (None, or the error that ended it) comes when no more batches will.
+    fn run(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
-        dispatch(py, Some(bridge), async move {
+        let ticket = bridge.spawn_stream(move |items| async move {
             let mut fetcher = fetcher.lock().await;
-            core.next_batch(&mut fetcher).await.map(Reply::Deliveries)
-        })
+            core.fetch_loop(&mut fetcher, |batch| items.send(Reply::Deliveries(batch)))
+                .await
+                .map(|_| Reply::None)
+        });
+        Ok(ticket.into_pyobject(py)?.into_any().unbind())
     }
 
     /// A task succeeded; `result` is its encoded result, if any. A result
@@ -156,37 +165,33 @@ impl NativeWorker {
         })
     }
 
-    /// Whether the queues hold no ready and no leased task (burst mode's
-    /// end; see `WorkerCore::drained`).
-    fn drained(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
-        let core = self.core.clone();
-        dispatch(py, Some(bridge), async move {
-            core.drained().await.map(Reply::Bool)
-        })
-    }
-
     /// Stops fetching and ends a fetch waiting server-side.
     fn stop(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
         self.core.stop();
         dispatch(py, bridge, async move { Ok(Reply::None) })
     }
 
-    /// Once the connection's state differs from `up` (or the worker is
-    /// closed): None if the server is reachable, else the error that
-    /// found it unreachable.
-    fn connection_changed(&self, py: Python<'_>, bridge: &Bridge, up: bool) -> PyResult<Py<PyAny>> {
+    /// Once the connection's state is other than `kind` (`"up"`, `"lost"`
+    /// or `"full"`), or the worker is closed: the state's kind and, unless
+    /// up, the error behind it.
+    fn connection_changed(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        kind: String,
+    ) -> PyResult<Py<PyAny>> {
         let mut connection = self.core.connection();
         let mut closed = self.closed.subscribe();
         dispatch(py, Some(bridge), async move {
             tokio::select! {
-                _ = connection.wait_for(|c| (*c == ConnectionState::Up) != up) => {}
+                _ = connection.wait_for(|c| c.kind() != kind) => {}
                 _ = closed.wait_for(|closed| *closed) => {}
             }
-            let state = connection.borrow().clone();
-            Ok(Reply::Text(match state {
-                ConnectionState::Up => None,
-                ConnectionState::Lost(error) => Some(error),
-            }))
+            let state: ConnectionState = connection.borrow().clone();
+            Ok(Reply::State(
+                state.kind(),
+                state.detail().map(str::to_string),
+            ))
         })
     }
 

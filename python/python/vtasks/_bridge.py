@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from . import _native
@@ -26,6 +27,9 @@ class LoopBridge:
         self.native = _native.Bridge()
         self._loop = loop
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        # Tickets that hand out items before their result: the callback
+        # each item goes to.
+        self._streams: dict[int, Callable[[Any], None]] = {}
         loop.add_reader(self.native.fileno(), self._on_ready)
 
     @classmethod
@@ -42,8 +46,22 @@ class LoopBridge:
         self._futures[ticket] = future
         return future
 
+    def stream(self, ticket: int, on_item: Callable[[Any], None]) -> asyncio.Future[Any]:
+        """The future of the operation that returned ``ticket``; each item
+        it hands out before its result goes to ``on_item`` (on the loop,
+        in order)."""
+        self._streams[ticket] = on_item
+        future = self.wait(ticket)
+        future.add_done_callback(lambda _: self._streams.pop(ticket, None))
+        return future
+
     def _on_ready(self) -> None:
-        for ticket, ok, value in self.native.drain():
+        for ticket, ok, value, item in self.native.drain():
+            if item:
+                on_item = self._streams.get(ticket)
+                if on_item is not None:
+                    on_item(value)
+                continue
             future = self._futures.pop(ticket, None)
             if future is None or future.done():
                 continue

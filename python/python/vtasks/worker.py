@@ -30,7 +30,7 @@ from typing import Any
 from . import _native
 from ._bridge import LoopBridge
 from .client import Client, TaskState
-from .errors import PayloadError, ResultNotStored, ServerFull, TaskNotRegistered, VtasksError
+from .errors import PayloadError, ResultNotStored, TaskNotRegistered, VtasksError
 from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF, MAX_PAYLOAD
 from .payloads import decode_call_with_options, dumps, error_entries, error_entry, error_record
 from .tasks import resolve
@@ -322,6 +322,7 @@ class Worker:
             holds = max(1, min(holds, self.max_tasks))  # never fetch more than it may run
         self._native = _native.NativeWorker(
             self.client.native, self.queues, self.consumer, holds, self.lease, self.block, self.keep_results,
+            self.burst,
         )
         self._pool = _TaskThreads("vtasks-task")
         if self.handle_signals:
@@ -341,40 +342,22 @@ class Worker:
             logger.info("worker %s stopped: %r", self.consumer, self)
 
     async def _loop_batches(self, bridge: LoopBridge) -> None:
+        """Runs the native core's worker loop (the one loop every vtasks
+        worker runs: fetching, giving back what arrives while stopping,
+        ending a burst, waiting out a full server) until it returns; its
+        batches arrive on the event loop, a batch at a time."""
         native = self._native
         assert native is not None
-        full_since: float | None = None
-        while not self._stopping:
-            try:
-                batch = await bridge.wait(native.next_batch(bridge.native))
-            except ServerFull as exc:
-                # Only an older module, or a function library that cannot be
-                # loaded while the server is full, refuses a fetch: memory
-                # comes back as other workers drain and results expire.
-                if full_since is None:
-                    full_since = time.monotonic()
-                    logger.warning("worker %s: %s; retrying until it has room", self.consumer, exc)
-                await asyncio.sleep(min(2.0, 0.05 + (time.monotonic() - full_since) / 4))
-                continue
-            if full_since is not None:
-                logger.warning(
-                    "worker %s: Valkey has room again after %.1f s", self.consumer, time.monotonic() - full_since
-                )
-                full_since = None
-            if self._stopping:
-                if batch:
-                    await bridge.wait(native.release(bridge.native, [(q, i, t) for q, i, t, _, _ in batch]))
-                return
-            if not batch and self.burst and native.running() == 0:
-                # Leases lost with a connection come back when they expire:
-                # a burst ends once nothing is ready or leased.
-                if await bridge.wait(native.drained(bridge.native)):
-                    return
-            with self._lock:
-                self._backlog.extend(batch)
-                for queue, *_ in batch:
-                    self._count(queue, +1)
-            self._start_waiting()
+        await bridge.stream(native.run(bridge.native), self._on_batch)
+
+    def _on_batch(self, batch: list[tuple[str, str, int, int, bytes]]) -> None:
+        # A batch that arrives while stopping waits with the others that
+        # never started, and goes back with them.
+        with self._lock:
+            self._backlog.extend(batch)
+            for queue, *_ in batch:
+                self._count(queue, +1)
+        self._start_waiting()
 
     def _on_signal(self) -> None:
         if self._stopping:
@@ -400,20 +383,27 @@ class Worker:
         return self.max_tasks is not None and self._taken >= self.max_tasks
 
     async def _log_connection(self, bridge: LoopBridge) -> None:
-        """Logs once when the server becomes unreachable and once when it
-        is back; the native core retries by itself meanwhile."""
+        """Logs once when the server becomes unreachable (or refuses the
+        worker's fetches for lack of memory) and once when it serves again;
+        the native core retries by itself meanwhile."""
         native = self._native
         assert native is not None
-        up = True
+        kind, since = "up", time.monotonic()
         while True:
-            error = await bridge.wait(native.connection_changed(bridge.native, up))
-            if (error is None) == up:
+            new, detail = await bridge.wait(native.connection_changed(bridge.native, kind))
+            if new == kind:
                 return  # closed
-            up = error is None
-            if up:
-                logger.warning("worker %s: the connection to Valkey is back", self.consumer)
+            if new == "lost":
+                logger.warning("worker %s: Valkey is unreachable, retrying: %s", self.consumer, detail)
+            elif new == "full":
+                logger.warning("worker %s: %s; retrying until it has room", self.consumer, detail)
+            elif kind == "full":
+                logger.warning(
+                    "worker %s: Valkey has room again after %.1f s", self.consumer, time.monotonic() - since
+                )
             else:
-                logger.warning("worker %s: Valkey is unreachable, retrying: %s", self.consumer, error)
+                logger.warning("worker %s: the connection to Valkey is back", self.consumer)
+            kind, since = new, time.monotonic()
 
     def stop(self) -> None:
         """Requests a graceful shutdown; call it on the worker's event loop
