@@ -247,6 +247,20 @@ def test_only_django_task_objects_run(django_valkey, runs):
     assert runs.read_text() == "", "nothing ran"
 
 
+def test_a_task_whose_module_fails_to_import_is_dead_lettered_and_the_worker_goes_on(django_valkey, runs):
+    # Its module raises something other than ImportError while loading.
+    client = task_backends["default"].client
+    body = {"task": "tests.django_project.broken_tasks.job", "args": [], "kwargs": {}}
+    client.enqueue_payload_sync("default", vtasks.payloads.dumps(body), id="broken")
+    result = tasks.add.enqueue(1, 2)
+    worker = run_worker_burst()
+    assert worker.dead_lettered == 1
+    state = client.get_sync("default", "broken")
+    assert state.status == "dead"
+    assert "cannot be loaded: RuntimeError: this module refuses to load" in state.error["message"]
+    assert tasks.add.get_result(result.id).status == TaskResultStatus.SUCCESSFUL, "the worker went on"
+
+
 def test_queue_names_are_validated(django_valkey):
     with pytest.raises(InvalidTask):
         tasks.add.using(queue_name="elsewhere").enqueue(1, 2)

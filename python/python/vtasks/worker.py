@@ -280,8 +280,10 @@ class Worker:
         self.dead_lettered = 0
         # Everything below that task threads touch too is guarded by _lock.
         self._lock = threading.Lock()
-        # Runs started and not yet recorded.
+        # Runs started and not yet recorded; tasks taken from the backlog
+        # and not yet started or refused.
         self._running: set[_Run] = set()
+        self._preparing = 0
         # Failures being recorded on the event loop (each reads the task first).
         self._reports: set[asyncio.Task[None]] = set()
         # Tasks taken (started or refused), against max_tasks.
@@ -459,6 +461,9 @@ class Worker:
                 if item is None:
                     break
                 self._taken += 1
+                # Counted until it runs or is refused, so a shutdown waiting
+                # for running tasks waits for it too.
+                self._preparing += 1
                 quota = self._quota_reached()
             if quota:
                 self._call_on_loop(self.stop)
@@ -490,14 +495,40 @@ class Worker:
             self._native.hold_back(queue, self._held[queue] >= limit)
 
     def _prepare(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
-        """The run of a task just taken, or None when it cannot run (then
-        dead-lettered with the reason); any thread."""
+        """The run of a task just taken (counted as preparing), now counted
+        as running; or None when it cannot run (then dead-lettered with the
+        reason); any thread."""
+        run = None
+        try:
+            run = self._make_run(queue, task_id, token, attempt, body)
+        finally:
+            with self._lock:
+                self._preparing -= 1
+                if run is not None:
+                    self._running.add(run)
+                idle = not self._running and not self._preparing
+            if idle:
+                self._call_on_loop(self._idle.set)
+        return run
+
+    def _make_run(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
         delivery = Delivery(queue, task_id, attempt, self.consumer, client=self.client)
         try:
             name, args, kwargs, options = decode_call_with_options(body)
-            fn = self.resolver(name)
-        except (ValueError, TaskNotRegistered) as exc:
+        except ValueError as exc:
             self._refuse(token, delivery, "?", exc)
+            return None
+        try:
+            fn = self.resolver(name)
+        except TaskNotRegistered as exc:
+            self._refuse(token, delivery, name, exc)
+            return None
+        except Exception as exc:
+            # Importing the task's module failed: every attempt would fail
+            # the same way until the code changes.
+            error = TaskNotRegistered(f"task {name} cannot be loaded: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._refuse(token, delivery, name, error)
             return None
         is_async = self._is_async.get(fn)
         if is_async is None:
@@ -507,10 +538,7 @@ class Worker:
         delivery.timeout = None if timeout is None else float(timeout)
         if getattr(fn, "wants_delivery", False):
             args = [delivery, *args]
-        run = _Run(token, delivery, name, fn, args, kwargs, backoff, is_async)
-        with self._lock:
-            self._running.add(run)
-        return run
+        return _Run(token, delivery, name, fn, args, kwargs, backoff, is_async)
 
     def _on_loop(self) -> bool:
         """Whether this is the worker's event loop thread."""
@@ -595,7 +623,7 @@ class Worker:
         with self._lock:
             self._running.discard(run)
             self._count(run.delivery.queue, -1)
-            idle = not self._running
+            idle = not self._running and not self._preparing
         if idle:
             self._call_on_loop(self._idle.set)
 
@@ -766,7 +794,7 @@ class Worker:
                 # the event again, so no wake-up is lost.
                 self._idle.clear()
                 with self._lock:
-                    if not self._running:
+                    if not self._running and not self._preparing:
                         break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
