@@ -65,9 +65,14 @@ def test_a_killed_worker_s_tasks_are_finished_by_its_replacement_within_seconds(
             starts[r.n] = starts.get(r.n, 0) + 1
     ran_twice = {n for n, count in starts.items() if count > 1}
     held_any = set().union(*held_at_kill.values())
-    assert ran_twice == held_any, (
-        f"ran twice but not running at a kill: {sorted(ran_twice - held_any)[:20]}; "
-        f"running at a kill but not run again: {sorted(held_any - ran_twice)[:20]}"
+    # Every task running at a kill ran again. Besides those, a task may run
+    # twice only if a killed worker had finished it and died before its
+    # acknowledgement left (acknowledgements are sent in batches).
+    finished_unacked = {r.n for r in runs if r.kind == "done" and r.pid in held_at_kill} & ran_twice
+    assert held_any <= ran_twice, f"running at a kill but not run again: {sorted(held_any - ran_twice)[:20]}"
+    assert ran_twice <= held_any | finished_unacked, (
+        f"ran twice but neither running at a kill nor finished by a killed worker: "
+        f"{sorted(ran_twice - held_any - finished_unacked)[:20]}"
     )
     assert all(count <= 2 for count in starts.values()), "nothing ran three times"
     done_counts = ledger.done_counts()
@@ -89,7 +94,8 @@ def test_a_killed_worker_s_tasks_are_finished_by_its_replacement_within_seconds(
         "duplicated": len(ran_twice),
         "recovery": f"every task the killed worker was running finished by its replacement "
                     f"{median(recovered):.1f} s (median), {max(recovered):.1f} s (max) after the kill",
-        "notes": f"{elapsed:.0f} s run; exactly the {len(held_any)} tasks running at the kills ran twice; "
+        "notes": f"{elapsed:.0f} s run; the {len(held_any)} tasks running at the kills ran twice, and "
+                 f"{len(ran_twice - held_any)} a killed worker had finished without its acknowledgement leaving; "
                  f"no task failed ({stats['leases_cut']} leases cut at the disconnect)",
     })
 
