@@ -41,6 +41,9 @@ def test_the_client_accepts_what_the_server_accepts_and_refuses_the_rest_before_
     for attempts in (1, limits.MAX_ATTEMPTS):
         task_id = client.enqueue_call_sync(sample_tasks.add, (1, 2), max_attempts=attempts)
         assert client.get_sync("default", task_id).max_attempts == attempts
+    for lost in (1, limits.MAX_LOST_LEASES):
+        task_id = client.enqueue_call_sync(sample_tasks.add, (1, 2), max_lost_leases=lost)
+        assert client.get_sync("default", task_id).max_lost_leases == lost
     before = client.stats_sync("default")["enqueued"]
     priority_range = rf"priority must be an integer in {limits.MIN_PRIORITY}\.\.{limits.MAX_PRIORITY}"
     for priority in (limits.MIN_PRIORITY - 1, limits.MAX_PRIORITY + 1, True, 1.0):
@@ -49,6 +52,9 @@ def test_the_client_accepts_what_the_server_accepts_and_refuses_the_rest_before_
     for attempts in (0, limits.MAX_ATTEMPTS + 1):
         with pytest.raises(ValueError, match=rf"max_attempts must be an integer in 1\.\.{limits.MAX_ATTEMPTS}"):
             client.enqueue_call_sync(sample_tasks.add, (1, 2), max_attempts=attempts)
+    for lost in (0, limits.MAX_LOST_LEASES + 1):
+        with pytest.raises(ValueError, match=rf"max_lost_leases must be an integer in 1\.\.{limits.MAX_LOST_LEASES}"):
+            client.enqueue_call_sync(sample_tasks.add, (1, 2), max_lost_leases=lost)
     assert client.stats_sync("default")["enqueued"] == before, "nothing refused reached the server"
     # Past the client's checks the server refuses the same values.
     with pytest.raises(vtasks.InvalidArgument, match="priority"):

@@ -190,6 +190,24 @@ async fn both_engines_accept_and_refuse_at_the_same_limits() {
         }
     }
 
+    for (n, ok) in [
+        (1, true),
+        (MAX_LOST_LEASES, true),
+        (0, false),
+        (MAX_LOST_LEASES + 1, false),
+    ] {
+        let cmd = enqueue(&format!("l{n}"), &[&"LOSTLEASES", &n]);
+        if ok {
+            e.accepted("lost leases", cmd).await;
+        } else {
+            let err = e.refused("lost leases", cmd).await;
+            assert!(
+                err.contains(&format!("between 1 and {MAX_LOST_LEASES}")),
+                "{err}"
+            );
+        }
+    }
+
     // Durations and times.
     e.accepted("delay", enqueue("d1", &[&"DELAY", &MAX_DURATION_MS]))
         .await;

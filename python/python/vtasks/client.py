@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _native
 from ._bridge import LoopBridge
-from .limits import check_max_attempts, check_priority
+from .limits import check_max_attempts, check_max_lost_leases, check_priority
 from .payloads import encode_call, loads
 from .tasks import options_of
 
@@ -115,10 +115,7 @@ def _task_state(queue: str, id: str, raw: dict[str, Any] | None) -> TaskState | 
 
 def _lost_budget(task: Callable[..., Any] | str, given: int | None) -> int:
     """The lost-lease budget of a call: as given, else the task's own."""
-    lost = options_of(task).max_lost_leases if given is None else given
-    if not isinstance(lost, int) or lost < 1:
-        raise ValueError(f"max_lost_leases must be an integer of at least 1, got {lost!r}")
-    return lost
+    return check_max_lost_leases(options_of(task).max_lost_leases if given is None else given)
 
 
 def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
