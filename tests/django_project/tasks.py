@@ -148,3 +148,22 @@ def meets(n: int, seconds: float) -> int:
 def _pids(path: str, kind: str) -> set[str]:
     with open(path) as f:
         return {line.split()[2] for line in f if line.startswith(kind + " ")}
+
+
+@task
+def in_context(n: int) -> str:
+    from tests.django_project.context import CURRENT
+
+    record("django_in_context", CURRENT.get())
+    if n < 0:
+        raise ValueError("negative")
+    return CURRENT.get()
+
+
+@task
+async def in_context_async(n: int) -> str:
+    from tests.django_project.context import CURRENT
+
+    await asyncio.sleep(0)
+    record("django_in_context_async", CURRENT.get())
+    return CURRENT.get()

@@ -34,8 +34,15 @@ from .errors import PayloadError, ResultNotStored, TaskNotRegistered, VtasksErro
 from .limits import DEFAULT_LEASE, DEFAULT_MAX_BACKOFF, DEFAULT_RETRY_BACKOFF, MAX_PAYLOAD
 from .payloads import decode_call_with_options, dumps, error_entries, error_entry, error_record
 from .tasks import resolve
+from .telemetry import WorkerTelemetry
 
 logger = logging.getLogger("vtasks.worker")
+# One DEBUG record per run that ended (id, name, queue, attempt, duration,
+# outcome); whether it is enabled is checked once a second.
+task_logger = logging.getLogger("vtasks.task")
+# Seconds between a worker's chores: touching its health file, checking
+# whether the per-task record is enabled, folding its telemetry.
+CHORES_INTERVAL = 1.0
 
 Resolver = Callable[[str], Callable[..., Any]]
 
@@ -179,7 +186,7 @@ class _TaskThreads:
 class _Run:
     """One task the worker took, from its start to its recorded outcome."""
 
-    __slots__ = ("token", "delivery", "name", "fn", "args", "kwargs", "backoff", "is_async", "future")
+    __slots__ = ("token", "delivery", "name", "fn", "args", "kwargs", "backoff", "is_async", "future", "started")
 
     def __init__(
         self, token: int, delivery: Delivery, name: str, fn: Callable[..., Any],
@@ -190,6 +197,8 @@ class _Run:
         self.backoff, self.is_async = backoff, is_async
         # The asyncio task of an async run that is still running.
         self.future: asyncio.Future[Any] | None = None
+        # perf_counter() at its start, when the worker observes its runs.
+        self.started = 0.0
 
 
 class Worker:
@@ -226,6 +235,15 @@ class Worker:
     payload's task name to the callable to run; by default only tasks
     registered with ``@vtasks.task``. A payload naming anything else is
     dead-lettered.
+
+    ``health_file``: a path the worker touches every second while its
+    event loop runs and it reaches Valkey (for a liveness probe that
+    checks the file's age); deleted when the worker stops. The
+    ``vtasks.task`` logger gets one DEBUG record per run that ended (id,
+    name, queue, attempt, duration, outcome; whether DEBUG is enabled is
+    checked once a second); ``telemetry`` (a
+    `vtasks.telemetry.WorkerTelemetry`) gathers task durations and batch
+    sizes for metrics.
     """
 
     def __init__(
@@ -247,6 +265,8 @@ class Worker:
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         consumer: str | None = None,
+        health_file: str | None = None,
+        telemetry: WorkerTelemetry | None = None,
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
@@ -278,6 +298,15 @@ class Worker:
         self.succeeded = 0
         self.failed = 0
         self.dead_lettered = 0
+        self.health_file = health_file
+        self.telemetry = telemetry
+        # Whether runs are timed (telemetry, or the per-task DEBUG record),
+        # and whether that record is written: set once a second.
+        self._observing = False
+        self._log_tasks = False
+        # The connection as the native core last reported it: "up", "lost"
+        # (Valkey unreachable) or "full" (reachable, refusing for memory).
+        self.connection = "up"
         # Everything below that task threads touch too is guarded by _lock.
         self._lock = threading.Lock()
         # Runs started and not yet recorded; tasks taken from the backlog
@@ -333,11 +362,16 @@ class Worker:
         self._native.start()
         logger.info("worker %s serving %s, concurrency %d", self.consumer, self.queues, self.concurrency)
         watcher = asyncio.create_task(self._log_connection(bridge))
+        self._check_observing()
+        chores = asyncio.create_task(self._chores())
         try:
             await self._loop_batches(bridge)
         finally:
+            chores.cancel()
             await self._shutdown(bridge)
             watcher.cancel()
+            if self.health_file:
+                self._remove_health_file()
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -353,6 +387,9 @@ class Worker:
         await bridge.stream(native.run(bridge.native), self._on_batch)
 
     def _on_batch(self, batch: list[tuple[str, str, int, int, bytes]]) -> None:
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.batches.append(len(batch))
         # A batch that arrives while stopping waits with the others that
         # never started, and goes back with them.
         with self._lock:
@@ -395,6 +432,7 @@ class Worker:
             new, detail = await bridge.wait(native.connection_changed(bridge.native, kind))
             if new == kind:
                 return  # closed
+            self.connection = new
             if new == "lost":
                 logger.warning("worker %s: Valkey is unreachable, retrying: %s", self.consumer, detail)
             elif new == "full":
@@ -406,6 +444,39 @@ class Worker:
             else:
                 logger.warning("worker %s: the connection to Valkey is back", self.consumer)
             kind, since = new, time.monotonic()
+
+    def _check_observing(self) -> None:
+        """Whether runs are timed from now on (telemetry, or the per-task
+        DEBUG record), and whether that record is written."""
+        self._log_tasks = task_logger.isEnabledFor(logging.DEBUG)
+        self._observing = self._log_tasks or self.telemetry is not None
+
+    async def _chores(self) -> None:
+        """Once a second, not per task: the per-task record checked, the
+        telemetry folded (its deques stay small), the health file touched
+        while Valkey is reachable (a full server is reachable: it drains)."""
+        path = self.health_file
+        while True:
+            self._check_observing()
+            if self.telemetry is not None:
+                self.telemetry.fold()
+            if path is not None and self.connection != "lost":
+                try:
+                    with open(path, "a"):
+                        pass
+                    os.utime(path)
+                except OSError as exc:
+                    logger.warning("worker %s cannot touch its health file %s: %s", self.consumer, path, exc)
+            await asyncio.sleep(CHORES_INTERVAL)
+
+    def _remove_health_file(self) -> None:
+        assert self.health_file is not None
+        try:
+            os.unlink(self.health_file)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("worker %s cannot remove its health file %s: %s", self.consumer, self.health_file, exc)
 
     def stop(self) -> None:
         """Requests a graceful shutdown; call it on the worker's event loop
@@ -569,6 +640,8 @@ class Worker:
             self._refuse(run.token, run.delivery, run.name, mismatch or exc, counted=False)
             self._finish(run)
             return
+        if self._observing:
+            run.started = time.perf_counter()
         if run.delivery.timeout is not None:
             coro = asyncio.wait_for(coro, run.delivery.timeout)
         # Started eagerly: a task that finishes without awaiting anything
@@ -589,12 +662,22 @@ class Worker:
         """A task thread's job: runs sync tasks and records their outcomes,
         one after the other, as long as sync tasks are waiting."""
         while run is not None:
+            observing = self._observing
+            if observing:
+                run.started = time.perf_counter()
             try:
                 value, exc = run.fn(*run.args, **run.kwargs), None
             except BaseException as error:
                 value, exc = None, error
             if not run.delivery.abandoned:
-                self._record_outcome(run, value, exc, blocking=True)
+                ok = self._record_outcome(run, value, exc, blocking=True)
+                if observing:
+                    seconds = time.perf_counter() - run.started
+                    telemetry = self.telemetry
+                    if telemetry is not None:
+                        telemetry.ended.append((run.name, ok, seconds))
+                    if self._log_tasks:
+                        self._log_task(run, ok, seconds)
             self._finish(run)
             run = None
             for started in self._take_startable():
@@ -612,7 +695,14 @@ class Worker:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 self._finish(run)
                 raise exc
-            self._record_outcome(run, None if exc is not None else future.result(), exc, blocking=False)
+            ok = self._record_outcome(run, None if exc is not None else future.result(), exc, blocking=False)
+            if run.started:
+                seconds = time.perf_counter() - run.started
+                telemetry = self.telemetry
+                if telemetry is not None:
+                    telemetry.ended.append((run.name, ok, seconds))
+                if self._log_tasks:
+                    self._log_task(run, ok, seconds)
         # Cancelled: abandoned at shutdown (logged), the lease decides.
         self._finish(run)
         self._start_waiting()
@@ -629,10 +719,25 @@ class Worker:
 
     # --- outcomes -----------------------------------------------------------------------------
 
-    def _record_outcome(self, run: _Run, value: Any, exc: BaseException | None, blocking: bool) -> None:
-        """Records how a run ended with the native core. ``blocking``: on a
-        task thread, where reading the task for a failure's history may
-        block; on the event loop that read is awaited in the background."""
+    @staticmethod
+    def _log_task(run: _Run, ok: bool, seconds: float) -> None:
+        """The DEBUG record of a run that ended, with its fields as the
+        record's attributes too (for structured log handlers)."""
+        d = run.delivery
+        outcome = "succeeded" if ok else "failed"
+        task_logger.debug(
+            "task %s in %s (%s) attempt %d %s in %.6f s", d.id, d.queue, run.name, d.attempt, outcome, seconds,
+            extra={
+                "task_id": d.id, "task_name": run.name, "queue": d.queue, "attempt": d.attempt,
+                "duration": seconds, "outcome": outcome,
+            },
+        )
+
+    def _record_outcome(self, run: _Run, value: Any, exc: BaseException | None, blocking: bool) -> bool:
+        """Records how a run ended with the native core; whether it
+        succeeded. ``blocking``: on a task thread, where reading the task for
+        a failure's history may block; on the event loop that read is
+        awaited in the background."""
         native = self._native
         assert native is not None
         token, delivery, name = run.token, run.delivery, run.name
@@ -642,7 +747,7 @@ class Worker:
             except (TypeError, ValueError) as err:
                 # It ran: retrying would repeat its effects.
                 self._refuse(token, delivery, name, result_not_stored(name, err), counted=False, blocking=blocking)
-                return
+                return False
             try:
                 native.succeeded(delivery.queue, delivery.id, token, result)
             except PayloadError as err:
@@ -650,25 +755,26 @@ class Worker:
                 # result cannot be kept.
                 error = result_not_stored(name, err, too_large=True)
                 self._refuse(token, delivery, name, error, counted=False, blocking=blocking)
-                return
+                return False
             with self._lock:
                 self.succeeded += 1
-            return
+            return True
         if isinstance(exc, ResultNotStored):
             self._refuse(token, delivery, name, exc, counted=False, blocking=blocking)
-            return
+            return False
         if isinstance(exc, TypeError):
             # Arguments that do not fit the task fail the same way on every
             # attempt: dead-lettered at once, with the reason.
             mismatch = self._arguments_mismatch(name, run.fn, run.args, run.kwargs)
             if mismatch is not None:
                 self._refuse(token, delivery, name, mismatch, counted=False, blocking=blocking)
-                return
+                return False
         with self._lock:
             self.failed += 1
         delay = min(run.backoff * 2 ** (delivery.attempt - 1), self.max_backoff)
         delay *= random.uniform(0.5, 1.5)
         self._report(token, delivery, name, exc, delay, blocking)
+        return False
 
     def _refuse(
         self, token: int, delivery: Delivery, name: str, exc: BaseException, counted: bool = True,

@@ -196,6 +196,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.wait_timeout: float = float(options.get("WAIT_TIMEOUT", 1.0))
         # Defer a sync enqueue made inside a transaction until it commits.
         self.enqueue_on_commit: bool = bool(options.get("ENQUEUE_ON_COMMIT", False))
+        # The import path of a factory of a context manager entered around
+        # each task the worker runs (vtasks.django.worker.TaskRun).
+        self.task_context: str | None = options.get("TASK_CONTEXT")
 
     @property
     def client(self) -> Client:

@@ -10,7 +10,9 @@ system checks already; children skip them.
 
 With ``--worker-id NAME`` child ``i`` is named ``NAME.i`` (a replacement
 keeps the name of the child it replaces); without it, each child takes the
-default name, which carries its own host and process id.
+default name, which carries its own host and process id. Likewise child
+``i`` serves its metrics on ``--metrics-port`` + i - 1 and touches
+``--health-file``'s path with ``.i`` appended.
 """
 
 from __future__ import annotations
@@ -75,8 +77,13 @@ def child_main() -> None:
 
     options = json.loads(os.environ.pop(_OPTIONS_ENV))
     number = process_number()
-    if options.get("worker_id") and number is not None:
-        options["worker_id"] = child_name(options["worker_id"], number)
+    if number is not None:
+        if options.get("worker_id"):
+            options["worker_id"] = child_name(options["worker_id"], number)
+        if options.get("metrics_port") is not None:
+            options["metrics_port"] += number - 1
+        if options.get("health_file"):
+            options["health_file"] = child_name(options["health_file"], number)
     django.setup()
     try:
         call_command("runworker", processes=1, skip_checks=True, **options)

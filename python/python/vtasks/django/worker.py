@@ -8,11 +8,19 @@ run again finishes with status ``READY`` (Django's "ready to be executed
 again"), so Django's log reads ``state=READY`` for a retry and
 ``state=FAILED`` only when the task failed for good; ``errors`` lists every
 failed attempt so far. A run the worker abandons at shutdown sends no
-``task_finished``: its lease decides what becomes of it."""
+``task_finished``: its lease decides what becomes of it.
+
+``OPTIONS["TASK_CONTEXT"]`` names a factory called with a `TaskRun` for
+each run; the context manager it returns is entered around the task (its
+signals included), on the thread a sync task runs on and in the asyncio
+task of an async one: the place for an error tracker's scope, log context
+or a tracing span. An async task may get an async context manager."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -20,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
 from django.dispatch import Signal
 from django.tasks import TaskContext, TaskResult, TaskResultStatus
@@ -29,6 +38,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.log import RequireDebugFalse, RequireDebugTrue
+from django.utils.module_loading import import_string
 
 from ..errors import ResultNotStored, TaskNotRegistered
 from ..payloads import dumps
@@ -159,11 +169,76 @@ def _stored(task: Task, value: Any) -> Stored:
         raise result_not_stored(task.module_path, exc) from exc
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One run of a task, as ``OPTIONS["TASK_CONTEXT"]``'s factory gets it."""
+
+    # The Django result id (``<task id>@<queue>``) and the task id alone.
+    id: str
+    task_id: str
+    # The task's import path.
+    name: str
+    queue: str
+    # 1 for the first run, counting every run started.
+    attempt: int
+    # The worker's name (its consumer name in Valkey).
+    worker: str
+
+
+def task_context_factory(backend: ValkeyTaskBackend) -> Callable[[TaskRun], Any] | None:
+    """The backend's ``TASK_CONTEXT`` factory, imported; None when unset."""
+    path = backend.task_context
+    if not path:
+        return None
+    try:
+        factory = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_CONTEXT']: {exc}") from exc
+    if not callable(factory):
+        raise ImproperlyConfigured(f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_CONTEXT']: {path} is not callable")
+    return factory
+
+
+def _in_context(
+    run: Callable[..., Any], factory: Callable[[TaskRun], Any], path: str, is_async: bool
+) -> Callable[..., Any]:
+    """``run`` (a task wrapper) inside the context manager that ``factory``
+    returns for each run."""
+
+    def info(d: Delivery) -> TaskRun:
+        return TaskRun(result_id(d.id, d.queue), d.id, path, d.queue, d.attempt, d.consumer)
+
+    def suppressed() -> RuntimeError:
+        return RuntimeError(f"the TASK_CONTEXT context manager suppressed an exception of task {path}")
+
+    if is_async:
+
+        async def run_async(d: Delivery, *args: Any, **kwargs: Any) -> Any:
+            manager = factory(info(d))
+            if hasattr(manager, "__aenter__"):
+                async with manager:
+                    return await run(d, *args, **kwargs)
+            else:
+                with manager:
+                    return await run(d, *args, **kwargs)
+            raise suppressed()
+
+        return run_async
+
+    def run_sync(d: Delivery, *args: Any, **kwargs: Any) -> Any:
+        with factory(info(d)):
+            return run(d, *args, **kwargs)
+        raise suppressed()
+
+    return run_sync
+
+
 def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., Any]]:
     """Maps a payload's task path to a wrapper that runs the Django Task."""
     sender = type(backend)
     cache: dict[str, Callable[..., Any]] = {}
     listening = _Listening(sender)
+    context = task_context_factory(backend)
 
     def resolve(path: str) -> Callable[..., Any]:
         wrapper = cache.get(path)
@@ -246,6 +321,10 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     close_old_connections()
 
             wrapper = run_sync
+        if context is not None:
+            wrapper = functools.update_wrapper(
+                _in_context(wrapper, context, task.module_path, _is_coroutine(task.func)), wrapper
+            )
         wrapper.wants_delivery = True  # type: ignore[union-attr]
         if signature is not None:
             # The worker checks arguments against it when a call fails with

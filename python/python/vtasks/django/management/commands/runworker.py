@@ -58,6 +58,19 @@ class Command(BaseCommand):
         )
         parser.add_argument("--worker-id", default=None, help="the worker's name in VTASKS.GET and worker_ids")
         parser.add_argument(
+            "--metrics-port", type=int, default=None,
+            help="serve Prometheus metrics of the worker and of its queues on this port (needs prometheus-client; "
+            "with --processes N, process i serves on PORT+i-1)",
+        )
+        parser.add_argument(
+            "--metrics-addr", default="0.0.0.0", help="the address --metrics-port listens on (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--health-file", default=None,
+            help="a file touched every second while the worker runs and reaches Valkey, deleted when it stops "
+            "(for a liveness probe; with --processes N, process i touches PATH.i)",
+        )
+        parser.add_argument(
             "--processes", type=int, default=1,
             help="worker processes to run, each with these options (its own --concurrency and --max-tasks; "
             "with --worker-id NAME they are named NAME.1 to NAME.N); one that dies is replaced "
@@ -84,7 +97,21 @@ class Command(BaseCommand):
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         if options["grace"] < 0:
             raise CommandError("--grace must not be negative")
-        self._log_to_stderr(logging.INFO if options["verbosity"] > 0 else logging.WARNING)
+        port = options["metrics_port"]
+        if port is not None:
+            if not 0 < port <= 65536 - options["processes"]:
+                raise CommandError(
+                    f"--metrics-port {port} is not a port (1-65535) for {options['processes']} processes"
+                )
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError as exc:
+                raise CommandError(
+                    "--metrics-port needs prometheus-client: pip install 'vtasks[prometheus]'"
+                ) from exc
+        verbosity = options["verbosity"]
+        # -v 2: one DEBUG record per task on the vtasks.task logger.
+        self._log_to_stderr(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity > 0 else logging.WARNING)
         try:
             worker = make_worker(
                 backend,
@@ -94,6 +121,7 @@ class Command(BaseCommand):
                 max_tasks=options["max_tasks"],
                 grace=options["grace"],
                 consumer=options["worker_id"],
+                health_file=options["health_file"],
             )
             engine = backend.client.engine
             check_worker_id(options["worker_id"], options["processes"])
@@ -116,11 +144,33 @@ class Command(BaseCommand):
         self.stdout.write(
             f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}, {engine} engine"
         )
-        asyncio.run(serve(worker))
+        metrics = self._serve_metrics(backend, queues, worker, options) if port is not None else None
+        try:
+            asyncio.run(serve(worker))
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
+                metrics.server_close()
         self.stdout.write(
             f"vtasks worker {worker.consumer} done: {worker.succeeded} succeeded, "
             f"{worker.failed} failed, {worker.dead_lettered} dead-lettered"
         )
+
+    @staticmethod
+    def _serve_metrics(backend: ValkeyTaskBackend, queues: list[str], worker: Any, options: dict[str, Any]) -> Any:
+        """The metrics server of this worker process: its own metrics and
+        its queues' (read from Valkey at each scrape)."""
+        from ....metrics import QueueCollector, WorkerCollector
+        from ....metrics import serve as serve_metrics
+
+        client = backend.client
+        try:
+            return serve_metrics(
+                options["metrics_port"], QueueCollector([(client, q) for q in queues]), WorkerCollector(worker),
+                addr=options["metrics_addr"],
+            )
+        except OSError as exc:
+            raise CommandError(f"--metrics-port {options['metrics_port']}: {exc}") from exc
 
     @staticmethod
     def _log_to_stderr(level: int) -> None:
