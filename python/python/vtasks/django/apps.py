@@ -5,6 +5,8 @@ class VtasksConfig(AppConfig):
     name = "vtasks.django"
     label = "vtasks"
     verbose_name = "vtasks"
+    # The one model (vtasks.django.models.Queue) has no table.
+    default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
         # Django registers the system check that runs every task backend's
