@@ -7,6 +7,9 @@
 #   libclang1-14,      for bindgen, which generates the module API bindings
 #   libclang-common-14-dev
 #   openssl            makes the certificates of the TLS tests
+#   chromium           the headless browser of the admin's browser test
+#                      (driven by Playwright from requirements-dev.txt, with
+#                      this executable: Playwright never downloads one)
 #   cargo-nextest      the test runner (from crates.io, if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ installed() {
 }
 
 missing=()
-for pkg in redis-server libclang1-14 libclang-common-14-dev openssl; do
+for pkg in redis-server libclang1-14 libclang-common-14-dev openssl chromium; do
     installed "$pkg" || missing+=("$pkg")
 done
 need_valkey=0

@@ -35,6 +35,7 @@ TEMPLATES = [
     }
 ]
 ROOT_URLCONF = "tests.django_project.urls"
+STATIC_URL = "/static/"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
 TASKS = {

@@ -167,3 +167,12 @@ async def in_context_async(n: int) -> str:
     await asyncio.sleep(0)
     record("django_in_context_async", CURRENT.get())
     return CURRENT.get()
+
+
+@task
+def fails_until_released(n: int) -> int:
+    """Raises until the file ``<VTASKS_TEST_RUNS>.release`` exists."""
+    record("django_fails_until_released", n)
+    if not os.path.exists(os.environ.get("VTASKS_TEST_RUNS", "") + ".release"):
+        raise RuntimeError(f"not released yet: {n}")
+    return n * 10
