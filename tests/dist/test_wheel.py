@@ -133,6 +133,13 @@ def test_a_django_project_runs_its_tasks_with_the_installed_wheel(venv_python: P
                 result.refresh()
                 assert result.status == TaskResultStatus.SUCCESSFUL, result.status
                 assert result.return_value == f"receipt {order}"
+            # The operator's command and the admin's templates came with it.
+            import io, pathlib, vtasks.django
+            out = io.StringIO()
+            call_command("vtasks", "stats", stdout=out)
+            assert "emails" in out.getvalue(), out.getvalue()
+            templates = pathlib.Path(vtasks.django.__file__).parent / "templates" / "admin" / "vtasks"
+            assert {p.name for p in templates.glob("*.html")} >= {"queues.html", "queue.html", "task.html"}
             print("ok", len(results))
         """)
         assert out.split()[-2:] == ["ok", "5"]
