@@ -202,8 +202,10 @@ def test_an_error_history_longer_than_the_limit_is_cut_to_fit_and_stays_readable
 
 def test_a_task_longer_than_its_lease_is_renewed_and_runs_once(valkey, runs):
     client = vtasks.Client(valkey.url)
-    task_id = client.enqueue_sync(sample_tasks.slow_sync, 1, 1.5)
-    worker = burst(client, lease=0.5)
+    # Three times its lease; renewed every third of it, so a renewal may be
+    # late by most of a lease on a loaded machine before the lease lapses.
+    task_id = client.enqueue_sync(sample_tasks.slow_sync, 1, 3.0)
+    worker = burst(client, lease=1.0)
     assert run_counts(runs, "slow_sync") == {1: 1}
     state = client.get_sync("default", task_id)
     assert (state.status, state.attempts) == ("done", 1)
