@@ -188,6 +188,16 @@ impl Client {
         self.engine.get()
     }
 
+    /// How this client connects.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Where the URL points, and how to log in there.
+    pub fn connection_info(&self) -> &redis::ConnectionInfo {
+        self.redis.get_connection_info()
+    }
+
     /// Sends a command, once more if the connection broke: a connection
     /// that died while idle fails the first command sent on it, and the
     /// manager reconnects behind it. Every command sent this way is safe to

@@ -22,6 +22,7 @@ pub mod payload;
 pub mod protocol;
 pub mod queue;
 pub mod scripts;
+pub mod wire;
 pub mod worker;
 
 pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};

@@ -113,17 +113,22 @@ impl Enqueue<'_> {
 
     /// Per task: true if added, false if a task with that id already existed.
     pub fn from_reply(&self, reply: Value) -> Result<Vec<bool>> {
-        let added = array(reply)?
-            .into_iter()
-            .map(|v| int(v).map(|n| n == 1))
-            .collect::<Result<Vec<_>>>()?;
-        if added.len() != self.tasks.len() {
-            return Err(Error::protocol(
-                "ENQUEUE answered a different number of tasks",
-            ));
-        }
-        Ok(added)
+        enqueue_flags(reply, self.tasks.len())
     }
+}
+
+/// An ENQUEUE reply for `count` tasks: per task, whether it was added.
+pub fn enqueue_flags(reply: Value, count: usize) -> Result<Vec<bool>> {
+    let added = array(reply)?
+        .into_iter()
+        .map(|v| int(v).map(|n| n == 1))
+        .collect::<Result<Vec<_>>>()?;
+    if added.len() != count {
+        return Err(Error::protocol(
+            "ENQUEUE answered a different number of tasks",
+        ));
+    }
+    Ok(added)
 }
 
 /// A leased task handed to a consumer.

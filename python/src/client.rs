@@ -7,6 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use vtasks_client::wire::Endpoint;
 use vtasks_client::{
     payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
 };
@@ -40,6 +42,30 @@ fn queue(name: &str) -> PyResult<QueueName> {
 
 /// A task as Python passes it: (id, payload, priority, delay_ms, run_at_ms, max_attempts).
 type TaskTuple = (String, Vec<u8>, i32, Option<u64>, Option<u64>, Option<u32>);
+
+fn new_tasks(
+    tasks: Vec<TaskTuple>,
+    replace_finished: bool,
+    max_lost_leases: Option<u32>,
+) -> PyResult<Vec<NewTask>> {
+    tasks
+        .into_iter()
+        .map(|(id, body, priority, delay, run_at, attempts)| {
+            Ok(NewTask {
+                priority,
+                when: match (delay, run_at) {
+                    (_, Some(at)) => When::At(at),
+                    (Some(ms), None) => When::After(Duration::from_millis(ms)),
+                    (None, None) => When::Now,
+                },
+                max_attempts: attempts,
+                max_lost_leases,
+                replace_finished,
+                ..NewTask::new(id, payload::compress(body).map_err(to_pyerr)?)
+            })
+        })
+        .collect()
+}
 
 #[pymethods]
 impl NativeClient {
@@ -91,23 +117,7 @@ impl NativeClient {
         max_lost_leases: Option<u32>,
     ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
-        let tasks = tasks
-            .into_iter()
-            .map(|(id, body, priority, delay, run_at, attempts)| {
-                Ok(NewTask {
-                    priority,
-                    when: match (delay, run_at) {
-                        (_, Some(at)) => When::At(at),
-                        (Some(ms), None) => When::After(Duration::from_millis(ms)),
-                        (None, None) => When::Now,
-                    },
-                    max_attempts: attempts,
-                    max_lost_leases,
-                    replace_finished,
-                    ..NewTask::new(id, payload::compress(body).map_err(to_pyerr)?)
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let tasks = new_tasks(tasks, replace_finished, max_lost_leases)?;
         let client = self.client.clone();
         dispatch(py, bridge, async move {
             client
@@ -115,6 +125,47 @@ impl NativeClient {
                 .await
                 .map(Reply::Bools)
         })
+    }
+
+    /// Where a connection of the caller's own may connect to send
+    /// enqueues (`wire.rs` in the client crate): `("tcp", host, port)`,
+    /// `("unix", path, 0)`, or None when only this client's connection
+    /// will do (TLS, enqueues that wait for replicas).
+    fn own_connection_endpoint(&self) -> Option<(&'static str, String, u16)> {
+        self.client
+            .own_connection_endpoint()
+            .map(|endpoint| match endpoint {
+                Endpoint::Tcp { host, port } => ("tcp", host, port),
+                Endpoint::Unix { path } => ("unix", path, 0),
+            })
+    }
+
+    /// What such a connection sends first (`AUTH`, `SELECT`), and how
+    /// many `OK` replies it gets.
+    fn own_connection_handshake<'py>(&self, py: Python<'py>) -> (Bound<'py, PyBytes>, usize) {
+        let (bytes, count) = self.client.own_connection_handshake();
+        (PyBytes::new(py, &bytes), count)
+    }
+
+    /// An enqueue (as `enqueue` takes it) as the bytes such a connection
+    /// writes, for the engine in use.
+    #[pyo3(signature = (queue_name, tasks, maxlen=None, replace_finished=false, max_lost_leases=None))]
+    fn enqueue_request<'py>(
+        &self,
+        py: Python<'py>,
+        queue_name: &str,
+        tasks: Vec<TaskTuple>,
+        maxlen: Option<u64>,
+        replace_finished: bool,
+        max_lost_leases: Option<u32>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let queue = queue(queue_name)?;
+        let tasks = new_tasks(tasks, replace_finished, max_lost_leases)?;
+        let bytes = self
+            .client
+            .enqueue_request(&queue, &tasks, maxlen)
+            .map_err(to_pyerr)?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     fn get(

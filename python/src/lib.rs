@@ -5,6 +5,7 @@
 mod bridge;
 mod client;
 mod errors;
+mod wire;
 mod worker;
 
 use std::sync::OnceLock;
@@ -29,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<worker::NativeWorker>()?;
+    m.add_class::<wire::ReplyReader>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The protocol's limits and defaults by name (`vtasks-protocol`), so the

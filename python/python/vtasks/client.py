@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _native
 from ._bridge import LoopBridge
+from ._wire import OwnConnection, own_connections
 from .limits import check_max_attempts, check_max_lost_leases, check_priority
 from .payloads import encode_call, loads
 from .tasks import options_of
@@ -26,6 +27,10 @@ DEFAULT_URL = "valkey://127.0.0.1:6379"
 ENGINES = ("auto", "module", "scripts")
 
 logger = logging.getLogger("vtasks")
+
+# A task as the native layer takes it: (id, payload, priority, delay_ms,
+# run_at_ms, max_attempts).
+TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
 
 
 def redacted_url(url: str) -> str:
@@ -162,6 +167,13 @@ class Client:
     succeed; fewer confirmations raise `NotReplicated` (the task is on the
     primary; enqueueing it again with the same id is safe). The ``WAIT``
     travels in the same pipeline as the enqueue: no extra round trip.
+
+    Async enqueues go over a connection of the event loop's own, which the
+    loop writes and reads itself (about half the time of a call through the
+    client's connection, which a Rust runtime drives on another thread): a
+    process holds the client's connection plus one per event loop that
+    enqueues. TLS URLs and ``wait_replicas`` keep to the client's
+    connection; so does a client a `Worker` runs with (``own_connection``).
     """
 
     def __init__(
@@ -184,6 +196,11 @@ class Client:
         self._timeouts = (connect_timeout, response_timeout)
         self._native_client: _native.NativeClient | None = None
         self._lock = threading.Lock()
+        # Async enqueues go over a connection of the event loop's own
+        # (`vtasks._wire`), one per loop, unless this is False (a worker
+        # sets it on its client to keep to two connections).
+        self.own_connection = True
+        self._own_connections = own_connections()
 
     @property
     def native(self) -> _native.NativeClient:
@@ -226,7 +243,7 @@ class Client:
         delay: float | dt.timedelta | None,
         run_at: dt.datetime | None,
         max_attempts: int | None,
-    ) -> tuple[str, tuple[str, bytes, int, int | None, int | None, int | None]]:
+    ) -> tuple[str, TaskTuple]:
         opts = options_of(task)
         priority = opts.priority if priority is None else priority
         check_priority(priority)
@@ -272,8 +289,7 @@ class Client:
             run_at=run_at, max_attempts=max_attempts,
         )
         lost = _lost_budget(task, max_lost_leases)
-        bridge = LoopBridge.current()
-        await bridge.wait(self.native.enqueue(bridge.native, queue or target, [item], None, False, lost))
+        await self._enqueue(queue or target, [item], False, lost)
         return item[0]
 
     def enqueue_call_sync(
@@ -314,10 +330,7 @@ class Client:
         returns False if a task with this id already exists. With
         ``replace_finished`` a finished task with the id is replaced."""
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        bridge = LoopBridge.current()
-        added: list[bool] = await bridge.wait(
-            self.native.enqueue(bridge.native, queue, [item], None, replace_finished, max_lost_leases)
-        )
+        added = await self._enqueue(queue, [item], replace_finished, max_lost_leases)
         return added[0]
 
     def enqueue_payload_sync(
@@ -336,9 +349,28 @@ class Client:
         added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished, max_lost_leases)
         return added[0]
 
+    async def _enqueue(
+        self, queue: str, items: list[TaskTuple], replace_finished: bool, max_lost_leases: int | None
+    ) -> list[bool]:
+        """One ENQUEUE from the event loop: over the loop's own connection
+        (`vtasks._wire`) when it can carry it, else through the client's."""
+        native = self.native
+
+        async def through_client() -> list[bool]:
+            bridge = LoopBridge.current()
+            added: list[bool] = await bridge.wait(
+                native.enqueue(bridge.native, queue, items, None, replace_finished, max_lost_leases)
+            )
+            return added
+
+        if not self.own_connection:
+            return await through_client()
+        request = native.enqueue_request(queue, items, None, replace_finished, max_lost_leases)
+        return await OwnConnection.of(self).enqueue(request, len(items), through_client)
+
     def _many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], queue: str | None
-    ) -> tuple[str, list[tuple[str, bytes, int, int | None, int | None, int | None]]]:
+    ) -> tuple[str, list[TaskTuple]]:
         """The queue and task tuples of many calls of one task."""
         items = [
             self._task_tuple(task, a, k, id=None, priority=None, delay=None, run_at=None,
@@ -355,8 +387,7 @@ class Client:
         target, items = self._many(task, calls, queue)
         if not items:
             return []
-        bridge = LoopBridge.current()
-        await bridge.wait(self.native.enqueue(bridge.native, target, items, None, False, _lost_budget(task, None)))
+        await self._enqueue(target, items, False, _lost_budget(task, None))
         return [i[0] for i in items]
 
     def enqueue_many_sync(

@@ -273,6 +273,10 @@ class Worker:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.client = Client(client) if isinstance(client, str) else client
+        # A worker holds two connections: the client's and its fetch's. Its
+        # client's async enqueues (from tasks, or an app it runs inside)
+        # share them rather than open one per event loop (`vtasks._wire`).
+        self.client.own_connection = False
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = max(0, concurrency // 4 if prefetch is None else prefetch)

@@ -1,0 +1,301 @@
+//! Enqueues over a connection the caller owns and drives (sans I/O): the
+//! bytes to write and the meaning of the bytes read back.
+//!
+//! The client's own connection is driven by its Tokio runtime, so an
+//! asyncio program reaches it across threads: the event loop hands the call
+//! to the runtime's thread, and the reply comes back through a socket the
+//! loop watches. For the call that producers make most, an enqueue, an
+//! event loop can instead own a plain connection and write and read it
+//! itself, which saves both crossings. This module builds what it writes
+//! (the same command the client would send, for the engine in use) and
+//! reads what comes back; anything unusual (a library not loaded yet, an
+//! engine that changed) is left to the client, which handles it.
+
+use redis::{ConnectionAddr, Value};
+
+use crate::client::Client;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::protocol::{Enqueue, NewTask};
+use crate::queue::QueueName;
+use crate::scripts;
+
+/// Where a caller-owned connection connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix { path: String },
+}
+
+/// What an enqueue's reply says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueReply {
+    /// Per task, whether it was added.
+    Added(Vec<bool>),
+    /// The server refused it (an error of the call itself).
+    Failed(Error),
+    /// Nothing ran, and the client knows what to do about it (load the
+    /// scripts library, move to the scripts engine): send it through the
+    /// client. Repeating an enqueue is safe: it is idempotent by id.
+    UseClient,
+}
+
+impl Client {
+    /// Where a connection of the caller's own may connect, or None when
+    /// the client's connection must be used: TLS (the caller would need
+    /// the client's certificates), or enqueues that wait for replicas
+    /// (`WAIT` must follow the write on the connection that made it, with
+    /// the client's handling of its reply).
+    pub fn own_connection_endpoint(&self) -> Option<Endpoint> {
+        if self.options().wait_replicas.is_some() {
+            return None;
+        }
+        match self.connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) => Some(Endpoint::Tcp {
+                host: host.clone(),
+                port: *port,
+            }),
+            ConnectionAddr::Unix(path) => Some(Endpoint::Unix {
+                path: path.to_string_lossy().into_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The commands a new connection sends first (`AUTH`, `SELECT`), as
+    /// bytes, and how many replies they get (each must be `OK`).
+    pub fn own_connection_handshake(&self) -> (Vec<u8>, usize) {
+        let settings = self.connection_info().redis_settings();
+        let mut bytes = Vec::new();
+        let mut count = 0;
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            bytes.extend(auth.get_packed_command());
+            count += 1;
+        }
+        if settings.db() != 0 {
+            bytes.extend(redis::cmd("SELECT").arg(settings.db()).get_packed_command());
+            count += 1;
+        }
+        (bytes, count)
+    }
+
+    /// An enqueue as the bytes to write, for the engine in use.
+    pub fn enqueue_request(
+        &self,
+        queue: &QueueName,
+        tasks: &[NewTask],
+        maxlen: Option<u64>,
+    ) -> Result<Vec<u8>> {
+        let cmd = Enqueue {
+            queue,
+            tasks,
+            maxlen,
+        }
+        .to_cmd()?;
+        Ok(match self.engine() {
+            Engine::Module => cmd.get_packed_command(),
+            Engine::Scripts => scripts::fcall(&cmd).get_packed_command(),
+        })
+    }
+}
+
+/// What the reply to an enqueue of `count` tasks says, as the client would
+/// read it.
+pub fn enqueue_reply(reply: Value, count: usize, engine: Engine) -> EnqueueReply {
+    let err = match reply {
+        Value::ServerError(err) => redis::RedisError::from(err),
+        reply => {
+            return match crate::protocol::enqueue_flags(reply, count) {
+                Ok(added) => EnqueueReply::Added(added),
+                Err(err) => EnqueueReply::Failed(err),
+            }
+        }
+    };
+    if scripts::is_not_loaded(&err) {
+        return EnqueueReply::UseClient;
+    }
+    let err = match engine {
+        Engine::Scripts => scripts::script_error(err),
+        Engine::Module => Error::from(err),
+    };
+    match &err {
+        Error::Server { code, message }
+            if code == "ERR" && message.starts_with("unknown command") =>
+        {
+            EnqueueReply::UseClient
+        }
+        _ => EnqueueReply::Failed(err),
+    }
+}
+
+/// Splits a byte stream of replies into whole replies.
+#[derive(Debug, Default)]
+pub struct ReplyReader {
+    buf: Vec<u8>,
+}
+
+impl ReplyReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole reply, read as an enqueue's of `count` tasks (see
+    /// `enqueue_reply`), if one has arrived.
+    pub fn next_enqueue(&mut self, count: usize, engine: Engine) -> Option<Result<EnqueueReply>> {
+        Some(
+            self.next_reply()?
+                .map(|reply| enqueue_reply(reply, count, engine)),
+        )
+    }
+
+    /// The next whole reply, which must be a handshake's `OK`, if one has
+    /// arrived; else the error it carries.
+    pub fn next_handshake(&mut self) -> Option<Result<()>> {
+        Some(self.next_reply()?.and_then(|reply| match reply {
+            Value::Okay => Ok(()),
+            Value::ServerError(err) => Err(Error::from(redis::RedisError::from(err))),
+            other => Err(Error::protocol(format!("expected OK, got {other:?}"))),
+        }))
+    }
+
+    /// The next whole reply, if one has arrived; an error if the stream is
+    /// not RESP (the connection is then unusable).
+    pub fn next_reply(&mut self) -> Option<Result<Value>> {
+        let len = reply_len(&self.buf, 0)?;
+        let reply = redis::parse_redis_value(&self.buf[..len])
+            .map_err(|err| Error::protocol(format!("an unreadable reply: {err}")));
+        self.buf.drain(..len);
+        Some(reply)
+    }
+}
+
+/// Where the line starting at `at` ends (just past its CRLF).
+fn line_end(buf: &[u8], at: usize) -> Option<usize> {
+    buf.get(at..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| at + i + 2)
+}
+
+/// Where the reply starting at `at` ends, or None if it has not all
+/// arrived. RESP2 and RESP3 scalar and aggregate types.
+fn reply_len(buf: &[u8], at: usize) -> Option<usize> {
+    let kind = *buf.get(at)?;
+    let end = line_end(buf, at)?;
+    let number = || -> Option<i64> {
+        std::str::from_utf8(&buf[at + 1..end - 2])
+            .ok()?
+            .parse()
+            .ok()
+    };
+    match kind {
+        b'$' | b'=' | b'!' => match number() {
+            Some(n) if n >= 0 => {
+                let total = end + n as usize + 2;
+                (buf.len() >= total).then_some(total)
+            }
+            _ => Some(end),
+        },
+        b'*' | b'~' | b'>' | b'%' | b'|' => match number() {
+            Some(n) if n >= 0 => {
+                let items = if matches!(kind, b'%' | b'|') {
+                    n * 2
+                } else {
+                    n
+                };
+                let mut pos = end;
+                for _ in 0..items {
+                    pos = reply_len(buf, pos)?;
+                }
+                Some(pos)
+            }
+            _ => Some(end),
+        },
+        _ => Some(end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_split_where_they_end() {
+        let mut reader = ReplyReader::new();
+        reader.feed(b"*2\r\n:1\r\n:0\r\n-ERR bad\r\n$3\r\nab");
+        assert_eq!(
+            reader.next_reply().unwrap().unwrap(),
+            Value::Array(vec![Value::Int(1), Value::Int(0)])
+        );
+        assert!(matches!(
+            reader.next_reply().unwrap().unwrap(),
+            Value::ServerError(_)
+        ));
+        assert!(reader.next_reply().is_none(), "a bulk string half read");
+        reader.feed(b"c\r\n*-1\r\n+OK\r\n*1\r\n*1\r\n");
+        assert_eq!(
+            reader.next_reply().unwrap().unwrap(),
+            Value::BulkString(b"abc".to_vec())
+        );
+        assert_eq!(reader.next_reply().unwrap().unwrap(), Value::Nil);
+        assert_eq!(reader.next_reply().unwrap().unwrap(), Value::Okay);
+        assert!(reader.next_reply().is_none(), "nested arrays half read");
+        reader.feed(b":7\r\n");
+        assert_eq!(
+            reader.next_reply().unwrap().unwrap(),
+            Value::Array(vec![Value::Array(vec![Value::Int(7)])])
+        );
+        assert!(reader.next_reply().is_none());
+    }
+
+    #[test]
+    fn enqueue_replies_read_as_the_client_reads_them() {
+        let added = Value::Array(vec![Value::Int(1), Value::Int(0)]);
+        assert_eq!(
+            enqueue_reply(added.clone(), 2, Engine::Module),
+            EnqueueReply::Added(vec![true, false])
+        );
+        assert!(matches!(
+            enqueue_reply(added, 3, Engine::Module),
+            EnqueueReply::Failed(Error::Protocol(_))
+        ));
+        let error =
+            |text: &str| redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).unwrap();
+        assert_eq!(
+            enqueue_reply(error("ERR Function not found"), 1, Engine::Scripts),
+            EnqueueReply::UseClient
+        );
+        assert_eq!(
+            enqueue_reply(
+                error("ERR unknown command 'VTASKS.ENQUEUE', with args beginning with: "),
+                1,
+                Engine::Module
+            ),
+            EnqueueReply::UseClient
+        );
+        match enqueue_reply(
+            error("QUEUEFULL queue {q} holds 3 of 3 script: abc, on @user_function:12."),
+            1,
+            Engine::Scripts,
+        ) {
+            EnqueueReply::Failed(Error::Server { code, message }) => {
+                assert_eq!(code, "QUEUEFULL");
+                assert_eq!(message, "queue {q} holds 3 of 3");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            enqueue_reply(error("OOM command not allowed"), 1, Engine::Module),
+            EnqueueReply::Failed(Error::ServerFull(_))
+        ));
+    }
+}

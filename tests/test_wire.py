@@ -1,0 +1,102 @@
+"""Async enqueues over the event loop's own connection (`vtasks._wire`),
+and what goes through the client's connection instead, against a real
+server on every target."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import vtasks
+
+from tests import sample_tasks
+from tests.chaos.harness import command
+from tests.conftest import TARGET
+
+
+def test_async_enqueues_take_the_loops_own_connection_and_all_land(valkey):
+    async def main() -> tuple[list[str], int]:
+        client = vtasks.Client(valkey.url)
+        first = await client.enqueue(sample_tasks.add, 0, 0)
+        # 100 producers at once: their requests share the connection (one
+        # write per pass of the loop) and each gets its own reply.
+        ids = await asyncio.gather(*(client.enqueue(sample_tasks.add, n, n) for n in range(1, 101)))
+        return [first, *ids], len(valkey.clients())
+
+    ids, connections = asyncio.run(main())
+    # The client's connection (opened to learn the engine) and the loop's.
+    assert connections == 2
+    client = vtasks.Client(valkey.url)
+    assert client.stats_sync("default")["ready"] == 101
+    for n, task_id in enumerate(ids):
+        state = client.get_sync("default", task_id)
+        assert state is not None and f'"args":[{n},{n}]'.encode() in state.payload
+
+
+def test_a_refused_enqueue_raises_the_clients_exception(valkey):
+    async def main() -> None:
+        client = vtasks.Client(valkey.url)
+        await client.enqueue(sample_tasks.add, 1, 1)
+        command(valkey.port, "SET", "{billing}", "not a queue")
+        with pytest.raises(vtasks.ServerError, match="WRONGTYPE"):
+            await client.enqueue_call(sample_tasks.add, (1, 2), queue="billing")
+        # The connection goes on.
+        await client.enqueue(sample_tasks.add, 2, 2)
+
+    asyncio.run(main())
+    assert vtasks.Client(valkey.url).stats_sync("default")["ready"] == 2
+
+
+def test_a_connection_that_breaks_loses_no_enqueue(valkey):
+    async def main() -> int:
+        client = vtasks.Client(valkey.url)
+        await client.enqueue(sample_tasks.add, 0, 0)
+        sent = 1
+        for round_ in range(3):
+            # Every client connection goes: the loop's own, and the client's.
+            command(valkey.port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            await asyncio.gather(*(client.enqueue_call(sample_tasks.add, (round_, n), id=f"r{round_}-{n}")
+                                   for n in range(20)))
+            sent += 20
+        return sent
+
+    sent = asyncio.run(main())
+    assert vtasks.Client(valkey.url).stats_sync("default")["ready"] == sent
+
+
+@pytest.mark.skipif(TARGET == "module", reason="the module has no function library to lose")
+def test_a_lost_function_library_is_loaded_again_through_the_client(valkey):
+    async def main() -> None:
+        client = vtasks.Client(valkey.url)
+        await client.enqueue(sample_tasks.add, 1, 1)
+        command(valkey.port, "FUNCTION", "FLUSH")
+        # "Function not found": nothing ran; the client loads the library
+        # and sends it again.
+        await client.enqueue(sample_tasks.add, 2, 2)
+        await client.enqueue(sample_tasks.add, 3, 3)
+
+    asyncio.run(main())
+    assert vtasks.Client(valkey.url).stats_sync("default")["ready"] == 3
+
+
+def test_a_password_and_a_database_number_apply_to_the_loops_connection(valkey):
+    command(valkey.port, "ACL", "SETUSER", "producer", "on", ">secret", "~*", "+@all")
+    url = f"valkey://producer:secret@127.0.0.1:{valkey.port}/3"
+
+    async def main() -> str:
+        client = vtasks.Client(url)
+        return await client.enqueue(sample_tasks.add, 1, 2)
+
+    task_id = asyncio.run(main())
+    assert vtasks.Client(url).get_sync("default", task_id) is not None, "in database 3"
+    assert vtasks.Client(valkey.url).get_sync("default", task_id) is None, "not in database 0"
+
+
+def test_a_worker_keeps_to_its_two_connections_when_it_enqueues(valkey):
+    # Async enqueues through a worker's client share its connections.
+    async def main() -> int:
+        worker = vtasks.Worker(valkey.url, handle_signals=False, burst=True)
+        await worker.client.enqueue(sample_tasks.add, 1, 1)
+        return len(valkey.clients())
+
+    assert asyncio.run(main()) == 1
