@@ -8,7 +8,8 @@
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
 #   make bench   every benchmark: module (and scripts engine), Python, the
-#                enqueue-to-result latency and the comparison below; writes
+#                enqueue-to-result latency, one and two worker processes
+#                and the comparison below; writes
 #                benchmarks/results/*.md and sections of benchmarks/RESULTS.md
 #   make compare vtasks against django-vtasks, Celery and RQ, on localhost
 #                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
@@ -169,6 +170,7 @@ bench: build-release setup
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
 	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
 	$(PY) -m benchmarks.latency
+	$(PY) -m benchmarks.worker_processes
 	$(MAKE) compare
 
 # The comparison's own virtualenv: the other systems from PyPI (pinned in
