@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import vtasks
 from django.tasks import TaskResultStatus, task_backends
 from vtasks.supervisor import Supervisor
@@ -171,6 +172,7 @@ def test_a_process_that_keeps_dying_is_restarted_with_growing_pauses(caplog):
 
 PLAIN_WORKER = """
 import asyncio, sys
+import pytest
 import vtasks
 from vtasks.supervisor import Supervisor, process_number, serve
 from tests import sample_tasks
@@ -217,3 +219,15 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_bad_process_options_are_refused(valkey, settings):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    point_tasks_at(settings, valkey.url)
+    with pytest.raises(CommandError, match="--processes must be at least 1"):
+        call_command("runworker", processes=0)
+    # Valid for one process, too long once the children's suffix is added.
+    with pytest.raises(CommandError, match=r"--worker-id is too long for 10 processes: .*'x{127}\.10'"):
+        call_command("runworker", processes=10, worker_id="x" * 127)
