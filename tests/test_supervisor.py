@@ -170,6 +170,30 @@ def test_a_process_that_keeps_dying_is_restarted_with_growing_pauses(caplog):
         assert start - death.created >= pause * 0.99
 
 
+def test_the_parent_fails_when_a_process_does_not_stop_cleanly(caplog):
+    # Children that read the stop message, then exit with 0 or 3.
+    child = (
+        "import os, sys; os.read(int(os.environ['VTASKS_SUPERVISOR_FD']), 1); "
+        "sys.exit(3 if os.environ['VTASKS_PROCESS'] == '2' else 0)"
+    )
+    supervisor = Supervisor([sys.executable, "-c", child], 2, handle_signals=False)
+
+    async def main() -> int:
+        run = asyncio.ensure_future(supervisor.arun())
+        deadline = time.monotonic() + 30
+        while caplog.text.count("started (pid") < 2:
+            assert time.monotonic() < deadline and not run.done(), caplog.text
+            await asyncio.sleep(0.02)
+        supervisor.stop()
+        return await asyncio.wait_for(run, 30)
+
+    with caplog.at_level(logging.INFO, logger="vtasks.supervisor"):
+        assert asyncio.run(main()) == 1
+    assert re.search(r"worker process 1 \(pid \d+\) stopped", caplog.text)
+    assert re.search(r"worker process 2 \(pid \d+\) did not stop cleanly: exited with status 3", caplog.text)
+    assert "died" not in caplog.text  # not replaced while stopping
+
+
 PLAIN_WORKER = """
 import asyncio, sys
 import pytest
