@@ -39,7 +39,7 @@ pub enum Spec {
         /// The fields as given, whitespace normalised to single spaces.
         fields: String,
         tz: Tz,
-        cron: Cron,
+        cron: Box<Cron>,
     },
 }
 
@@ -100,7 +100,11 @@ impl Spec {
         let cron = parser
             .parse(&fields)
             .or_else(|err| refuse(format!("invalid cron expression '{expr}': {err}")))?;
-        Ok(Spec::Cron { fields, tz, cron })
+        Ok(Spec::Cron {
+            fields,
+            tz,
+            cron: Box::new(cron),
+        })
     }
 
     /// Reads the text form (`every <seconds>` or `cron <zone> <fields>`).
