@@ -49,6 +49,16 @@ limits! {
     MIN_PRIORITY: i64 = -100;
     /// Highest priority (served first), as in Django's Tasks framework.
     MAX_PRIORITY: i64 = 100;
+    /// Most schedules one queue holds.
+    MAX_SCHEDULES: usize = 1_000;
+    /// Longest schedule name.
+    MAX_SCHEDULE_NAME: usize = 128;
+    /// Longest text form of a schedule's timing (`every 30`,
+    /// `cron Europe/Berlin 0 3 * * *`), in bytes.
+    MAX_SCHEDULE_SPEC: usize = 256;
+    /// Largest payload of a schedule's tasks, in bytes (64 KiB): a schedule
+    /// names a task and its arguments, it does not carry data.
+    MAX_SCHEDULE_PAYLOAD: usize = 64 * 1024;
 
     // How much one call does.
 
@@ -68,6 +78,13 @@ limits! {
     /// Least time between two warnings an engine writes to the server log
     /// (vanished tasks), in ms; the ones in between are counted in the next.
     WARN_EVERY_MS: i64 = 60_000;
+    /// How late a schedule's occurrence may be found due and still run
+    /// under `CATCHUP NONE`, in ms; later, it counts as missed and is
+    /// skipped (`CATCHUP LAST` runs it however late).
+    SCHEDULE_GRACE_MS: i64 = 60_000;
+    /// Most pending schedules (their next occurrence not yet computed)
+    /// one scripts-engine FETCHN reports per queue.
+    PENDING_SCHEDULES_PER_FETCH: i64 = 16;
 
     // Defaults when a command leaves an option out.
 
@@ -110,10 +127,24 @@ limits! {
 /// Suffixes of a queue's keys after its `{name}`, in the order the scripts
 /// engine's library takes them: the queue hash itself, then the ready,
 /// delayed, leased, dead and done sorted sets, the wake-up list and the
-/// sleepers' set.
-pub const QUEUE_KEY_SUFFIXES: [&str; 8] = [
-    "", ":ready", ":delayed", ":leased", ":dead", ":done", ":wake", ":waiting",
+/// sleepers' set, the schedules' hash and their due times' sorted set.
+pub const QUEUE_KEY_SUFFIXES: [&str; 10] = [
+    "",
+    ":ready",
+    ":delayed",
+    ":leased",
+    ":dead",
+    ":done",
+    ":wake",
+    ":waiting",
+    ":schedules",
+    ":schedules:due",
 ];
+
+/// What the id of a schedule's task starts with: the whole id is
+/// `schedule:<name>:<occurrence, unix ms>`, so each occurrence is one task
+/// however many servers, workers and producers meet it.
+pub const SCHEDULE_ID_PREFIX: &str = "schedule:";
 
 /// What follows `{name}` in the key of one task's hash: `{name}:t:<id>`.
 pub const TASK_KEY_INFIX: &str = ":t:";

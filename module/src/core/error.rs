@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use vtasks_protocol::MAX_SCHEDULES;
+
 use vtasks_protocol::{MAX_CONSUMER_LEN, MAX_ID_LEN, MAX_QUEUE_NAME};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub enum VtError {
         held: u64,
         limit: u64,
     },
+    /// A queue already holds `MAX_SCHEDULES` schedules.
+    TooManySchedules { queue: String },
     /// A read-only command named a queue that has never been used.
     NoQueue(String),
     /// An ACK/NACK inside FETCHN names a queue the call did not declare.
@@ -83,6 +87,10 @@ impl fmt::Display for VtError {
             VtError::QueueFull { queue, held, limit } => write!(
                 f,
                 "QUEUEFULL queue {queue} holds {held} pending tasks; MAXLEN is {limit}"
+            ),
+            VtError::TooManySchedules { queue } => write!(
+                f,
+                "ERR queue {queue} holds {MAX_SCHEDULES} schedules, the most one queue holds"
             ),
             VtError::NoQueue(queue) => write!(f, "NOQUEUE no such queue {queue}"),
             VtError::UndeclaredQueue(queue) => write!(

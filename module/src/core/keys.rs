@@ -9,7 +9,8 @@ pub use vtasks_protocol::{
     BULK_BATCH, DEFAULT_KEEP_MS, DEFAULT_LEASE_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_LOST_LEASES,
     LEASE_GRACE_MS, MAINTENANCE_BATCH, MAX_ATTEMPTS, MAX_CONSUMER_LEN, MAX_DURATION_MS,
     MAX_ENQUEUE_BATCH, MAX_ERROR_TEXT, MAX_FETCH_COUNT, MAX_ID_LEN, MAX_LOST_LEASES, MAX_PAYLOAD,
-    MAX_PRIORITY, MAX_QUEUES, MAX_QUEUE_NAME, MAX_TIMESTAMP_MS, MIN_PRIORITY, VANISHED_PER_FETCH,
+    MAX_PRIORITY, MAX_QUEUES, MAX_QUEUE_NAME, MAX_SCHEDULES, MAX_SCHEDULE_NAME,
+    MAX_SCHEDULE_PAYLOAD, MAX_SCHEDULE_SPEC, MAX_TIMESTAMP_MS, MIN_PRIORITY, VANISHED_PER_FETCH,
 };
 use vtasks_protocol::{QUEUE_KEY_SUFFIXES, TASK_KEY_INFIX};
 
@@ -28,6 +29,11 @@ pub struct QueueKeys {
     pub wake: Vec<u8>,
     /// Those sleepers, each until when it sleeps (a sorted set).
     pub waiting: Vec<u8>,
+    /// The scripts engine's schedules: name -> record (a hash).
+    pub schedules: Vec<u8>,
+    /// Their next occurrences: name -> unix ms, or minus the time of the
+    /// run when the next is still to be computed (a sorted set).
+    pub schedules_due: Vec<u8>,
     task_prefix: Vec<u8>,
 }
 
@@ -43,7 +49,7 @@ impl QueueKeys {
         if name.is_empty() || name.len() > MAX_QUEUE_NAME || !name.iter().all(allowed) {
             return Err(invalid());
         }
-        let [meta, ready, delayed, leased, dead, done, wake, waiting] =
+        let [meta, ready, delayed, leased, dead, done, wake, waiting, schedules, schedules_due] =
             QUEUE_KEY_SUFFIXES.map(|suffix| [arg, suffix.as_bytes()].concat());
         Ok(QueueKeys {
             meta,
@@ -54,6 +60,8 @@ impl QueueKeys {
             done,
             wake,
             waiting,
+            schedules,
+            schedules_due,
             task_prefix: [arg, TASK_KEY_INFIX.as_bytes()].concat(),
         })
     }

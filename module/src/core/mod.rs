@@ -5,6 +5,7 @@ pub mod error;
 pub mod holders;
 pub mod keys;
 pub mod native;
+pub mod periodic;
 pub mod queue;
 pub mod record;
 pub mod schedule;

@@ -16,6 +16,11 @@ use super::super::error::{VtError, VtResult};
 use super::super::keys::{
     DEFAULT_MAX_LOST_LEASES, MAX_CONSUMER_LEN, MAX_ERROR_TEXT, MAX_ID_LEN, MAX_PAYLOAD,
 };
+use super::super::keys::{
+    MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULES, MAX_SCHEDULE_NAME, MAX_SCHEDULE_PAYLOAD,
+    MAX_SCHEDULE_SPEC, MIN_PRIORITY,
+};
+use super::super::periodic::{CatchUp, Definition, Next, Periodic};
 use super::super::record::{State, TaskRecord};
 use super::task::TaskImage;
 use super::{Counters, Meta, TaskQueue};
@@ -23,10 +28,11 @@ use super::{Counters, Meta, TaskQueue};
 /// The version this module writes, and the newest it reads. Version 2
 /// added the head's task count, version 3 the separate budgets (each
 /// task's failed attempts, lost leases and lost-lease budget; the
-/// `leases_cut` and `dead_lost` counters). Versions 1 and 2 are still
-/// read, their tasks' budgets as a version-1 task record implies them
-/// (`TaskRecord::decode`).
-pub const ENCODING_VERSION: u8 = 3;
+/// `leases_cut` and `dead_lost` counters), version 4 the queue's
+/// schedules (in the head). Versions 1 to 3 are still read, their tasks'
+/// budgets as a version-1 task record implies them
+/// (`TaskRecord::decode`), with no schedules.
+pub const ENCODING_VERSION: u8 = 4;
 
 /// Counters a head holds before version 3.
 const COUNTERS_BEFORE_V3: usize = 11;
@@ -256,6 +262,103 @@ fn read_task(r: &mut Reader, version: u8) -> VtResult<TaskImage> {
     Ok(image)
 }
 
+fn write_schedules(w: &mut Writer, queue: &TaskQueue) {
+    let schedules = queue.schedules();
+    w.u(schedules.len() as u64);
+    for (name, p) in schedules.iter() {
+        w.bytes(name);
+        w.bytes(&p.def.spec);
+        w.bytes(&p.def.payload);
+        w.i(p.def.priority);
+        w.u(p.def.max_attempts as u64);
+        let flags = (p.def.catch_up == CatchUp::None) as u8 | (p.def.enabled as u8) << 1;
+        w.0.push(flags);
+        match p.next {
+            Next::At(at) => {
+                w.0.push(0);
+                w.i(at);
+            }
+            Next::Pending { after } => {
+                w.0.push(1);
+                w.i(after);
+            }
+            Next::Never => w.0.push(2),
+        }
+        match p.last {
+            Some(last) => {
+                w.0.push(1);
+                w.i(last);
+            }
+            None => w.0.push(0),
+        }
+        w.u(p.runs);
+        w.u(p.skipped);
+    }
+}
+
+fn read_schedules(r: &mut Reader, queue: &mut TaskQueue) -> VtResult<()> {
+    let count = r.u()?;
+    if count > MAX_SCHEDULES as u64 {
+        return Err(corrupt("more schedules than a queue holds"));
+    }
+    for _ in 0..count {
+        let name = r.bytes(MAX_SCHEDULE_NAME, "schedule name")?.to_vec();
+        let spec = r.bytes(MAX_SCHEDULE_SPEC, "schedule timing")?.to_vec();
+        let payload = r.bytes(MAX_SCHEDULE_PAYLOAD, "schedule payload")?.to_vec();
+        let priority = r.i()?;
+        let max_attempts = r.u()?;
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority)
+            || !(1..=MAX_ATTEMPTS as u64).contains(&max_attempts)
+            || name.is_empty()
+            || spec.is_empty()
+        {
+            return Err(corrupt("a schedule out of range"));
+        }
+        let flags = r.byte()?;
+        if flags >> 2 != 0 {
+            return Err(corrupt("unknown schedule flags"));
+        }
+        let next = match r.byte()? {
+            0 => Next::At(r.i()?),
+            1 => Next::Pending { after: r.i()? },
+            2 => Next::Never,
+            _ => return Err(corrupt("unknown schedule state")),
+        };
+        let last = match r.byte()? {
+            0 => None,
+            1 => Some(r.i()?),
+            _ => return Err(corrupt("schedule's last run")),
+        };
+        let (runs, skipped) = (r.u()?, r.u()?);
+        if queue.schedules().get(&name).is_some() {
+            return Err(corrupt("a schedule appears twice"));
+        }
+        let def = Definition {
+            spec,
+            payload,
+            priority,
+            max_attempts: max_attempts as i64,
+            catch_up: if flags & 1 != 0 {
+                CatchUp::None
+            } else {
+                CatchUp::Last
+            },
+            enabled: flags & 2 != 0,
+        };
+        queue.restore_schedule(
+            name,
+            Periodic {
+                def,
+                next,
+                last,
+                runs,
+                skipped,
+            },
+        );
+    }
+    Ok(())
+}
+
 /// Writes `queue` as chunks of about `chunk_bytes`, handing each to `emit`.
 /// The first chunk holds the queue-wide values, so there is always one.
 pub fn encode(queue: &TaskQueue, chunk_bytes: usize, emit: impl FnMut(&[u8])) {
@@ -285,6 +388,9 @@ pub fn encode_as(queue: &TaskQueue, version: u8, chunk_bytes: usize, mut emit: i
         // the queue's index once instead of growing it (and rehashing
         // every id) as the tasks arrive.
         w.u(queue.len() as u64);
+    }
+    if version >= 4 {
+        write_schedules(&mut w, queue);
     }
     let mut body = Writer(Vec::new());
     let mut count = 0u64;
@@ -374,6 +480,9 @@ pub fn decode_head(chunk: &[u8]) -> VtResult<TaskQueue> {
         paused,
         counters: Counters::from_array(counters),
     });
+    if version >= 4 {
+        read_schedules(&mut r, &mut queue)?;
+    }
     // A claim is not trusted beyond what a real queue could hold in memory.
     queue.reserve(total.min(MAX_RESERVED_TASKS) as usize);
     read_tasks(&mut queue, r, version)?;

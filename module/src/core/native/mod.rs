@@ -24,6 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::error::{VtError, VtResult};
 use super::keys::{BULK_BATCH, MAX_ERROR_TEXT};
+use super::periodic::{self, Definition, Periodic, Schedules, SetOutcome};
 use super::queue::{
     lost_lease_error, AckItem, DeadEntry, LeaseRef, Leased, Maintained, NackItem, NackOutcome,
     NewTask, Retry, Selection, Settled, TaskFields, When,
@@ -132,6 +133,8 @@ pub struct TaskQueue {
     dead: TimeIndex,
     done: TimeIndex,
     meta: Meta,
+    /// The queue's periodic schedules (`VTASKS.SCHEDULE`).
+    schedules: Schedules,
     /// Tasks that became ready since the caller last asked (`take_woken`):
     /// the command layer wakes blocked consumers when it is not zero.
     woken: u64,
@@ -154,6 +157,7 @@ impl Clone for TaskQueue {
     /// copy's memory is laid out afresh.
     fn clone(&self) -> Self {
         let mut copy = TaskQueue::with_meta(self.meta);
+        copy.schedules = self.schedules.clone();
         for image in self.images() {
             copy.restore(&image)
                 .expect("a queue's own tasks restore into a copy");
@@ -187,6 +191,7 @@ impl TaskQueue {
             dead: TimeIndex::default(),
             done: TimeIndex::default(),
             meta,
+            schedules: Schedules::default(),
             woken: 0,
             task_bytes: 0,
             changed: false,
@@ -232,6 +237,7 @@ impl TaskQueue {
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of::<TaskQueue>()
             + self.task_bytes
+            + self.schedules.heap_bytes()
             + self.slab.heap_bytes()
             + self.index.capacity() * 5
             + self.lanes.heap_bytes()
@@ -631,7 +637,34 @@ impl TaskQueue {
         for (_, slot) in forgotten {
             self.delete(slot);
         }
+
+        let (runs, more) = self.schedules.fire(now, limit, periodic::next_occurrence);
+        report.more |= more;
+        self.changed |= !runs.is_empty() || more;
+        self.enqueue_runs(&runs, now)?;
         Ok(report)
+    }
+
+    /// Enqueues the tasks of schedules that fired, one at a time in the
+    /// order fired (each takes the next sequence number, as the scripts
+    /// engine's maintenance gives them).
+    fn enqueue_runs(&mut self, runs: &[periodic::Firing], now: i64) -> VtResult<()> {
+        for run in runs {
+            let Some(p) = self.schedules.get(&run.name) else {
+                continue;
+            };
+            let id = periodic::task_id(&run.name, run.at);
+            let payload = p.def.payload.clone();
+            let mut task = NewTask::new(&id, &payload);
+            task.priority = p.def.priority;
+            task.max_attempts = p.def.max_attempts;
+            if self.enqueue(b"", &[task], None, now)?[0] {
+                self.schedules.count_run(&run.name);
+            }
+        }
+        // Firing changes each schedule's state even when its task existed.
+        self.changed |= !runs.is_empty();
+        Ok(())
     }
 
     /// The earliest time at which `maintain` has work.
@@ -639,7 +672,52 @@ impl TaskQueue {
         [&self.delayed, &self.leased, &self.done]
             .iter()
             .filter_map(|t| t.first_time())
+            .chain(self.schedules.next_due())
             .min()
+    }
+
+    /// The queue's schedules.
+    pub fn schedules(&self) -> &Schedules {
+        &self.schedules
+    }
+
+    /// Adds or changes a schedule (`VTASKS.SCHEDULE`), whose next
+    /// occurrence the caller computed. Refused past `MAX_SCHEDULES`.
+    pub fn set_schedule(
+        &mut self,
+        queue: &[u8],
+        name: &[u8],
+        def: Definition,
+        next: i64,
+    ) -> VtResult<SetOutcome> {
+        use super::keys::MAX_SCHEDULES;
+        if self.schedules.get(name).is_none() && self.schedules.len() >= MAX_SCHEDULES {
+            return Err(VtError::TooManySchedules {
+                queue: String::from_utf8_lossy(queue).into_owned(),
+            });
+        }
+        let outcome = self.schedules.set(name, def, next);
+        self.changed |= outcome != SetOutcome::Unchanged;
+        Ok(outcome)
+    }
+
+    /// Removes schedules by name; how many there were.
+    pub fn remove_schedules(&mut self, names: &[&[u8]]) -> u64 {
+        let removed = names.iter().filter(|n| self.schedules.remove(n)).count();
+        self.changed |= removed > 0;
+        removed as u64
+    }
+
+    /// Sets a pending schedule's next occurrence (`VTASKS.SCHEDULENEXT`).
+    pub fn set_schedule_next(&mut self, name: &[u8], after: i64, next: Option<i64>) -> bool {
+        let set = self.schedules.set_next(name, after, next);
+        self.changed |= set;
+        set
+    }
+
+    /// Restores a schedule read from the encoding.
+    pub fn restore_schedule(&mut self, name: Vec<u8>, periodic: Periodic) {
+        self.schedules.insert(name, periodic);
     }
 
     /// The task's slot and its id's hash if `token` holds its current

@@ -399,6 +399,7 @@ fn corrupt_or_newer_encodings_are_refused_without_panicking() {
         .collect();
     q.enqueue(b"{q}", &tasks, None, T0).unwrap();
     q.fetch(b"w1", 3, 100, T0);
+    add_schedules(&mut q);
     let chunk = codec::to_bytes(&q).remove(0);
 
     let mut newer = chunk.clone();
@@ -447,7 +448,14 @@ fn corrupt_or_newer_encodings_are_refused_without_panicking() {
             old.images().eq(q.images().map(as_before_budgets)),
             "version {version}"
         );
+        assert!(old.schedules().is_empty());
     }
+    // Version 3 (no schedules) reads every task as it was.
+    let mut d = Decoder::new();
+    codec::encode_as(&q, 3, codec::CHUNK_BYTES, |c| d.feed(c).unwrap());
+    let v3 = d.finish().unwrap();
+    assert!(v3.images().eq(q.images()));
+    assert!(v3.schedules().is_empty());
 
     // A length prefix far beyond the limits is refused before allocating.
     let mut huge = vec![codec::ENCODING_VERSION, 0, 0, 0, 0];
@@ -499,4 +507,85 @@ fn cancelled_ready_tasks_leave_no_trace_in_the_order() {
         .unwrap();
     assert_eq!(q.stats(T0, 0)[0], ("ready", 5));
     assert_eq!(q.images().count(), 8);
+}
+
+/// Three schedules in each of their states: due later, fired and pending
+/// (as the scripts engine leaves one), and disabled with no next.
+fn add_schedules(q: &mut TaskQueue) {
+    use crate::core::periodic::{CatchUp, Definition};
+    let def = |spec: &str, catch_up, enabled| Definition {
+        spec: spec.as_bytes().to_vec(),
+        payload: br#"{"task": "app.tasks.tick", "args": [], "kwargs": {}}"#.to_vec(),
+        priority: 5,
+        max_attempts: 2,
+        catch_up,
+        enabled,
+    };
+    q.set_schedule(
+        b"{q}",
+        b"tick",
+        def("every 10", CatchUp::Last, true),
+        T0 + 10_000,
+    )
+    .unwrap();
+    q.set_schedule(
+        b"{q}",
+        b"odd",
+        def("cron UTC 99 * * * *", CatchUp::None, true),
+        T0,
+    )
+    .unwrap();
+    q.set_schedule(
+        b"{q}",
+        b"off",
+        def("cron Europe/Berlin 0 3 * * *", CatchUp::Last, false),
+        T0,
+    )
+    .unwrap();
+    q.maintain(T0, 1_000).unwrap();
+}
+
+#[test]
+fn schedules_survive_the_encoding_and_a_copy() {
+    let mut q = TaskQueue::new();
+    add_schedules(&mut q);
+    assert_eq!(q.schedules().len(), 3);
+    let odd = q.schedules().get(b"odd").unwrap();
+    assert_eq!(odd.next, crate::core::periodic::Next::Pending { after: T0 });
+    assert_eq!(odd.runs, 1);
+    let mut d = Decoder::new();
+    for c in codec::to_bytes(&q) {
+        d.feed(&c).unwrap();
+    }
+    let loaded = d.finish().unwrap();
+    assert_eq!(loaded.schedules(), q.schedules());
+    assert!(loaded.images().eq(q.images()));
+    assert_eq!(q.clone().schedules(), q.schedules());
+    // The fired occurrence is a task like any other, with its schedule's
+    // options and its derived id.
+    let task = loaded
+        .get(format!("schedule:odd:{T0}").as_bytes(), T0)
+        .unwrap();
+    let field = |name: &str| task.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    assert_eq!(field("priority"), b"5");
+    assert_eq!(field("max_attempts"), b"2");
+}
+
+#[test]
+fn a_schedule_enqueues_each_occurrence_once() {
+    let mut q = TaskQueue::new();
+    add_schedules(&mut q);
+    let before = q.len();
+    // Due at T0 + 10 s: one task; maintaining again at the same time or
+    // applying the same schedule again adds nothing.
+    q.maintain(T0 + 10_000, 1_000).unwrap();
+    q.maintain(T0 + 10_000, 1_000).unwrap();
+    assert_eq!(q.len(), before + 1);
+    assert_eq!(q.next_due(), Some(T0 + 20_000));
+    let tick = q.schedules().get(b"tick").unwrap();
+    assert_eq!((tick.runs, tick.last), (1, Some(T0 + 10_000)));
+    // Down for three occurrences: one run on the way back.
+    q.maintain(T0 + 55_000, 1_000).unwrap();
+    assert_eq!(q.len(), before + 2);
+    assert_eq!(q.next_due(), Some(T0 + 60_000));
 }
