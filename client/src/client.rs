@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::memory::MemoryPolicy;
 use crate::protocol::*;
 use crate::queue::QueueName;
+use crate::schedule::{PendingSchedule, Schedule, ScheduleInfo, SetOutcome};
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -409,6 +410,33 @@ impl Client {
         }
     }
 
+    /// Adds or changes a periodic schedule (`VTASKS.SCHEDULE`); its next
+    /// occurrence is computed from this machine's clock. Refused before
+    /// sending if invalid (`Schedule::validate`).
+    pub async fn set_schedule(&self, queue: &QueueName, schedule: &Schedule) -> Result<SetOutcome> {
+        let cmd = schedule.to_cmd(queue, crate::schedule::now_ms())?;
+        Schedule::outcome(self.send(&cmd).await?)
+    }
+
+    /// Removes schedules by name; how many there were.
+    pub async fn unschedule(&self, queue: &QueueName, names: &[String]) -> Result<u64> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let reply = self
+            .send(redis::cmd("VTASKS.UNSCHEDULE").arg(queue.wire()).arg(names))
+            .await?;
+        Ok(int(reply)? as u64)
+    }
+
+    /// A queue's schedules, by name, with their next and last runs.
+    pub async fn schedules(&self, queue: &QueueName) -> Result<Vec<ScheduleInfo>> {
+        ScheduleInfo::list_from_reply(
+            self.send(redis::cmd("VTASKS.SCHEDULES").arg(queue.wire()))
+                .await?,
+        )
+    }
+
     pub async fn pause(&self, queue: &QueueName) -> Result<()> {
         self.send(redis::cmd("VTASKS.PAUSE").arg(queue.wire()))
             .await
@@ -530,6 +558,10 @@ impl BlockingFetcher {
             Ok(reply) => reply?,
             Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
         };
+        let (reply, pending) = crate::schedule::split_pending(reply);
+        if !pending.is_empty() {
+            self.advance_schedules(&pending).await?;
+        }
         let (reply, sleep) = split_sleep(reply);
         Ok((fetch.from_reply(reply)?, sleep))
     }
@@ -598,6 +630,43 @@ impl BlockingFetcher {
         }
         Ok(fetched)
     }
+}
+
+impl BlockingFetcher {
+    /// Sets the next occurrence of schedules the scripts engine ran
+    /// (`VTASKS.SCHEDULENEXT`, a compare-and-set: another worker may have
+    /// done it first). A timing this client cannot read stays pending.
+    async fn advance_schedules(&mut self, pending: &[PendingSchedule]) -> Result<()> {
+        for schedule in pending {
+            let cmd = match schedule.next_cmd() {
+                Ok(cmd) => cmd,
+                Err(err) => {
+                    log_unreadable(schedule, &err);
+                    continue;
+                }
+            };
+            let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+            self.engine.query(conn, &cmd).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A schedule whose timing this client cannot read (another client wrote
+/// it): said once a minute at most, on standard error.
+fn log_unreadable(schedule: &PendingSchedule, err: &crate::schedule::SpecError) {
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    eprintln!(
+        "vtasks: schedule {} of queue {} cannot be computed: {err}",
+        String::from_utf8_lossy(&schedule.name),
+        String::from_utf8_lossy(&schedule.queue)
+    );
 }
 
 /// What the scripts engine's FETCHN asks for when nothing was ready.

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
+pub mod schedule;
 pub mod scripts;
 pub mod wire;
 pub mod worker;
@@ -34,6 +35,7 @@ pub use protocol::{
     Settled, Status, TaskInfo, When,
 };
 pub use queue::QueueName;
+pub use schedule::{CatchUp, Schedule, ScheduleInfo, SetOutcome, Spec};
 /// Limits and defaults of the protocol, the same numbers the module and the
 /// scripts engine check.
 pub use vtasks_protocol;

@@ -4,7 +4,7 @@
 //! A module command becomes `FCALL <function> <numkeys> <keys> <NAME> <args>`
 //! with the module command's own arguments, so both engines share every
 //! request builder and reply parser. The keys are derived here from the
-//! arguments: each queue's eight keys, then the task keys of the ids the
+//! arguments: each queue's ten keys, then the task keys of the ids the
 //! arguments name (see the library's header).
 //!
 //! A function library rather than `EVALSHA`: the server runs a library's
@@ -38,6 +38,10 @@ fn with_limits() -> &'static str {
             .fold(TEMPLATE.to_string(), |text, (name, value)| {
                 text.replace(&format!("__{name}__"), &value.to_string())
             })
+            .replace(
+                "__SCHEDULE_ID_PREFIX__",
+                vtasks_protocol::SCHEDULE_ID_PREFIX,
+            )
     })
 }
 
@@ -117,8 +121,8 @@ impl Kind {
             .as_str()
         {
             "FETCHN" | "ACK" | "NACK" | "EXTEND" | "RELEASE" | "PURGE" | "CANCEL" | "PAUSE"
-            | "RESUME" => Kind::Settle,
-            "GET" | "STATS" | "DEADLIST" => Kind::Read,
+            | "RESUME" | "UNSCHEDULE" | "SCHEDULENEXT" => Kind::Settle,
+            "GET" | "STATS" | "DEADLIST" | "SCHEDULES" => Kind::Read,
             _ => Kind::Work,
         }
     }
@@ -259,7 +263,7 @@ pub fn strip_script_suffix(message: &str) -> &str {
 }
 
 /// Every key a module command's arguments name, in the order the script
-/// expects: each queue argument's eight keys, then `{q}:t:<id>` for each
+/// expects: each queue argument's ten keys, then `{q}:t:<id>` for each
 /// task id. Malformed arguments yield what could be derived; the script
 /// then refuses the call with the module's error.
 pub fn declared_keys(words: &[&[u8]]) -> Vec<Vec<u8>> {
@@ -562,7 +566,11 @@ mod tests {
 
     #[test]
     fn malformed_arguments_declare_what_they_can() {
-        assert_eq!(keys_of(&["VTASKS.ACK", "{q}", "5", "a"]).len(), 9);
+        let queue_keys = QUEUE_KEY_SUFFIXES.len();
+        assert_eq!(
+            keys_of(&["VTASKS.ACK", "{q}", "5", "a"]).len(),
+            queue_keys + 1
+        );
         assert_eq!(keys_of(&["VTASKS.FETCHN", "9", "{q}"]), queue("{q}"));
         assert!(keys_of(&["VTASKS.STATS"]).is_empty());
         assert!(keys_of(&["VTASKS.FETCHN"]).is_empty());
@@ -575,7 +583,7 @@ mod tests {
             "{q}",
             "a",
         ]);
-        assert_eq!(huge.len(), 9);
+        assert_eq!(huge.len(), queue_keys + 1);
     }
 
     #[test]
@@ -594,7 +602,12 @@ mod tests {
             (words[0].clone(), words[1].clone())
         };
         let lib = function_name();
-        for name in ["VTASKS.ENQUEUE", "VTASKS.REQUEUE", "VTASKS.NOSUCH"] {
+        for name in [
+            "VTASKS.ENQUEUE",
+            "VTASKS.REQUEUE",
+            "VTASKS.SCHEDULE",
+            "VTASKS.NOSUCH",
+        ] {
             assert_eq!(call(&[name, "{q}"]), ("FCALL".into(), lib.to_string()));
         }
         for name in [
@@ -607,13 +620,20 @@ mod tests {
             "VTASKS.CANCEL",
             "VTASKS.PAUSE",
             "VTASKS.RESUME",
+            "VTASKS.UNSCHEDULE",
+            "VTASKS.SCHEDULENEXT",
         ] {
             assert_eq!(
                 call(&[name, "{q}"]),
                 ("FCALL".into(), format!("{lib}_settle"))
             );
         }
-        for name in ["VTASKS.GET", "VTASKS.STATS", "VTASKS.DEADLIST"] {
+        for name in [
+            "VTASKS.GET",
+            "VTASKS.STATS",
+            "VTASKS.DEADLIST",
+            "VTASKS.SCHEDULES",
+        ] {
             assert_eq!(
                 call(&[name, "{q}"]),
                 ("FCALL_RO".into(), format!("{lib}_read"))

@@ -11,8 +11,9 @@
 -- Dispatch at the end).
 -- COMMAND is the module command without its prefix (ENQUEUE, FETCHN, ...)
 -- and args are exactly the module command's arguments. The keys declare,
--- for each queue the arguments name, in order, its eight keys
+-- for each queue the arguments name, in order, its ten keys
 --   {q} {q}:ready {q}:delayed {q}:leased {q}:dead {q}:done {q}:wake {q}:waiting
+--   {q}:schedules {q}:schedules:due
 -- followed by the task keys {q}:t:<id> of every task id the arguments name.
 -- A fetch also reads the tasks it picks from the ready set, whose ids no
 -- caller can know in advance; their keys carry the queue's hash tag, so they
@@ -54,10 +55,17 @@ local DEFAULT_LEASE_MS = __DEFAULT_LEASE_MS__
 local DEFAULT_KEEP_MS = __DEFAULT_KEEP_MS__
 local DEFAULT_MAX_ATTEMPTS = __DEFAULT_MAX_ATTEMPTS__
 local DEFAULT_MAX_LOST_LEASES = __DEFAULT_MAX_LOST_LEASES__
+local SCHEDULE_ID_PREFIX = '__SCHEDULE_ID_PREFIX__'
 local SEQ_SPAN = 2 ^ 44 -- ready score = (MAX_PRIORITY - priority) * 2^44 + seq
 local I64_MAX = '9223372036854775807'
 -- How long a consumer sleeps on the wake list at most before it asks again.
 local MAX_SLEEP_MS = __MAX_SLEEP_MS__
+local MAX_SCHEDULES = __MAX_SCHEDULES__
+local MAX_SCHEDULE_NAME = __MAX_SCHEDULE_NAME__
+local MAX_SCHEDULE_SPEC = __MAX_SCHEDULE_SPEC__
+local MAX_SCHEDULE_PAYLOAD = __MAX_SCHEDULE_PAYLOAD__
+local SCHEDULE_GRACE_MS = __SCHEDULE_GRACE_MS__
+local PENDING_SCHEDULES_PER_FETCH = __PENDING_SCHEDULES_PER_FETCH__
 -- Most ids of vanished tasks one fetch drops (docs/PROTOCOL.md, "Memory").
 local VANISHED_PER_FETCH = __VANISHED_PER_FETCH__
 -- Least time between two warnings in the server log.
@@ -192,11 +200,11 @@ end
 
 -- Queues and their keys -----------------------------------------------------
 
-local KEYS_PER_QUEUE = 8
+local KEYS_PER_QUEUE = 10
 local declared_queues -- queues taken from KEYS so far in this call
 
 -- Validates a queue argument and returns its keys, taken from KEYS: the
--- n-th queue named by the arguments owns KEYS[8(n-1)+1 .. 8n].
+-- n-th queue named by the arguments owns KEYS[10(n-1)+1 .. 10n].
 local function queue_keys(arg)
   local name = string.match(arg, '^{([A-Za-z0-9_%.:%-]+)}$')
   if name == nil or #name > MAX_QUEUE_NAME then
@@ -204,8 +212,8 @@ local function queue_keys(arg)
       "': expected {name} where name is 1-" .. MAX_QUEUE_NAME .. " characters of A-Z a-z 0-9 _ . : -")
   end
   local base = declared_queues * KEYS_PER_QUEUE
-  if KEYS[base + 1] ~= arg or KEYS[base + 8] ~= arg .. ':waiting' then
-    fail('ERR the scripts engine needs the eight keys of queue ' .. arg ..
+  if KEYS[base + 1] ~= arg or KEYS[base + 10] ~= arg .. ':schedules:due' then
+    fail('ERR the scripts engine needs the ten keys of queue ' .. arg ..
       ' declared in KEYS, in the order of the arguments')
   end
   declared_queues = declared_queues + 1
@@ -219,6 +227,8 @@ local function queue_keys(arg)
     done = KEYS[base + 6],
     wake = KEYS[base + 7],
     waiting = KEYS[base + 8],
+    schedules = KEYS[base + 9],
+    schedules_due = KEYS[base + 10],
     task_prefix = arg .. ':t:',
   }
 end
@@ -445,6 +455,124 @@ local function lost_lease_error(w, lost)
       ' lost leases allowed): the worker running it stopped (crash, kill, or lost connection) before finishing it'
 end
 
+-- Schedules ---------------------------------------------------------------
+
+-- A schedule's record in {q}:schedules (docs/PROTOCOL.md, "Schedules"):
+-- `1 <priority> <attempts> <last|none> <enabled> <next> <last-run|-> <runs>
+-- <skipped>`, a newline, the timing, a newline, the payload; <next> is
+-- `@<ms>`, `p<after>` (pending since the run at <after>) or `-` (none).
+-- {q}:schedules:due scores every schedule by its next occurrence, -1
+-- while pending, IDLE_SCORE when disabled or over.
+local IDLE_SCORE = 2 ^ 52
+local PENDING_SCORE = -1
+
+local function decode_schedule(record)
+  local head, spec, payload = string.match(record, '^([^\n]*)\n([^\n]*)\n(.*)$')
+  if head == nil then fail('ERR internal error: corrupt schedule record') end
+  local w = {}
+  for word in string.gmatch(head, '%S+') do w[#w + 1] = word end
+  return {
+    priority = tonumber(w[2]), attempts = tonumber(w[3]), catch_up = w[4], enabled = w[5] == '1',
+    next = w[6], last = w[7], runs = tonumber(w[8]), skipped = tonumber(w[9]),
+    spec = spec, payload = payload,
+  }
+end
+
+local function encode_schedule(p)
+  local enabled = '0'
+  if p.enabled then enabled = '1' end
+  return '1 ' .. int(p.priority) .. ' ' .. int(p.attempts) .. ' ' .. p.catch_up .. ' ' .. enabled .. ' ' ..
+      p.next .. ' ' .. p.last .. ' ' .. int(p.runs) .. ' ' .. int(p.skipped) .. '\n' .. p.spec .. '\n' .. p.payload
+end
+
+local function due_score(p)
+  local kind, value = string.sub(p.next, 1, 1), string.sub(p.next, 2)
+  if kind == 'p' then return PENDING_SCORE end
+  if kind == '@' and p.enabled then return tonumber(value) end
+  return IDLE_SCORE
+end
+
+local function save_schedule(q, name, p)
+  call('HSET', q.schedules, name, encode_schedule(p))
+  call('ZADD', q.schedules_due, int(due_score(p)), name)
+end
+
+local function load_schedule(q, name)
+  local record = call('HGET', q.schedules, name)
+  if not record then return nil end
+  return decode_schedule(record)
+end
+
+-- A schedule key of a foreign type means no schedules, as a foreign wake
+-- list means no wake-ups: maintenance never fails a fetch over it.
+local function schedule_keys_ok(q)
+  local t = key_type(q.schedules)
+  if t ~= 'none' and t ~= 'hash' then return false end
+  t = key_type(q.schedules_due)
+  return t == 'none' or t == 'zset'
+end
+
+-- Enqueues a schedule's occurrence as a ready task, unless its id is
+-- taken (exactly once). As ENQUEUE with that one task.
+local function enqueue_occurrence(q, id, p, now)
+  if call('EXISTS', q.task_prefix .. id) == 1 then return false end
+  local seq = allocate_seq(q, 1)
+  local record = '2 ready ' .. int(p.priority) .. ' ' .. int(p.attempts) .. ' 0 ' .. int(seq) .. ' 0 ' ..
+      int(now) .. ' - 0 - - - - - 0 0 ' .. DEFAULT_MAX_LOST_LEASES
+  call('HSET', q.task_prefix .. id, 'payload', p.payload, 'record', record)
+  call('ZADD', q.ready, int(ready_score(p.priority, seq)), id)
+  bump(q, 'enqueued', 1)
+  wake(q, 1)
+  return true
+end
+
+-- Fires the schedules due at `now`, earliest first (ties by name), at
+-- most `limit`: each runs (its occurrence is enqueued) or, with catch-up
+-- `none` and found later than SCHEDULE_GRACE_MS, is skipped. Its next
+-- occurrence, the first after `now`, is left pending for the client to
+-- compute (Lua parses no cron): FETCHN reports it, and SCHEDULENEXT sets it.
+local function fire_schedules(q, now, limit)
+  if not schedule_keys_ok(q) then return end
+  local due = call('ZRANGEBYSCORE', q.schedules_due, 0, int(now), 'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #due, 2 do
+    local name, at = due[i], tonumber(due[i + 1])
+    local p = load_schedule(q, name)
+    if p then
+      if p.catch_up == 'none' and now - at > SCHEDULE_GRACE_MS then
+        p.skipped = p.skipped + 1
+      else
+        p.last = int(at)
+        if enqueue_occurrence(q, SCHEDULE_ID_PREFIX .. name .. ':' .. int(at), p, now) then
+          p.runs = p.runs + 1
+        end
+      end
+      p.next = 'p' .. int(now)
+      save_schedule(q, name, p)
+    end
+  end
+end
+
+-- Schedules whose next occurrence awaits the client: `{queue, name,
+-- timing, after}` each, at most PENDING_SCHEDULES_PER_FETCH.
+local function pending_schedules(q, out)
+  if not schedule_keys_ok(q) then return end
+  local names = call('ZRANGEBYSCORE', q.schedules_due, PENDING_SCORE, PENDING_SCORE,
+    'LIMIT', 0, PENDING_SCHEDULES_PER_FETCH)
+  for _, name in ipairs(names) do
+    local p = load_schedule(q, name)
+    if p and string.sub(p.next, 1, 1) == 'p' then
+      out[#out + 1] = { q.name, name, p.spec, tonumber(string.sub(p.next, 2)) }
+    end
+  end
+end
+
+-- The earliest occurrence of the queue's enabled schedules, or nil.
+local function next_occurrence(q)
+  if not schedule_keys_ok(q) then return nil end
+  local first = call('ZRANGEBYSCORE', q.schedules_due, 0, '(' .. int(IDLE_SCORE), 'WITHSCORES', 'LIMIT', 0, 1)
+  return first[2] and tonumber(first[2])
+end
+
 -- Promotes due delayed tasks, returns expired leases (or dead-letters them
 -- when their attempts are used) and forgets expired results; at most
 -- `limit` entries of each kind.
@@ -514,6 +642,8 @@ local function maintain(q, now, limit)
     local forgotten = call('ZRANGEBYSCORE', q.done, '-inf', int(now), 'LIMIT', 0, limit)
     if #forgotten > 0 then zrem_all(q.done, forgotten) end
   end
+
+  fire_schedules(q, now, limit)
 end
 
 -- The lowest score of a sorted set, or nil if it is empty.
@@ -541,6 +671,8 @@ local function next_due(q)
     local score = first_score(key)
     if score ~= nil and (due == nil or score < due) then due = score end
   end
+  local occurrence = next_occurrence(q)
+  if occurrence ~= nil and (due == nil or occurrence < due) then due = occurrence end
   return due
 end
 
@@ -796,6 +928,7 @@ local commands = {}
 local ARITY = {
   ENQUEUE = -5, FETCHN = -5, ACK = -6, NACK = -7, EXTEND = -6, RELEASE = -5, GET = 3,
   STATS = 2, DEADLIST = -2, REQUEUE = -3, PURGE = -3, PAUSE = 2, RESUME = 2, CANCEL = -3,
+  SCHEDULE = -7, UNSCHEDULE = -3, SCHEDULENEXT = 5, SCHEDULES = 2,
 }
 
 function commands.ENQUEUE(a)
@@ -1013,6 +1146,8 @@ function commands.FETCHN(a)
     if #tasks < count then fetch(q, consumer, count - #tasks, lease_ms, now, tasks) end
   end
   local reply = { tasks, statuses(ack_out), statuses(nack_out) }
+  local pending = {}
+  for _, q in ipairs(queues) do pending_schedules(q, pending) end
   if #tasks == 0 and block_ms ~= nil then
     -- Sleep until the block ends, the next deadline of these queues, or
     -- MAX_SLEEP_MS, whichever is first; enqueues wake the sleeper earlier.
@@ -1036,6 +1171,13 @@ function commands.FETCHN(a)
     end
     reply[4] = sleep
     reply[5] = ticket
+  end
+  -- Schedules that ran and wait for their next occurrence, which Lua
+  -- cannot compute: a last element the client takes off, computes and
+  -- answers with SCHEDULENEXT (docs/PROTOCOL.md, "Schedules").
+  if #pending > 0 then
+    table.insert(pending, 1, { ok = 'schedules' })
+    reply[#reply + 1] = pending
   end
   return reply
 end
@@ -1339,19 +1481,178 @@ function commands.CANCEL(a)
   return out
 end
 
+-- Schedules (docs/PROTOCOL.md, "Schedules") ---------------------------------
+
+local function validate_schedule_name(name)
+  if #name == 0 or #name > MAX_SCHEDULE_NAME or not string.find(name, '^[A-Za-z0-9_%.:%-@/]+$') then
+    fail('ERR schedule name must be 1-' .. MAX_SCHEDULE_NAME .. ' characters of A-Z a-z 0-9 _ . : - @ /')
+  end
+end
+
+-- The timing is opaque here (clients compute its occurrences): a short
+-- line of printable ASCII, as the module checks it.
+local function validate_schedule_spec(spec)
+  if #spec == 0 or #spec > MAX_SCHEDULE_SPEC or string.find(spec, '[^\32-\126]') then
+    fail('ERR schedule timing must be 1-' .. MAX_SCHEDULE_SPEC .. ' bytes of printable ASCII')
+  end
+end
+
+local function check_schedule_keys(q)
+  local t = key_type(q.schedules)
+  if t ~= 'none' and t ~= 'hash' then wrongtype() end
+  t = key_type(q.schedules_due)
+  if t ~= 'none' and t ~= 'zset' then wrongtype() end
+end
+
+function commands.SCHEDULE(a)
+  local q = queue_keys(a:next('queue'))
+  local name = a:next('schedule name')
+  validate_schedule_name(name)
+  local spec = a:next('timing')
+  validate_schedule_spec(spec)
+  local payload = a:next('payload')
+  if #payload > MAX_SCHEDULE_PAYLOAD then
+    fail('ERR schedule payload of ' .. #payload .. ' bytes exceeds the limit of ' .. MAX_SCHEDULE_PAYLOAD .. ' bytes')
+  end
+  local def = { spec = spec, payload = payload, priority = 0, attempts = DEFAULT_MAX_ATTEMPTS,
+    catch_up = 'last', enabled = true }
+  local next
+  while true do
+    local option = a:next_keyword()
+    if option == nil then break end
+    if option == 'NEXT' then
+      next = a:next_int('NEXT', 0, MAX_TIMESTAMP_MS)
+    elseif option == 'PRIORITY' then
+      def.priority = a:next_int('PRIORITY', MIN_PRIORITY, MAX_PRIORITY)
+    elseif option == 'ATTEMPTS' then
+      def.attempts = a:next_int('ATTEMPTS', 1, MAX_ATTEMPTS)
+    elseif option == 'CATCHUP' then
+      local value = a:next_keyword()
+      if value == 'LAST' then def.catch_up = 'last'
+      elseif value == 'NONE' then def.catch_up = 'none'
+      else syntax('CATCHUP must be LAST or NONE') end
+    elseif option == 'DISABLED' then
+      def.enabled = false
+    else
+      unknown_option(option)
+    end
+  end
+  if next == nil then syntax('NEXT <unix-ms> is required') end
+  check_types(q)
+  check_schedule_keys(q)
+  local old = load_schedule(q, name)
+  local outcome = 'added'
+  if old then
+    if old.spec == def.spec and old.payload == def.payload and old.priority == def.priority and
+        old.attempts == def.attempts and old.catch_up == def.catch_up and old.enabled == def.enabled then
+      return { ok = 'unchanged' }
+    end
+    outcome = 'changed'
+    def.last, def.runs, def.skipped = old.last, old.runs, old.skipped
+  else
+    if call('ZCARD', q.schedules_due) >= MAX_SCHEDULES then
+      fail('ERR queue ' .. q.name .. ' holds ' .. MAX_SCHEDULES .. ' schedules, the most one queue holds')
+    end
+    def.last, def.runs, def.skipped = '-', 0, 0
+  end
+  def.next = '@' .. int(next)
+  save_schedule(q, name, def)
+  -- The queue exists from now on, as after PAUSE.
+  if call('HEXISTS', q.meta, 'paused') == 0 then call('HSET', q.meta, 'paused', '0') end
+  if def.enabled then wake_before(q, next) end
+  return { ok = outcome }
+end
+
+function commands.UNSCHEDULE(a)
+  local q = queue_keys(a:next('queue'))
+  local names = {}
+  while not a:is_empty() do
+    local name = a:next('schedule name')
+    validate_schedule_name(name)
+    names[#names + 1] = name
+  end
+  check_types(q)
+  check_schedule_keys(q)
+  local removed = 0
+  for _, name in ipairs(names) do
+    if call('HDEL', q.schedules, name) == 1 then
+      call('ZREM', q.schedules_due, name)
+      removed = removed + 1
+    end
+  end
+  return removed
+end
+
+function commands.SCHEDULENEXT(a)
+  local q = queue_keys(a:next('queue'))
+  local name = a:next('schedule name')
+  validate_schedule_name(name)
+  local after = a:next_int('after', 0, MAX_TIMESTAMP_MS)
+  local next
+  if a:take_keyword('NONE') then next = nil else next = a:next_int('next', 0, MAX_TIMESTAMP_MS) end
+  a:finish()
+  check_types(q)
+  check_schedule_keys(q)
+  local p = load_schedule(q, name)
+  if p == nil or p.next ~= 'p' .. int(after) then return 0 end
+  if next == nil then p.next = '-' else p.next = '@' .. int(next) end
+  save_schedule(q, name, p)
+  if next ~= nil and p.enabled then wake_before(q, next) end
+  return 1
+end
+
+function commands.SCHEDULES(a)
+  local q = queue_keys(a:next('queue'))
+  a:finish()
+  check_types(q)
+  check_schedule_keys(q)
+  local names = call('ZRANGE', q.schedules_due, 0, -1)
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local p = load_schedule(q, name)
+    if p then
+      local item = {}
+      local function put(field, value)
+        item[#item + 1] = { ok = field }
+        item[#item + 1] = value
+      end
+      put('name', name)
+      put('timing', p.spec)
+      put('payload', p.payload)
+      put('priority', p.priority)
+      put('attempts', p.attempts)
+      put('catch_up', { ok = p.catch_up })
+      put('enabled', p.enabled and 1 or 0)
+      local kind, value = string.sub(p.next, 1, 1), string.sub(p.next, 2)
+      if kind == '@' then put('next', tonumber(value)) end
+      if kind == 'p' then put('pending_since', tonumber(value)) end
+      if p.last ~= '-' then
+        put('last', tonumber(p.last))
+        put('last_id', SCHEDULE_ID_PREFIX .. name .. ':' .. p.last)
+      end
+      put('runs', p.runs)
+      put('skipped', p.skipped)
+      out[#out + 1] = item
+    end
+  end
+  return out
+end
+
 -- Dispatch ------------------------------------------------------------------------
 
 -- The library registers three functions, one per kind of command, because
 -- function flags decide what a server at its `maxmemory` (with the
 -- `noeviction` policy) still runs (docs/PROTOCOL.md, "Memory"):
---   __FUNCTION_NAME__          adds work (ENQUEUE, REQUEUE); no flags, so a
+--   __FUNCTION_NAME__          adds work (ENQUEUE, REQUEUE, SCHEDULE); no flags, so a
 --                              full server refuses it with an OOM error
 --                              before it runs;
 --   __FUNCTION_NAME___settle   drains and settles (FETCHN, ACK, NACK,
 --                              EXTEND, RELEASE) and frees or flags (PURGE,
---                              CANCEL, PAUSE, RESUME); `allow-oom`, so a
+--                              CANCEL, PAUSE, RESUME, UNSCHEDULE,
+--                              SCHEDULENEXT); `allow-oom`, so a
 --                              full server still drains its backlog;
---   __FUNCTION_NAME___read     reads (GET, STATS, DEADLIST); `no-writes`,
+--   __FUNCTION_NAME___read     reads (GET, STATS, DEADLIST, SCHEDULES); `no-writes`,
 --                              called with FCALL_RO, runs when full and on
 --                              read-only replicas.
 -- Each function runs only its own commands, so a caller cannot slip work
@@ -1365,6 +1666,8 @@ local FUNCTION_OF = {
   RESUME = '__FUNCTION_NAME___settle',
   GET = '__FUNCTION_NAME___read', STATS = '__FUNCTION_NAME___read',
   DEADLIST = '__FUNCTION_NAME___read',
+  SCHEDULE = '__FUNCTION_NAME__', UNSCHEDULE = '__FUNCTION_NAME___settle',
+  SCHEDULENEXT = '__FUNCTION_NAME___settle', SCHEDULES = '__FUNCTION_NAME___read',
 }
 
 local function dispatch(keys, args, function_name)

@@ -14,6 +14,7 @@ mod internal;
 mod nack;
 mod pause;
 mod release;
+mod schedule;
 mod stats;
 
 use std::os::raw::c_char;

@@ -6,9 +6,10 @@
 
 use std::fmt;
 
-use vtasks_protocol::MAX_SCHEDULES;
-
-use vtasks_protocol::{MAX_CONSUMER_LEN, MAX_ID_LEN, MAX_QUEUE_NAME};
+use vtasks_protocol::{
+    MAX_CONSUMER_LEN, MAX_ID_LEN, MAX_QUEUE_NAME, MAX_SCHEDULES, MAX_SCHEDULE_NAME,
+    MAX_SCHEDULE_SPEC,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VtError {
@@ -28,6 +29,10 @@ pub enum VtError {
     InvalidId,
     /// A consumer name that is empty, too long or has disallowed characters.
     InvalidConsumer,
+    /// A schedule name that is empty, too long or has disallowed characters.
+    InvalidScheduleName,
+    /// A schedule timing that is empty, too long or not printable ASCII.
+    InvalidScheduleSpec,
     /// A payload, result or error text larger than the documented limit.
     TooLarge {
         what: &'static str,
@@ -76,6 +81,14 @@ impl fmt::Display for VtError {
             VtError::InvalidConsumer => write!(
                 f,
                 "ERR consumer name must be 1-{MAX_CONSUMER_LEN} characters of A-Z a-z 0-9 _ . : - @ /"
+            ),
+            VtError::InvalidScheduleName => write!(
+                f,
+                "ERR schedule name must be 1-{MAX_SCHEDULE_NAME} characters of A-Z a-z 0-9 _ . : - @ /"
+            ),
+            VtError::InvalidScheduleSpec => write!(
+                f,
+                "ERR schedule timing must be 1-{MAX_SCHEDULE_SPEC} bytes of printable ASCII"
             ),
             VtError::TooLarge { what, size, limit } => {
                 write!(f, "ERR {what} of {size} bytes exceeds the limit of {limit} bytes")

@@ -107,6 +107,25 @@ pub fn validate_consumer(name: &[u8]) -> VtResult<()> {
     Ok(())
 }
 
+pub fn validate_schedule_name(name: &[u8]) -> VtResult<()> {
+    let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_.:-@/".contains(c);
+    if name.is_empty() || name.len() > MAX_SCHEDULE_NAME || !name.iter().all(allowed) {
+        return Err(VtError::InvalidScheduleName);
+    }
+    Ok(())
+}
+
+/// A schedule's timing is opaque to the commands (clients compute its
+/// occurrences); it only has to be a short line of printable ASCII, which
+/// both engines can check alike.
+pub fn validate_schedule_spec(spec: &[u8]) -> VtResult<()> {
+    let printable = |c: &u8| (0x20..0x7f).contains(c);
+    if spec.is_empty() || spec.len() > MAX_SCHEDULE_SPEC || !spec.iter().all(printable) {
+        return Err(VtError::InvalidScheduleSpec);
+    }
+    Ok(())
+}
+
 pub fn validate_payload(what: &'static str, bytes: &[u8]) -> VtResult<()> {
     if bytes.len() > MAX_PAYLOAD {
         return Err(VtError::TooLarge {

@@ -266,9 +266,144 @@ pub fn next_occurrence(spec: &[u8], after: i64) -> Option<Option<i64>> {
     Some(spec.next_after(after))
 }
 
+/// The scripts engine's keyspace form of schedules: `{name}:schedules`
+/// (hash: schedule name -> record) and `{name}:schedules:due` (sorted
+/// set: every schedule name, scored by its next occurrence, `PENDING_SCORE`
+/// while its next is to be computed, `IDLE_SCORE` when disabled or over).
+pub mod layout {
+    use super::*;
+    use crate::core::error::{VtError, VtResult};
+    use crate::core::keys::{QueueKeys, MAX_SCHEDULES};
+    use crate::core::store::{Store, Val};
+
+    /// The due-set score of a schedule whose next occurrence is pending.
+    pub const PENDING_SCORE: i64 = -1;
+    /// The due-set score of a disabled schedule, or one with no next
+    /// occurrence: beyond every time a command accepts (2^48).
+    pub const IDLE_SCORE: i64 = 1 << 52;
+
+    fn bad(what: &str) -> VtError {
+        VtError::Internal(format!("corrupt schedule record: {what}"))
+    }
+
+    /// `1 <priority> <attempts> <last|none> <enabled> <next>
+    /// <last-run|-> <runs> <skipped>`, a newline, the timing, a newline,
+    /// the payload; `<next>` is `@<ms>`, `p<after>` (pending) or `-`.
+    pub fn encode(p: &Periodic) -> Vec<u8> {
+        let next = match p.next {
+            Next::At(at) => format!("@{at}"),
+            Next::Pending { after } => format!("p{after}"),
+            Next::Never => "-".into(),
+        };
+        let last = p.last.map_or("-".into(), |l| l.to_string());
+        let mut out = format!(
+            "1 {} {} {} {} {next} {last} {} {}\n",
+            p.def.priority,
+            p.def.max_attempts,
+            p.def.catch_up.name(),
+            p.def.enabled as u8,
+            p.runs,
+            p.skipped
+        )
+        .into_bytes();
+        out.extend_from_slice(&p.def.spec);
+        out.push(b'\n');
+        out.extend_from_slice(&p.def.payload);
+        out
+    }
+
+    pub fn decode(record: &[u8]) -> VtResult<Periodic> {
+        let mut parts = record.splitn(3, |c| *c == b'\n');
+        let (Some(head), Some(spec), Some(payload)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("missing parts"));
+        };
+        let head = std::str::from_utf8(head).map_err(|_| bad("head"))?;
+        let w: Vec<&str> = head.split(' ').collect();
+        if w.len() != 9 || w[0] != "1" {
+            return Err(bad("head"));
+        }
+        let num = |s: &str| s.parse::<i64>().map_err(|_| bad("number"));
+        let next = match w[5].split_at_checked(1) {
+            Some(("@", at)) => Next::At(num(at)?),
+            Some(("p", after)) => Next::Pending { after: num(after)? },
+            Some(("-", "")) => Next::Never,
+            _ => return Err(bad("next")),
+        };
+        Ok(Periodic {
+            def: Definition {
+                spec: spec.to_vec(),
+                payload: payload.to_vec(),
+                priority: num(w[1])?,
+                max_attempts: num(w[2])?,
+                catch_up: match w[3] {
+                    "last" => CatchUp::Last,
+                    "none" => CatchUp::None,
+                    _ => return Err(bad("catch-up")),
+                },
+                enabled: w[4] == "1",
+            },
+            next,
+            last: if w[6] == "-" { None } else { Some(num(w[6])?) },
+            runs: num(w[7])? as u64,
+            skipped: num(w[8])? as u64,
+        })
+    }
+
+    /// The due-set score of a schedule.
+    pub fn due_score(p: &Periodic) -> i64 {
+        match p.next {
+            Next::At(at) if p.def.enabled => at,
+            Next::Pending { .. } => PENDING_SCORE,
+            _ => IDLE_SCORE,
+        }
+    }
+
+    /// A layout queue's schedules, by name.
+    pub fn read(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Vec<(Vec<u8>, Periodic)>> {
+        let mut names: Vec<Vec<u8>> = store
+            .zrange_by_score(&keys.schedules_due, i64::MIN, i64::MAX, 0, MAX_SCHEDULES)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let field = String::from_utf8_lossy(&name).into_owned();
+            if let Some(record) = store.hget(&keys.schedules, &field)? {
+                out.push((name, decode(&record)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes schedules in the layout (`VTASKS.EXPORT`).
+    pub fn write(store: &mut impl Store, keys: &QueueKeys, schedules: &Schedules) -> VtResult<()> {
+        for (name, p) in schedules.iter() {
+            let field = String::from_utf8_lossy(name).into_owned();
+            let record = encode(p);
+            store.hset(&keys.schedules, &[(&field, Val::Bytes(&record))])?;
+            store.zadd(&keys.schedules_due, due_score(p), name)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layout_record_reads_back() {
+        let mut s = Schedules::default();
+        let mut d = def("cron UTC 0 3 * * *", CatchUp::None);
+        d.payload = b"{\"a\":\n1}\x00".to_vec();
+        s.set(b"n", d, 5_000);
+        s.fire(5_000, 10, |_, _| None);
+        let p = s.get(b"n").unwrap();
+        assert_eq!(&layout::decode(&layout::encode(p)).unwrap(), p);
+        assert_eq!(layout::due_score(p), layout::PENDING_SCORE);
+    }
 
     fn def(spec: &str, catch_up: CatchUp) -> Definition {
         Definition {

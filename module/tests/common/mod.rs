@@ -103,6 +103,14 @@ fn sleep_until_fetched(
     let started = Instant::now();
     let mut reply = first;
     loop {
+        // As the client does: the next occurrences of schedules that ran.
+        let (rest, pending) = vtasks_client::schedule::split_pending(reply);
+        for schedule in pending {
+            if let Ok(next) = schedule.next_cmd() {
+                run_script(con, &next)?;
+            }
+        }
+        reply = rest;
         let Value::Array(mut parts) = reply else {
             return Ok(reply);
         };
