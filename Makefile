@@ -82,7 +82,7 @@ py-test: build python
 # what only the module does (server timers, COMMAND metadata, replication of
 # module commands) carry `module_only` in their names or live in files not
 # listed here.
-CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test persistence --test client --test worker --test memory
+CONFORMANCE_TESTS := -p vtasks-module -p vtasks-client --test commands --test blocking --test bad_input --test schedules --test persistence --test client --test worker --test memory
 # A server at its maxmemory, with noeviction and with allkeys-lru, on each
 # target: the figures of docs/RELIABILITY.md's "Memory limits".
 memory-limits: build python

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 /// (command, arity, flags, ACL categories). Flags are exact: only commands
-/// that add work (ENQUEUE, REQUEUE) are `denyoom`, so a server at its
+/// that add work (ENQUEUE, REQUEUE, SCHEDULE) are `denyoom`, so a server at its
 /// `maxmemory` still drains, settles and answers reads (docs/PROTOCOL.md,
 /// "Memory").
 const COMMANDS: &[(&str, i64, &[&str], &[&str])] = &[
@@ -94,6 +94,30 @@ const COMMANDS: &[(&str, i64, &[&str], &[&str])] = &[
         &["write", "module"],
         &["@write", "@slow", "@vtasks"],
     ),
+    (
+        "vtasks.schedule",
+        -7,
+        &["write", "denyoom", "module"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
+        "vtasks.unschedule",
+        -3,
+        &["write", "module", "fast"],
+        &["@write", "@fast", "@vtasks"],
+    ),
+    (
+        "vtasks.schedulenext",
+        5,
+        &["write", "module", "fast"],
+        &["@write", "@fast", "@vtasks"],
+    ),
+    (
+        "vtasks.schedules",
+        2,
+        &["readonly", "module"],
+        &["@read", "@slow", "@vtasks"],
+    ),
 ];
 
 #[test]
@@ -171,6 +195,13 @@ fn command_getkeys_names_the_queues() {
         (&["VTASKS.PAUSE", "{a}"], &["{a}"]),
         (&["VTASKS.RESUME", "{a}"], &["{a}"]),
         (&["VTASKS.CANCEL", "{a}", "t"], &["{a}"]),
+        (
+            &["VTASKS.SCHEDULE", "{a}", "n", "every 1", "{}", "NEXT", "1"],
+            &["{a}"],
+        ),
+        (&["VTASKS.UNSCHEDULE", "{a}", "n"], &["{a}"]),
+        (&["VTASKS.SCHEDULENEXT", "{a}", "n", "1", "2"], &["{a}"]),
+        (&["VTASKS.SCHEDULES", "{a}"], &["{a}"]),
     ];
     for (words, expected) in cases {
         let mut all = vec!["COMMAND", "GETKEYS"];

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use vtasks_client::{payload, DeadTask, Delivery, Error, Status, TaskInfo};
+use vtasks_client::{payload, DeadTask, Delivery, Error, ScheduleInfo, Status, TaskInfo};
 
 use crate::errors::to_pyerr;
 use crate::runtime;
@@ -34,6 +34,7 @@ pub enum Reply {
     Text(Option<String>),
     /// A state's name and what it says.
     State(&'static str, Option<String>),
+    Schedules(Vec<ScheduleInfo>),
 }
 
 /// A ticket's outcome; `true` marks one item of a stream, more to come.
@@ -187,6 +188,27 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
             list.into_any().unbind()
         }
         Reply::Task(None) | Reply::Text(None) => py.None(),
+        Reply::Schedules(list) => {
+            let out = PyList::empty(py);
+            for s in list {
+                let d = PyDict::new(py);
+                d.set_item("name", s.name)?;
+                d.set_item("timing", s.timing)?;
+                d.set_item("payload", PyBytes::new(py, &s.payload))?;
+                d.set_item("priority", s.priority)?;
+                d.set_item("max_attempts", s.max_attempts)?;
+                d.set_item("catch_up", s.catch_up.name())?;
+                d.set_item("enabled", s.enabled)?;
+                d.set_item("next", s.next)?;
+                d.set_item("pending_since", s.pending_since)?;
+                d.set_item("last", s.last)?;
+                d.set_item("last_id", s.last_id)?;
+                d.set_item("runs", s.runs)?;
+                d.set_item("skipped", s.skipped)?;
+                out.append(d)?;
+            }
+            out.into_any().unbind()
+        }
         Reply::State(kind, detail) => (kind, detail).into_pyobject(py)?.into_any().unbind(),
         Reply::Text(Some(text)) => text.into_pyobject(py)?.into_any().unbind(),
         Reply::Task(Some(info)) => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use vtasks_client::wire::Endpoint;
+use vtasks_client::schedule::{CatchUp, Schedule, Spec};
 use vtasks_client::{
     payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
 };
@@ -293,6 +294,80 @@ impl NativeClient {
         })
     }
 
+    /// Adds or changes a schedule; "added", "changed" or "unchanged".
+    /// `timing` is the text form (`schedule_timing` builds it).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (bridge, queue_name, name, timing, payload, priority=0, max_attempts=3, catch_up="last", enabled=true))]
+    fn set_schedule(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        name: String,
+        timing: &str,
+        payload: Vec<u8>,
+        priority: i32,
+        max_attempts: u32,
+        catch_up: &str,
+        enabled: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let spec = Spec::parse(timing).map_err(|e| to_pyerr(Error::InvalidInput(e.0)))?;
+        let mut schedule = Schedule::new(name, spec, payload);
+        schedule.priority = priority;
+        schedule.max_attempts = max_attempts;
+        schedule.catch_up = CatchUp::parse(catch_up).map_err(to_pyerr)?;
+        schedule.enabled = enabled;
+        // Refused here, before anything is sent.
+        schedule
+            .validate(vtasks_client::schedule::now_ms())
+            .map_err(to_pyerr)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            let outcome = client.set_schedule(&queue, &schedule).await?;
+            Ok(Reply::Text(Some(
+                match outcome {
+                    vtasks_client::SetOutcome::Added => "added",
+                    vtasks_client::SetOutcome::Changed => "changed",
+                    vtasks_client::SetOutcome::Unchanged => "unchanged",
+                }
+                .to_string(),
+            )))
+        })
+    }
+
+    /// Removes schedules by name; how many there were.
+    fn unschedule(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+        names: Vec<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client
+                .unschedule(&queue, &names)
+                .await
+                .map(|n| Reply::Int(n as i64))
+        })
+    }
+
+    /// A queue's schedules as dicts, by name.
+    fn schedules(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.schedules(&queue).await.map(Reply::Schedules)
+        })
+    }
+
     fn has_module(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
         let client = self.client.clone();
         dispatch(py, bridge, async move {
@@ -309,4 +384,31 @@ impl NativeClient {
             Ok(Reply::Text(policy.and_then(|p| p.eviction_warning())))
         })
     }
+}
+
+/// The text form of a schedule's timing from `cron` (5 or 6 fields, 6 with
+/// seconds first) in `timezone`, or from `every` seconds; ValueError with
+/// the reason if invalid.
+#[pyfunction]
+#[pyo3(signature = (cron=None, every=None, timezone="UTC"))]
+pub fn schedule_timing(cron: Option<&str>, every: Option<u64>, timezone: &str) -> PyResult<String> {
+    let spec = match (cron, every) {
+        (Some(cron), None) => Spec::cron(cron, timezone),
+        (None, Some(every)) => Spec::every(every),
+        _ => {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "a schedule needs exactly one of cron and every",
+            ))
+        }
+    }
+    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.0))?;
+    Ok(spec.text())
+}
+
+/// The first occurrence of a timing (text form) strictly after `after_ms`
+/// (unix ms), or None if there is none.
+#[pyfunction]
+pub fn next_occurrence(timing: &str, after_ms: i64) -> PyResult<Option<i64>> {
+    let spec = Spec::parse(timing).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.0))?;
+    Ok(spec.next_after(after_ms))
 }

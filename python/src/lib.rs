@@ -31,6 +31,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<worker::NativeWorker>()?;
     m.add_class::<wire::ReplyReader>()?;
+    m.add_function(wrap_pyfunction!(client::schedule_timing, m)?)?;
+    m.add_function(wrap_pyfunction!(client::next_occurrence, m)?)?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The protocol's limits and defaults by name (`vtasks-protocol`), so the

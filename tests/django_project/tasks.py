@@ -176,3 +176,11 @@ def fails_until_released(n: int) -> int:
     if not os.path.exists(os.environ.get("VTASKS_TEST_RUNS", "") + ".release"):
         raise RuntimeError(f"not released yet: {n}")
     return n * 10
+
+
+@task(takes_context=True)
+def tick(context) -> str:  # type: ignore[no-untyped-def]
+    """A periodic task: records its result id (which names its occurrence)
+    and the process that ran it (``django_tick <result id> <pid>``)."""
+    record("django_tick", f"{context.task_result.id} {os.getpid()}")
+    return context.task_result.id

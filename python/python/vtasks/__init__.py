@@ -18,6 +18,7 @@ from .errors import (
     TaskNotRegistered,
     VtasksError,
 )
+from .schedules import Schedule, ScheduleInfo
 from .tasks import task
 from .worker import Worker
 
@@ -33,6 +34,8 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "ResultNotStored",
+    "Schedule",
+    "ScheduleInfo",
     "ServerError",
     "ServerFull",
     "TaskNotRegistered",

@@ -21,6 +21,7 @@ from ._bridge import LoopBridge
 from ._wire import OwnConnection, own_connections
 from .limits import check_max_attempts, check_max_lost_leases, check_priority
 from .payloads import encode_call, loads
+from .schedules import Schedule, ScheduleInfo, info_from
 from .tasks import options_of
 
 DEFAULT_URL = "valkey://127.0.0.1:6379"
@@ -460,6 +461,44 @@ class Client:
 
     def cancel_sync(self, queue: str, ids: list[str]) -> list[bool]:
         return self.native.cancel(None, queue, ids)
+
+    async def set_schedule(self, schedule: Schedule) -> str:
+        """Adds or changes a periodic schedule kept by the server; returns
+        ``"added"``, ``"changed"`` (in effect at once) or ``"unchanged"``
+        (its next and last run kept). An invalid timing or argument raises
+        ValueError or `InvalidArgument` before anything is sent."""
+        bridge = LoopBridge.current()
+        return await bridge.wait(self._set_schedule(bridge.native, schedule))
+
+    def set_schedule_sync(self, schedule: Schedule) -> str:
+        return self._set_schedule(None, schedule)
+
+    def _set_schedule(self, bridge: Any, s: Schedule) -> Any:
+        return self.native.set_schedule(
+            bridge, s.queue, s.name, s.timing, s.payload(), s.priority, s.max_attempts, s.catch_up, s.enabled
+        )
+
+    async def unschedule(self, queue: str, *names: str) -> int:
+        """Removes schedules by name; returns how many there were. Tasks
+        they already enqueued stay."""
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.unschedule(bridge.native, queue, list(names)))
+
+    def unschedule_sync(self, queue: str, *names: str) -> int:
+        return self.native.unschedule(None, queue, list(names))
+
+    async def schedules(self, *queues: str) -> list[ScheduleInfo]:
+        """The schedules of ``queues`` (default: ``"default"``), by queue
+        then name, with their next and last runs."""
+        bridge = LoopBridge.current()
+        out: list[ScheduleInfo] = []
+        for queue in queues or ("default",):
+            raw = await bridge.wait(self.native.schedules(bridge.native, queue))
+            out.extend(info_from(queue, r) for r in raw)
+        return out
+
+    def schedules_sync(self, *queues: str) -> list[ScheduleInfo]:
+        return [info_from(q, r) for q in queues or ("default",) for r in self.native.schedules(None, q)]
 
     def has_module_sync(self) -> bool:
         return self.native.has_module(None)

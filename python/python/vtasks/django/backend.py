@@ -199,6 +199,13 @@ class ValkeyTaskBackend(BaseTaskBackend):
         # The import path of a factory of a context manager entered around
         # each task the worker runs (vtasks.django.worker.TaskRun).
         self.task_context: str | None = options.get("TASK_CONTEXT")
+        # Periodic schedules the server keeps (vtasks.django.schedules),
+        # applied when a worker starts. Without the key the settings leave
+        # the server's schedules alone; with it (even empty) they own them.
+        schedules = options.get("SCHEDULES")
+        if schedules is not None and not isinstance(schedules, dict):
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']['SCHEDULES'] must be a dict of name to schedule")
+        self.schedule_settings: dict[str, Any] | None = None if schedules is None else dict(schedules)
 
     @property
     def client(self) -> Client:

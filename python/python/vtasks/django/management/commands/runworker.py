@@ -14,6 +14,7 @@ from django.tasks.exceptions import InvalidTaskBackend
 from ....errors import VtasksError
 from ....supervisor import serve
 from ...backend import ValkeyTaskBackend
+from ...schedules import apply as apply_schedules
 from ...checks import reaching_server
 from ...supervisor import check_worker_id, run_processes
 from ...worker import make_worker
@@ -144,6 +145,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"vtasks worker {worker.consumer}: queues {queues}, concurrency {worker.concurrency}, {engine} engine"
         )
+        self._apply_schedules(backend)
         metrics = self._serve_metrics(backend, queues, worker, options) if port is not None else None
         try:
             asyncio.run(serve(worker))
@@ -171,6 +173,21 @@ class Command(BaseCommand):
             )
         except OSError as exc:
             raise CommandError(f"--metrics-port {options['metrics_port']}: {exc}") from exc
+
+    @staticmethod
+    def _apply_schedules(backend: ValkeyTaskBackend) -> None:
+        """The settings' SCHEDULES become the server's. A refused entry or
+        a failure is logged; the worker runs on regardless."""
+        if backend.schedule_settings is None:
+            return
+        log = logging.getLogger("vtasks.schedules")
+        try:
+            report, _refused = apply_schedules(backend)
+        except (ValueError, VtasksError) as exc:
+            log.error("vtasks: the schedules were not applied: %s", exc)
+            return
+        if report.added or report.changed or report.removed:
+            log.info("vtasks: schedules applied: %s", report)
 
     @staticmethod
     def _log_to_stderr(level: int) -> None:
