@@ -136,7 +136,8 @@ def test_django_settings_are_the_truth_when_applied(valkey, settings):
     out = io.StringIO()
     call_command("vtasks", "schedules", "list", stdout=out)
     listing = out.getvalue()
-    assert "nightly-report: tests.django_project.tasks.add on default, cron Europe/Berlin 30 3 * * *, next 20" in listing
+    expected = "nightly-report: tests.django_project.tasks.add on default, cron Europe/Berlin 30 3 * * *, next 20"
+    assert expected in listing
     assert "last - (none), runs 0" in listing
     assert "heartbeat" not in listing and "by-hand" not in listing
 
@@ -229,7 +230,7 @@ def test_three_workers_run_every_second_once_none_missing(valkey, tmp_path, runs
     wait_for(lambda: len(ticks(runs)) >= SECONDS + 1, f"{SECONDS + 1} runs", timeout=SECONDS + 30)
     stop_workers(processes)
     seconds = assert_once_each(runs)
-    assert all(b - a == 1000 for a, b in zip(seconds, seconds[1:])), f"a second is missing: {seconds}"
+    assert all(b - a == 1000 for a, b in zip(seconds, seconds[1:], strict=False)), f"a second is missing: {seconds}"
     assert len({pid for _, pid in ticks(runs)}) >= 1
     info = vtasks.Client(valkey.url).schedules_sync()[0]
     assert info.runs == len(seconds) or info.runs == len(seconds) + 1, "each enqueued task ran (one may wait)"
@@ -244,7 +245,7 @@ def test_a_server_restart_with_aof_in_the_middle(valkey_aof, tmp_path, runs, pro
     wait_for(lambda: len(ticks(runs)) >= before + half, "runs after the restart", timeout=SECONDS + 60)
     stop_workers(processes)
     seconds = assert_once_each(runs)
-    gaps = [b - a for a, b in zip(seconds, seconds[1:]) if b - a != 1000]
+    gaps = [b - a for a, b in zip(seconds, seconds[1:], strict=False) if b - a != 1000]
     # The seconds while the server was down make one run (catch-up "last").
     assert len(gaps) <= 1, f"more than the restart's gap: {seconds}"
 

@@ -20,6 +20,8 @@ __all__ = [
     "ModuleNotLoaded",
     "NotReplicated",
     "LIMITS",
+    "next_occurrence",
+    "schedule_timing",
     "__version__",
 ]
 
@@ -105,10 +107,9 @@ class NativeClient:
     def unschedule(self, bridge: Bridge | None, queue_name: str, names: list[str]) -> Any: ...
     def schedules(self, bridge: Bridge | None, queue_name: str) -> Any: ...
 
-@final
 def schedule_timing(cron: str | None = None, every: int | None = None, timezone: str = "UTC") -> str: ...
 def next_occurrence(timing: str, after_ms: int) -> int | None: ...
-
+@final
 class NativeWorker:
     def __new__(
         cls,

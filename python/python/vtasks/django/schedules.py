@@ -112,7 +112,7 @@ def apply(backend: ValkeyTaskBackend) -> tuple[ApplyReport, dict[str, str]]:
     if backend.schedule_settings is None:
         return ApplyReport(), {}
     good, refused = schedules_from_settings(backend)
-    for name, reason in refused.items():
+    for reason in refused.values():
         logger.error("vtasks: refused: %s (the server keeps what it had under that name)", reason)
     report = apply_sync(backend.client, good, schedule_queues(backend), keep=refused)
     return report, refused

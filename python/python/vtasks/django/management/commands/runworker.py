@@ -14,8 +14,8 @@ from django.tasks.exceptions import InvalidTaskBackend
 from ....errors import VtasksError
 from ....supervisor import serve
 from ...backend import ValkeyTaskBackend
-from ...schedules import apply as apply_schedules
 from ...checks import reaching_server
+from ...schedules import apply as apply_schedules
 from ...supervisor import check_worker_id, run_processes
 from ...worker import make_worker
 

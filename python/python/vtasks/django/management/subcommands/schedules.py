@@ -33,7 +33,7 @@ class Subcommand(Base):
             if options["action"] == "apply":
                 report, refused = schedules.apply(backend)
                 out.write(f"schedules applied: {report}")
-                for name, reason in refused.items():
+                for reason in refused.values():
                     self.command.stderr.write(f"refused: {reason}")
                 if refused:
                     raise CommandError(f"{len(refused)} schedule(s) refused: {sorted(refused)}")
