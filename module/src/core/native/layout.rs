@@ -77,6 +77,8 @@ pub fn read(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<LayoutQ
             keys.done.clone(),
             keys.wake.clone(),
             keys.waiting.clone(),
+            keys.schedules.clone(),
+            keys.schedules_due.clone(),
         ],
         vanished: 0,
     };
@@ -124,6 +126,9 @@ pub fn read(store: &mut impl Store, keys: &QueueKeys) -> VtResult<Option<LayoutQ
             queue.restore(&image)?;
             found.keys.push(task_key);
         }
+    }
+    for (name, periodic) in crate::core::periodic::layout::read(store, keys)? {
+        queue.restore_schedule(name, periodic);
     }
     queue.count_vanished(found.vanished);
     queue.take_changed();
@@ -175,6 +180,7 @@ pub fn write(store: &mut impl Store, keys: &QueueKeys, queue: &TaskQueue) -> VtR
         };
         store.zadd(set, score, &image.id)?;
     }
+    crate::core::periodic::layout::write(store, keys, queue.schedules())?;
     Ok(())
 }
 
@@ -235,9 +241,25 @@ mod tests {
         };
         old::release(&mut s, &k, &[release], T0).unwrap();
         old::pause(&mut s, &k).unwrap();
+        // Two schedules as the scripts engine writes them: one due later,
+        // one that ran and waits for its next occurrence.
+        let mut schedules = crate::core::periodic::Schedules::default();
+        let def = |spec: &str| crate::core::periodic::Definition {
+            spec: spec.as_bytes().to_vec(),
+            payload: b"{\"task\":\"t\"}".to_vec(),
+            priority: 2,
+            max_attempts: 1,
+            catch_up: crate::core::periodic::CatchUp::None,
+            enabled: true,
+        };
+        schedules.set(b"later", def("every 60"), T0 + 60_000);
+        schedules.set(b"ran", def("every 1"), T0);
+        schedules.fire(T0, 10, |_, _| None);
+        crate::core::periodic::layout::write(&mut s, &k, &schedules).unwrap();
         let before = s.clone();
 
         let found = read(&mut s, &k).unwrap().unwrap();
+        assert_eq!(found.queue.schedules(), &schedules);
         assert_eq!(found.vanished, 0);
         let mut q = found.queue;
         for id in &ids {
