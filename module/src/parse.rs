@@ -5,6 +5,7 @@
 use crate::args::{parse_int, unknown_option, Args};
 use crate::core::error::{VtError, VtResult};
 use crate::core::keys::*;
+use crate::core::periodic::{CatchUp, Definition};
 use crate::core::queue::{AckItem, LeaseRef, NackItem, NewTask, Retry, Selection, When};
 
 /// Reads an item count and checks that the items it announces are there.
@@ -225,4 +226,48 @@ impl<'a> FetchCall<'a> {
             .position(|k| k.queue() == queue)
             .ok_or_else(|| VtError::UndeclaredQueue(crate::core::error::shown(queue)))
     }
+}
+
+/// The arguments of `VTASKS.SCHEDULE` after the queue: the name, the
+/// definition and the first occurrence (`NEXT`).
+pub fn parse_schedule<'a>(a: &mut Args<'a>) -> VtResult<(&'a [u8], Definition, i64)> {
+    let name = a.next_bytes("schedule name")?;
+    validate_schedule_name(name)?;
+    let spec = a.next_bytes("timing")?;
+    validate_schedule_spec(spec)?;
+    let payload = a.next_bytes("payload")?;
+    if payload.len() > MAX_SCHEDULE_PAYLOAD {
+        return Err(VtError::TooLarge {
+            what: "schedule payload",
+            size: payload.len(),
+            limit: MAX_SCHEDULE_PAYLOAD,
+        });
+    }
+    let mut def = Definition {
+        spec: spec.to_vec(),
+        payload: payload.to_vec(),
+        priority: 0,
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
+        catch_up: CatchUp::Last,
+        enabled: true,
+    };
+    let mut next = None;
+    while let Some(option) = a.next_keyword() {
+        match option.as_str() {
+            "NEXT" => next = Some(a.next_int("NEXT", 0, MAX_TIMESTAMP_MS)?),
+            "PRIORITY" => def.priority = a.next_int("PRIORITY", MIN_PRIORITY, MAX_PRIORITY)?,
+            "ATTEMPTS" => def.max_attempts = a.next_int("ATTEMPTS", 1, MAX_ATTEMPTS)?,
+            "CATCHUP" => {
+                def.catch_up = match a.next_keyword().as_deref() {
+                    Some("LAST") => CatchUp::Last,
+                    Some("NONE") => CatchUp::None,
+                    _ => return Err(VtError::syntax("CATCHUP must be LAST or NONE")),
+                }
+            }
+            "DISABLED" => def.enabled = false,
+            other => return Err(unknown_option(other)),
+        }
+    }
+    let next = next.ok_or_else(|| VtError::syntax("NEXT <unix-ms> is required"))?;
+    Ok((name, def, next))
 }

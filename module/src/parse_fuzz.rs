@@ -55,6 +55,11 @@ const KEYWORDS: &[&[u8]] = &[
     b"OFFSET",
     b"NOW",
     b"SLEPT",
+    b"NEXT",
+    b"CATCHUP",
+    b"LAST",
+    b"NONE",
+    b"DISABLED",
 ];
 
 const NUMBERS: &[&[u8]] = &[
@@ -134,6 +139,20 @@ fn valid_words(kind: usize) -> Vec<Vec<u8>> {
         4 => &["t1", "7", "1000", "error text"],
         5 => &["IDS", "t1", "t2"],
         6 => &["ALL"],
+        8 => &[
+            "nightly",
+            "cron UTC 0 3 * * *",
+            "{}",
+            "NEXT",
+            "1000",
+            "PRIORITY",
+            "5",
+            "ATTEMPTS",
+            "2",
+            "CATCHUP",
+            "NONE",
+            "DISABLED",
+        ],
         _ => &["7"],
     };
     words.iter().map(|w| w.as_bytes().to_vec()).collect()
@@ -233,6 +252,15 @@ fn parse_all(kind: usize, input: &[Vec<u8>]) {
         3 => parse_ack_item(&mut a).map(|item| assert!(item.token >= 1)),
         4 => parse_nack_item(&mut a).map(|item| assert!(item.token >= 1)),
         5 | 6 => parse_selection(&mut a).map(|_| ()),
+        8 => parse_schedule(&mut a).map(|(name, def, next)| {
+            assert!(!name.is_empty() && name.len() <= MAX_SCHEDULE_NAME);
+            assert!(!def.spec.is_empty() && def.spec.len() <= MAX_SCHEDULE_SPEC);
+            assert!(def.spec.iter().all(|c| (0x20..0x7f).contains(c)));
+            assert!(def.payload.len() <= MAX_SCHEDULE_PAYLOAD);
+            assert!((MIN_PRIORITY..=MAX_PRIORITY).contains(&def.priority));
+            assert!((1..=MAX_ATTEMPTS).contains(&def.max_attempts));
+            assert!((0..=MAX_TIMESTAMP_MS).contains(&next));
+        }),
         _ => parse_token(&mut a).map(|t| assert!(t >= 1)),
     };
     assert!(
@@ -253,7 +281,7 @@ fn cases() -> u64 {
 
 #[test]
 fn every_parser_survives_random_and_mutated_arguments() {
-    const PARSERS: usize = 8;
+    const PARSERS: usize = 9;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for case in 0..cases() {
         let kind = (case % PARSERS as u64) as usize;
@@ -274,7 +302,7 @@ fn every_parser_survives_random_and_mutated_arguments() {
 #[test]
 fn the_valid_forms_parse() {
     // The mutation harness starts from these; they must be accepted as given.
-    for kind in 0..8 {
+    for kind in 0..9 {
         let input = valid_words(kind);
         let items: Vec<&[u8]> = input.iter().map(|v| v.as_slice()).collect();
         let mut a = Args::new(&items);
@@ -285,6 +313,7 @@ fn the_valid_forms_parse() {
             3 => parse_ack_item(&mut a).map(|i| i.token == 7),
             4 => parse_nack_item(&mut a).map(|i| matches!(i.retry, Retry::After(1000))),
             5 | 6 => parse_selection(&mut a).map(|_| true),
+            8 => parse_schedule(&mut a).map(|(_, def, next)| !def.enabled && next == 1000),
             _ => parse_token(&mut a).map(|t| t == 7),
         };
         assert!(matches!(ok, Ok(true)), "valid form {kind}: {ok:?}");

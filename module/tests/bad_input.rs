@@ -25,6 +25,83 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
         ),
         (vec!["VTASKS.GET", "{q}"], "wrong number of arguments"),
         (vec!["VTASKS.STATS"], "wrong number of arguments"),
+        (
+            vec!["VTASKS.SCHEDULE", "{q}", "n", "every 1", "{}", "NEXT"],
+            "wrong number of arguments",
+        ),
+        (vec!["VTASKS.SCHEDULES"], "wrong number of arguments"),
+        (
+            vec!["VTASKS.SCHEDULENEXT", "{q}", "n", "1"],
+            "wrong number of arguments",
+        ),
+        // schedules
+        (
+            vec![
+                "VTASKS.SCHEDULE",
+                "{q}",
+                "a b",
+                "every 1",
+                "{}",
+                "NEXT",
+                "1",
+            ],
+            "schedule name must be 1-128 characters",
+        ),
+        (
+            vec!["VTASKS.SCHEDULE", "{q}", "n", "", "{}", "NEXT", "1"],
+            "schedule timing must be 1-256 bytes of printable ASCII",
+        ),
+        (
+            vec!["VTASKS.SCHEDULE", "{q}", "n", "every 1", "{}", "NEXT", "-1"],
+            "NEXT must be between 0 and",
+        ),
+        (
+            vec![
+                "VTASKS.SCHEDULE",
+                "{q}",
+                "n",
+                "every 1",
+                "{}",
+                "NEXT",
+                "1",
+                "ATTEMPTS",
+                "0",
+            ],
+            "ATTEMPTS must be between 1 and 10000",
+        ),
+        (
+            vec![
+                "VTASKS.SCHEDULE",
+                "{q}",
+                "n",
+                "every 1",
+                "{}",
+                "NEXT",
+                "1",
+                "CATCHUP",
+            ],
+            "CATCHUP must be LAST or NONE",
+        ),
+        (
+            vec![
+                "VTASKS.SCHEDULE",
+                "{q}",
+                "n",
+                "every 1",
+                "{}",
+                "DISABLED",
+                "1",
+            ],
+            "unknown option '1'",
+        ),
+        (
+            vec!["VTASKS.SCHEDULENEXT", "{q}", "n", "1", "2", "3"],
+            "wrong number of arguments",
+        ),
+        (
+            vec!["VTASKS.UNSCHEDULE", "{q}", ""],
+            "schedule name must be",
+        ),
         // queue names
         (
             vec!["VTASKS.ENQUEUE", "q", "TASK", "t", "{}"],
@@ -591,6 +668,25 @@ const TEMPLATES: &[&[&str]] = &[
     &["VTASKS.PAUSE", "{q}"],
     &["VTASKS.RESUME", "{q}"],
     &["VTASKS.CANCEL", "{q}", "t1", "t2"],
+    &[
+        "VTASKS.SCHEDULE",
+        "{q}",
+        "nightly",
+        "cron UTC 0 3 * * *",
+        "{}",
+        "NEXT",
+        "1",
+        "PRIORITY",
+        "5",
+        "ATTEMPTS",
+        "2",
+        "CATCHUP",
+        "NONE",
+        "DISABLED",
+    ],
+    &["VTASKS.UNSCHEDULE", "{q}", "nightly", "other"],
+    &["VTASKS.SCHEDULES", "{q}"],
+    &["VTASKS.SCHEDULENEXT", "{q}", "nightly", "1", "2"],
 ];
 
 /// The fuzz: `VTASKS_FUZZ_COMMANDS` commands (20,000 by default; `make

@@ -53,6 +53,7 @@ const IDS: &[&str] = &[
     "a-long-id-0002",
 ];
 const CONSUMERS: &[&str] = &["w1", "w2", "w10"];
+const SCHEDULE_NAMES: &[&str] = &["s1", "s2", "nightly-report"];
 const DURATIONS: &[&str] = &["0", "60000", "120000"];
 /// Arguments that should be refused somewhere: bad numbers, bad names,
 /// keywords out of place.
@@ -74,6 +75,9 @@ const JUNK: &[&str] = &[
     "101",
     "-101",
     "10001",
+    "NEXT",
+    "CATCHUP",
+    "DISABLED",
 ];
 
 /// A unix time far in the past (due at once) or far ahead, for RUNAT.
@@ -103,7 +107,7 @@ fn random_command(rng: &mut Rng, state: &State) -> Vec<String> {
     let q = rng.pick(QUEUES).to_string();
     let mut w: Vec<String> = Vec::new();
     let s = |x: &str| x.to_string();
-    match rng.below(14) {
+    match rng.below(15) {
         0..=2 => {
             w.extend([s("VTASKS.ENQUEUE"), q]);
             if rng.chance(15) {
@@ -229,6 +233,52 @@ fn random_command(rng: &mut Rng, state: &State) -> Vec<String> {
                 }
             }
         }
+        13 => {
+            // Schedules, due far ahead: firing differs between the engines
+            // by design (the module computes the next occurrence itself, the
+            // scripts engine leaves it to the client), so it is not mixed in.
+            let verb = rng.pick(&[
+                "VTASKS.SCHEDULE",
+                "VTASKS.SCHEDULE",
+                "VTASKS.UNSCHEDULE",
+                "VTASKS.SCHEDULES",
+                "VTASKS.SCHEDULENEXT",
+            ]);
+            w.extend([s(verb), q]);
+            match verb {
+                "VTASKS.SCHEDULE" => {
+                    w.push(s(rng.pick(SCHEDULE_NAMES)));
+                    w.push(s(rng.pick(&["every 30", "cron UTC 0 3 * * *"])));
+                    w.push(s(rng.pick(&["{}", "{\"task\":\"t\"}"])));
+                    w.extend([
+                        s("NEXT"),
+                        s(rng.pick(&["99999999999999", "99999999999000"])),
+                    ]);
+                    if rng.chance(30) {
+                        w.extend([s("PRIORITY"), s(rng.pick(&["-5", "0", "7"]))]);
+                    }
+                    if rng.chance(30) {
+                        w.extend([s("ATTEMPTS"), s(rng.pick(&["1", "3"]))]);
+                    }
+                    if rng.chance(30) {
+                        w.extend([s("CATCHUP"), s(rng.pick(&["LAST", "none"]))]);
+                    }
+                    if rng.chance(20) {
+                        w.push(s("DISABLED"));
+                    }
+                }
+                "VTASKS.UNSCHEDULE" => {
+                    for _ in 0..1 + rng.below(2) {
+                        w.push(s(rng.pick(SCHEDULE_NAMES)));
+                    }
+                }
+                "VTASKS.SCHEDULENEXT" => {
+                    w.push(s(rng.pick(SCHEDULE_NAMES)));
+                    w.extend([s("1000"), s(rng.pick(&["2000", "NONE"]))]);
+                }
+                _ => {}
+            }
+        }
         12 => {
             let verb = rng.pick(&["VTASKS.PAUSE", "VTASKS.RESUME", "VTASKS.CANCEL"]);
             w.extend([s(verb), q]);
@@ -332,6 +382,7 @@ fn final_state(
         for id in IDS {
             out.push(outcome(run(con, &words(&["VTASKS.GET", q, id]))));
         }
+        out.push(outcome(run(con, &words(&["VTASKS.SCHEDULES", q]))));
     }
     out
 }
