@@ -26,7 +26,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .bench-venv
 
-.PHONY: memory-limits module-demo setup fmt-check clippy ruff mypy build build-release build-profiling python test dist dist-test wheel-test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
+.PHONY: schedules-long memory-limits module-demo setup fmt-check clippy ruff mypy build build-release build-profiling python test dist dist-test wheel-test unit-test rust-test py-test conformance chaos chaos-ci python-release fuzz memcheck demo bench bench-venv compare clean
 
 setup:
 	@bash scripts/setup.sh
@@ -131,6 +131,14 @@ chaos: build-release python-release
 	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so VTASKS_CHAOS_REPORT=target/chaos-report.md $(CHAOS_PYTEST) --timeout 1800
 	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
 	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-redis VTASKS_CHAOS_REPORT=target/chaos-report-redis.md $(CHAOS_PYTEST) --timeout 1800
+	$(MAKE) schedules-long
+
+# Three runworker processes on a per-second schedule for 10 s (CI runs the
+# same tests for 4 s), with a restart, an edit and a removal, on the module
+# and on the scripts engine.
+schedules-long: build python
+	VTASKS_SCHEDULE_SECONDS=10 $(PY) -m pytest -q tests/test_schedules.py
+	VTASKS_SCHEDULE_SECONDS=10 VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q tests/test_schedules.py
 
 chaos-ci: build python
 	VTASKS_CHAOS=ci $(CHAOS_PYTEST) --timeout 300
