@@ -503,13 +503,16 @@ local function load_schedule(q, name)
   return decode_schedule(record)
 end
 
--- A schedule key of a foreign type means no schedules, as a foreign wake
--- list means no wake-ups: maintenance never fails a fetch over it.
+-- Whether the queue has schedules to look at, read once per call (one
+-- TYPE for a queue without any: fetches pay next to nothing for the
+-- feature). A schedule key of a foreign type means no schedules, as a
+-- foreign wake list means no wake-ups: maintenance never fails a fetch
+-- over it.
 local function schedule_keys_ok(q)
-  local t = key_type(q.schedules)
-  if t ~= 'none' and t ~= 'hash' then return false end
-  t = key_type(q.schedules_due)
-  return t == 'none' or t == 'zset'
+  if q.scheduled == nil then
+    q.scheduled = key_type(q.schedules_due) == 'zset' and key_type(q.schedules) == 'hash'
+  end
+  return q.scheduled
 end
 
 -- Enqueues a schedule's occurrence as a ready task, unless its id is
