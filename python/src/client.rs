@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use vtasks_client::wire::Endpoint;
 use vtasks_client::schedule::{CatchUp, Schedule, Spec};
+use vtasks_client::wire::Endpoint;
 use vtasks_client::{
     payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
 };
