@@ -351,3 +351,72 @@ async fn wait_replicas_returns_once_a_replica_holds_the_enqueue() {
         .unwrap();
     assert!(!again);
 }
+
+/// Schedules through the Rust types: set, list, change, remove; a
+/// blocking fetcher receives each occurrence (with the scripts engine it
+/// also computes and sets each next occurrence, as workers do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_set_list_fire_and_remove() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let queue = q("ticks");
+    let bad = Schedule::new("bad", Spec::every(1).unwrap(), vec![b'x'; 70_000]);
+    assert!(matches!(
+        client.set_schedule(&queue, &bad).await,
+        Err(Error::InvalidInput(_))
+    ));
+    let mut tick = Schedule::new("tick", Spec::every(1).unwrap(), b"{}".to_vec());
+    tick.priority = 4;
+    assert_eq!(
+        client.set_schedule(&queue, &tick).await.unwrap(),
+        SetOutcome::Added
+    );
+    assert_eq!(
+        client.set_schedule(&queue, &tick).await.unwrap(),
+        SetOutcome::Unchanged
+    );
+    let listed = client.schedules(&queue).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].name.as_str(),
+            listed[0].timing.as_str(),
+            listed[0].priority
+        ),
+        ("tick", "every 1", 4)
+    );
+    let first = listed[0].next.unwrap();
+    assert_eq!(first % 1000, 0);
+
+    let mut fetcher = client.blocking_fetcher();
+    let fetch = Fetch {
+        count: 10,
+        block: Some(Duration::from_secs(10)),
+        ..Fetch::new(vec![queue.clone()], "w")
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        for task in fetcher.fetch(&fetch).await.unwrap().tasks {
+            seen.push(task.id);
+        }
+    }
+    assert_eq!(seen[0], format!("schedule:tick:{first}"));
+    assert_eq!(seen[1], format!("schedule:tick:{}", first + 1000));
+    let info = &client.schedules(&queue).await.unwrap()[0];
+    assert!(info.runs >= 2 && info.last.is_some());
+
+    let mut every_two = tick.clone();
+    every_two.spec = Spec::cron("*/2 * * * * *", "UTC").unwrap();
+    assert_eq!(
+        client.set_schedule(&queue, &every_two).await.unwrap(),
+        SetOutcome::Changed
+    );
+    assert_eq!(
+        client
+            .unschedule(&queue, &["tick".to_string()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(client.schedules(&queue).await.unwrap().is_empty());
+}

@@ -156,3 +156,69 @@ fn a_disconnect_driven_cut_reaches_the_replica() {
     wait_synced(&mut p, &mut r);
     assert_eq!(stat(&mut r, "{q}", "ready"), 2);
 }
+
+fn schedule_runs(con: &mut Connection, queue: &str) -> i64 {
+    let listed = query(con, &["VTASKS.SCHEDULES", queue]);
+    let first = items(&listed);
+    pairs(&first[0])
+        .into_iter()
+        .find(|(name, _)| name == "runs")
+        .map(|(_, v)| int(&v))
+        .unwrap()
+}
+
+/// A schedule fired by the primary's timer reaches the replica as the
+/// same occurrences (the timer's maintenance replicates with its clock
+/// reading); a promoted replica goes on firing it, from the next
+/// occurrence, with no occurrence twice.
+#[test]
+fn a_schedule_replicates_and_a_promoted_replica_fires_it() {
+    let (primary, replica) = start_pair();
+    let mut p = primary.connect();
+    let mut r = replica.connect();
+    let next = (vtasks_client::schedule::now_ms() / 1000 + 1) * 1000;
+    query(
+        &mut p,
+        &[
+            "VTASKS.SCHEDULE",
+            "{s}",
+            "tick",
+            "every 1",
+            "{}",
+            "NEXT",
+            &next.to_string(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while schedule_runs(&mut p, "{s}") < 2 {
+        assert!(Instant::now() < deadline, "the primary never fired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_synced(&mut p, &mut r);
+    // Timers stay off on the replica; once promoted it fires on its own.
+    drop(p);
+    drop(primary);
+    query(&mut r, &["REPLICAOF", "NO", "ONE"]);
+    let runs = schedule_runs(&mut r, "{s}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while schedule_runs(&mut r, "{s}") < runs + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the promoted replica never fired"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every task is an occurrence of its own second.
+    let got = fetch(&mut r, &["1", "{s}", "CONSUMER", "w", "COUNT", "100"]);
+    let mut at: Vec<i64> = got
+        .tasks
+        .iter()
+        .map(|t| t.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    at.sort();
+    assert!(at.len() as i64 >= runs + 2, "{at:?}");
+    assert!(
+        at.windows(2).all(|w| w[1] > w[0] && w[0] % 1000 == 0),
+        "{at:?}"
+    );
+}
