@@ -76,7 +76,11 @@ def test_a_killed_worker_s_tasks_are_finished_by_its_replacement_within_seconds(
     )
     assert all(count <= 2 for count in starts.values()), "nothing ran three times"
     done_counts = ledger.done_counts()
-    assert sorted(done_counts) == list(range(tasks)) and set(done_counts.values()) == {1}, "each finished once"
+    assert sorted(done_counts) == list(range(tasks)), "each finished"
+    # Finished twice: only a task a killed worker finished without its
+    # acknowledgement leaving, which then ran again.
+    finished_twice = {n for n, count in done_counts.items() if count > 1}
+    assert finished_twice <= finished_unacked, f"finished twice: {sorted(finished_twice - finished_unacked)[:20]}"
     stats = client.stats_sync("default")
     assert (stats["ready"], stats["leased"], stats["dead"], stats["failed"]) == (0, 0, 0, 0), stats
     assert stats["expired"] >= len(held_any), "their leases were lost and counted as lost"
