@@ -262,11 +262,33 @@ def test_an_unreachable_server_is_an_admin_message(settings, viewer):
     assert any("Valkey did not answer" in m for m in messages_of(response))
 
 
-def test_the_schedules_page(django_valkey, viewer):
+def test_the_schedules_page_lists_and_enables_or_disables(django_valkey, viewer, operator):
+    from vtasks.schedules import Schedule, timing
+
+    client = task_backends["default"].client
+    client.set_schedule_sync(
+        Schedule(name="nightly", task="tests.django_project.tasks.add", timing=timing(cron="0 3 * * *"),
+                 queue="default", args=(1, 2))
+    )
     response = viewer.get(url("schedules"))
     assert response.status_code == 200
-    if not vtasks_admin._schedules_available():
-        assert "no periodic schedules" in response.content.decode()
+    [(alias, listed)] = response.context["rows"]
+    assert (alias, listed.name, listed.enabled) == ("default", "nightly", True)
+    assert listed.task == "tests.django_project.tasks.add"
+    html = response.content.decode()
+    assert 'data-schedule="nightly"' in html and "Disable" not in html  # a viewer has no buttons
+    form = {"backend": "default", "queue": "default", "name": "nightly", "enabled": "0"}
+    assert viewer.post(url("schedule_toggle"), form).status_code == 403
+    assert operator.get(url("schedule_toggle")).status_code == 405
+    response = operator.post(url("schedule_toggle"), form, follow=True)
+    assert any("Schedule 'nightly' on default disabled" in m for m in messages_of(response))
+    [info] = client.schedules_sync("default")
+    assert info.enabled is False and info.args == [1, 2] and info.timing == listed.timing
+    assert "Enable" in response.content.decode()
+    response = operator.post(url("schedule_toggle"), {**form, "enabled": "1"}, follow=True)
+    assert client.schedules_sync("default")[0].enabled is True
+    response = operator.post(url("schedule_toggle"), {**form, "name": "nowhere"}, follow=True)
+    assert any("No schedule 'nowhere' on default" in m for m in messages_of(response))
 
 
 def test_a_failed_task_status_matches_django(django_valkey, runs, viewer):
