@@ -1,6 +1,6 @@
-"""Async enqueues over the event loop's own connection (`vtasks._wire`),
-and what goes through the client's connection instead, against a real
-server on every target."""
+"""Enqueues over connections of their own (`vtasks._wire` for an event
+loop, blocking ones for threads), and what goes through the client's
+connection instead, against a real server on every target."""
 
 from __future__ import annotations
 
@@ -93,10 +93,65 @@ def test_a_password_and_a_database_number_apply_to_the_loops_connection(valkey):
 
 
 def test_a_worker_keeps_to_its_two_connections_when_it_enqueues(valkey):
-    # Async enqueues through a worker's client share its connections.
+    # Enqueues through a worker's client share its connections.
     async def main() -> int:
         worker = vtasks.Worker(valkey.url, handle_signals=False, burst=True)
         await worker.client.enqueue(sample_tasks.add, 1, 1)
+        worker.client.enqueue_sync(sample_tasks.add, 2, 2)
         return len(valkey.clients())
 
     assert asyncio.run(main()) == 1
+
+
+def test_sync_enqueues_take_connections_of_their_own_up_to_four(valkey):
+    import threading
+
+    client = vtasks.Client(valkey.url)
+    client.enqueue_sync(sample_tasks.add, 0, 0)
+    assert len(valkey.clients()) == 2, "the client's connection and one blocking connection"
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def produce(n: int) -> None:
+        for k in range(25):
+            task_id = client.enqueue_sync(sample_tasks.add, n, k)
+            with lock:
+                ids.append(task_id)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(valkey.clients()) <= 1 + 4
+    assert client.stats_sync("default")["ready"] == 1 + 16 * 25 == len(set(ids)) + 1
+
+
+def test_a_broken_blocking_connection_loses_no_enqueue(valkey):
+    client = vtasks.Client(valkey.url)
+    client.enqueue_sync(sample_tasks.add, 0, 0)
+    for round_ in range(3):
+        command(valkey.port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        for n in range(5):
+            client.enqueue_call_sync(sample_tasks.add, (round_, n), id=f"r{round_}-{n}")
+    assert client.stats_sync("default")["ready"] == 16
+    # The blocking connection was opened again.
+    assert len(valkey.clients()) == 2
+
+
+@pytest.mark.skipif(TARGET == "module", reason="the module has no function library to lose")
+def test_a_lost_function_library_is_loaded_again_for_a_sync_enqueue(valkey):
+    client = vtasks.Client(valkey.url)
+    client.enqueue_sync(sample_tasks.add, 1, 1)
+    command(valkey.port, "FUNCTION", "FLUSH")
+    client.enqueue_sync(sample_tasks.add, 2, 2)
+    client.enqueue_sync(sample_tasks.add, 3, 3)
+    assert client.stats_sync("default")["ready"] == 3
+
+
+def test_a_password_and_a_database_number_apply_to_blocking_connections(valkey):
+    command(valkey.port, "ACL", "SETUSER", "producer", "on", ">secret", "~*", "+@all")
+    url = f"valkey://producer:secret@127.0.0.1:{valkey.port}/3"
+    task_id = vtasks.Client(url).enqueue_sync(sample_tasks.add, 1, 2)
+    assert vtasks.Client(url).get_sync("default", task_id) is not None, "in database 3"
+    assert vtasks.Client(valkey.url).get_sync("default", task_id) is None, "not in database 0"

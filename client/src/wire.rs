@@ -10,6 +10,15 @@
 //! (the same command the client would send, for the engine in use) and
 //! reads what comes back; anything unusual (a library not loaded yet, an
 //! engine that changed) is left to the client, which handles it.
+//! `BlockingEnqueuer` does the same for threads that wait for their
+//! enqueue (synchronous callers).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use redis::{ConnectionAddr, Value};
 
@@ -101,6 +110,192 @@ impl Client {
             Engine::Module => cmd.get_packed_command(),
             Engine::Scripts => scripts::fcall(&cmd).get_packed_command(),
         })
+    }
+}
+
+/// Blocking enqueues for threads that wait for them (synchronous callers):
+/// a few connections the calling threads take in turn, each written and
+/// read on the calling thread. The client's connection is driven by its
+/// runtime's thread, so a blocking call there waits for two hand-overs
+/// between threads besides the round trip. When every connection here is
+/// in use, or one fails, or the reply says so, the caller uses the client
+/// (`None`): an enqueue is idempotent by id, so sending it again is safe.
+pub struct BlockingEnqueuer {
+    endpoint: Option<Endpoint>,
+    handshake: (Vec<u8>, usize),
+    timeouts: (Duration, Duration),
+    idle: Mutex<Vec<BlockingConnection>>,
+    open: AtomicUsize,
+    most: usize,
+}
+
+struct BlockingConnection {
+    stream: Stream,
+    reader: ReplyReader,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(bytes),
+            Stream::Unix(s) => s.write_all(bytes),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl BlockingEnqueuer {
+    /// For `client`, with at most `most` connections of its own.
+    pub fn new(client: &Client, most: usize) -> Self {
+        BlockingEnqueuer {
+            endpoint: client.own_connection_endpoint(),
+            handshake: client.own_connection_handshake(),
+            timeouts: (
+                client.options().connect_timeout,
+                client.options().response_timeout,
+            ),
+            idle: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            most,
+        }
+    }
+
+    /// Sends `request` (an enqueue of `count` tasks, `Client::enqueue_request`)
+    /// and waits for its reply; None when the client must send it instead.
+    pub fn enqueue(
+        &self,
+        request: &[u8],
+        count: usize,
+        engine: Engine,
+    ) -> Option<Result<Vec<bool>>> {
+        let mut connection = self.take()?;
+        let outcome = connection.round_trip(request, count, engine);
+        match outcome {
+            Ok(EnqueueReply::Added(added)) => {
+                self.put_back(connection);
+                Some(Ok(added))
+            }
+            Ok(EnqueueReply::Failed(err)) => {
+                self.put_back(connection);
+                Some(Err(err))
+            }
+            Ok(EnqueueReply::UseClient) => {
+                self.put_back(connection);
+                None
+            }
+            Err(_) => {
+                // Broken or out of step: closed; the client sends it again.
+                self.open.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    fn take(&self) -> Option<BlockingConnection> {
+        if let Some(connection) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(connection);
+        }
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.most {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        match self.connect() {
+            Ok(connection) => Some(connection),
+            Err(_) => {
+                self.open.fetch_sub(1, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    fn put_back(&self, connection: BlockingConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(connection);
+    }
+
+    fn connect(&self) -> std::io::Result<BlockingConnection> {
+        let (connect_timeout, response_timeout) = self.timeouts;
+        let stream = match &self.endpoint {
+            None => return Err(std::io::ErrorKind::Unsupported.into()),
+            Some(Endpoint::Tcp { host, port }) => {
+                let addr = (host.as_str(), *port)
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or(std::io::ErrorKind::NotFound)?;
+                let stream = TcpStream::connect_timeout(&addr, connect_timeout)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(response_timeout))?;
+                stream.set_write_timeout(Some(response_timeout))?;
+                Stream::Tcp(stream)
+            }
+            Some(Endpoint::Unix { path }) => {
+                let stream = UnixStream::connect(path)?;
+                stream.set_read_timeout(Some(response_timeout))?;
+                stream.set_write_timeout(Some(response_timeout))?;
+                Stream::Unix(stream)
+            }
+        };
+        let mut connection = BlockingConnection {
+            stream,
+            reader: ReplyReader::new(),
+        };
+        let (bytes, count) = &self.handshake;
+        if *count > 0 {
+            connection.stream.write_all(bytes)?;
+            for _ in 0..*count {
+                match connection.read_until(|r| r.next_handshake())? {
+                    Ok(()) => {}
+                    Err(_) => return Err(std::io::ErrorKind::PermissionDenied.into()),
+                }
+            }
+        }
+        Ok(connection)
+    }
+}
+
+impl BlockingConnection {
+    fn round_trip(
+        &mut self,
+        request: &[u8],
+        count: usize,
+        engine: Engine,
+    ) -> std::io::Result<EnqueueReply> {
+        self.stream.write_all(request)?;
+        match self.read_until(|r| r.next_enqueue(count, engine))? {
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(std::io::ErrorKind::InvalidData.into()),
+        }
+    }
+
+    /// Reads until `next` finds a whole reply.
+    fn read_until<T>(
+        &mut self,
+        mut next: impl FnMut(&mut ReplyReader) -> Option<T>,
+    ) -> std::io::Result<T> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(found) = next(&mut self.reader) {
+                return Ok(found);
+            }
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.reader.feed(&buf[..n]);
+        }
     }
 }
 

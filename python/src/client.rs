@@ -9,7 +9,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use vtasks_client::schedule::{CatchUp, Schedule, Spec};
-use vtasks_client::wire::Endpoint;
+use vtasks_client::wire::{BlockingEnqueuer, Endpoint};
 use vtasks_client::{
     payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
 };
@@ -21,7 +21,13 @@ use crate::runtime;
 #[pyclass(frozen, module = "vtasks._native")]
 pub struct NativeClient {
     pub client: Client,
+    /// Connections of its own for blocking enqueues (`wire.rs`).
+    blocking: BlockingEnqueuer,
 }
+
+/// Blocking enqueues that may run at once on connections of their own;
+/// more wait for the client's connection.
+const BLOCKING_CONNECTIONS: usize = 4;
 
 /// Runs `work` through the bridge (returns a ticket) or to completion.
 pub fn dispatch<F>(py: Python<'_>, bridge: Option<&Bridge>, work: F) -> PyResult<Py<PyAny>>
@@ -94,7 +100,8 @@ impl NativeClient {
         let client = py
             .detach(|| runtime().block_on(Client::connect_with(options)))
             .map_err(to_pyerr)?;
-        Ok(NativeClient { client })
+        let blocking = BlockingEnqueuer::new(&client, BLOCKING_CONNECTIONS);
+        Ok(NativeClient { client, blocking })
     }
 
     /// The engine in use: "module" or "scripts".
@@ -105,7 +112,9 @@ impl NativeClient {
 
     /// `max_lost_leases` applies to every task of the call (None: the
     /// server's default).
-    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false, max_lost_leases=None))]
+    /// A blocking call (no bridge) with `own_connection` takes one of the
+    /// client's blocking connections when one is free (`wire.rs`).
+    #[pyo3(signature = (bridge, queue_name, tasks, maxlen=None, replace_finished=false, max_lost_leases=None, own_connection=false))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -116,9 +125,21 @@ impl NativeClient {
         maxlen: Option<u64>,
         replace_finished: bool,
         max_lost_leases: Option<u32>,
+        own_connection: bool,
     ) -> PyResult<Py<PyAny>> {
         let queue = queue(queue_name)?;
         let tasks = new_tasks(tasks, replace_finished, max_lost_leases)?;
+        if bridge.is_none() && own_connection {
+            let request = self
+                .client
+                .enqueue_request(&queue, &tasks, maxlen)
+                .map_err(to_pyerr)?;
+            let engine = self.client.engine();
+            let sent = py.detach(|| self.blocking.enqueue(&request, tasks.len(), engine));
+            if let Some(outcome) = sent {
+                return to_python(py, Reply::Bools(outcome.map_err(to_pyerr)?));
+            }
+        }
         let client = self.client.clone();
         dispatch(py, bridge, async move {
             client

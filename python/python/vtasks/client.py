@@ -171,9 +171,10 @@ class Client:
 
     Async enqueues go over a connection of the event loop's own, which the
     loop writes and reads itself (about half the time of a call through the
-    client's connection, which a Rust runtime drives on another thread): a
-    process holds the client's connection plus one per event loop that
-    enqueues. TLS URLs and ``wait_replicas`` keep to the client's
+    client's connection, which a Rust runtime drives on another thread);
+    sync enqueues take one of up to four connections that the calling
+    thread writes and reads itself. A process holds the client's connection
+    plus those it used. TLS URLs and ``wait_replicas`` keep to the client's
     connection; so does a client a `Worker` runs with (``own_connection``).
     """
 
@@ -312,7 +313,7 @@ class Client:
             run_at=run_at, max_attempts=max_attempts,
         )
         lost = _lost_budget(task, max_lost_leases)
-        self.native.enqueue(None, queue or target, [item], None, False, lost)
+        self.native.enqueue(None, queue or target, [item], None, False, lost, self.own_connection)
         return item[0]
 
     async def enqueue_payload(
@@ -347,7 +348,9 @@ class Client:
         max_lost_leases: int | None = None,
     ) -> bool:
         item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        added: list[bool] = self.native.enqueue(None, queue, [item], None, replace_finished, max_lost_leases)
+        added: list[bool] = self.native.enqueue(
+            None, queue, [item], None, replace_finished, max_lost_leases, self.own_connection
+        )
         return added[0]
 
     async def _enqueue(
@@ -398,7 +401,7 @@ class Client:
         target, items = self._many(task, calls, queue)
         if not items:
             return []
-        self.native.enqueue(None, target, items, None, False, _lost_budget(task, None))
+        self.native.enqueue(None, target, items, None, False, _lost_budget(task, None), self.own_connection)
         return [i[0] for i in items]
 
     async def get(self, queue: str, id: str) -> TaskState | None:
