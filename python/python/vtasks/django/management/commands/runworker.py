@@ -29,13 +29,30 @@ class Command(BaseCommand):
         "process the same way."
     )
 
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        # A worker uses Valkey: its checks reach the server, whether the
-        # command came from manage.py or call_command().
+    # A worker checks what it runs on, its task backends (their options and
+    # their server), rather than every check of the project (URL
+    # configuration, templates, models: `check` and `runserver` cover
+    # those), which on a large project takes a worker's start-up most of a
+    # second, and again each time a process is replaced.
+    requires_system_checks: list[str] = []
+
+    def check_backends(self) -> None:
+        """Runs the task backends' system checks, connecting to Valkey
+        (whether the command came from manage.py or call_command()); reports
+        them as Django does and stops on an error."""
+        from django.tasks.checks import check_tasks
+
         with reaching_server():
-            super().check(*args, **kwargs)
+            messages = [m for m in check_tasks() if not m.is_silenced()]
+        for message in messages:
+            if not message.is_serious():
+                self.stderr.write(str(message))
+        serious = [str(m) for m in messages if m.is_serious()]
+        if serious:
+            raise CommandError("System check identified problems:\n" + "\n".join(serious))
 
     def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--skip-checks", action="store_true", help="skip the task backends' system checks")
         parser.add_argument("--backend", default="default", help="TASKS alias (default: %(default)s)")
         parser.add_argument(
             "--queue", action="append", dest="queues",
@@ -79,6 +96,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["skip_checks"]:
+            self.check_backends()
         alias = options["backend"]
         try:
             backend = task_backends[alias]
