@@ -290,3 +290,14 @@ def test_a_catch_up_after_the_server_was_down_for_three_occurrences(valkey_aof, 
     assert_once_each(runs)
     info = client.schedules_sync()[0]
     assert info.next_run is not None or info.pending_since is not None
+
+
+def test_the_system_check_warns_of_an_entry_a_worker_would_refuse(valkey, settings):
+    point_tasks_at(settings, valkey.url, SCHEDULES={
+        "fast": {**SCHEDULES["fast"], "cron": "70 * * * * *"},
+        "good": {"task": TICK, "every": 10},
+    })
+    messages = task_backends["default"].check()
+    warnings = [m for m in messages if m.id == "vtasks.W002"]
+    assert len(warnings) == 1, messages
+    assert "schedule 'fast': invalid cron expression '70 * * * * *'" in warnings[0].msg

@@ -384,10 +384,25 @@ class ValkeyTaskBackend(BaseTaskBackend):
         own check): its options always; the server only in the commands that
         use it (see ``vtasks.django.checks``). Each check is a method of its
         own with its own message id."""
-        messages = self._check_engine_option()
-        if messages or not reaches_server():
+        messages = self._check_engine_option() + self._check_schedules()
+        if any(m.level >= checks.ERROR for m in messages) or not reaches_server():
             return messages
-        return self.check_server()
+        return messages + self.check_server()
+
+    def _check_schedules(self) -> list[checks.CheckMessage]:
+        """Each SCHEDULES entry a worker would refuse, as a warning: the
+        worker still starts (and applies the others)."""
+        from .schedules import schedules_from_settings
+
+        _, refused = schedules_from_settings(self)
+        return [
+            checks.Warning(
+                f"Task backend {self.alias!r}: {reason}.",
+                hint="Fix the entry in OPTIONS['SCHEDULES']; until then the server keeps what it had under that name.",
+                id="vtasks.W002",
+            )
+            for reason in refused.values()
+        ]
 
     def check_server(self) -> list[checks.CheckMessage]:
         """The checks that connect to Valkey: reachable (``vtasks.E001``),
