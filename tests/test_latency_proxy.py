@@ -9,8 +9,8 @@ from tests import sample_tasks
 
 
 def test_the_proxy_adds_its_delay_to_each_direction(valkey):
-    direct = LatencyProxy("127.0.0.1", valkey.port, 0.0).start()
-    delayed = LatencyProxy("127.0.0.1", valkey.port, 0.001).start()
+    direct = LatencyProxy("127.0.0.1", valkey.port, 0.0, profile="debug").start()
+    delayed = LatencyProxy("127.0.0.1", valkey.port, 0.001, profile="debug").start()
     try:
         assert direct.measured_rtt_ms() < 1.5
         assert 2.0 <= delayed.measured_rtt_ms() < 6.0, "1 ms each way"
