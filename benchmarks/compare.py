@@ -1,32 +1,51 @@
-"""vtasks side by side with django-vtasks, Celery and RQ, on localhost and
-with 2 ms added round-trip latency.
+"""vtasks side by side with django-vtasks, Celery and RQ, sync and async
+tasks, on localhost and with 2 ms added round-trip latency.
 
     .bench-venv/bin/python -m benchmarks.compare [--runs 3] [--tasks 5000]
         [--rq-tasks 500] [--memory-tasks 100000] [--only SYSTEM] [--no-latency]
+        [--print-only]
 
-(`make compare` creates `.bench-venv` from `benchmarks/requirements.txt` and
-runs this.) For each system and task (no-op, 10 ms sleep): a fresh
-valkey-server from `module/valkey.conf` (persistence off, the same build for
-everyone), N tasks enqueued by a sequential loop from asyncio, one worker
-process started (concurrency 200; RQ's worker is single-threaded) and timed
-from its start to the last task done, then N more enqueued by 100 concurrent
-producers. Peak RSS is the worker's process tree, Valkey connections the
-ones the worker holds, server CPU the `INFO cpu` delta while it processes.
-Every scenario runs `--runs` times after the machine is idle; tables give
+(`make compare` creates `.bench-venv` from `benchmarks/requirements.txt`,
+builds vtasks into it from this checkout and runs this.)
+
+Processing, the method of django-vtasks' published benchmark: for each
+system, kind of task (sync ``def``, ``async def``; Celery and RQ run sync
+functions only) and task (no-op, 10 ms sleep), a fresh valkey-server from
+`module/valkey.conf` (persistence off, the same build for every system),
+N tasks enqueued, then one worker process started at concurrency 200 (RQ's
+worker is single-threaded) and timed **from the process launch** (the
+driver's clock just before it starts the process) to the last task's
+completion. Every task appends its completion time to a file
+(`benchmarks/peers/tasks_marker.py`), so first and last completions are
+exact. Peak RSS is the largest sum of the worker process tree's peak RSS
+(`VmHWM`) sampled every 0.1 s, Valkey connections the most the worker held
+at once, server CPU the `INFO cpu` delta from the launch to the last task.
+The headline scenario (no-op, localhost) runs for vtasks and django-vtasks
+under three logging setups (`BENCH_LOGGING` in `benchmarks/peers/settings.py`);
+everything else with Django's default LOGGING (no `LOGGING` setting).
+
+Enqueueing (`benchmarks/peers/enqueue.py`): a plain sync loop of
+``enqueue()``, sequential ``await aenqueue()``, and 100 concurrent producers,
+each after one warm-up enqueue outside the timing.
+
+At 2 ms: the worker and the producers reach Valkey through
+`benchmarks/src/bin/latency_proxy.rs` (1 ms each way); the queue is filled
+directly. The round trip through it is measured (PING) at the start.
+
+Runs go round-robin (run 1 of every scenario, then run 2, ...), each after
+the 1-minute load average falls below 1.5 (or a minute passed); tables give
 medians with min–max. Finally, memory per queued task: `INFO memory` before
 and after enqueueing `--memory-tasks` tasks with no worker.
 
-Writes `benchmarks/results/compare.md`, `benchmarks/results/compare.png`
-and the comparison section of `benchmarks/RESULTS.md`.
+Writes `benchmarks/results/compare.png` and the `compare` section of
+`benchmarks/RESULTS.md`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -35,24 +54,28 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
-from benchmarks import python_bench
-from benchmarks.latency_proxy import LatencyProxy
+from benchmarks import python_bench, report
+from benchmarks.latency_proxy import LatencyProxy, describe, ping_rtts_ms
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = report.ROOT
 RESULTS = ROOT / "benchmarks" / "results"
 CONCURRENCY = 200
-MARK_BEGIN = "<!-- compare:begin -->"
-MARK_END = "<!-- compare:end -->"
+TASKS = {"no-op": "noop", "sleep 10 ms": "sleep"}
+LOGGINGS = {
+    "default": "Django's default (no `LOGGING` setting)",
+    "tasks-warning": "`django.tasks` logger at WARNING",
+    "root-console": "a console handler on the root logger (root at WARNING)",
+}
+HEADLINE_SYSTEMS = ("vtasks-module", "django-vtasks")
 
 
 @dataclass(frozen=True)
 class System:
     name: str
     key: str  # BENCH_SYSTEM
-    tasks: dict[str, str]  # scenario -> task name
+    kinds: tuple[str, ...]  # "sync", "async"
     worker: list[str]
     single_threaded: bool = False
 
@@ -60,20 +83,16 @@ class System:
 def systems() -> list[System]:
     py = sys.executable
     django = [py, "-m", "django"]
-    async_tasks = {"no-op": "noop_async", "sleep 10 ms": "sleep_async"}
-    sync_tasks = {"no-op": "noop_sync", "sleep 10 ms": "sleep_sync"}
+    both = ("sync", "async")
     return [
-        System("vtasks (module)", "vtasks-module", async_tasks,
-               [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
-        System("vtasks (scripts)", "vtasks-scripts", async_tasks,
-               [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
-        System("django-vtasks", "django-vtasks", async_tasks,
-               [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
-        System("Celery (threads)", "celery", sync_tasks,
+        System("vtasks (module)", "vtasks-module", both, [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
+        System("vtasks (scripts)", "vtasks-scripts", both, [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
+        System("django-vtasks", "django-vtasks", both, [*django, "runworker", "--concurrency", str(CONCURRENCY)]),
+        System("Celery (threads)", "celery", ("sync",),
                [py, "-m", "celery", "-A", "benchmarks.peers.celery_app", "worker", "-P", "threads",
                 "-c", str(CONCURRENCY), "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-l", "WARNING"]),
-        System("RQ", "rq", sync_tasks, [*django, "rqworker", "--job-class", "django_tasks_rq.Job", "default"],
+        System("RQ", "rq", ("sync",), [*django, "rqworker", "--job-class", "django_tasks_rq.Job", "default"],
                single_threaded=True),
     ]
 
@@ -98,9 +117,8 @@ def clients(port: int) -> int:
     return int(info(port, "clients")["connected_clients"])
 
 
-# --- the worker's process tree ------------------------------------------------------------------
-
-def tree_rss_mb(root: int) -> float:
+def tree_peak_rss_mb(root: int) -> float:
+    """The sum of the peak RSS (``VmHWM``) of ``root`` and its descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -117,112 +135,139 @@ def tree_rss_mb(root: int) -> float:
         todo.extend(children.get(pid, []))
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith("VmHWM:"):
                     total += int(line.split()[1])
         except OSError:
             pass
     return total / 1024
 
 
-def wait_idle(limit: float = 1.5, patience: float = 60.0) -> float:
-    """Waits (up to `patience` s) for the 1-minute load to fall below `limit`."""
-    deadline = time.monotonic() + patience
-    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
-        time.sleep(2)
-    return os.getloadavg()[0]
-
-
 # --- one run ------------------------------------------------------------------------------------
 
-@dataclass
-class Run:
-    enqueue_sequential: float
-    enqueue_concurrent: float
-    process: float
-    first_task_ms: float
-    steady: float  # tasks/s from the first task done to the last
-    rss_mb: float
-    connections: int
-    cpu_us_per_task: float
-    load: float
-
-
-def env_for(system: System, url: str, done_file: str) -> dict[str, str]:
+def env_for(system: System, url: str, done_file: str, logging: str = "default") -> dict[str, str]:
     return {
         **os.environ,
         "BENCH_SYSTEM": system.key,
         "BENCH_URL": url,
         "BENCH_DONE_FILE": done_file,
         "BENCH_CONCURRENCY": str(CONCURRENCY),
+        "BENCH_LOGGING": logging,
         "DJANGO_SETTINGS_MODULE": "benchmarks.peers.settings",
         "PYTHONPATH": str(ROOT),
     }
 
 
-def enqueue(env: dict[str, str], task: str, n: int, shape: str) -> float:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.peers.enqueue", task, str(n), shape],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+def enqueue(env: dict[str, str], task: str, n: int, shape: str, warmup: bool = True) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers.enqueue", task, str(n), shape, *(["--warmup"] if warmup else [])],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"enqueue failed:\n{out.stdout}\n{out.stderr}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["enqueued"] / result["seconds"]
 
 
-def one_run(system: System, task: str, n: int, latency_ms: float) -> Run:
+@dataclass
+class Run:
+    process: float  # tasks / (last completion - launch)
+    first_task_ms: float  # first completion - launch
+    steady: float  # tasks/s from the first completion to the last
+    rss_mb: float
+    connections: int
+    cpu_us_per_task: float
+    load: float
+
+
+def process_run(system: System, task: str, n: int, latency_ms: float, logging: str) -> Run:
     from tests.conftest import ValkeyServer
 
-    load = wait_idle()
+    load = report.wait_idle()
     server = ValkeyServer(with_module=True)
     proxy = None
     workdir = Path(tempfile.mkdtemp(prefix="vtasks-compare-"))
     done_file = workdir / "done"
     done_file.touch()
     try:
-        url = f"redis://127.0.0.1:{server.port}/0"
+        direct = f"redis://127.0.0.1:{server.port}/0"
+        enqueue(env_for(system, direct, os.devnull, logging), task, n, "concurrent", warmup=False)
+        url = direct
         if latency_ms:
             proxy = LatencyProxy("127.0.0.1", server.port, latency_ms / 1000).start()
             url = f"redis://127.0.0.1:{proxy.port}/0"
-        env = env_for(system, url, str(done_file))
-        seq = enqueue(env, system.tasks[task], n, "sequential")
-
+        env = env_for(system, url, str(done_file), logging)
         baseline_clients = clients(server.port)
         cpu_before = server_cpu(server.port)
-        started = time.monotonic()
         log = open(workdir / "worker.log", "w")
+        launched = time.monotonic()
         worker = subprocess.Popen(system.worker, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         peak_rss, peak_conns = 0.0, 0
-        first = None
-        deadline = started + 600
-        while True:
-            done = done_file.stat().st_size
-            if done and first is None:
-                first = time.monotonic()
-            if done >= n:
-                finished = time.monotonic()
-                break
+        deadline = launched + 900
+        polls = 0
+        while report.marks_done(done_file) < n:
             if worker.poll() is not None:
                 raise RuntimeError(f"{system.name} worker exited:\n{(workdir / 'worker.log').read_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{system.name}: only {done} of {n} tasks done in 600 s")
-            peak_rss = max(peak_rss, tree_rss_mb(worker.pid))
-            peak_conns = max(peak_conns, clients(server.port) - baseline_clients)
-            time.sleep(0.02)
-        peak_rss = max(peak_rss, tree_rss_mb(worker.pid))
+                raise RuntimeError(f"{system.name}: only {report.marks_done(done_file)} of {n} tasks done in 900 s")
+            if polls % 4 == 0:
+                peak_rss = max(peak_rss, tree_peak_rss_mb(worker.pid))
+                peak_conns = max(peak_conns, clients(server.port) - baseline_clients)
+            polls += 1
+            time.sleep(0.025)
+        peak_rss = max(peak_rss, tree_peak_rss_mb(worker.pid))
         cpu = server_cpu(server.port) - cpu_before
         # Measured; a graceful shutdown would only add waiting to the run.
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         log.close()
+        times = report.marks(done_file)[:n]
+        first, last = min(times), max(times)
+        return Run(
+            process=n / (last - launched),
+            first_task_ms=(first - launched) * 1000,
+            steady=(n - 1) / (last - first) if last > first else float("nan"),
+            rss_mb=peak_rss,
+            connections=peak_conns,
+            cpu_us_per_task=cpu * 1e6 / n,
+            load=load,
+        )
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.close()
+        for f in workdir.iterdir():
+            f.unlink()
+        workdir.rmdir()
 
-        command(server.port, "FLUSHALL")
-        conc = enqueue(env, system.tasks[task], n, "concurrent")
-        first = first or finished
-        # Completions are polled every 20 ms: a run that ends within the
-        # poll that saw its first task has no rate after it.
-        steady = (n - 1) / (finished - first) if finished - first >= 0.02 else float("nan")
-        return Run(seq, conc, n / (finished - started), (first - started) * 1000, steady, peak_rss, peak_conns,
-                   cpu * 1e6 / n, load)
+
+@dataclass
+class EnqueueRun:
+    sync: float
+    sequential: float
+    concurrent: float
+    rtt_ms: float  # median PING round trip to where the producers connect
+    load: float
+
+
+def enqueue_run(system: System, n: int, latency_ms: float) -> EnqueueRun:
+    from tests.conftest import ValkeyServer
+
+    load = report.wait_idle()
+    server = ValkeyServer(with_module=True)
+    proxy = None
+    try:
+        port = server.port
+        if latency_ms:
+            proxy = LatencyProxy("127.0.0.1", server.port, latency_ms / 1000).start()
+            port = proxy.port
+        env = env_for(system, f"redis://127.0.0.1:{port}/0", os.devnull)
+        rates = {}
+        for shape in ("sync", "sequential", "concurrent"):
+            rates[shape] = enqueue(env, "noop_sync", n, shape)
+            command(server.port, "FLUSHALL")
+        rtt = statistics.median(ping_rtts_ms(port, 200))
+        return EnqueueRun(rates["sync"], rates["sequential"], rates["concurrent"], rtt, load)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -232,72 +277,215 @@ def one_run(system: System, task: str, n: int, latency_ms: float) -> Run:
 def memory_per_task(system: System, n: int) -> float:
     from tests.conftest import ValkeyServer
 
-    wait_idle()
+    report.wait_idle()
     server = ValkeyServer(with_module=True)
     try:
         env = env_for(system, f"redis://127.0.0.1:{server.port}/0", os.devnull)
         before = int(info(server.port, "memory")["used_memory"])
-        enqueue(env, system.tasks["no-op"], n, "concurrent")
+        enqueue(env, "noop_sync", n, "concurrent", warmup=False)
         after = int(info(server.port, "memory")["used_memory"])
         return (after - before) / n
     finally:
         server.close()
 
 
-# --- reporting ----------------------------------------------------------------------------------
+# --- the plan and its results -------------------------------------------------------------------
 
 @dataclass
 class Scenario:
     system: System
-    task: str
+    kind: str
+    task: str  # a key of TASKS
     latency_ms: float
+    logging: str
     tasks: int
     runs: list[Run] = field(default_factory=list)
+
+    @property
+    def task_name(self) -> str:
+        return f"{TASKS[self.task]}_{self.kind}"
+
+    def med(self, attr: str) -> float:
+        values = [v for v in (getattr(r, attr) for r in self.runs) if v == v]
+        return statistics.median(values) if values else float("nan")
+
+    def spread(self, attr: str) -> str:
+        return report.median_range([getattr(r, attr) for r in self.runs])
+
+    def label(self) -> str:
+        return f"{self.system.name}, {self.kind}, {self.task}, {'2 ms' if self.latency_ms else 'local'}" + (
+            "" if self.logging == "default" else f", logging {self.logging}")
+
+
+@dataclass
+class Enqueues:
+    system: System
+    latency_ms: float
+    tasks: int
+    runs: list[EnqueueRun] = field(default_factory=list)
 
     def med(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
     def spread(self, attr: str) -> str:
-        values = [v for v in (getattr(r, attr) for r in self.runs) if v == v]  # NaN: not measured
-        if not values:
-            return "–"
-        return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+        return report.median_range([getattr(r, attr) for r in self.runs])
+
+
+class Results:
+    def __init__(self, scenarios: list[Scenario]) -> None:
+        self.by = {(s.system.key, s.kind, s.task, s.latency_ms, s.logging): s for s in scenarios}
+
+    def get(self, key: str, kind: str, task: str, latency: float = 0.0, logging: str = "default") -> Scenario | None:
+        return self.by.get((key, kind, task, latency, logging))
+
+    def fastest(self, key: str, task: str, latency: float = 0.0, logging: str | None = "default") -> Scenario | None:
+        """The system's fastest configuration for a task: the kind (and,
+        when ``logging`` is None, the logging setup) with the highest
+        median processing rate."""
+        found = [s for (k, _, t, lat, log), s in self.by.items()
+                 if k == key and t == task and lat == latency and (logging is None or log == logging)]
+        return max(found, key=lambda s: s.med("process"), default=None)
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+def fmt(value: float) -> str:
+    return "–" if value != value else f"{value:,.0f}"
+
+
+def ratio(a: float, b: float, digits: int = 1) -> str:
+    return "–" if not (a == a and b == b and b) else f"{a / b:.{digits}f}×"
+
+
+def headline(res: Results, chosen: list[System]) -> str:
+    lines = ["| System | sync no-op | async no-op | fastest kind | sync 10 ms sleep | async 10 ms sleep "
+             "| fastest kind |",
+             "|---|---|---|---|---|---|---|"]
+    for system in chosen:
+        cells = [system.name]
+        for task in TASKS:
+            for kind in ("sync", "async"):
+                s = res.get(system.key, kind, task)
+                cells.append(s.spread("process") if s else "not supported")
+            best = res.fastest(system.key, task)
+            cells.append(f"**{best.kind}**" if best else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def against_peer(res: Results, latency: float) -> list[str]:
+    """vtasks (module), each kind, against django-vtasks' fastest kind."""
+    rows = []
+    for task in TASKS:
+        peer = res.fastest("django-vtasks", task, latency)
+        for kind in ("sync", "async"):
+            ours = res.get("vtasks-module", kind, task, latency)
+            if ours is None or peer is None:
+                continue
+            rows.append(f"| {'2 ms RTT' if latency else 'localhost'} | {kind} {task} | {fmt(ours.med('process'))} "
+                        f"| {fmt(peer.med('process'))} ({peer.kind}) "
+                        f"| {ratio(ours.med('process'), peer.med('process'))} |")
+    return rows
+
+
+def logging_table(res: Results) -> str:
+    lines = ["| Logging | vtasks (module) sync | vtasks (module) async | django-vtasks sync | django-vtasks async "
+             "| vtasks sync / django-vtasks' fastest |",
+             "|---|---|---|---|---|---|"]
+    peer_best = res.fastest("django-vtasks", "no-op", 0.0, logging=None)
+    for logging, description in LOGGINGS.items():
+        cells = [description]
+        for key in HEADLINE_SYSTEMS:
+            for kind in ("sync", "async"):
+                s = res.get(key, kind, "no-op", 0.0, logging)
+                cells.append(s.spread("process") if s else "–")
+        ours = res.get("vtasks-module", "sync", "no-op", 0.0, logging)
+        cells.append(ratio(ours.med("process"), peer_best.med("process")) if ours and peer_best else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    if peer_best is not None:
+        lines.append("")
+        lines.append(f"django-vtasks' fastest of these: {peer_best.kind}, {LOGGINGS[peer_best.logging]}, "
+                     f"{fmt(peer_best.med('process'))}/s.")
+    return "\n".join(lines) + "\n"
 
 
 def table(scenarios: list[Scenario]) -> str:
-    lines = ["| Scenario | Tasks | Enqueue ops/s (sequential) | Enqueue ops/s (100 producers) | Process ops/s "
-             "| Peak RSS MB | Valkey conns | First task ms | Process ops/s after the first task "
-             "| Server CPU µs/task |",
+    lines = ["| System | Kind | Task | Tasks | Process/s (from launch) | First task ms (from launch) "
+             "| Process/s after the first task | Peak RSS MB | Valkey conns | Server CPU µs/task |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in scenarios:
         lines.append(
-            f"| {s.system.name}, {s.task} | {s.tasks:,} | {s.spread('enqueue_sequential')} "
-            f"| {s.spread('enqueue_concurrent')} | {s.spread('process')} | {s.med('rss_mb'):.0f} "
-            f"| {max(r.connections for r in s.runs)} | {s.med('first_task_ms'):.0f} | {s.spread('steady')} "
-            f"| {s.med('cpu_us_per_task'):.1f} |"
+            f"| {s.system.name} | {s.kind} | {s.task} | {s.tasks:,} | {s.spread('process')} "
+            f"| {s.med('first_task_ms'):.0f} | {s.spread('steady')} | {s.med('rss_mb'):.0f} "
+            f"| {max(r.connections for r in s.runs)} | {s.med('cpu_us_per_task'):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def ratios(scenarios: list[Scenario]) -> str:
-    """vtasks (module) against django-vtasks, the targets' reference."""
-    by = {(s.system.key, s.task, s.latency_ms): s for s in scenarios}
-    lines = ["| Latency | Task | Process | Enqueue sequential | Enqueue 100 producers | Peak RSS | Conns (vtasks) |",
-             "|---|---|---|---|---|---|---|"]
-    for (key, task, latency), ours in by.items():
-        if key != "vtasks-module":
-            continue
-        peer = by.get(("django-vtasks", task, latency))
-        if peer is None:
-            continue
-        lines.append(
-            f"| {'2 ms RTT' if latency else 'localhost'} | {task} "
-            f"| {ours.med('process') / peer.med('process'):.1f}× "
-            f"| {ours.med('enqueue_sequential') / peer.med('enqueue_sequential'):.2f}× "
-            f"| {ours.med('enqueue_concurrent') / peer.med('enqueue_concurrent'):.1f}× "
-            f"| {ours.med('rss_mb') / peer.med('rss_mb'):.2f}× | {max(r.connections for r in ours.runs)} |"
-        )
+def enqueue_table(enqueues: list[Enqueues], latency: float) -> str:
+    rows = [e for e in enqueues if e.latency_ms == latency]
+    head = ("| System | Tasks | sync `enqueue()`, sequential | `await aenqueue()`, sequential "
+            "| 100 concurrent producers |")
+    sep = "|---|---|---|---|---|"
+    if latency:
+        head += " PING round trip ms | sequential `aenqueue()` × RTT |"
+        sep += "---|---|"
+    lines = [head, sep]
+    for e in rows:
+        line = (f"| {e.system.name} | {e.tasks:,} | {e.spread('sync')} | {e.spread('sequential')} "
+                f"| {e.spread('concurrent')} |")
+        if latency:
+            fractions = [r.sequential * r.rtt_ms / 1000 for r in e.runs]
+            line += f" {e.med('rtt_ms'):.2f} | {statistics.median(fractions):.0%} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def goals(res: Results, enqueues: list[Enqueues]) -> str:
+    """The goals of issue 15 that this benchmark measures."""
+    enq = {(e.system.key, e.latency_ms): e for e in enqueues}
+    rows = []
+
+    def row(goal: str, value: str, met: bool | None) -> None:
+        verdict = "–" if met is None else ("met" if met else "**not met**")
+        rows.append(f"| {goal} | {value} | {verdict} |")
+
+    def versus(task: str, kind: str, latency: float, target: float, goal: str, peer_kind: str | None = None) -> None:
+        ours = res.get("vtasks-module", kind, task, latency)
+        peer = (res.get("django-vtasks", peer_kind, task, latency) if peer_kind
+                else res.fastest("django-vtasks", task, latency))
+        if ours is None or peer is None:
+            return
+        r = ours.med("process") / peer.med("process")
+        row(goal, f"{r:.1f}× ({fmt(ours.med('process'))} vs {fmt(peer.med('process'))}/s, django-vtasks {peer.kind})",
+            r >= target)
+
+    versus("no-op", "sync", 0.0, 4, "sync no-op ≥ 4× django-vtasks' fastest no-op, localhost")
+    versus("no-op", "async", 0.0, 4, "async no-op ≥ 4× django-vtasks' fastest no-op, localhost")
+    versus("sleep 10 ms", "sync", 0.0, 15, "sync 10 ms sleep ≥ 15× django-vtasks' sync sleep", peer_kind="sync")
+    versus("sleep 10 ms", "sync", 0.0, 15, "the same against django-vtasks' fastest sleep kind")
+    versus("no-op", "sync", 1.0, 25, "sync no-op at 2 ms RTT ≥ 25× django-vtasks' fastest no-op")
+    ours, peer = enq.get(("vtasks-module", 0.0)), enq.get(("django-vtasks", 0.0))
+    if ours and peer:
+        for attr, what in (("sequential", "sequential `aenqueue()`"), ("sync", "sequential sync `enqueue()`")):
+            r = ours.med(attr) / peer.med(attr)
+            row(f"{what} ≥ 2× django-vtasks, localhost",
+                f"{r:.2f}× ({fmt(ours.med(attr))} vs {fmt(peer.med(attr))}/s)", r >= 2)
+        row("100 concurrent producers ≥ 50,000/s", f"{fmt(ours.med('concurrent'))}/s", ours.med("concurrent") >= 50_000)
+    remote = enq.get(("vtasks-module", 1.0))
+    if remote:
+        fraction = statistics.median(r.sequential * r.rtt_ms / 1000 for r in remote.runs)
+        row("sequential `aenqueue()` at 2 ms ≥ 95% of 1/RTT",
+            f"{fraction:.0%} ({fmt(remote.med('sequential'))}/s at a {remote.med('rtt_ms'):.2f} ms PING round trip)",
+            fraction >= 0.95)
+    for task in TASKS:
+        for kind in ("sync", "async"):
+            ours_s, peer_s = res.get("vtasks-module", kind, task), res.get("django-vtasks", kind, task)
+            if ours_s and peer_s:
+                r = ours_s.med("rss_mb") / peer_s.med("rss_mb")
+                row(f"peak worker RSS ≤ 0.7× django-vtasks' ({kind} {task}, localhost)",
+                    f"{r:.2f}× ({ours_s.med('rss_mb'):.0f} vs {peer_s.med('rss_mb'):.0f} MB)", r <= 0.7)
+    return "| Goal (issue 15) | Measured | |\n|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def chart(scenarios: list[Scenario], path: Path) -> None:
@@ -306,46 +494,51 @@ def chart(scenarios: list[Scenario], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scenarios = [s for s in scenarios if s.logging == "default"]
     groups = sorted({(s.latency_ms, s.task) for s in scenarios})
-    names = list(dict.fromkeys(s.system.name for s in scenarios))
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
+    bars = list(dict.fromkeys((s.system.name, s.kind) for s in scenarios))
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(name for name, _ in bars))}
+    fig, ax = plt.subplots(figsize=(12, 6))
+    width = 0.85 / max(1, len(bars))
+    for i, (name, kind) in enumerate(bars):
         values = []
         for latency, task in groups:
-            match = [s for s in scenarios if s.system.name == name and s.task == task and s.latency_ms == latency]
+            match = [s for s in scenarios
+                     if (s.system.name, s.kind, s.task, s.latency_ms) == (name, kind, task, latency)]
             values.append(match[0].med("process") if match else 0)
-        xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
-        bars = ax.bar(xs, values, width, label=name)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in values], fontsize=7, rotation=90, padding=2)
+        xs = [g + (i - (len(bars) - 1) / 2) * width for g in range(len(groups))]
+        drawn = ax.bar(xs, values, width, label=f"{name}, {kind}", color=colours[name],
+                       hatch="//" if kind == "async" else None, edgecolor="white" if kind == "async" else None)
+        ax.bar_label(drawn, labels=[f"{v:,.0f}" if v else "" for v in values], fontsize=6, rotation=90, padding=2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{task}\n{'2 ms RTT' if latency else 'localhost'}" for latency, task in groups])
     ax.set_yscale("log")
-    ax.set_ylabel("tasks processed per second (log scale)")
-    ax.set_title("One worker process, concurrency 200 (RQ: single-threaded)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("tasks/s from the worker's launch to the last task (log scale)")
+    ax.set_title("One worker process, concurrency 200 (RQ: single-threaded); hatched: async tasks")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def versions() -> str:
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    valkey = subprocess.run(["valkey-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+    v = report.version
     return (f"vtasks {v('vtasks')}, django-vtasks {v('django-vtasks')}, Celery {v('celery')}, "
-            f"django-tasks-rq {v('django-tasks-rq')} (RQ {v('rq')}), Django {v('django')}, "
-            f"Python {platform.python_version()}, Valkey {valkey.removeprefix('v=')}")
+            f"django-tasks-rq {v('django-tasks-rq')} (RQ {v('rq')}), Django {v('django')}")
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
-    return f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB, {platform.platform()}"
+def settings_note() -> str:
+    return """Settings that differ from each system's defaults, the same in every run:
+
+- every worker runs at concurrency 200 (vtasks' `runworker` default is 10, django-vtasks' is set by
+  `VTASKS_CONCURRENCY`, Celery's `-c`); RQ's worker runs one job at a time, in a forked process;
+- vtasks: the backend's `ENGINE` is named (`module` or `scripts`) instead of `auto`; results are kept
+  (the default, a day);
+- django-vtasks: `VTASKS_RUN_SCHEDULER = False` (no periodic tasks here);
+- Celery: `task_ignore_result=True`, `worker_hijack_root_logger=False`, `--without-gossip
+  --without-mingle --without-heartbeat`, `-l WARNING`;
+- Django: `DEBUG = False`, an in-memory SQLite database (no query runs; django-vtasks' sync `enqueue()`
+  needs one for `on_commit`), no `LOGGING` setting except in the logging table.
+"""
 
 
 def main() -> None:
@@ -353,71 +546,137 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rq-tasks", type=int, default=500)
+    parser.add_argument("--remote-enqueue-tasks", type=int, default=2000,
+                        help="tasks per enqueue run at 2 ms (RQ: a tenth)")
     parser.add_argument("--memory-tasks", type=int, default=100_000)
     parser.add_argument("--only", help="run only systems whose name contains this")
     parser.add_argument("--no-latency", action="store_true", help="skip the 2 ms RTT runs")
-    parser.add_argument("--markdown", default=str(RESULTS / "compare.md"))
     parser.add_argument("--print-only", action="store_true", help="write no files (a quick check of the setup)")
     args = parser.parse_args()
     os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))
 
     chosen = [s for s in systems() if not args.only or args.only.lower() in s.name.lower()]
     latencies = [0.0] if args.no_latency else [0.0, 1.0]
-    scenarios: list[Scenario] = []
-    for latency in latencies:
-        if latency:
-            from tests.conftest import ValkeyServer
 
-            probe = ValkeyServer(with_module=True)
-            proxy = LatencyProxy("127.0.0.1", probe.port, latency / 1000).start()
-            print(f"latency proxy: {latency:g} ms each way, measured round trip {proxy.measured_rtt_ms():.2f} ms",
-                  flush=True)
-            proxy.stop()
-            probe.close()
+    scenarios: list[Scenario] = []
+    enqueues: list[Enqueues] = []
+    for latency in latencies:
         for system in chosen:
-            for task in system.tasks:
-                n = args.rq_tasks if system.single_threaded else args.tasks
-                scenario = Scenario(system, task, latency, n)
-                for run in range(args.runs):
-                    result = one_run(system, task, n, latency)
-                    scenario.runs.append(result)
-                    print(f"  {system.name}, {task}, {'2 ms' if latency else 'local'}, run {run + 1}: "
-                          f"process {result.process:,.0f}/s, enqueue {result.enqueue_sequential:,.0f}/s sequential, "
-                          f"{result.enqueue_concurrent:,.0f}/s concurrent, RSS {result.rss_mb:.0f} MB, "
-                          f"{result.connections} conns, first task {result.first_task_ms:.0f} ms, "
-                          f"{result.steady:,.0f}/s after it, {result.cpu_us_per_task:.1f} µs CPU/task, "
-                          f"load {result.load:.2f}", flush=True)
-                scenarios.append(scenario)
+            n = args.rq_tasks if system.single_threaded else args.tasks
+            if latency:
+                e = args.remote_enqueue_tasks // 10 if system.single_threaded else args.remote_enqueue_tasks
+            else:
+                e = n
+            enqueues.append(Enqueues(system, latency, e))
+            for kind in system.kinds:
+                for task in TASKS:
+                    scenarios.append(Scenario(system, kind, task, latency, "default", n))
+    for system in chosen:
+        if system.key in HEADLINE_SYSTEMS:
+            for logging in LOGGINGS:
+                if logging != "default":
+                    for kind in system.kinds:
+                        scenarios.append(Scenario(system, kind, "no-op", 0.0, logging, args.tasks))
+
+    rtt_lines = []
+    if not args.no_latency:
+        from tests.conftest import ValkeyServer
+
+        report.wait_idle()
+        probe = ValkeyServer(with_module=True)
+        proxy = LatencyProxy("127.0.0.1", probe.port, 0.001).start()
+        direct_rtts, proxy_rtts = ping_rtts_ms(probe.port, 2000), proxy.rtts_ms(2000)
+        proxy.stop()
+        probe.close()
+        rtt_lines = [f"PING round trips, 2,000 one after the other from Python: directly {describe(direct_rtts)}; "
+                     f"through the proxy {describe(proxy_rtts)}."]
+        print(rtt_lines[0], flush=True)
+
+    for run in range(args.runs):
+        for en in enqueues:
+            r = enqueue_run(en.system, en.tasks, en.latency_ms)
+            en.runs.append(r)
+            print(f"  enqueue {en.system.name}, {'2 ms' if en.latency_ms else 'local'}, run {run + 1}: "
+                  f"sync {r.sync:,.0f}/s, sequential {r.sequential:,.0f}/s, concurrent {r.concurrent:,.0f}/s, "
+                  f"RTT {r.rtt_ms:.2f} ms, load {r.load:.2f}", flush=True)
+        for s in scenarios:
+            r = process_run(s.system, s.task_name, s.tasks, s.latency_ms, s.logging)
+            s.runs.append(r)
+            print(f"  {s.label()}, run {run + 1}: {r.process:,.0f}/s, first task {r.first_task_ms:.0f} ms, "
+                  f"{r.steady:,.0f}/s after it, RSS {r.rss_mb:.0f} MB, {r.connections} conns, "
+                  f"{r.cpu_us_per_task:.1f} µs CPU/task, load {r.load:.2f}", flush=True)
 
     memory = {}
     for system in chosen:
-        # RQ enqueues about 400 tasks/s here: 20,000 give its per-task figure.
+        # RQ enqueues a few hundred tasks/s here: 20,000 give its per-task figure.
         n = min(args.memory_tasks, 20_000) if system.single_threaded else args.memory_tasks
         memory[system.name] = memory_per_task(system, n)
         print(f"  {system.name}: {memory[system.name]:.0f} bytes per queued task", flush=True)
 
-    local = [s for s in scenarios if not s.latency_ms]
+    res = Results(scenarios)
+    local = [s for s in scenarios if not s.latency_ms and s.logging == "default"]
     remote = [s for s in scenarios if s.latency_ms]
-    loads = [r.load for s in scenarios for r in s.runs]
-    report = [
-        f"Measured {dt.date.today().isoformat()} with `{' '.join(['python -m benchmarks.compare', *sys.argv[1:]])}`: "
-        f"{args.runs} runs per scenario, medians with min–max; 1-minute load average before the runs "
-        f"{min(loads):.2f}–{max(loads):.2f}.",
+    loads = [r.load for s in scenarios for r in s.runs] + [r.load for e in enqueues for r in e.runs]
+    text = [
+        report.header("compare", loads, versions()),
+        f"{args.runs} runs per scenario, round-robin; medians with min–max. Processing: {args.tasks:,} tasks per run "
+        f"(RQ {args.rq_tasks:,}), rates from the worker process's launch to its last task's completion "
+        "(the published benchmark's method) unless a column says otherwise.",
         "",
-        f"Versions: {versions()}.",
+        settings_note(),
+        "### Headline: processing rate, localhost, Django's default logging",
         "",
-        f"Machine: {machine()}.",
+        "Tasks/s from the worker's launch to the last of the tasks done; each system's fastest kind in bold. "
+        "Celery and RQ are measured with sync functions only: Celery has no `async def` tasks, and RQ runs "
+        "an `async def` job with `asyncio.run` in the process it forks for each job, one job at a time.",
         "",
-        "### Localhost",
+        headline(res, chosen),
+        "vtasks (module), each kind, against django-vtasks' fastest kind of the same task:",
+        "",
+        "| Latency | vtasks task | vtasks /s | django-vtasks /s (its fastest kind) | ratio |",
+        "|---|---|---|---|---|",
+        *against_peer(res, 0.0),
+        *against_peer(res, 1.0),
+        "",
+        "### Against the goals",
+        "",
+        goals(res, enqueues),
+        "### Logging",
+        "",
+        "No-op tasks, localhost, with three logging setups. Django's own receivers of `task_started` and "
+        "`task_finished` log at INFO on `django.tasks`; Django's default logging builds those records and "
+        "drops them (`DEBUG = False`), a root console handler prints them (two lines per task, to the "
+        "worker's output, a file here), and the `django.tasks` logger at WARNING skips them. django-vtasks "
+        "sends its own signals.",
+        "",
+        logging_table(res),
+        "### Localhost, every scenario",
         "",
         table(local),
     ]
     if remote:
-        report += ["### 2 ms round trip (1 ms each way through `benchmarks/latency_proxy.py`)", "", table(remote)]
-    report += [
-        "### vtasks (module) as a multiple of django-vtasks",
+        text += [
+            "### 2 ms round trip (1 ms each way through `benchmarks/src/bin/latency_proxy.rs`)",
+            "",
+            *rtt_lines,
+            "",
+            table(remote),
+        ]
+    text += [
+        "### Enqueue",
         "",
-        ratios(scenarios),
+        "Localhost, one sync no-op task per call, each shape in its own process after one warm-up call:",
+        "",
+        enqueue_table(enqueues, 0.0),
+    ]
+    if remote:
+        text += [
+            "At 2 ms; the last column is the sequential `aenqueue()` rate as a fraction of 1/RTT, with the PING "
+            "round trip measured through the proxy after the run:",
+            "",
+            enqueue_table(enqueues, 1.0),
+        ]
+    text += [
         "### Memory per queued task",
         "",
         f"`INFO memory` `used_memory` growth per task with {args.memory_tasks:,} no-op tasks waiting "
@@ -427,21 +686,14 @@ def main() -> None:
         "|---|---|",
         *[f"| {name} | {value:,.0f} |" for name, value in memory.items()],
         "",
-        "![Process ops/s per system and scenario](results/compare.png)",
-        "",
+        "![Processing rate per system, kind and scenario](results/compare.png)",
     ]
-    text = "\n".join(report)
-    print(text)
+    body = "\n".join(text) + "\n"
+    print(body)
     if args.print_only:
         return
-    Path(args.markdown).write_text(text)
     chart(scenarios, RESULTS / "compare.png")
-    results_md = ROOT / "benchmarks" / "RESULTS.md"
-    current = results_md.read_text()
-    if MARK_BEGIN in current and MARK_END in current:
-        head, rest = current.split(MARK_BEGIN, 1)
-        _, tail = rest.split(MARK_END, 1)
-        results_md.write_text(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+    report.write_section("compare", body)
 
 
 if __name__ == "__main__":

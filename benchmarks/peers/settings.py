@@ -4,7 +4,13 @@
   ``celery`` or ``rq``;
 - ``BENCH_URL``: the Valkey URL every system connects to (through the
   latency proxy in the latency runs);
-- ``BENCH_CONCURRENCY``: the worker's concurrency (200).
+- ``BENCH_CONCURRENCY``: the worker's concurrency (200);
+- ``BENCH_LOGGING``: ``default`` (no ``LOGGING`` setting: Django's own
+  logging, whose ``django`` logger is at INFO with handlers that drop what
+  a project with ``DEBUG = False`` does not show), ``tasks-warning`` (the
+  ``django.tasks`` logger at WARNING) or ``root-console`` (a common setup:
+  a console handler on the root logger, which then prints the INFO lines of
+  Django's own ``django.tasks`` receivers).
 """
 
 from __future__ import annotations
@@ -18,9 +24,23 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "200"))
 SECRET_KEY = "benchmark"
 DEBUG = False
 USE_TZ = True
-DATABASES: dict = {}
+# What a new project has (django-vtasks' sync enqueue waits for the
+# transaction through `on_commit`, which needs a database); no query runs.
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 INSTALLED_APPS: list[str] = []
-LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
+
+LOGGING_CHOICE = os.environ.get("BENCH_LOGGING", "default")
+if LOGGING_CHOICE == "tasks-warning":
+    LOGGING = {"version": 1, "disable_existing_loggers": False, "loggers": {"django.tasks": {"level": "WARNING"}}}
+elif LOGGING_CHOICE == "root-console":
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "root": {"handlers": ["console"], "level": "WARNING"},
+    }
+elif LOGGING_CHOICE != "default":
+    raise RuntimeError(f"BENCH_LOGGING={LOGGING_CHOICE!r}")
 
 if SYSTEM in ("vtasks-module", "vtasks-scripts"):
     INSTALLED_APPS = ["vtasks.django"]
