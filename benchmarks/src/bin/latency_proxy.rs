@@ -10,14 +10,18 @@
 //! after the read returned, and reading goes on while earlier chunks wait:
 //! latency, not a bandwidth limit. Each direction of each connection has a
 //! reading thread, which stamps chunks with their due time, and a delivery
-//! thread, which sleeps until each chunk's due time and writes it. The
-//! process asks for a timer slack of 1 ns, so those sleeps end within
-//! microseconds of the due time instead of the default 50 µs late, and no
-//! event loop rounds timeouts to milliseconds (the asyncio proxy this
-//! replaces made a 2 ms round trip 2.36 ms).
+//! thread, which sleeps until each chunk's due time and writes it. No event
+//! loop rounds timeouts to milliseconds (the asyncio proxy this replaces
+//! made a 2 ms round trip 2.35 ms). The process asks for a timer slack of
+//! 1 ns instead of the default 50 µs, and a sleep still ends some tens of
+//! microseconds late on this machine (the wake-up of a virtual CPU), so the
+//! delivery threads learn by how much (`WakeUp`) and set their alarms that
+//! much early, then wait out what is left of a wake-up that came early on
+//! the CPU: deliveries are centred on their due times.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -120,14 +124,54 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     });
     thread::spawn(move || {
         while let Ok((due, data)) = due_chunks.recv() {
-            let now = Instant::now();
-            if due > now {
-                thread::sleep(due - now);
-            }
+            WAKE_UP.sleep_until(due);
             if data.is_empty() || to.write_all(&data).is_err() {
                 break;
             }
         }
         let _ = to.shutdown(Shutdown::Write);
     });
+}
+
+/// How late a sleep ends, learnt from every sleep of every delivery thread.
+struct WakeUp {
+    /// Running estimate of the lateness, in ns.
+    late_ns: AtomicI64,
+}
+
+static WAKE_UP: WakeUp = WakeUp {
+    late_ns: AtomicI64::new(0),
+};
+
+/// Estimates above this are not believed (a preempted thread, not the
+/// timer): the alarm is never set more than this early.
+const MAX_EARLY_NS: i64 = 200_000;
+
+impl WakeUp {
+    /// Returns at `due` or as soon after it as the CPU allows.
+    fn sleep_until(&self, due: Instant) {
+        let early = Duration::from_nanos(
+            self.late_ns.load(Ordering::Relaxed).clamp(0, MAX_EARLY_NS) as u64,
+        );
+        let alarm = due.checked_sub(early).unwrap_or(due);
+        let now = Instant::now();
+        if alarm <= now {
+            // Already due (the chunk waited behind others): no sleep to learn from.
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            return;
+        }
+        thread::sleep(alarm - now);
+        let woke = Instant::now();
+        // Lateness of this sleep against its alarm; the estimate moves an
+        // eighth of the way towards it.
+        let late = woke.saturating_duration_since(alarm).as_nanos() as i64;
+        let estimate = self.late_ns.load(Ordering::Relaxed);
+        self.late_ns
+            .store(estimate + (late - estimate) / 8, Ordering::Relaxed);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+    }
 }
