@@ -7,13 +7,12 @@
 #   make demo    the example Django project: 20,000 tasks enqueued from async
 #                views, run by `manage.py runworker`, every result checked
 #   make module-demo  10,000 tasks through the module with a Rust program
-#   make bench   every benchmark: module (and scripts engine), Python, the
-#                enqueue-to-result latency, one and two worker processes
-#                and the comparison below; writes
-#                benchmarks/results/*.md and sections of benchmarks/RESULTS.md
-#   make compare vtasks against django-vtasks, Celery and RQ, on localhost
-#                and at 2 ms RTT; writes benchmarks/RESULTS.md's first section
-#                (about 30 minutes)
+#   make bench   every benchmark benchmarks/RESULTS.md cites, as it cites
+#                it: each rewrites its own section of RESULTS.md (about an
+#                hour and a half; the comparison below is part of it)
+#   make compare vtasks against django-vtasks, Celery and RQ, sync and async
+#                tasks, on localhost and at 2 ms RTT; writes RESULTS.md's
+#                `compare` section (about 40 minutes)
 #   make dist    what a release publishes, into dist/: the manylinux abi3
 #                wheel, the module libvtasks.so, SHA256SUMS (scripts/dist.sh)
 #   make dist-test  make dist, then install the wheel into a fresh
@@ -172,14 +171,16 @@ demo: build-release python-release
 module-demo: build-release
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin demo
 
-bench: build-release setup
-	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --markdown benchmarks/results/module.md
+# The release builds of the module and the extension, as deployed; the
+# latency benchmark picks its module from VTASKS_MODULE.
+bench: build-release bench-venv
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --results benchmarks/RESULTS.md
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --goals benchmarks/RESULTS.md --tasks 100000 --runs 5 --big 10000000
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
-	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --markdown benchmarks/results/python.md
-	$(PY) -m benchmarks.python_bench --tasks 20000 --runs 5 --engine scripts --markdown benchmarks/results/python-scripts.md
-	$(PY) -m benchmarks.latency
-	$(PY) -m benchmarks.worker_processes
-	$(MAKE) compare
+	$(PY) -m benchmarks.python_bench
+	$(PY) -m benchmarks.startup
+	VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so $(PY) -m benchmarks.latency --waves 100 --seed 1
+	$(BENCH_VENV)/bin/python -m benchmarks.compare
 
 # The comparison's own virtualenv: the other systems from PyPI (pinned in
 # benchmarks/requirements.txt) and vtasks built from this checkout.

@@ -1,4 +1,6 @@
-"""Tasks of the Python benchmark."""
+"""The raw ``vtasks.Worker``'s benchmark tasks: the bodies of the Django
+tasks in ``benchmarks.peers.tasks``, registered with ``@vtasks.task``.
+Each marks its completion (``benchmarks.peers.tasks_marker``)."""
 
 from __future__ import annotations
 
@@ -7,23 +9,26 @@ import time
 
 import vtasks
 
-first_done: float | None = None
-last_done: float | None = None
+from benchmarks.peers.tasks_marker import mark_done
 
 
-def _done() -> None:
-    global first_done, last_done
-    last_done = time.monotonic()
-    if first_done is None:
-        first_done = last_done
+@vtasks.task(name="bench.noop_async")
+async def noop_async() -> None:
+    mark_done()
 
 
-@vtasks.task(name="bench.noop")
-async def noop() -> None:
-    _done()
-
-
-@vtasks.task(name="bench.sleep10")
-async def sleep10() -> None:
+@vtasks.task(name="bench.sleep_async")
+async def sleep_async() -> None:
     await asyncio.sleep(0.01)
-    _done()
+    mark_done()
+
+
+@vtasks.task(name="bench.noop_sync")
+def noop_sync() -> None:
+    mark_done()
+
+
+@vtasks.task(name="bench.sleep_sync")
+def sleep_sync() -> None:
+    time.sleep(0.01)
+    mark_done()

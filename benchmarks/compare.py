@@ -46,17 +46,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import python_bench, report
+from benchmarks import report
 from benchmarks.latency_proxy import LatencyProxy, describe, ping_rtts_ms
 
 ROOT = report.ROOT
@@ -95,51 +91,6 @@ def systems() -> list[System]:
         System("RQ", "rq", ("sync",), [*django, "rqworker", "--job-class", "django_tasks_rq.Job", "default"],
                single_threaded=True),
     ]
-
-
-# --- the server and what it reports -------------------------------------------------------------
-
-def info(port: int, section: str) -> dict[str, str]:
-    return python_bench.info(f"valkey://127.0.0.1:{port}", section)
-
-
-def command(port: int, *words: str) -> None:
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
-        s.recv(65536)
-
-
-def server_cpu(port: int) -> float:
-    return python_bench.server_cpu_s(f"valkey://127.0.0.1:{port}")
-
-
-def clients(port: int) -> int:
-    return int(info(port, "clients")["connected_clients"])
-
-
-def tree_peak_rss_mb(root: int) -> float:
-    """The sum of the peak RSS (``VmHWM``) of ``root`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -185,9 +136,6 @@ def process_run(system: System, task: str, n: int, latency_ms: float, logging: s
     load = report.wait_idle()
     server = ValkeyServer(with_module=True)
     proxy = None
-    workdir = Path(tempfile.mkdtemp(prefix="vtasks-compare-"))
-    done_file = workdir / "done"
-    done_file.touch()
     try:
         direct = f"redis://127.0.0.1:{server.port}/0"
         enqueue(env_for(system, direct, os.devnull, logging), task, n, "concurrent", warmup=False)
@@ -195,50 +143,22 @@ def process_run(system: System, task: str, n: int, latency_ms: float, logging: s
         if latency_ms:
             proxy = LatencyProxy("127.0.0.1", server.port, latency_ms / 1000).start()
             url = f"redis://127.0.0.1:{proxy.port}/0"
-        env = env_for(system, url, str(done_file), logging)
-        baseline_clients = clients(server.port)
-        cpu_before = server_cpu(server.port)
-        log = open(workdir / "worker.log", "w")
-        launched = time.monotonic()
-        worker = subprocess.Popen(system.worker, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        peak_rss, peak_conns = 0.0, 0
-        deadline = launched + 900
-        polls = 0
-        while report.marks_done(done_file) < n:
-            if worker.poll() is not None:
-                raise RuntimeError(f"{system.name} worker exited:\n{(workdir / 'worker.log').read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{system.name}: only {report.marks_done(done_file)} of {n} tasks done in 900 s")
-            if polls % 4 == 0:
-                peak_rss = max(peak_rss, tree_peak_rss_mb(worker.pid))
-                peak_conns = max(peak_conns, clients(server.port) - baseline_clients)
-            polls += 1
-            time.sleep(0.025)
-        peak_rss = max(peak_rss, tree_peak_rss_mb(worker.pid))
-        cpu = server_cpu(server.port) - cpu_before
-        # Measured; a graceful shutdown would only add waiting to the run.
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-        log.close()
-        times = report.marks(done_file)[:n]
-        first, last = min(times), max(times)
+        with report.done_file() as done:
+            env = env_for(system, url, str(done), logging)
+            w = report.watch(system.worker, env, done, n, server.port, burst=False)
         return Run(
-            process=n / (last - launched),
-            first_task_ms=(first - launched) * 1000,
-            steady=(n - 1) / (last - first) if last > first else float("nan"),
-            rss_mb=peak_rss,
-            connections=peak_conns,
-            cpu_us_per_task=cpu * 1e6 / n,
+            process=w.rate_from(w.launched, n),
+            first_task_ms=(w.first - w.launched) * 1000,
+            steady=w.steady(n),
+            rss_mb=w.peak_rss_mb,
+            connections=w.connections,
+            cpu_us_per_task=w.server_cpu_s * 1e6 / n,
             load=load,
         )
     finally:
         if proxy is not None:
             proxy.stop()
         server.close()
-        for f in workdir.iterdir():
-            f.unlink()
-        workdir.rmdir()
 
 
 @dataclass
@@ -265,7 +185,7 @@ def enqueue_run(system: System, n: int, latency_ms: float) -> EnqueueRun:
         rates = {}
         for shape in ("sync", "sequential", "concurrent"):
             rates[shape] = enqueue(env, "noop_sync", n, shape)
-            command(server.port, "FLUSHALL")
+            report.command(server.port, "FLUSHALL")
         rtt = statistics.median(ping_rtts_ms(port, 200))
         return EnqueueRun(rates["sync"], rates["sequential"], rates["concurrent"], rtt, load)
     finally:
@@ -281,9 +201,9 @@ def memory_per_task(system: System, n: int) -> float:
     server = ValkeyServer(with_module=True)
     try:
         env = env_for(system, f"redis://127.0.0.1:{server.port}/0", os.devnull)
-        before = int(info(server.port, "memory")["used_memory"])
+        before = int(report.info(server.port, "memory")["used_memory"])
         enqueue(env, "noop_sync", n, "concurrent", warmup=False)
-        after = int(info(server.port, "memory")["used_memory"])
+        after = int(report.info(server.port, "memory")["used_memory"])
         return (after - before) / n
     finally:
         server.close()

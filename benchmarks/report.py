@@ -6,14 +6,20 @@ load it ran at."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
+import signal
+import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -106,3 +112,136 @@ def marks(path: Path) -> list[float]:
 
 def marks_done(path: Path) -> int:
     return path.stat().st_size // MARK.size
+
+
+# --- the server and the worker's process --------------------------------------------------------
+
+def info(port: int, section: str) -> dict[str, str]:
+    """``INFO <section>`` of the server on ``127.0.0.1:port``, over a plain socket."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"INFO {section}\r\n".encode())
+        data = b""
+        while b"\r\n" not in data:
+            data += s.recv(65536)
+        header, _, body = data.partition(b"\r\n")
+        size = int(header[1:])
+        while len(body) < size:
+            body += s.recv(65536)
+    return dict(line.split(":", 1) for line in body[:size].decode().splitlines() if ":" in line)
+
+
+def command(port: int, *words: str) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
+        s.recv(65536)
+
+
+def server_cpu_s(port: int) -> float:
+    cpu = info(port, "cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def clients(port: int) -> int:
+    return int(info(port, "clients")["connected_clients"])
+
+
+def tree_peak_rss_mb(root: int) -> float:
+    """The sum of the peak RSS (``VmHWM``) of ``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+@dataclass
+class Watched:
+    """A worker process's run, as the driver saw it."""
+
+    launched: float  # time.monotonic() just before the process started
+    first: float  # the first task's completion mark
+    last: float  # the last task's completion mark
+    peak_rss_mb: float  # largest sum of the process tree's VmHWM
+    connections: int  # most Valkey connections above the baseline at once
+    server_cpu_s: float  # INFO cpu delta from the launch to the last task
+    output: str  # what the process wrote (stdout and stderr)
+
+    def rate_from(self, start: float, n: int) -> float:
+        return n / (self.last - start)
+
+    def steady(self, n: int) -> float:
+        """Tasks/s from the first completion to the last (the first excluded)."""
+        return (n - 1) / (self.last - self.first) if self.last > self.first else float("nan")
+
+
+def watch(cmd: list[str], env: dict[str, str], done_file: Path, n: int, port: int, *, burst: bool,
+          timeout: float = 900) -> Watched:
+    """Starts ``cmd`` and waits for ``n`` completion marks in ``done_file``
+    (then for the process to exit when ``burst``, otherwise it is killed),
+    sampling its peak RSS and Valkey connections every 0.1 s."""
+    out = tempfile.TemporaryFile("w+")
+    baseline = clients(port)
+    cpu_before = server_cpu_s(port)
+    launched = time.monotonic()
+    process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    peak_rss, peak_conns, polls = 0.0, 0, 0
+    deadline = launched + timeout
+
+    def output() -> str:
+        out.seek(0)
+        return out.read()
+
+    try:
+        while marks_done(done_file) < n:
+            if process.poll() is not None:
+                raise RuntimeError(f"{cmd[:4]} exited after {marks_done(done_file)} of {n} tasks:\n{output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[:4]}: only {marks_done(done_file)} of {n} tasks done in {timeout:.0f} s")
+            if polls % 4 == 0:
+                peak_rss = max(peak_rss, tree_peak_rss_mb(process.pid))
+                peak_conns = max(peak_conns, clients(port) - baseline)
+            polls += 1
+            time.sleep(0.025)
+        peak_rss = max(peak_rss, tree_peak_rss_mb(process.pid))
+        cpu = server_cpu_s(port) - cpu_before
+        if burst:
+            process.wait(timeout)
+        else:
+            # Measured; a graceful shutdown would only add waiting to the run.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    times = marks(done_file)[:n]
+    text = output()
+    out.close()
+    return Watched(launched, min(times), max(times), peak_rss, peak_conns, cpu, text)
+
+
+@contextlib.contextmanager
+def done_file() -> Iterator[Path]:
+    """An empty file for completion marks, removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix="vtasks-bench-done-")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        os.unlink(name)

@@ -13,3 +13,94 @@ pub fn server_cpu_seconds(con: &mut redis::Connection) -> f64 {
         })
         .sum()
 }
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Waits (up to a minute) for the 1-minute load average to fall below 1.5;
+/// returns the load it starts at.
+pub fn wait_idle() -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while load_average() >= 1.5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    load_average()
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The lines that head a section of `benchmarks/RESULTS.md`: when, what
+/// ran (`command`), on what, at which loads (one per run).
+pub fn header(command: &str, loads: &[f64]) -> String {
+    let mut sorted = loads.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let (lo, mid, hi) = match sorted.len() {
+        0 => (f64::NAN, f64::NAN, f64::NAN),
+        n => (sorted[0], sorted[n / 2], sorted[n - 1]),
+    };
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
+    let valkey = command_output("valkey-server", &["--version"]);
+    let valkey = valkey
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("unknown")
+        .trim_start_matches("v=");
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+        / 1024.0;
+    format!(
+        "Measured {} with `{command}` (commit {commit}{}); 1-minute load average at the start of each run \
+         {lo:.2}–{hi:.2} (median {mid:.2}).\n\n\
+         Versions: Valkey {valkey}, {}.\n\n\
+         Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, {}.\n",
+        command_output("date", &["-I"]),
+        if dirty { " with uncommitted changes" } else { "" },
+        command_output("rustc", &["--version"]),
+        command_output("uname", &["-sr"]),
+    )
+}
+
+/// Replaces what stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+/// in `path`; the markers must be there once each.
+pub fn write_section(path: &str, name: &str, body: &str) {
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let text = std::fs::read_to_string(path).expect("read the results file");
+    assert!(
+        text.matches(&begin).count() == 1 && text.matches(&end).count() == 1,
+        "{path}: expected one {begin} and one {end}"
+    );
+    let (head, rest) = text.split_once(&begin).unwrap();
+    let (_, tail) = rest.split_once(&end).unwrap();
+    std::fs::write(path, format!("{head}{begin}\n{}\n{end}{tail}", body.trim()))
+        .expect("write the results file");
+}

@@ -12,7 +12,13 @@
 //! arguments through FCALL), on the same server.
 //!
 //! Usage: module_bench [--tasks N] [--runs R] [--concurrency C] [--markdown FILE]
-//!                     [--url redis://...] [--only SCENARIO-SUBSTRING]
+//!                     [--results RESULTS.md] [--url redis://...] [--only SCENARIO-SUBSTRING]
+//!
+//! `--results` writes the table, headed by the date, the command, the
+//! versions, the machine and the load, between the `module:begin` and
+//! `module:end` markers of the given file. The fetches acknowledge with
+//! `KEEP 0` (no result kept, as the plain pattern keeps nothing), where
+//! workers keep results for a day by default.
 //!        module_bench --goals RESULTS.md [--tasks N] [--runs R] [--big N]
 //!
 //! `--goals` measures the module's data type against the plain list pattern
@@ -26,7 +32,7 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use vtasks_benchmarks::{server_cpu_seconds, Server};
+use vtasks_benchmarks::{header, server_cpu_seconds, wait_idle, write_section, Server};
 use vtasks_client::{scripts, Engine};
 
 const PAYLOAD: &str = r#"{"task":"app.tasks.noop","args":[12345],"kwargs":{}}"#;
@@ -41,6 +47,8 @@ struct Options {
     runs: usize,
     concurrency: usize,
     markdown: Option<String>,
+    /// Write the table between the `module` markers of this file.
+    results: Option<String>,
     /// A running server to use instead of starting one.
     url: Option<String>,
     /// Run only scenarios whose name contains this.
@@ -55,6 +63,7 @@ fn options() -> Options {
         runs: 3,
         concurrency: 32,
         markdown: None,
+        results: None,
         url: None,
         only: None,
     };
@@ -66,6 +75,7 @@ fn options() -> Options {
             "--runs" => o.runs = value.parse().expect("--runs R"),
             "--concurrency" => o.concurrency = value.parse().expect("--concurrency C"),
             "--markdown" => o.markdown = Some(value),
+            "--results" => o.results = Some(value),
             "--url" => o.url = Some(value),
             "--only" => o.only = Some(value),
             "--goals" => o.goals = Some(value),
@@ -332,6 +342,7 @@ async fn main() {
             Scenario::FetchAck(100, Scripts),
         ],
     ];
+    let mut loads = Vec::new();
     let mut table = String::new();
     table.push_str(
         "| Scenario | Tasks/s (median, min–max) | vs plain | Server CPU µs/task | scripts CPU / module CPU |\n\
@@ -350,6 +361,7 @@ async fn main() {
             let mut rates = Vec::new();
             let mut cpus = Vec::new();
             for run in 0..o.runs {
+                loads.push(wait_idle());
                 let m = measure(&url, scenario, &o).await;
                 eprintln!(
                     "  {} run {}: {:.0} tasks/s, {:.2} µs server CPU/task",
@@ -388,8 +400,25 @@ async fn main() {
             table.push_str(&line);
         }
     }
-    if let Some(path) = o.markdown {
-        std::fs::write(&path, table).expect("write markdown table");
+    if let Some(path) = &o.markdown {
+        std::fs::write(path, &table).expect("write markdown table");
+    }
+    if let Some(path) = &o.results {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let command = format!(
+            "cargo run --release -p vtasks-benchmarks --bin module_bench -- {}",
+            args.join(" ")
+        );
+        let body = format!(
+            "{}\n{} tasks per run, {} runs per scenario, medians with min–max; {} concurrent callers on one \
+             multiplexed connection; fetches acknowledge with `KEEP 0`. Server CPU is the `INFO cpu` delta per \
+             task.\n\n{table}",
+            header(&command, &loads),
+            o.tasks,
+            o.runs,
+            o.concurrency
+        );
+        write_section(path, "module", &body);
     }
 }
 
