@@ -104,3 +104,30 @@ pub fn write_section(path: &str, name: &str, body: &str) {
     std::fs::write(path, format!("{head}{begin}\n{}\n{end}{tail}", body.trim()))
         .expect("write the results file");
 }
+
+/// `value` rounded, with commas between thousands: 1234567.8 -> "1,234,568".
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands() {
+        assert_eq!(super::thousands(0.4), "0");
+        assert_eq!(super::thousands(999.0), "999");
+        assert_eq!(super::thousands(1234567.8), "1,234,568");
+        assert_eq!(super::thousands(-12345.0), "-12,345");
+    }
+}

@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use vtasks_benchmarks::{header, server_cpu_seconds, wait_idle, write_section, Server};
+use vtasks_benchmarks::{header, server_cpu_seconds, thousands, wait_idle, write_section, Server};
 use vtasks_client::{scripts, Engine};
 
 const PAYLOAD: &str = r#"{"task":"app.tasks.noop","args":[12345],"kwargs":{}}"#;
@@ -134,9 +134,14 @@ async fn prepare(con: &mut MultiplexedConnection, scenario: Scenario, tasks: usi
                 let _: i64 = c.query_async(con).await.unwrap();
             }
         }
-        Scenario::FetchAck(..) => {
+        Scenario::FetchAck(_, engine) => {
+            // Filled by the engine that fetches: the module keeps a queue
+            // as a value of its own type, which the scripts cannot read.
             for chunk in (0..tasks).collect::<Vec<_>>().chunks(1000) {
-                let _: Vec<i64> = enqueue_cmd(chunk).query_async(con).await.unwrap();
+                let _: Vec<i64> = with_engine(enqueue_cmd(chunk), engine)
+                    .query_async(con)
+                    .await
+                    .unwrap();
             }
         }
         _ => {}
@@ -387,11 +392,11 @@ async fn main() {
                 _ => format!("{:.2}×", cpu / module_cpu),
             };
             let line = format!(
-                "| {} | {:.0} ({:.0}–{:.0}) | {:.2}× | {:.2} | {} |\n",
+                "| {} | {} ({}–{}) | {:.2}× | {:.2} | {} |\n",
                 scenario.name(),
-                rate,
-                lo,
-                hi,
+                thousands(rate),
+                thousands(lo),
+                thousands(hi),
                 rate / plain_rate,
                 cpu,
                 vs_module
