@@ -286,7 +286,7 @@ def headline(res: Results, chosen: list[System]) -> str:
         for task in TASKS:
             for kind in ("sync", "async"):
                 s = res.get(system.key, kind, task)
-                cells.append(s.spread("process") if s else "not supported")
+                cells.append(s.spread("process") if s else "not measured")
             best = res.fastest(system.key, task)
             cells.append(f"**{best.kind}**" if best else "–")
         lines.append("| " + " | ".join(cells) + " |")
