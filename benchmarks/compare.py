@@ -32,8 +32,8 @@ At 2 ms: the worker and the producers reach Valkey through
 `benchmarks/src/bin/latency_proxy.rs` (1 ms each way); the queue is filled
 directly. The round trip through it is measured (PING) at the start.
 
-Runs go round-robin (run 1 of every scenario, then run 2, ...), each after
-the 1-minute load average falls below 1.5 (or a minute passed); tables give
+Runs go round-robin (run 1 of every scenario, then run 2, ...), each once the
+machine's other work uses less than 0.3 of a core (or after a minute); tables give
 medians with min–max. Finally, memory per queued task: `INFO memory` before
 and after enqueueing `--memory-tasks` tasks with no worker.
 

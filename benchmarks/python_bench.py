@@ -35,8 +35,8 @@ Enqueue: the raw ``vtasks.Client`` in this process, one no-op task per call:
 a plain loop of ``enqueue_sync()``, sequential ``await enqueue()``, 100
 concurrent producers, each after one warm-up call.
 
-Runs go round-robin, each after the 1-minute load average falls below 1.5
-(or a minute passed). Writes the `python` section of
+Runs go round-robin, each once the machine's other work uses less than
+0.3 of a core (or after a minute). Writes the `python` section of
 `benchmarks/RESULTS.md`.
 """
 

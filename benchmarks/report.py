@@ -53,12 +53,31 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.platform()}"
 
 
-def wait_idle(limit: float = 1.5, patience: float = 60.0) -> float:
-    """Waits (up to ``patience`` s) for the 1-minute load average to fall
-    below ``limit``; returns the load it starts at."""
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores' worth of CPU the machine used over the next
+    ``seconds`` (from ``/proc/stat``): between runs, the work of others."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def wait_idle(limit: float = 0.3, patience: float = 60.0) -> float:
+    """Waits (up to ``patience`` s) until the machine's other work uses
+    less than ``limit`` cores over a second (the 1-minute load average
+    would count this benchmark's own last run); returns the 1-minute load
+    average then."""
     deadline = time.monotonic() + patience
-    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
-        time.sleep(2)
+    while busy_cores() >= limit and time.monotonic() < deadline:
+        pass
     return os.getloadavg()[0]
 
 

@@ -9,7 +9,8 @@ local valkey-server with the release module), one task waiting in the queue
 (a sync or an async no-op). The clock starts just before the driver starts
 the process and stops at the task's completion mark (the task appends its
 ``time.monotonic()`` to a file). Runs alternate between the kinds, each
-after the 1-minute load average falls below 1.5 (or a minute passed).
+once the machine's other work uses less than 0.3 of a core (or after a
+minute).
 
 Where the time goes: the same start-up through `benchmarks/startup_trace.py`,
 which stamps the points it passes (the interpreter running the script,

@@ -22,13 +22,38 @@ pub fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Waits (up to a minute) for the 1-minute load average to fall below 1.5;
-/// returns the load it starts at.
+/// How many cores' worth of CPU the machine used over the next second
+/// (from `/proc/stat`): between runs, the work of others.
+pub fn busy_cores() -> f64 {
+    fn sample() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        (fields.iter().take(8).sum(), idle)
+    }
+    let (total0, idle0) = sample();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (total1, idle1) = sample();
+    if total1 == total0 {
+        return 0.0;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (1.0 - (idle1 - idle0) as f64 / (total1 - total0) as f64) * cores
+}
+
+/// Waits (up to a minute) until the machine's other work uses less than
+/// 0.3 of a core over a second (the 1-minute load average would count the
+/// benchmark's own last run); returns the 1-minute load average then.
 pub fn wait_idle() -> f64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while load_average() >= 1.5 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
+    while busy_cores() >= 0.3 && std::time::Instant::now() < deadline {}
     load_average()
 }
 
