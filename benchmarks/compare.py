@@ -514,13 +514,13 @@ def main() -> None:
 
     for run in range(args.runs):
         for en in enqueues:
-            r = enqueue_run(en.system, en.tasks, en.latency_ms)
+            r = report.retrying(f"enqueue {en.system.name}", enqueue_run, en.system, en.tasks, en.latency_ms)
             en.runs.append(r)
             print(f"  enqueue {en.system.name}, {'2 ms' if en.latency_ms else 'local'}, run {run + 1}: "
                   f"sync {r.sync:,.0f}/s, sequential {r.sequential:,.0f}/s, concurrent {r.concurrent:,.0f}/s, "
                   f"RTT {r.rtt_ms:.2f} ms, load {r.load:.2f}", flush=True)
         for s in scenarios:
-            r = process_run(s.system, s.task_name, s.tasks, s.latency_ms, s.logging)
+            r = report.retrying(s.label(), process_run, s.system, s.task_name, s.tasks, s.latency_ms, s.logging)
             s.runs.append(r)
             print(f"  {s.label()}, run {run + 1}: {r.process:,.0f}/s, first task {r.first_task_ms:.0f} ms, "
                   f"{r.steady:,.0f}/s after it, RSS {r.rss_mb:.0f} MB, {r.connections} conns, "

@@ -346,13 +346,14 @@ def main() -> None:
                 for lat in latencies for e in engines]
     for run in range(args.runs):
         for en in enqueues:
-            r = enqueue_run(en.engine, en.latency_ms, en.tasks)
+            r = report.retrying(f"enqueue {en.engine}", enqueue_run, en.engine, en.latency_ms, en.tasks)
             en.runs.append(r)
             print(f"  enqueue {en.engine}, {'2 ms' if en.latency_ms else 'local'}, run {run + 1}: "
                   f"sync {r.sync:,.0f}/s, sequential {r.sequential:,.0f}/s, concurrent {r.concurrent:,.0f}/s, "
                   f"RTT {r.rtt_ms:.2f} ms, load {r.load:.2f}", flush=True)
         for s in scenarios:
-            r = process_run(s.worker, s.engine, s.latency_ms, s.kind, s.task, args.tasks)
+            r = report.retrying(s.label(), process_run, s.worker, s.engine, s.latency_ms, s.kind, s.task,
+                                args.tasks)
             s.runs.append(r)
             print(f"  {s.label()}, run {run + 1}: {r.steady:,.0f}/s after the first task, "
                   f"{r.from_launch:,.0f}/s from launch, {r.from_ready:,.0f}/s from ready, first task "

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -264,3 +264,17 @@ def done_file() -> Iterator[Path]:
         yield Path(name)
     finally:
         os.unlink(name)
+
+
+def retrying[T](what: str, run: Callable[..., T], *args: object, attempts: int = 3) -> T:
+    """``run(*args)``, again after a failure (a full disk or a crashed server on
+    this shared machine should cost a run, not the whole benchmark); the
+    last failure is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run(*args)
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            print(f"  {what}: attempt {attempt} failed, running it again: {str(exc)[:500]}", flush=True)
+    raise AssertionError("unreachable")
