@@ -278,3 +278,11 @@ def retrying[T](what: str, run: Callable[..., T], *args: object, attempts: int =
                 raise
             print(f"  {what}: attempt {attempt} failed, running it again: {str(exc)[:500]}", flush=True)
     raise AssertionError("unreachable")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, which a shell ignores in background jobs) end
+    the benchmark through SystemExit, so the servers, proxies and workers
+    it started are stopped by the ``finally`` blocks that own them."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
