@@ -179,6 +179,7 @@ bench: build-release bench-venv
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench
 	$(PY) -m benchmarks.startup
+	$(PY) -m benchmarks.worker_processes
 	VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so $(PY) -m benchmarks.latency --waves 100 --seed 1
 	$(BENCH_VENV)/bin/python -m benchmarks.compare
 
