@@ -462,6 +462,7 @@ def settings_note() -> str:
 
 
 def main() -> None:
+    report.compile_sources()
     report.stop_on_sigterm()
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)

@@ -34,6 +34,7 @@ import time
 import django
 from django.conf import settings
 
+from benchmarks import report
 from tests.conftest import ROOT, ValkeyServer, module_path
 
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
@@ -149,6 +150,7 @@ def write_section(text: str) -> None:
 
 
 def main() -> None:
+    report.compile_sources()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waves", type=int, default=100, help="waves per engine and kind of task")
     parser.add_argument("--seed", type=int, default=1)

@@ -325,6 +325,7 @@ def engines_cpu(scenarios: list[Scenario]) -> str:
 
 
 def main() -> None:
+    report.compile_sources()
     report.stop_on_sigterm()
     # Measure the build users run: the release module (tests use debug).
     os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))

@@ -205,6 +205,7 @@ def interpreter_ms(runs: int) -> list[float]:
 
 
 def main() -> None:
+    report.compile_sources()
     report.stop_on_sigterm()
     os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))
     parser = argparse.ArgumentParser()

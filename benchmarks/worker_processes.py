@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from benchmarks import report
 from tests.conftest import ROOT, ValkeyServer
 
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
@@ -219,6 +220,7 @@ def write_section(text: str) -> None:
 
 
 def main() -> None:
+    report.compile_sources()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
