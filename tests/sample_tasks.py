@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
 import time
 
 import vtasks
@@ -128,4 +129,38 @@ async def held(n: int, seconds: float) -> int:
     while time.monotonic() < deadline and not os.path.exists(release):
         await asyncio.sleep(0.02)
     record("held", n)
+    return n
+
+
+_meetings: dict[str, threading.Barrier] = {}
+_meetings_lock = threading.Lock()
+
+
+@vtasks.task(name="tests.meet")
+def meet(n: int, group: str, parties: int) -> int:
+    """A sync task that blocks until ``parties`` tasks of ``group`` wait
+    together (at most 20 s, then it fails): they all succeed only if that
+    many run at once."""
+    with _meetings_lock:
+        barrier = _meetings.setdefault(group, threading.Barrier(parties, timeout=20))
+    barrier.wait()
+    record("meet", n)
+    return n
+
+
+@vtasks.task(name="tests.spin")
+def spin(n: int, seconds: float) -> int:
+    """A sync task that keeps the interpreter busy for ``seconds`` (it
+    never waits), then records when it ended (``spin <n> <time.time()>``)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    record("spin", f"{n} {time.time()!r}")
+    return n
+
+
+@vtasks.task(name="tests.quick")
+def quick(n: int) -> int:
+    """A short sync task that records when it ended (``quick <n> <time.time()>``)."""
+    record("quick", f"{n} {time.time()!r}")
     return n

@@ -417,6 +417,31 @@ def test_valkey_restart_mid_run_the_worker_reconnects_and_finishes(valkey_aof, r
     assert stats["ready"] + stats["leased"] + stats["delayed"] == 0
 
 
+def test_blocking_sync_tasks_run_side_by_side_up_to_the_concurrency(valkey, runs):
+    # Sync tasks start on one thread while they keep the interpreter busy;
+    # tasks that wait (here on each other) get a thread each.
+    client = vtasks.Client(valkey.url)
+    for n in range(60):
+        client.enqueue_call_sync(sample_tasks.meet, (n, "sixty", 60))
+    worker = burst(client, concurrency=60)
+    assert (worker.succeeded, worker.failed) == (60, 0)
+    assert run_counts(runs, "meet") == {n: 1 for n in range(60)}
+
+
+def test_a_long_busy_sync_task_does_not_hold_up_short_ones(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    client.enqueue_call_sync(sample_tasks.spin, (0, 2.0))
+    for n in range(20):
+        client.enqueue_call_sync(sample_tasks.quick, (n,))
+    worker = burst(client)
+    assert worker.succeeded == 21
+    spin_end = ended_at(runs, "spin")[0]
+    quick_ends = ended_at(runs, "quick")
+    assert len(quick_ends) == 20
+    late = {n: round(end - spin_end, 3) for n, end in quick_ends.items() if end >= spin_end}
+    assert not late, f"short tasks that waited for the busy one to end (s after it): {late}"
+
+
 def test_a_queue_concurrency_cap_limits_running_tasks_of_that_queue(valkey, runs):
     client = vtasks.Client(valkey.url)
     for n in range(12):

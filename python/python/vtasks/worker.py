@@ -18,7 +18,6 @@ import functools
 import inspect
 import logging
 import os
-import queue as queue_module
 import random
 import signal
 import socket
@@ -128,59 +127,168 @@ class Delivery:
 
 
 class _TaskThreads:
-    """Long-lived threads for sync tasks, started as needed (the worker
-    runs at most ``concurrency`` tasks at once, so never more threads).
-    Each takes one job at a time; a job runs a task, records its outcome
-    and goes on with the next waiting task itself. Daemon threads: a task
-    still running when the worker stops without it (grace period over,
-    second signal) does not keep the process alive, as a
-    ThreadPoolExecutor's threads would (the interpreter joins them at
+    """Long-lived threads for sync tasks, as many as keep the tasks moving
+    (never more than ``concurrency``: the worker runs at most that many
+    tasks at once).
+
+    Each thread runs one job after another while jobs wait; a job runs a
+    task, records its outcome and goes on with the next waiting task itself.
+    More threads help only while the running ones leave the interpreter
+    idle, waiting on I/O or sleeping. While they keep it busy (short tasks),
+    more threads only take turns with the GIL, and every turn is a context
+    switch that costs more than a short task. So a job starts a thread only
+    when none is running one; while jobs wait, a watcher thread looks every
+    millisecond, and starts a thread for each waiting job when the running
+    ones used less than half of that millisecond's CPU (read from their own
+    thread clocks), or have all been in their current job for longer than
+    LONG_JOB (a long CPU-bound task does not hold up short ones behind it).
+    Short tasks run on one or two threads; blocking tasks fill
+    ``concurrency`` threads within a millisecond or two.
+
+    Daemon threads: a task still running when the worker stops without it
+    (grace period over, second signal) does not keep the process alive, as
+    a ThreadPoolExecutor's threads would (the interpreter joins them at
     exit)."""
 
+    # How often the watcher looks while jobs wait, in seconds.
+    WATCH_INTERVAL = 0.001
+    # The CPU the running threads use, as a share of the wall time, below
+    # which they count as waiting on something (more threads would help).
+    BUSY_SHARE = 0.5
+    # Running threads whose clocks the watcher reads at each look.
+    SAMPLED = 8
+    # A job running this long (seconds) no longer holds back the others.
+    LONG_JOB = 0.02
+
     def __init__(self, prefix: str) -> None:
-        self._work: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
         self._prefix = prefix
         self._lock = threading.Lock()
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._idle_wakeup = threading.Condition(self._lock)
+        self._watcher_wakeup = threading.Condition(self._lock)
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for a job
+        self._notified = 0  # of those, woken but not yet running
+        self._starting = 0  # new threads not yet running
+        self._watcher: threading.Thread | None = None
+        self._watcher_timed = False
+        # Threads running a job: thread id -> (its CPU clock, the job's start).
+        self._running: dict[int, tuple[int, float]] = {}
+        # The watcher's last look: when, and the running threads' CPU times.
+        self._seen_at = 0.0
+        self._seen_cpu: dict[int, float] = {}
         self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the task threads are shut down")
-            self._work.put(job)
-            if self._idle == 0:
-                self._threads += 1
-                threading.Thread(target=self._serve, name=f"{self._prefix}-{self._threads}", daemon=True).start()
-            else:
-                self._idle -= 1
+            self._jobs.append(job)
+            if not self._running and not (self._notified or self._starting):
+                self._start_threads(1)
+            elif not self._watcher_timed:
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch, name=f"{self._prefix}-watcher", daemon=True)
+                    self._watcher.start()
+                else:
+                    self._watcher_wakeup.notify()
+
+    def _start_threads(self, count: int) -> None:
+        """Wakes idle threads, then starts new ones, ``count`` in all
+        (under the lock)."""
+        wake = max(min(count, self._idle - self._notified), 0)
+        if wake:
+            self._notified += wake
+            self._idle_wakeup.notify(wake)
+        for _ in range(count - wake):
+            self._threads += 1
+            self._starting += 1
+            threading.Thread(target=self._serve, name=f"{self._prefix}-{self._threads}", daemon=True).start()
 
     def _serve(self) -> None:
-        while True:
-            job = self._work.get()
-            if job is None:
-                return
+        me = threading.get_ident()
+        clock = time.pthread_getcpuclockid(me)
+        with self._lock:
+            self._starting -= 1
+            job = self._take(me, clock)
+        while job is not None:
             try:
                 job()
             except BaseException:  # a job records its own outcome; this is a bug
                 logger.exception("vtasks task thread: unexpected error")
             with self._lock:
-                self._idle += 1
+                job = self._take(me, clock)
+
+    def _take(self, me: int, clock: int) -> Callable[[], None] | None:
+        """The next job for this thread, waiting idle until it is woken for
+        one; None once shut down (under the lock)."""
+        while not self._closed:
+            if self._jobs:
+                self._running[me] = (clock, time.monotonic())
+                return self._jobs.popleft()
+            self._running.pop(me, None)
+            self._seen_cpu.pop(me, None)
+            self._idle += 1
+            self._idle_wakeup.wait()
+            self._idle -= 1
+            self._notified = max(self._notified - 1, 0)
+        self._running.pop(me, None)
+        return None
+
+    def _watch(self) -> None:
+        """The watcher: while jobs wait for running threads, starts more
+        threads when the running ones are waiting on something."""
+        with self._lock:
+            while not self._closed:
+                if not (self._jobs and self._running):
+                    self._watcher_timed = False
+                    self._watcher_wakeup.wait()
+                    continue
+                self._watcher_timed = True
+                self._watcher_wakeup.wait(self.WATCH_INTERVAL)
+                if self._jobs and self._running_are_held_up():
+                    self._start_threads(len(self._jobs) - self._notified - self._starting)
+
+    def _running_are_held_up(self) -> bool:
+        """Whether the threads running jobs used less than BUSY_SHARE of
+        a core since the watcher's last look, or have all run their
+        current job for LONG_JOB or longer (under the lock). A thread that
+        started running since then is given until the next look."""
+        now = time.monotonic()
+        elapsed = now - self._seen_at
+        self._seen_at = now
+        running = list(self._running.items())
+        if not running:
+            return True
+        if all(now - started >= self.LONG_JOB for _, (_, started) in running):
+            return True
+        used = 0.0
+        sampled = 0
+        fresh = False
+        for ident, (clock, _) in running[: self.SAMPLED]:
+            try:
+                cpu = time.clock_gettime(clock)
+            except OSError:  # the thread is ending
+                continue
+            before = self._seen_cpu.get(ident)
+            self._seen_cpu[ident] = cpu
+            if before is None:
+                fresh = True
+            else:
+                used += cpu - before
+                sampled += 1
+        if fresh or not sampled or elapsed <= 0:
+            return False
+        return used * len(running) / sampled < self.BUSY_SHARE * elapsed
 
     def shutdown(self) -> None:
-        """Ends idle threads; jobs not started are dropped (their tasks
-        were released or are abandoned)."""
+        """Ends idle threads and the watcher; jobs not started are dropped
+        (their tasks were released or are abandoned)."""
         with self._lock:
             self._closed = True
-            threads = self._threads
-        while True:
-            try:
-                self._work.get_nowait()
-            except queue_module.Empty:
-                break
-        for _ in range(threads):
-            self._work.put(None)
+            self._jobs.clear()
+            self._idle_wakeup.notify_all()
+            self._watcher_wakeup.notify_all()
 
 
 class _Run:
