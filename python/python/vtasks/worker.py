@@ -126,6 +126,40 @@ class Delivery:
         return self.reported
 
 
+class _ThreadMeter:
+    """For the thread that makes it, the seconds it has wanted a CPU: run
+    on one, or waited in the run queue for one (Linux:
+    ``/proc/self/task/<tid>/schedstat``; the thread's CPU clock elsewhere),
+    readable from any thread. The rest of its time it was blocked: on I/O,
+    a sleep, a lock or the GIL."""
+
+    def __init__(self) -> None:
+        self._clock = time.pthread_getcpuclockid(threading.get_ident())
+        try:
+            self._fd: int | None = os.open(
+                f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY | os.O_CLOEXEC
+            )
+        except OSError:
+            self._fd = None
+
+    def wanted(self) -> float:
+        if self._fd is None:
+            try:
+                return time.clock_gettime(self._clock)
+            except OSError:  # the thread has ended
+                return 0.0
+        try:
+            ran, waited, _ = os.pread(self._fd, 80, 0).split()
+        except (OSError, ValueError):  # the thread has ended
+            return 0.0
+        return (int(ran) + int(waited)) / 1e9
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _TaskThreads:
     """Long-lived threads for sync tasks, as many as keep the tasks moving
     (never more than ``concurrency``: the worker runs at most that many
@@ -133,17 +167,19 @@ class _TaskThreads:
 
     Each thread runs one job after another while jobs wait; a job runs a
     task, records its outcome and goes on with the next waiting task itself.
-    More threads help only while the running ones leave the interpreter
-    idle, waiting on I/O or sleeping. While they keep it busy (short tasks),
-    more threads only take turns with the GIL, and every turn is a context
+    More threads help only while the running ones are blocked: on I/O, a
+    sleep, a lock. While they keep the interpreter busy (short tasks), more
+    threads only take turns with the GIL, and every turn is a context
     switch that costs more than a short task. So a job starts a thread only
     when none is running one; while jobs wait, a watcher thread looks every
-    millisecond, and starts a thread for each waiting job when the running
-    ones used less than half of that millisecond's CPU (read from their own
-    thread clocks), or have all been in their current job for longer than
-    LONG_JOB (a long CPU-bound task does not hold up short ones behind it).
-    Short tasks run on one or two threads; blocking tasks fill
-    ``concurrency`` threads within a millisecond or two.
+    millisecond, and starts a thread for each waiting job when, twice in a
+    row, the running ones and the event loop's thread together wanted a
+    CPU for less than half of that millisecond (they were blocked, not
+    running or waiting for a CPU taken by other processes), or the running
+    ones have all been in their current job for longer than LONG_JOB (a
+    long CPU-bound task does not hold up short ones behind it). Short tasks
+    run on one or two threads; blocking tasks fill ``concurrency`` threads
+    within a few milliseconds.
 
     Daemon threads: a task still running when the worker stops without it
     (grace period over, second signal) does not keep the process alive, as
@@ -152,16 +188,21 @@ class _TaskThreads:
 
     # How often the watcher looks while jobs wait, in seconds.
     WATCH_INTERVAL = 0.001
-    # The CPU the running threads use, as a share of the wall time, below
-    # which they count as waiting on something (more threads would help).
+    # The share of the time the running threads and the loop's thread must
+    # want a CPU to count as busy (below it, more threads would help).
     BUSY_SHARE = 0.5
-    # Running threads whose clocks the watcher reads at each look.
+    # Running threads whose meters the watcher reads at each look.
     SAMPLED = 8
     # A job running this long (seconds) no longer holds back the others.
     LONG_JOB = 0.02
 
     def __init__(self, prefix: str) -> None:
+        """Called on the thread of the event loop that hands out jobs."""
         self._prefix = prefix
+        # The event loop's thread takes the GIL too: task threads waiting
+        # for it while the loop works are busy, not blocked.
+        self._loop_meter = _ThreadMeter()
+        self._loop_wanted: float | None = None
         self._lock = threading.Lock()
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._idle_wakeup = threading.Condition(self._lock)
@@ -172,11 +213,11 @@ class _TaskThreads:
         self._starting = 0  # new threads not yet running
         self._watcher: threading.Thread | None = None
         self._watcher_timed = False
-        # Threads running a job: thread id -> (its CPU clock, the job's start).
-        self._running: dict[int, tuple[int, float]] = {}
-        # The watcher's last look: when, and the running threads' CPU times.
+        # Threads running a job: thread id -> (its meter, the job's start).
+        self._running: dict[int, tuple[_ThreadMeter, float]] = {}
+        # The watcher's last look: when, and what each running thread wanted.
         self._seen_at = 0.0
-        self._seen_cpu: dict[int, float] = {}
+        self._seen_wanted: dict[int, float] = {}
         self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -207,27 +248,32 @@ class _TaskThreads:
 
     def _serve(self) -> None:
         me = threading.get_ident()
-        clock = time.pthread_getcpuclockid(me)
+        meter = _ThreadMeter()
         with self._lock:
             self._starting -= 1
-            job = self._take(me, clock)
+            job = self._take(me, meter)
         while job is not None:
             try:
                 job()
             except BaseException:  # a job records its own outcome; this is a bug
                 logger.exception("vtasks task thread: unexpected error")
             with self._lock:
-                job = self._take(me, clock)
+                job = self._take(me, meter)
+        meter.close()
 
-    def _take(self, me: int, clock: int) -> Callable[[], None] | None:
+    def _take(self, me: int, meter: _ThreadMeter) -> Callable[[], None] | None:
         """The next job for this thread, waiting idle until it is woken for
         one; None once shut down (under the lock)."""
         while not self._closed:
             if self._jobs:
-                self._running[me] = (clock, time.monotonic())
-                return self._jobs.popleft()
+                self._running[me] = (meter, time.monotonic())
+                job = self._jobs.popleft()
+                if self._jobs and not self._watcher_timed and self._watcher is not None:
+                    # Jobs wait for a running thread: the watcher looks.
+                    self._watcher_wakeup.notify()
+                return job
             self._running.pop(me, None)
-            self._seen_cpu.pop(me, None)
+            self._seen_wanted.pop(me, None)
             self._idle += 1
             self._idle_wakeup.wait()
             self._idle -= 1
@@ -237,7 +283,8 @@ class _TaskThreads:
 
     def _watch(self) -> None:
         """The watcher: while jobs wait for running threads, starts more
-        threads when the running ones are waiting on something."""
+        threads when the running ones are blocked."""
+        held_up = 0  # looks in a row that found the running threads held up
         with self._lock:
             while not self._closed:
                 if not (self._jobs and self._running):
@@ -246,40 +293,53 @@ class _TaskThreads:
                     continue
                 self._watcher_timed = True
                 self._watcher_wakeup.wait(self.WATCH_INTERVAL)
-                if self._jobs and self._running_are_held_up():
-                    self._start_threads(len(self._jobs) - self._notified - self._starting)
+                if not self._jobs:
+                    held_up = 0
+                elif not self._running:
+                    # A thread is on its way (submit starts one), or none
+                    # is and one must.
+                    held_up = 0
+                    if not (self._notified or self._starting):
+                        self._start_threads(1)
+                elif self._running_are_held_up():
+                    # Twice in a row: one slow look is often a pause (a
+                    # garbage collection, the loop handing out a batch).
+                    held_up += 1
+                    if held_up >= 2:
+                        held_up = 0
+                        self._start_threads(len(self._jobs) - self._notified - self._starting)
+                else:
+                    held_up = 0
 
     def _running_are_held_up(self) -> bool:
-        """Whether the threads running jobs used less than BUSY_SHARE of
-        a core since the watcher's last look, or have all run their
-        current job for LONG_JOB or longer (under the lock). A thread that
-        started running since then is given until the next look."""
+        """Whether the threads running jobs and the event loop's thread
+        wanted a CPU for less than BUSY_SHARE of the time since the
+        watcher's last look, or the running ones have all run their current
+        job for LONG_JOB or longer (under the lock). A thread that started
+        running since then is given until the next look."""
         now = time.monotonic()
         elapsed = now - self._seen_at
         self._seen_at = now
         running = list(self._running.items())
-        if not running:
-            return True
-        if all(now - started >= self.LONG_JOB for _, (_, started) in running):
-            return True
-        used = 0.0
+        wanted = 0.0
         sampled = 0
         fresh = False
-        for ident, (clock, _) in running[: self.SAMPLED]:
-            try:
-                cpu = time.clock_gettime(clock)
-            except OSError:  # the thread is ending
-                continue
-            before = self._seen_cpu.get(ident)
-            self._seen_cpu[ident] = cpu
+        for ident, (meter, _) in running[: self.SAMPLED]:
+            total = meter.wanted()
+            before = self._seen_wanted.get(ident)
+            self._seen_wanted[ident] = total
             if before is None:
                 fresh = True
             else:
-                used += cpu - before
+                wanted += total - before
                 sampled += 1
-        if fresh or not sampled or elapsed <= 0:
+        loop_before, self._loop_wanted = self._loop_wanted, self._loop_meter.wanted()
+        if all(now - started >= self.LONG_JOB for _, (_, started) in running):
+            return True
+        if fresh or not sampled or loop_before is None or elapsed <= 0:
             return False
-        return used * len(running) / sampled < self.BUSY_SHARE * elapsed
+        wanted = wanted * len(running) / sampled + (self._loop_wanted - loop_before)
+        return wanted < self.BUSY_SHARE * elapsed
 
     def shutdown(self) -> None:
         """Ends idle threads and the watcher; jobs not started are dropped
@@ -289,6 +349,7 @@ class _TaskThreads:
             self._jobs.clear()
             self._idle_wakeup.notify_all()
             self._watcher_wakeup.notify_all()
+            self._loop_meter.close()
 
 
 class _Run:
