@@ -181,6 +181,29 @@ def test_djangos_task_log_reaches_a_root_console_handler(django_valkey, runs, ta
             assert any("state=SUCCESSFUL" in line for line in lines), printed
 
 
+def test_djangos_enqueue_log_reaches_a_handler_that_shows_debug(django_valkey, runs):
+    # Django's receiver of task_enqueued logs at DEBUG; the backend skips
+    # the signal only while no handler would show that record.
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    tasks_logger = logging.getLogger("django.tasks")
+    level = tasks_logger.level
+    tasks_logger.addHandler(handler)
+    tasks_logger.setLevel(logging.DEBUG)
+    try:
+        sync_result = tasks.add.enqueue(1, 2)
+        async_result = asyncio.run(tasks.add.aenqueue(3, 4))
+    finally:
+        tasks_logger.removeHandler(handler)
+        tasks_logger.setLevel(level)
+    printed = stream.getvalue()
+    for result in (sync_result, async_result):
+        assert any(result.id in line and "enqueued" in line for line in printed.splitlines()), printed
+
+
 def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
     finished = []
 

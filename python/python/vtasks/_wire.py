@@ -74,10 +74,18 @@ class OwnConnection(asyncio.Protocol):
         if self._transport is None and not await self._connect():
             return await fallback()
         future: asyncio.Future[list[bool]] = self._loop.create_future()
+        idle = not self._pending
         self._pending.append(_Pending(future, count, fallback))
-        self._outbox.append(request)
-        if len(self._outbox) == 1:
-            self._loop.call_soon(self._flush)
+        if idle and self._transport is not None and not self._transport.is_closing():
+            # Nothing in flight (a producer enqueueing one task after
+            # another): out now, rather than a pass of the loop later.
+            self._transport.write(request)
+        else:
+            # Requests made while others are in flight go out together at
+            # the end of this pass of the loop.
+            self._outbox.append(request)
+            if len(self._outbox) == 1:
+                self._loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -29,6 +30,7 @@ from ..client import Client, TaskState, redacted_url
 from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import argument_error, dumps, error_entries, loads
 from .checks import reaches_server
+from .listening import Listening
 
 # Status of a vtasks task -> Django's.
 STATUSES = {
@@ -164,6 +166,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
         # Django keeps QUEUES as a set; their order is the order in which a
         # worker prefers them (the first queue with a ready task is served).
         self.queue_order: list[str] = list(dict.fromkeys(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME])))
+        # Django's receiver of task_enqueued logs at DEBUG: with nobody else
+        # listening and DEBUG records dropped, the signal is not sent.
+        self._listening = Listening(type(self))
         options = {key.upper(): value for key, value in self.options.items()}
         self.url: str = options.get("URL", "valkey://127.0.0.1:6379")
         self.lease: float = float(options.get("LEASE", limits.DEFAULT_LEASE))
@@ -301,7 +306,8 @@ class ValkeyTaskBackend(BaseTaskBackend):
         task's; its ``enqueued_at`` stays None until refreshed)."""
         if added:
             object.__setattr__(result, "enqueued_at", timezone.now())
-            task_enqueued.send(type(self), task_result=result)
+            if self._listening(task_enqueued, logging.DEBUG):
+                task_enqueued.send(type(self), task_result=result)
         return result
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:

@@ -23,98 +23,23 @@ import dataclasses
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
-from django.dispatch import Signal
 from django.tasks import TaskContext, TaskResult, TaskResultStatus
-from django.tasks import signals as task_signals
 from django.tasks.base import Task
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
-from django.utils.log import RequireDebugFalse, RequireDebugTrue
 from django.utils.module_loading import import_string
 
 from ..errors import ResultNotStored, TaskNotRegistered
 from ..payloads import dumps
 from ..worker import Delivery, Failure, Stored, Worker, result_not_stored
 from .backend import ValkeyTaskBackend, resolve_task, result_id, task_error
-
-# Django's own receivers of the task signals: they only log.
-_DJANGO_LOG_RECEIVERS = {
-    getattr(task_signals, name, None) for name in ("log_task_started", "log_task_finished")
-} - {None}
-
-
-class _Listening:
-    """Whether sending a task signal does anything: a receiver other than
-    Django's own log receivers, or a record of theirs that a handler would
-    emit. With Django's default LOGGING (``django.tasks`` at INFO, whose
-    console handler needs ``DEBUG``) or with that logger at WARNING, their
-    INFO records are built and dropped, a quarter of a no-op task's time;
-    the worker then sends no signal for a run that succeeds. The answer is
-    kept for a second, so a change of the logging setup or a receiver
-    connected later is seen within one."""
-
-    def __init__(self, sender: type) -> None:
-        self._sender = sender
-        self._until = 0.0
-        self._answers: dict[tuple[Signal, int], bool] = {}
-
-    def __call__(self, signal: Signal, level: int = logging.INFO) -> bool:
-        now = time.monotonic()
-        if now >= self._until:
-            self._answers.clear()
-            self._until = now + 1.0
-        key = (signal, level)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = self._answers[key] = self._listened(signal, level)
-        return answer
-
-    def _listened(self, signal: Signal, level: int) -> bool:
-        try:
-            sync_receivers, async_receivers = signal._live_receivers(self._sender)
-        except Exception:  # a Django without this helper: assume someone listens
-            return True
-        if async_receivers or any(r not in _DJANGO_LOG_RECEIVERS for r in sync_receivers):
-            return True
-        return bool(sync_receivers) and _emits(logging.getLogger("django.tasks"), level)
-
-
-def _emits(logger: logging.Logger, level: int) -> bool:
-    """Whether a record of ``level`` from ``logger`` would reach a handler
-    that writes it. Filters other than Django's DEBUG filters are assumed
-    to pass it."""
-    if not logger.isEnabledFor(level):
-        return False
-    if logger.filters:
-        return True
-    current: logging.Logger | None = logger
-    found = False
-    while current is not None:
-        for handler in current.handlers:
-            found = True
-            if level >= handler.level and all(_passes(f) for f in handler.filters):
-                return True
-        if not current.propagate:
-            break
-        current = current.parent
-    last_resort = logging.lastResort
-    return not found and last_resort is not None and level >= last_resort.level
-
-
-def _passes(log_filter: Any) -> bool:
-    if isinstance(log_filter, RequireDebugTrue):
-        return bool(settings.DEBUG)
-    if isinstance(log_filter, RequireDebugFalse):
-        return not settings.DEBUG
-    return True
+from .listening import Listening
 
 
 def _running_result(task: Task, backend: str, d: Delivery, args: Any, kwargs: Any) -> TaskResult:
@@ -142,7 +67,7 @@ def _succeeded(result: TaskResult, sender: type) -> None:
 
 
 def _failed(
-    result: TaskResult | None, sender: type, failure: Failure, listening: _Listening, make: Callable[[], TaskResult]
+    result: TaskResult | None, sender: type, failure: Failure, listening: Listening, make: Callable[[], TaskResult]
 ) -> None:
     """Sends ``task_finished`` for a failed attempt (inside the handler of
     its exception, so Django's log shows the traceback), when someone
@@ -237,7 +162,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
     """Maps a payload's task path to a wrapper that runs the Django Task."""
     sender = type(backend)
     cache: dict[str, Callable[..., Any]] = {}
-    listening = _Listening(sender)
+    listening = Listening(sender)
     context = task_context_factory(backend)
 
     def resolve(path: str) -> Callable[..., Any]:
