@@ -25,6 +25,8 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
         ),
         (vec!["VTASKS.GET", "{q}"], "wrong number of arguments"),
         (vec!["VTASKS.STATS"], "wrong number of arguments"),
+        (vec!["VTASKS.CLEAR"], "wrong number of arguments"),
+        (vec!["VTASKS.CLEAR", "{q}", "ALL"], "wrong number of arguments"),
         (
             vec!["VTASKS.SCHEDULE", "{q}", "n", "every 1", "{}", "NEXT"],
             "wrong number of arguments",
@@ -122,6 +124,8 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
         (vec!["VTASKS.STATS", "{unknown}"], "NOQUEUE"),
         (vec!["VTASKS.DEADLIST", "{unknown}"], "NOQUEUE"),
         (vec!["VTASKS.PURGE", "{unknown}", "ALL"], "NOQUEUE"),
+        (vec!["VTASKS.CLEAR", "{unknown}"], "NOQUEUE"),
+        (vec!["VTASKS.CLEAR", "q"], "invalid queue 'q'"),
         // ENQUEUE
         (
             vec!["VTASKS.ENQUEUE", "{q}", "TASKS", "t", "{}"],
@@ -514,6 +518,7 @@ fn keys_of_the_wrong_type_are_refused_without_writing() {
             vec!["VTASKS.GET", "{s}", "t"],
             vec!["VTASKS.ACK", "{s}", "1", "t", "1", ""],
             vec!["VTASKS.CANCEL", "{s}", "t"],
+            vec!["VTASKS.CLEAR", "{s}"],
             vec!["VTASKS.ADOPT", "{s}"],
         ] {
             let err = query_err(&mut con, &words);
@@ -534,6 +539,7 @@ fn keys_of_the_wrong_type_are_refused_without_writing() {
         vec!["VTASKS.STATS", "{q}"],
         vec!["VTASKS.ENQUEUE", "{s}", "TASK", "t", "{}"],
         vec!["VTASKS.PAUSE", "{s}"],
+        vec!["VTASKS.CLEAR", "{s}"],
     ] {
         let err = query_err(&mut con, &words);
         assert!(err.starts_with("WRONGTYPE"), "{words:?}: {err}");
@@ -668,6 +674,7 @@ const TEMPLATES: &[&[&str]] = &[
     &["VTASKS.PAUSE", "{q}"],
     &["VTASKS.RESUME", "{q}"],
     &["VTASKS.CANCEL", "{q}", "t1", "t2"],
+    &["VTASKS.CLEAR", "{q}"],
     &[
         "VTASKS.SCHEDULE",
         "{q}",
@@ -719,6 +726,7 @@ fn random_and_mutated_commands_never_take_the_server_down() {
         "VTASKS.PAUSE",
         "VTASKS.RESUME",
         "VTASKS.CANCEL",
+        "VTASKS.CLEAR",
         "{q}",
         "{r}",
         "q",
@@ -776,7 +784,7 @@ fn random_and_mutated_commands_never_take_the_server_down() {
                 let mut words: Vec<String> = (0..len)
                     .map(|_| vocab[pick(vocab.len(), &mut next)].to_string())
                     .collect();
-                words[0] = vocab[pick(14, &mut next)].to_string();
+                words[0] = vocab[pick(15, &mut next)].to_string();
                 words
             } else {
                 let template = TEMPLATES[pick(TEMPLATES.len(), &mut next)];

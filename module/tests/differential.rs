@@ -280,7 +280,13 @@ fn random_command(rng: &mut Rng, state: &State) -> Vec<String> {
             }
         }
         12 => {
-            let verb = rng.pick(&["VTASKS.PAUSE", "VTASKS.RESUME", "VTASKS.CANCEL"]);
+            let verb = rng.pick(&[
+                "VTASKS.PAUSE",
+                "VTASKS.RESUME",
+                "VTASKS.CANCEL",
+                "VTASKS.CANCEL",
+                "VTASKS.CLEAR",
+            ]);
             w.extend([s(verb), q]);
             if verb == "VTASKS.CANCEL" {
                 for _ in 0..1 + rng.below(3) {

@@ -95,6 +95,12 @@ const COMMANDS: &[(&str, i64, &[&str], &[&str])] = &[
         &["@write", "@slow", "@vtasks"],
     ),
     (
+        "vtasks.clear",
+        2,
+        &["write", "module"],
+        &["@write", "@slow", "@vtasks"],
+    ),
+    (
         "vtasks.schedule",
         -7,
         &["write", "denyoom", "module"],
@@ -195,6 +201,7 @@ fn command_getkeys_names_the_queues() {
         (&["VTASKS.PAUSE", "{a}"], &["{a}"]),
         (&["VTASKS.RESUME", "{a}"], &["{a}"]),
         (&["VTASKS.CANCEL", "{a}", "t"], &["{a}"]),
+        (&["VTASKS.CLEAR", "{a}"], &["{a}"]),
         (
             &["VTASKS.SCHEDULE", "{a}", "n", "every 1", "{}", "NEXT", "1"],
             &["{a}"],

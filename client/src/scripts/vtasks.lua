@@ -931,6 +931,7 @@ local commands = {}
 local ARITY = {
   ENQUEUE = -5, FETCHN = -5, ACK = -6, NACK = -7, EXTEND = -6, RELEASE = -5, GET = 3,
   STATS = 2, DEADLIST = -2, REQUEUE = -3, PURGE = -3, PAUSE = 2, RESUME = 2, CANCEL = -3,
+  CLEAR = 2,
   SCHEDULE = -7, UNSCHEDULE = -3, SCHEDULENEXT = 5, SCHEDULES = 2,
 }
 
@@ -1484,6 +1485,27 @@ function commands.CANCEL(a)
   return out
 end
 
+-- Deletes up to BULK_BATCH waiting tasks: ready ones first, in the order
+-- FETCHN hands them out (ready-set score order), then delayed ones,
+-- earliest due first. Each is what a CANCEL of its id would have deleted,
+-- and counts in `cancelled`. The caller repeats until the reply is 0.
+function commands.CLEAR(a)
+  local q = queue_keys(a:next('queue'))
+  a:finish()
+  require_queue(q)
+  local cleared = 0
+  for _, set in ipairs({ q.ready, q.delayed }) do
+    local room = BULK_BATCH - cleared
+    if room == 0 then break end
+    local ids = call('ZRANGE', set, 0, room - 1)
+    zrem_all(set, ids)
+    for _, id in ipairs(ids) do call('DEL', q.task_prefix .. id) end
+    cleared = cleared + #ids
+  end
+  bump(q, 'cancelled', cleared)
+  return cleared
+end
+
 -- Schedules (docs/PROTOCOL.md, "Schedules") ---------------------------------
 
 local function validate_schedule_name(name)
@@ -1652,7 +1674,7 @@ end
 --                              before it runs;
 --   __FUNCTION_NAME___settle   drains and settles (FETCHN, ACK, NACK,
 --                              EXTEND, RELEASE) and frees or flags (PURGE,
---                              CANCEL, PAUSE, RESUME, UNSCHEDULE,
+--                              CANCEL, CLEAR, PAUSE, RESUME, UNSCHEDULE,
 --                              SCHEDULENEXT); `allow-oom`, so a
 --                              full server still drains its backlog;
 --   __FUNCTION_NAME___read     reads (GET, STATS, DEADLIST, SCHEDULES); `no-writes`,
@@ -1665,7 +1687,8 @@ local FUNCTION_OF = {
   FETCHN = '__FUNCTION_NAME___settle', ACK = '__FUNCTION_NAME___settle',
   NACK = '__FUNCTION_NAME___settle', EXTEND = '__FUNCTION_NAME___settle',
   RELEASE = '__FUNCTION_NAME___settle', PURGE = '__FUNCTION_NAME___settle',
-  CANCEL = '__FUNCTION_NAME___settle', PAUSE = '__FUNCTION_NAME___settle',
+  CANCEL = '__FUNCTION_NAME___settle', CLEAR = '__FUNCTION_NAME___settle',
+  PAUSE = '__FUNCTION_NAME___settle',
   RESUME = '__FUNCTION_NAME___settle',
   GET = '__FUNCTION_NAME___read', STATS = '__FUNCTION_NAME___read',
   DEADLIST = '__FUNCTION_NAME___read',

@@ -1101,6 +1101,30 @@ pub fn resume(store: &mut impl Store, keys: &QueueKeys) -> VtResult<()> {
     Ok(())
 }
 
+/// Deletes up to `limit` waiting tasks (`VTASKS.CLEAR`): ready ones first,
+/// in the order FETCHN hands them out (ready-set score order), then delayed
+/// ones, earliest due first (ties by id, as the sorted set orders them).
+/// Leased, done and dead tasks are left alone. Each deleted task is what a
+/// CANCEL of its id would have deleted, and counts in `cancelled`. Returns
+/// how many; the caller repeats until 0.
+pub fn clear(store: &mut impl Store, keys: &QueueKeys, limit: usize) -> VtResult<u64> {
+    check_types(store, keys)?;
+    let mut cleared = 0;
+    for set in [&keys.ready, &keys.delayed] {
+        let room = limit - cleared;
+        if room == 0 {
+            break;
+        }
+        for (id, _) in store.zrange_by_score(set, SCORE_MIN, SCORE_MAX, 0, room)? {
+            store.zrem(set, &id)?;
+            store.del(&keys.task(&id))?;
+            cleared += 1;
+        }
+    }
+    bump(store, keys, meta::CANCELLED, cleared as u64)?;
+    Ok(cleared as u64)
+}
+
 /// Removes tasks that are waiting (ready or delayed). Leased, done and dead
 /// tasks are left alone. Returns, per id, whether it was cancelled.
 pub fn cancel(store: &mut impl Store, keys: &QueueKeys, ids: &[&[u8]]) -> VtResult<Vec<bool>> {

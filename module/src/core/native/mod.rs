@@ -1077,6 +1077,30 @@ impl TaskQueue {
         self.meta.paused = false;
     }
 
+    /// Deletes up to `limit` waiting tasks (`VTASKS.CLEAR`): ready ones
+    /// first, in the order FETCHN hands them out, then delayed ones,
+    /// earliest due first (ties by id). Leased, done and dead tasks stay.
+    /// Each deleted task is what a CANCEL of its id would have deleted, and
+    /// counts in `cancelled`. Returns how many; the caller repeats until 0.
+    pub fn clear(&mut self, limit: usize) -> u64 {
+        let mut cleared = 0;
+        while cleared < limit {
+            // Taken from the fronts of the ready lanes, so no tombstone is
+            // left behind (those in the way are dropped as a fetch drops them).
+            let Some(slot) = self.pop_ready() else {
+                break;
+            };
+            self.delete(slot);
+            cleared += 1;
+        }
+        for (_, slot) in self.delayed.pop_due(i64::MAX, limit - cleared) {
+            self.delete(slot);
+            cleared += 1;
+        }
+        self.meta.counters.cancelled += cleared as u64;
+        cleared as u64
+    }
+
     /// Removes tasks that are waiting (ready or delayed). Returns, per id,
     /// whether it was cancelled.
     pub fn cancel(&mut self, ids: &[&[u8]]) -> Vec<bool> {

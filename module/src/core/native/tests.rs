@@ -261,6 +261,15 @@ impl Pair {
                     self.check("PURGE", o, n);
                 }
             }
+            10 if rng.chance(25) => {
+                // A small bound, so that the order in which the two clear
+                // (ready in fetch order, then delayed by due time) shows.
+                let limit = 1 + rng.below(4) as usize;
+                self.log.push(format!("{now} CLEAR {limit}"));
+                let o = old::clear(&mut self.old, &k, limit).unwrap();
+                let n = self.new.clear(limit);
+                self.check("CLEAR", o, n);
+            }
             10 => {
                 let ids: Vec<&[u8]> = (0..1 + rng.below(3))
                     .map(|_| IDS[rng.below(IDS.len() as u64) as usize].as_bytes())
@@ -339,6 +348,87 @@ fn uuid(i: u64) -> String {
         i % 4096,
         i * 7919
     )
+}
+
+/// CLEAR of more waiting tasks than one call takes: both cores delete the
+/// same tasks in the same order (ready in fetch order, a released task in
+/// its old place, then delayed by due time and id), call after call, and
+/// leave the leased tasks leased and acknowledgeable.
+#[test]
+fn clear_takes_a_large_queue_in_bounded_calls_and_leaves_leases_alone() {
+    let k = keys();
+    let mut store = MemStore::new();
+    store.advance_to(T0);
+    let mut q = TaskQueue::new();
+    let ids: Vec<String> = (0..BULK_BATCH as u64 + 2_500).map(uuid).collect();
+    let tasks: Vec<NewTask> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NewTask {
+            priority: (i % 3) as i64,
+            when: if i % 5 == 0 {
+                When::Delay(60_000 + (i % 2) as i64)
+            } else {
+                When::Now
+            },
+            ..NewTask::new(id.as_bytes(), b"{}")
+        })
+        .collect();
+    for chunk in tasks.chunks(5_000) {
+        let o = old::enqueue(&mut store, &k, chunk, None, T0).unwrap();
+        assert_eq!(o, q.enqueue(b"{q}", chunk, None, T0).unwrap());
+    }
+    let o = old::fetch(&mut store, &k, b"w", 7, 60_000, T0).unwrap();
+    let leased = q.fetch(b"w", 7, 60_000, T0);
+    assert_eq!(o, leased);
+    let back = [old::LeaseRef {
+        id: &leased[0].id,
+        token: leased[0].token,
+    }];
+    assert_eq!(
+        old::release(&mut store, &k, &back, T0).unwrap(),
+        q.release(&back, T0)
+    );
+
+    let same_tasks = |store: &mut MemStore, q: &TaskQueue| {
+        for id in &ids {
+            let o = old::get(store, &k, id.as_bytes()).unwrap();
+            assert_eq!(o, q.get(id.as_bytes(), T0), "task {id}");
+        }
+        assert_eq!(old::stats(store, &k, T0, 0).unwrap(), q.stats(T0, 0));
+    };
+    let waiting = ids.len() as u64 - 6;
+    let mut calls = Vec::new();
+    loop {
+        let o = old::clear(&mut store, &k, BULK_BATCH).unwrap();
+        let n = q.clear(BULK_BATCH);
+        assert_eq!(o, n);
+        calls.push(n);
+        same_tasks(&mut store, &q);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(calls, [BULK_BATCH as u64, waiting - BULK_BATCH as u64, 0]);
+    let stats: std::collections::HashMap<_, _> = q.stats(T0, 0).into_iter().collect();
+    assert_eq!(
+        (stats["ready"], stats["delayed"], stats["leased"]),
+        (0, 0, 6)
+    );
+    assert_eq!(stats["cancelled"], waiting as i64);
+    let acks: Vec<old::AckItem> = leased[1..]
+        .iter()
+        .map(|l| old::AckItem {
+            id: &l.id,
+            token: l.token,
+            result: None,
+        })
+        .collect();
+    assert_eq!(
+        old::ack(&mut store, &k, &acks, 1000, T0).unwrap(),
+        vec![Settled::Ok; 6]
+    );
+    assert_eq!(q.ack(&acks, 1000, T0), vec![Settled::Ok; 6]);
 }
 
 #[test]
