@@ -463,6 +463,19 @@ impl Client {
             .collect()
     }
 
+    /// Deletes up to 10,000 (`BULK_BATCH`) of a queue's waiting tasks,
+    /// ready then delayed (`VTASKS.CLEAR`); leased, done and dead tasks
+    /// stay. Returns how many; call again until it returns 0. Each deleted
+    /// task is as if cancelled (`cancel`): its id is free again and the
+    /// server counts it in `cancelled`. A `NOQUEUE` server error if the
+    /// queue was never used.
+    pub async fn clear(&self, queue: &QueueName) -> Result<u64> {
+        let reply = self
+            .send(redis::cmd("VTASKS.CLEAR").arg(queue.wire()))
+            .await?;
+        Ok(int(reply)? as u64)
+    }
+
     /// A second connection for fetches that block server-side.
     pub fn blocking_fetcher(&self) -> BlockingFetcher {
         BlockingFetcher {

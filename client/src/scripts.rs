@@ -120,8 +120,8 @@ impl Kind {
             .to_ascii_uppercase()
             .as_str()
         {
-            "FETCHN" | "ACK" | "NACK" | "EXTEND" | "RELEASE" | "PURGE" | "CANCEL" | "PAUSE"
-            | "RESUME" | "UNSCHEDULE" | "SCHEDULENEXT" => Kind::Settle,
+            "FETCHN" | "ACK" | "NACK" | "EXTEND" | "RELEASE" | "PURGE" | "CANCEL" | "CLEAR"
+            | "PAUSE" | "RESUME" | "UNSCHEDULE" | "SCHEDULENEXT" => Kind::Settle,
             "GET" | "STATS" | "DEADLIST" | "SCHEDULES" => Kind::Read,
             _ => Kind::Work,
         }
@@ -561,6 +561,8 @@ mod tests {
             q_with(&["a"])
         );
         assert_eq!(keys_of(&["VTASKS.REQUEUE", "{q}", "ALL"]), q_with(&[]));
+        // The tasks CLEAR deletes carry the queue's hash tag, as a fetch's.
+        assert_eq!(keys_of(&["VTASKS.CLEAR", "{q}"]), q_with(&[]));
         assert_eq!(keys_of(&["VTASKS.STATS", "{q}"]), q_with(&[]));
     }
 
@@ -618,6 +620,7 @@ mod tests {
             "VTASKS.RELEASE",
             "VTASKS.PURGE",
             "VTASKS.CANCEL",
+            "VTASKS.CLEAR",
             "VTASKS.PAUSE",
             "VTASKS.RESUME",
             "VTASKS.UNSCHEDULE",

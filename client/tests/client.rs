@@ -162,6 +162,98 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     );
 }
 
+/// CLEAR of more waiting tasks than one call deletes: call after call until
+/// 0, ready and delayed tasks gone (their ids free, as after a cancel), the
+/// leased ones still leased and acknowledged after it, and a consumer
+/// blocked on the queue still waiting and served by the next enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_deletes_waiting_tasks_in_bounded_calls() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    let err = client.clear(&q("never")).await.unwrap_err();
+    assert_eq!(err.code(), Some("NOQUEUE"), "{err}");
+
+    let queue = q("big");
+    let ready: Vec<NewTask> = (0..10_050)
+        .map(|i| NewTask::new(format!("r{i}"), b"{}".to_vec()))
+        .collect();
+    for chunk in ready.chunks(5_000) {
+        client.enqueue_many(&queue, chunk, None).await.unwrap();
+    }
+    let delayed: Vec<NewTask> = (0..30)
+        .map(|i| NewTask {
+            when: When::After(Duration::from_secs(3600)),
+            ..NewTask::new(format!("d{i}"), b"{}".to_vec())
+        })
+        .collect();
+    client.enqueue_many(&queue, &delayed, None).await.unwrap();
+    let running = client
+        .fetch(&Fetch {
+            count: 5,
+            ..Fetch::new(vec![queue.clone()], "w")
+        })
+        .await
+        .unwrap()
+        .tasks;
+    assert_eq!(running.len(), 5);
+
+    let mut calls = Vec::new();
+    loop {
+        let n = client.clear(&queue).await.unwrap();
+        calls.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(calls, [10_000, 10_050 + 30 - 5 - 10_000, 0]);
+    let stats = client.stats(&queue).await.unwrap();
+    let count = |name| stats.get(name).unwrap();
+    assert_eq!(
+        (count("ready"), count("delayed"), count("leased")),
+        (0, 0, 5)
+    );
+    assert_eq!(count("cancelled"), 10_075);
+    assert_eq!(client.get(&queue, "r9000").await.unwrap(), None);
+    assert_eq!(client.get(&queue, "d0").await.unwrap(), None);
+    let items: Vec<_> = running
+        .iter()
+        .map(|t| (t.id.clone(), t.token, None))
+        .collect();
+    assert_eq!(
+        client.ack(&queue, &items, None).await.unwrap(),
+        [Settled::Ok; 5]
+    );
+    assert!(
+        client
+            .enqueue(&queue, NewTask::new("r9000", b"{}".to_vec()))
+            .await
+            .unwrap(),
+        "a cleared task's id is free again"
+    );
+
+    // A consumer waiting on a queue with only delayed tasks keeps waiting
+    // through their clearing, and gets the next task enqueued.
+    let quiet = q("quiet");
+    client.enqueue_many(&quiet, &delayed, None).await.unwrap();
+    let mut fetcher = client.blocking_fetcher();
+    let id = fetcher.connect().await.unwrap();
+    let fetch = Fetch {
+        block: Some(Duration::from_secs(20)),
+        ..Fetch::new(vec![quiet.clone()], "w")
+    };
+    let waiting = tokio::spawn(async move { fetcher.fetch(&fetch).await });
+    wait_blocked(&server, id).await;
+    assert_eq!(client.clear(&quiet).await.unwrap(), 30);
+    wait_blocked(&server, id).await;
+    assert!(!waiting.is_finished(), "the clear woke nobody");
+    client
+        .enqueue(&quiet, NewTask::new("next", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.tasks[0].id, "next");
+}
+
 #[tokio::test]
 async fn tls_connections_work() {
     let dir = std::env::temp_dir().join(format!("vtasks-tls-{}", std::process::id()));

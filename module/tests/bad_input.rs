@@ -26,7 +26,10 @@ fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
         (vec!["VTASKS.GET", "{q}"], "wrong number of arguments"),
         (vec!["VTASKS.STATS"], "wrong number of arguments"),
         (vec!["VTASKS.CLEAR"], "wrong number of arguments"),
-        (vec!["VTASKS.CLEAR", "{q}", "ALL"], "wrong number of arguments"),
+        (
+            vec!["VTASKS.CLEAR", "{q}", "ALL"],
+            "wrong number of arguments",
+        ),
         (
             vec!["VTASKS.SCHEDULE", "{q}", "n", "every 1", "{}", "NEXT"],
             "wrong number of arguments",

@@ -442,6 +442,87 @@ fn cancel_and_maxlen() {
 }
 
 #[test]
+fn clear_deletes_waiting_tasks_and_nothing_else() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let err = query_err(&mut con, &["VTASKS.CLEAR", "{never}"]);
+    assert!(err.starts_with("NOQUEUE"), "{err}");
+    let mut enqueue = vec!["VTASKS.ENQUEUE", "{q}"];
+    for id in ["run", "ok", "die", "r1", "r2"] {
+        enqueue.extend(["TASK", id, "{}", "ATTEMPTS", "1"]);
+    }
+    enqueue.extend(["TASK", "urgent", "{}", "PRIORITY", "9"]);
+    enqueue.extend(["TASK", "later", "{}", "DELAY", "600000"]);
+    query(&mut con, &enqueue);
+    let got = fetch(&mut con, &["1", "{q}", "CONSUMER", "w", "COUNT", "4"]);
+    assert_eq!(ids(&got.tasks), ["urgent", "run", "ok", "die"]);
+    let token = |id: &str| {
+        got.tasks
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap()
+            .token
+            .to_string()
+    };
+    query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "ok", &token("ok"), "\"r\""],
+    );
+    query(
+        &mut con,
+        &["VTASKS.NACK", "{q}", "1", "die", &token("die"), "0", "boom"],
+    );
+    // "urgent" goes back to the queue; "run" stays leased.
+    query(
+        &mut con,
+        &["VTASKS.RELEASE", "{q}", "1", "urgent", &token("urgent")],
+    );
+    query(&mut con, &["VTASKS.PAUSE", "{q}"]);
+
+    // A paused queue is cleared too: r1, r2, urgent and later.
+    assert_eq!(int(&query(&mut con, &["VTASKS.CLEAR", "{q}"])), 4);
+    assert_eq!(int(&query(&mut con, &["VTASKS.CLEAR", "{q}"])), 0);
+    for id in ["r1", "r2", "urgent", "later"] {
+        assert_eq!(
+            query(&mut con, &["VTASKS.GET", "{q}", id]),
+            Value::Nil,
+            "{id}"
+        );
+    }
+    let status = |con: &mut Connection, id| {
+        text(&field(&query(con, &["VTASKS.GET", "{q}", id]), "status").unwrap())
+    };
+    assert_eq!(status(&mut con, "run"), "leased");
+    assert_eq!(status(&mut con, "ok"), "done");
+    assert_eq!(status(&mut con, "die"), "dead");
+    for (name, value) in [
+        ("ready", 0),
+        ("delayed", 0),
+        ("leased", 1),
+        ("dead", 1),
+        ("done", 1),
+        ("cancelled", 4),
+        ("paused", 1),
+    ] {
+        assert_eq!(stat(&mut con, "{q}", name), value, "{name}");
+    }
+    let r = query(
+        &mut con,
+        &["VTASKS.ACK", "{q}", "1", "run", &token("run"), ""],
+    );
+    assert_eq!(
+        text(&items(&r)[0]),
+        "OK",
+        "the running task settles as usual"
+    );
+    // A cleared id is free, as a cancelled one.
+    let r = query(&mut con, &["VTASKS.ENQUEUE", "{q}", "TASK", "r1", "{}"]);
+    assert_eq!(int(&items(&r)[0]), 1);
+    // Lower case, as any command.
+    assert_eq!(int(&query(&mut con, &["vtasks.clear", "{q}"])), 1);
+}
+
+#[test]
 fn stats_report_every_count() {
     let server = Server::start();
     let mut con = server.connect();

@@ -68,6 +68,31 @@ fn the_replica_ends_in_the_primarys_state() {
     assert!(err.starts_with("READONLY"), "{err}");
 }
 
+/// CLEAR replicates as itself (it reads no clock): the replica deletes the
+/// same waiting tasks and keeps the same leased, done and dead ones.
+#[test]
+fn a_clear_reaches_the_replica() {
+    let (primary, replica) = start_pair();
+    let mut p = primary.connect();
+    let mut r = replica.connect();
+    let held = mixed_workload(&mut p, "{q}");
+    wait_synced(&mut p, &mut r);
+    let waiting = stat(&mut p, "{q}", "ready") + stat(&mut p, "{q}", "delayed");
+    assert!(waiting > 0);
+    assert_eq!(int(&query(&mut p, &["VTASKS.CLEAR", "{q}"])), waiting);
+    wait_synced(&mut p, &mut r);
+    assert_eq!(
+        stat(&mut r, "{q}", "ready") + stat(&mut r, "{q}", "delayed"),
+        0
+    );
+    assert_eq!(stat(&mut r, "{q}", "leased"), held.len() as i64);
+    let info: String = cmd(&["INFO", "commandstats"]).query(&mut r).unwrap();
+    assert!(
+        info.to_lowercase().contains("cmdstat_vtasks.clear:calls=1"),
+        "replicated as VTASKS.CLEAR: {info}"
+    );
+}
+
 #[test]
 fn timers_act_only_on_the_primary_until_a_replica_is_promoted() {
     let (mut primary, replica) = start_pair();
