@@ -153,6 +153,28 @@ def test_queue_administration_sync_and_async(valkey):
     asyncio.run(main())
 
 
+def test_clear_queue_deletes_waiting_tasks_sync_and_async(valkey):
+    client = vtasks.Client(valkey.url)
+    with pytest.raises(vtasks.NoSuchQueue):
+        client.clear_queue_sync("default")
+    ready = [client.enqueue_sync(sample_tasks.add, i, i) for i in range(3)]
+    later = client.enqueue_call_sync(sample_tasks.add, (1, 1), delay=3600)
+    assert client.clear_queue_sync("default") == 4
+    assert client.clear_queue_sync("default") == 0
+    assert [client.get_sync("default", id) for id in [*ready, later]] == [None] * 4
+    stats = client.stats_sync("default")
+    assert (stats["ready"], stats["delayed"], stats["cancelled"]) == (0, 0, 4)
+    # The id of a cleared task is free again, as a cancelled one's.
+    assert client.enqueue_call_sync(sample_tasks.add, (1, 1), id=later) == later
+
+    async def main():
+        await client.enqueue(sample_tasks.add, 2, 2)
+        assert await client.clear_queue("default") == 2
+        assert await client.clear_queue("default") == 0
+
+    asyncio.run(main())
+
+
 def test_unix_socket_urls(tmp_path):
     from tests.conftest import ValkeyServer
 

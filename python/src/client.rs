@@ -315,6 +315,20 @@ impl NativeClient {
         })
     }
 
+    /// Deletes up to 10,000 waiting tasks (`VTASKS.CLEAR`); how many.
+    fn clear_queue(
+        &self,
+        py: Python<'_>,
+        bridge: Option<&Bridge>,
+        queue_name: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let queue = queue(queue_name)?;
+        let client = self.client.clone();
+        dispatch(py, bridge, async move {
+            client.clear(&queue).await.map(|n| Reply::Int(n as i64))
+        })
+    }
+
     /// Adds or changes a schedule; "added", "changed" or "unchanged".
     /// `timing` is the text form (`schedule_timing` builds it).
     #[allow(clippy::too_many_arguments)]

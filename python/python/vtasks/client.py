@@ -465,6 +465,20 @@ class Client:
     def cancel_sync(self, queue: str, ids: list[str]) -> list[bool]:
         return self.native.cancel(None, queue, ids)
 
+    async def clear_queue(self, queue: str) -> int:
+        """Deletes up to 10,000 of the queue's waiting tasks, ready then
+        delayed (``VTASKS.CLEAR``), and returns how many: call again until
+        it returns 0. Running, finished and dead-lettered tasks stay. Each
+        deleted task is as if cancelled (``cancel``): its result is gone and
+        its id free again; the queue's ``cancelled`` total counts it.
+        ``vtasks.NoSuchQueue`` if the queue was never used."""
+        bridge = LoopBridge.current()
+        return await bridge.wait(self.native.clear_queue(bridge.native, queue))
+
+    def clear_queue_sync(self, queue: str) -> int:
+        """``clear_queue``, from synchronous code."""
+        return self.native.clear_queue(None, queue)
+
     async def set_schedule(self, schedule: Schedule) -> str:
         """Adds or changes a periodic schedule kept by the server; returns
         ``"added"``, ``"changed"`` (in effect at once) or ``"unchanged"``
