@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.tasks import TaskResultStatus, task_backends
+from django.tasks.exceptions import TaskResultDoesNotExist
 
+from tests import sample_tasks
 from tests.django_project import tasks
 from tests.test_django import point_tasks_at, run_worker_burst
 
@@ -145,6 +148,67 @@ def test_cancel_a_waiting_task_and_not_a_finished_one(django_valkey, runs):
         vtasks_command("cancel", done.id)
 
 
+def test_purge_deletes_waiting_tasks_and_keeps_the_rest(django_valkey, runs):
+    dead = dead_letters(1)[0]
+    done = tasks.add.enqueue(1, 2)
+    run_worker_burst()
+    ready = [tasks.add.enqueue(i, i) for i in range(3)]
+    later = tasks.add.using(run_after=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).enqueue(9, 9)
+    unique = tasks.refresh_cache.enqueue("k")
+    with pytest.raises(CommandError, match="not purged: confirm at a terminal, or pass --yes"):
+        vtasks_command("purge", "default")
+    assert stats_of("default")["ready"] == 4
+
+    assert "5 waiting tasks purged from default" in vtasks_command("purge", "default", "--yes")
+    counts = stats_of("default")
+    assert (counts["ready"], counts["delayed"], counts["dead"], counts["done"]) == (0, 0, 1, 1)
+    assert counts["cancelled"] == 5
+    # A purged task answers as a cancelled one: no result any more.
+    cancelled = tasks.add.enqueue(5, 5)
+    vtasks_command("cancel", cancelled.id)
+    for result in [*ready, later, unique, cancelled]:
+        with pytest.raises(TaskResultDoesNotExist):
+            tasks.add.get_result(result.id)
+    assert tasks.add.get_result(done.id).status == TaskResultStatus.SUCCESSFUL
+    assert tasks.fails.get_result(dead).status == TaskResultStatus.FAILED
+    # A unique task's key is free again, as after a cancel.
+    again = tasks.refresh_cache.enqueue("k")
+    assert again.id == unique.id and stats_of("default")["ready"] == 1
+    assert "emails has no waiting tasks" in vtasks_command("purge", "emails")
+
+
+def test_purge_asks_at_a_terminal(django_valkey, monkeypatch):
+    from vtasks.django.subcommands import purge
+
+    tasks.add.enqueue(1, 1)
+    tasks.add.enqueue(2, 2)
+    asked: list[str] = []
+    answers = iter(["n", "y"])
+
+    def answer(question: str) -> str:
+        asked.append(question)
+        return next(answers)
+
+    monkeypatch.setattr(purge, "interactive", lambda: True)
+    monkeypatch.setattr("vtasks.django.subcommands._table.interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", answer)
+    assert "not purged" in vtasks_command("purge", "default")
+    assert stats_of("default")["ready"] == 2
+    assert "2 waiting tasks purged from default" in vtasks_command("purge", "default")
+    assert asked == ["Purge 2 waiting tasks from queue 'default'? [y/N] "] * 2
+    assert stats_of("default")["ready"] == 0
+
+
+def test_purge_of_more_than_one_batch(django_valkey):
+    client = task_backends["default"].client
+    for first in (0, 6_000):
+        calls = [((i, i), {}) for i in range(first, first + 6_000)]
+        client.enqueue_many_sync(sample_tasks.add, calls, queue="default")
+    assert stats_of("default")["ready"] == 12_000
+    assert "12000 waiting tasks purged from default" in vtasks_command("purge", "default", "--yes")
+    assert stats_of("default")["ready"] == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -153,6 +217,8 @@ def test_cancel_a_waiting_task_and_not_a_finished_one(django_valkey, runs):
         (("dead", "list", "nowhere"), "queue 'nowhere' is not configured"),
         (("task", "not-a-result-id"), "is not a vtasks result id"),
         (("cancel", "abc@default"), "no task abc@default"),
+        (("purge", "nowhere", "--yes"), "queue 'nowhere' is not configured for backend 'default'"),
+        (("purge",), "the following arguments are required: QUEUE"),
         (("stats", "--watch", "--interval", "0"), "--interval must be positive"),
         (("frobnicate",), "invalid choice"),
         (("dead",), "the following arguments are required"),

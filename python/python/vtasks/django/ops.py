@@ -295,6 +295,27 @@ def purge_dead(backend: ValkeyTaskBackend, queue: str, ids: list[str] | None = N
         return 0
 
 
+def waiting_count(backend: ValkeyTaskBackend, queue: str) -> int:
+    """Tasks waiting to run (ready and delayed); 0 for a queue never used."""
+    counts = stats(backend, queue)
+    return counts.get("ready", 0) + counts.get("delayed", 0)
+
+
+def clear_queue(backend: ValkeyTaskBackend, queue: str) -> int:
+    """Deletes the queue's waiting tasks, ready and delayed (``VTASKS.CLEAR``,
+    at most 10,000 a call, repeated until a call deletes none); how many.
+    Running tasks, kept results and dead letters stay; each deleted task is
+    as if cancelled. Tasks enqueued while it runs may be deleted too."""
+    client = backend.client
+    total = 0
+    try:
+        while cleared := client.clear_queue_sync(queue):
+            total += cleared
+    except NoSuchQueue:
+        pass
+    return total
+
+
 def _all_batches(backend: ValkeyTaskBackend, queue: str, action: Any) -> int:
     """Runs ``action(queue, None)`` (an ``ALL`` form, at most 10,000 tasks
     a call) until it has handled the dead letters there were at the start:

@@ -38,12 +38,17 @@ def when(value: dt.datetime | None) -> str:
     return "-" if value is None else value.isoformat(sep=" ", timespec="milliseconds")
 
 
+def interactive() -> bool:
+    """Whether there is a terminal to ask a question at."""
+    return bool(sys.stdin) and sys.stdin.isatty()
+
+
 def confirm(question: str, yes: bool) -> bool:
     """``yes``, or the user's answer to ``question`` at a terminal. With no
     terminal to ask at, the answer is no (the caller refuses then)."""
     if yes:
         return True
-    if not sys.stdin or not sys.stdin.isatty():
+    if not interactive():
         return False
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
