@@ -168,6 +168,27 @@ async fn a_full_server_refuses_new_work_and_a_default_worker_drains_it() {
     assert_eq!(after.get("acked"), Some(ids.len() as i64 + 1));
 }
 
+/// Clearing adds no work: a full server runs it, and what it deletes makes
+/// room for new tasks.
+#[tokio::test]
+async fn a_full_server_runs_clear_and_has_room_again() {
+    let server = Server::start_with(&["--maxmemory", "8mb"]);
+    let client = connect(&server).await;
+    let q = queue();
+    let (ids, refusal) = fill(&client).await;
+    assert!(ids.len() > 1000, "only {} tasks fitted", ids.len());
+    assert!(matches!(refusal, Error::ServerFull(_)), "{refusal:?}");
+    let mut cleared = 0;
+    loop {
+        match client.clear(&q).await.unwrap() {
+            0 => break,
+            n => cleared += n,
+        }
+    }
+    assert_eq!(cleared, ids.len() as u64);
+    assert!(client.enqueue(&q, task("after")).await.unwrap());
+}
+
 /// The scripts engine's three functions differ in their flags (what a full
 /// server runs), so each runs only the commands of its kind.
 #[test]
@@ -188,6 +209,8 @@ fn each_library_function_runs_only_its_own_commands() {
     let lib = scripts::function_name();
     let err = call("FCALL", &format!("{lib}_settle"), "ENQUEUE");
     assert!(err.contains("VTASKS.ENQUEUE runs in function"), "{err}");
+    let err = call("FCALL", lib, "CLEAR");
+    assert!(err.contains("VTASKS.CLEAR runs in function"), "{err}");
     let err = call("FCALL", lib, "STATS");
     assert!(err.contains("VTASKS.STATS runs in function"), "{err}");
     let err = call("FCALL_RO", &format!("{lib}_read"), "FETCHN");
