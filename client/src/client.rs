@@ -4,8 +4,24 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Value};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisFuture, Value,
+};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+use crate::cluster::{self, NodeAddr, SlotMap};
+use crate::cluster_fetch::{ClusterFetcher, FetchOutcome, Interrupt};
+use crate::partitions::Partitions;
+use futures_util::future::join_all;
 
 use crate::engine::{self, Engine, EngineChoice, EngineState};
 use crate::error::{Error, Result};
@@ -33,6 +49,18 @@ pub struct ClientOptions {
     /// Enqueues return only once this many replicas hold them (`WAIT`),
     /// so a failover to a replica cannot lose an acknowledged enqueue.
     pub wait_replicas: Option<WaitReplicas>,
+    /// Valkey Cluster: the URL names one or more of its nodes
+    /// (`valkey://host1:6379,host2:6379`), from which the client learns
+    /// the others. Commands go to the node serving their queue's slot;
+    /// MOVED, ASK, TRYAGAIN and CLUSTERDOWN are followed or retried, and
+    /// the slot map is refreshed after a failover or a reshard.
+    pub cluster: bool,
+    /// Queues spread over several partitions, each a queue of its own in
+    /// its own slot (`partitions` module): enqueues go to the partition
+    /// the task's id picks, workers fetch from every partition, and the
+    /// queue's results, cancellation, dead letters and counts cover them
+    /// all.
+    pub partitions: Partitions,
 }
 
 /// How many replicas must confirm an enqueue, and how long to wait for them.
@@ -51,6 +79,8 @@ impl ClientOptions {
             reconnect_retries: 6,
             engine: EngineChoice::Auto,
             wait_replicas: None,
+            cluster: false,
+            partitions: Partitions::default(),
         }
     }
 }
@@ -128,10 +158,115 @@ fn first_connection_error(
     Error::Connection(detail)
 }
 
+/// The connection a client sends its commands on.
+#[derive(Clone)]
+enum Conn {
+    /// One server: one multiplexed connection that reconnects by itself.
+    Single(ConnectionManager),
+    /// Valkey Cluster: one multiplexed connection per node, routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => match cluster::route_of(cmd) {
+                Some(route) => Box::pin(conn.route_command(cmd.clone(), route)),
+                None => conn.req_packed_command(cmd),
+            },
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Where more connections go: the blocking fetcher's own.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Single(Box<redis::Client>),
+    Cluster(Arc<ClusterTarget>),
+}
+
+/// What a cluster client knows beyond its connection: the settings of
+/// its first node (credentials, TLS), for connections to the others, the
+/// slot map the blocking fetches go by, and the wake-ups the nodes push.
+pub(crate) struct ClusterTarget {
+    template: redis::ConnectionInfo,
+    slots: std::sync::Mutex<SlotMap>,
+    /// Names of the shard channels the connection subscribed to.
+    subscribed: tokio::sync::Mutex<HashSet<Vec<u8>>>,
+    /// A message on a subscribed shard channel: its channel's name.
+    rung: broadcast::Sender<Vec<u8>>,
+}
+
+impl ClusterTarget {
+    /// A client for one node, with the first node's settings.
+    pub(crate) fn node(&self, node: &NodeAddr) -> Result<redis::Client> {
+        let addr = match self.template.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: node.host.clone(),
+                port: node.port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
+        };
+        redis::Client::open(self.template.clone().set_addr(addr)).map_err(Error::from)
+    }
+
+    pub(crate) fn slots(&self) -> SlotMap {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wake-ups from now on: the names of the shard channels rung.
+    pub(crate) fn rings(&self) -> broadcast::Receiver<Vec<u8>> {
+        self.rung.subscribe()
+    }
+}
+
+/// Forwards the messages the cluster nodes push on subscribed shard
+/// channels (`SMESSAGE <channel> <message>`) to the fetchers waiting for
+/// them.
+async fn forward_rings(
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+    rung: broadcast::Sender<Vec<u8>>,
+) {
+    while let Some(push) = pushes.recv().await {
+        if push.kind != PushKind::SMessage {
+            continue;
+        }
+        if let Some(Value::BulkString(channel)) = push.data.into_iter().next() {
+            let _ = rung.send(channel);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
-    conn: ConnectionManager,
-    redis: redis::Client,
+    conn: Conn,
+    target: Target,
     options: ClientOptions,
     engine: EngineState,
 }
@@ -139,7 +274,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.options.url)
+            .field("url", &cluster::redact(&self.options.url))
             .field("engine", &self.engine.get())
             .finish()
     }
@@ -152,6 +287,9 @@ impl Client {
 
     pub async fn connect_with(options: ClientOptions) -> Result<Client> {
         install_tls_provider();
+        if options.cluster {
+            return Client::connect_cluster(options).await;
+        }
         let redis = redis::Client::open(options.url.as_str())
             .map_err(|e| Error::InvalidInput(format!("URL {:?}: {e}", options.url)))?;
         // One attempt first, without the manager's reconnection backoff: a
@@ -177,11 +315,171 @@ impl Client {
             .await
             .map_err(Error::from)?;
         Ok(Client {
-            conn,
-            redis,
+            conn: Conn::Single(conn),
+            target: Target::Single(Box::new(redis)),
             engine: EngineState::new(engine, options.engine),
             options,
         })
+    }
+
+    /// A Valkey Cluster client: the crate's cluster connection (one
+    /// multiplexed connection per node, following redirections and
+    /// refreshing its slot map by itself), speaking RESP3 so that the
+    /// scripts engine's sleepers can be woken on shard channels through
+    /// it (see `cluster_fetch`).
+    async fn connect_cluster(options: ClientOptions) -> Result<Client> {
+        let seeds = cluster::seed_urls(&options.url)?;
+        let infos = seeds
+            .iter()
+            .map(|url| url.as_str().into_connection_info())
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| {
+                Error::InvalidInput(format!("URL {:?}: {e}", cluster::redact(&options.url)))
+            })?;
+        let template = infos[0].clone();
+        let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+        let retries = u32::try_from(options.reconnect_retries).unwrap_or(u32::MAX);
+        let client = ClusterClientBuilder::new(infos)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            // Waits of 50 ms doubling up to 2 s, as a single server's.
+            .retries(retries)
+            .retry_wait_formula(25, 2)
+            .min_retry_wait(10)
+            .max_retry_wait(2000)
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(push_tx)
+            .build()
+            .map_err(|e| {
+                Error::InvalidInput(format!("URL {:?}: {e}", cluster::redact(&options.url)))
+            })?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|err| first_connection_error(&template, &options, err))?;
+        let module_loaded = match options.engine {
+            EngineChoice::Scripts => false,
+            _ => {
+                let mut info = redis::cmd("COMMAND");
+                info.arg("INFO").arg("VTASKS.FETCHN");
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                let reply = conn.route_command(info, routing).await?;
+                matches!(reply, Value::Array(items) if matches!(items.first(), Some(v) if *v != Value::Nil))
+            }
+        };
+        let engine = engine::resolve(options.engine, module_loaded, &options.url)?;
+        let (rung, _) = broadcast::channel(1024);
+        tokio::spawn(forward_rings(push_rx, rung.clone()));
+        let target = Arc::new(ClusterTarget {
+            template,
+            slots: std::sync::Mutex::new(SlotMap::default()),
+            subscribed: tokio::sync::Mutex::new(HashSet::new()),
+            rung,
+        });
+        let client = Client {
+            conn: Conn::Cluster(conn),
+            target: Target::Cluster(target),
+            engine: EngineState::new(engine, options.engine),
+            options,
+        };
+        client.refresh_slots().await?;
+        Ok(client)
+    }
+
+    /// Whether this client talks to a Valkey Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Reads the cluster's slot map again (`CLUSTER SLOTS`), from the
+    /// first node that answers; the blocking fetches go by it.
+    pub(crate) async fn refresh_slots(&self) -> Result<SlotMap> {
+        let (Conn::Cluster(conn), Target::Cluster(target)) = (&self.conn, &self.target) else {
+            return Err(Error::InvalidInput("not a cluster client".into()));
+        };
+        let mut nodes = target.slots().primaries();
+        let seed = match target.template.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                NodeAddr {
+                    host: host.clone(),
+                    port: *port,
+                }
+            }
+            _ => {
+                return Err(Error::InvalidInput(
+                    "a cluster is reached over TCP, not a unix socket".into(),
+                ))
+            }
+        };
+        let mut routes: Vec<(NodeAddr, RoutingInfo)> =
+            nodes.drain(..).map(|n| (n.clone(), n.routing())).collect();
+        // Any node the connection knows, when the known primaries fail
+        // (a failover replaced them).
+        routes.push((
+            seed.clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        ));
+        let mut last = Error::Connection("no node answered CLUSTER SLOTS".into());
+        for (node, routing) in routes {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SLOTS");
+            match conn.clone().route_command(cmd, routing).await {
+                Ok(reply) => {
+                    let map = SlotMap::from_reply(reply, &node)?;
+                    if map.is_empty() {
+                        last = Error::Server {
+                            code: "CLUSTERDOWN".into(),
+                            message: format!("{node} serves no slot yet"),
+                        };
+                        continue;
+                    }
+                    *target.slots.lock().unwrap_or_else(|p| p.into_inner()) = map.clone();
+                    return Ok(map);
+                }
+                Err(err) => last = Error::from(err),
+            }
+        }
+        Err(last)
+    }
+
+    /// Subscribes the cluster connection to these shard channels (once
+    /// each): their messages arrive through `ClusterTarget::rings`.
+    pub(crate) async fn ssubscribe(&self, channels: &[Vec<u8>]) -> Result<()> {
+        let (Conn::Cluster(conn), Target::Cluster(target)) = (&self.conn, &self.target) else {
+            return Ok(());
+        };
+        let mut subscribed = target.subscribed.lock().await;
+        for channel in channels {
+            if subscribed.contains(channel) {
+                continue;
+            }
+            conn.clone()
+                .ssubscribe(channel)
+                .await
+                .map_err(Error::from)?;
+            subscribed.insert(channel.clone());
+        }
+        Ok(())
+    }
+
+    /// Sends a plain command to one node of the cluster.
+    pub(crate) async fn send_to_node(&self, node: &NodeAddr, cmd: Cmd) -> Result<Value> {
+        match &self.conn {
+            Conn::Cluster(conn) => conn
+                .clone()
+                .route_command(cmd, node.routing())
+                .await
+                .map_err(Error::from),
+            Conn::Single(_) => self.send_plain(&cmd).await,
+        }
     }
 
     /// The engine this client runs its commands with.
@@ -234,15 +532,33 @@ impl Client {
         self.engine.query_then(&mut conn, cmd, then).await
     }
 
-    /// Sends a plain Valkey command (not a `VTASKS.*` one).
+    /// Sends a plain Valkey command (not a `VTASKS.*` one). In a
+    /// cluster, a command without keys goes to any primary.
     async fn send_plain(&self, cmd: &redis::Cmd) -> Result<Value> {
-        let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn).await.map_err(Error::from)
+        match &self.conn {
+            Conn::Cluster(conn) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                conn.clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(Error::from)
+            }
+            Conn::Single(_) => {
+                let mut conn = self.conn.clone();
+                cmd.query_async(&mut conn).await.map_err(Error::from)
+            }
+        }
     }
 
-    /// Whether the server has the vtasks module loaded.
+    /// Whether the server has the vtasks module loaded (in a cluster: a
+    /// primary has).
     pub async fn has_module(&self) -> Result<bool> {
-        engine::has_module(&mut self.conn.clone()).await
+        let reply = self
+            .send_plain(redis::cmd("COMMAND").arg("INFO").arg("VTASKS.FETCHN"))
+            .await?;
+        Ok(
+            matches!(reply, Value::Array(items) if matches!(items.first(), Some(v) if *v != Value::Nil)),
+        )
     }
 
     /// The server's `maxmemory` and `maxmemory-policy` (`INFO memory`,
@@ -260,14 +576,46 @@ impl Client {
         Ok(MemoryPolicy::from_info(&text))
     }
 
-    /// Adds one task; false if a task with its id already exists.
+    /// The partitions of the queues that have several (`ClientOptions`).
+    pub fn partitions(&self) -> &Partitions {
+        &self.options.partitions
+    }
+
+    /// Adds one task; false if a task with its id already exists. In a
+    /// partitioned queue, the task goes to the partition its id picks.
     pub async fn enqueue(&self, queue: &QueueName, task: NewTask) -> Result<bool> {
         let tasks = [task];
         Ok(self.enqueue_many(queue, &tasks, None).await?[0])
     }
 
-    /// Adds tasks atomically in one command; per task, whether it was added.
+    /// Adds tasks atomically in one command; per task, whether it was
+    /// added. In a partitioned queue each partition's tasks go in one
+    /// command (atomic per partition), and `maxlen` caps each partition.
     pub async fn enqueue_many(
+        &self,
+        queue: &QueueName,
+        tasks: &[NewTask],
+        maxlen: Option<u64>,
+    ) -> Result<Vec<bool>> {
+        if !self.partitions().is_partitioned(queue) {
+            return self.enqueue_one(queue, tasks, maxlen).await;
+        }
+        let groups = self.by_partition(queue, tasks.iter().map(|t| t.id.as_str()));
+        let replies = join_all(groups.iter().map(|(part, at)| {
+            let tasks: Vec<NewTask> = at.iter().map(|&i| tasks[i].clone()).collect();
+            async move { self.enqueue_one(part, &tasks, maxlen).await }
+        }))
+        .await;
+        let mut added = vec![false; tasks.len()];
+        for ((_, at), reply) in groups.iter().zip(replies) {
+            for (&i, ok) in at.iter().zip(reply?) {
+                added[i] = ok;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn enqueue_one(
         &self,
         queue: &QueueName,
         tasks: &[NewTask],
@@ -290,16 +638,95 @@ impl Client {
         Ok(added)
     }
 
+    /// The partitions of `queue` the ids pick, each with the positions of
+    /// its ids (in order).
+    fn by_partition<'a>(
+        &self,
+        queue: &QueueName,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Vec<(QueueName, Vec<usize>)> {
+        let mut groups: Vec<(QueueName, Vec<usize>)> = Vec::new();
+        for (i, id) in ids.enumerate() {
+            let part = self.partitions().of_task(queue, id);
+            match groups.iter_mut().find(|(p, _)| *p == part) {
+                Some((_, at)) => at.push(i),
+                None => groups.push((part, vec![i])),
+            }
+        }
+        groups
+    }
+
     /// A FETCHN that does not block (blocking fetches hold a connection:
-    /// use a `BlockingFetcher`).
+    /// use a `BlockingFetcher`). A partitioned queue stands for all its
+    /// partitions; settlements go to the partition of their task.
     pub async fn fetch(&self, fetch: &Fetch) -> Result<Fetched> {
         if fetch.block.is_some() {
             return Err(Error::InvalidInput(
                 "a blocking fetch needs its own connection: use Client::blocking_fetcher".into(),
             ));
         }
+        let fetch = self.physical_fetch(fetch);
         // Not repeated: a lost reply's tasks stay leased until they expire.
         fetch.from_reply(self.send_once(&fetch.to_cmd()?).await?)
+    }
+
+    /// The fetch with partitioned queues replaced by their partitions, in
+    /// order, and settlements addressed to their tasks' partitions.
+    pub(crate) fn physical_fetch(&self, fetch: &Fetch) -> Fetch {
+        let partitions = self.partitions();
+        if partitions.is_empty() {
+            return fetch.clone();
+        }
+        let mut physical = fetch.clone();
+        physical.queues = fetch
+            .queues
+            .iter()
+            .flat_map(|q| partitions.all(q))
+            .collect();
+        for ack in &mut physical.acks {
+            ack.queue = partitions.of_task(&ack.queue, &ack.id);
+        }
+        for nack in &mut physical.nacks {
+            nack.queue = partitions.of_task(&nack.queue, &nack.id);
+        }
+        physical
+    }
+
+    /// Runs `one` on each partition of `queue` that `ids` pick, and puts
+    /// the per-item replies back in the items' order.
+    async fn per_partition<T, R, F, Fut>(
+        &self,
+        queue: &QueueName,
+        items: &[T],
+        id_of: impl Fn(&T) -> &str,
+        one: F,
+    ) -> Result<Vec<R>>
+    where
+        T: Clone,
+        R: Clone,
+        F: Fn(QueueName, Vec<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<R>>>,
+    {
+        let groups = self.by_partition(queue, items.iter().map(&id_of));
+        let replies =
+            join_all(groups.iter().map(|(part, at)| {
+                one(part.clone(), at.iter().map(|&i| items[i].clone()).collect())
+            }))
+            .await;
+        let mut out: Vec<Option<R>> = vec![None; items.len()];
+        for ((_, at), reply) in groups.iter().zip(replies) {
+            let reply = reply?;
+            if reply.len() != at.len() {
+                return Err(Error::protocol("a reply for another number of items"));
+            }
+            for (&i, r) in at.iter().zip(reply) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every item answered"))
+            .collect())
     }
 
     pub async fn ack(
@@ -308,7 +735,21 @@ impl Client {
         items: &[(String, i64, Option<Vec<u8>>)],
         keep: Option<Duration>,
     ) -> Result<Vec<Settled>> {
-        settled_list(self.send(&AckCmd { queue, items, keep }.to_cmd()).await?)
+        self.per_partition(
+            queue,
+            items,
+            |i| &i.0,
+            |queue, items| async move {
+                let cmd = AckCmd {
+                    queue: &queue,
+                    items: &items,
+                    keep,
+                }
+                .to_cmd();
+                settled_list(self.send(&cmd).await?)
+            },
+        )
+        .await
     }
 
     pub async fn nack(
@@ -316,7 +757,20 @@ impl Client {
         queue: &QueueName,
         items: &[(String, i64, Retry, String)],
     ) -> Result<Vec<NackOutcome>> {
-        nack_list(self.send(&NackCmd { queue, items }.to_cmd()).await?)
+        self.per_partition(
+            queue,
+            items,
+            |i| &i.0,
+            |queue, items| async move {
+                let cmd = NackCmd {
+                    queue: &queue,
+                    items: &items,
+                }
+                .to_cmd();
+                nack_list(self.send(&cmd).await?)
+            },
+        )
+        .await
     }
 
     /// Renews leases: each deadline becomes now + `lease`.
@@ -326,12 +780,21 @@ impl Client {
         items: &[(String, i64)],
         lease: Duration,
     ) -> Result<Vec<Settled>> {
-        let cmd = LeaseCmd {
+        self.per_partition(
             queue,
             items,
-            extend_by: Some(lease),
-        };
-        settled_list(self.send(&cmd.to_cmd()).await?)
+            |i| &i.0,
+            |queue, items| async move {
+                let cmd = LeaseCmd {
+                    queue: &queue,
+                    items: &items,
+                    extend_by: Some(lease),
+                }
+                .to_cmd();
+                settled_list(self.send(&cmd).await?)
+            },
+        )
+        .await
     }
 
     /// Gives back leased tasks that were never started.
@@ -340,29 +803,135 @@ impl Client {
         queue: &QueueName,
         items: &[(String, i64)],
     ) -> Result<Vec<Settled>> {
-        let cmd = LeaseCmd {
+        self.per_partition(
             queue,
             items,
-            extend_by: None,
-        };
-        settled_list(self.send(&cmd.to_cmd()).await?)
+            |i| &i.0,
+            |queue, items| async move {
+                let cmd = LeaseCmd {
+                    queue: &queue,
+                    items: &items,
+                    extend_by: None,
+                }
+                .to_cmd();
+                settled_list(self.send(&cmd).await?)
+            },
+        )
+        .await
     }
 
+    /// A task's state (in a partitioned queue, from the partition its id
+    /// picks); None if there is no such task.
     pub async fn get(&self, queue: &QueueName, id: &str) -> Result<Option<TaskInfo>> {
+        let queue = self.partitions().of_task(queue, id);
         TaskInfo::from_reply(
             self.send(redis::cmd("VTASKS.GET").arg(queue.wire()).arg(id))
                 .await?,
         )
     }
 
+    /// A queue's counts. For a partitioned queue, the sums over its
+    /// partitions, except `paused` (1 if any partition is paused) and
+    /// `oldest_ready_age_ms` (the oldest of them); `NOQUEUE` only if no
+    /// partition was ever used.
     pub async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let parts = self.partitions().all(queue);
+        if parts.len() == 1 {
+            return self.stats_one(queue).await;
+        }
+        let replies = join_all(parts.iter().map(|p| self.stats_one(p))).await;
+        let mut total: Option<QueueStats> = None;
+        let mut missing = None;
+        for reply in replies {
+            let stats = match reply {
+                Ok(stats) => stats,
+                Err(err @ Error::Server { .. }) if err.code() == Some("NOQUEUE") => {
+                    missing.get_or_insert(err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            match &mut total {
+                None => total = Some(stats),
+                Some(total) => {
+                    for (name, value) in stats.values {
+                        match total.values.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, sum)) => {
+                                *sum = match name.as_str() {
+                                    "paused" | "oldest_ready_age_ms" => (*sum).max(value),
+                                    _ => *sum + value,
+                                }
+                            }
+                            None => total.values.push((name, value)),
+                        }
+                    }
+                }
+            }
+        }
+        match (total, missing) {
+            (Some(total), _) => Ok(total),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(Error::protocol("no partition answered STATS")),
+        }
+    }
+
+    async fn stats_one(&self, queue: &QueueName) -> Result<QueueStats> {
         QueueStats::from_reply(
             self.send(redis::cmd("VTASKS.STATS").arg(queue.wire()))
                 .await?,
         )
     }
 
+    /// Dead-lettered tasks, oldest first. For a partitioned queue, those of
+    /// every partition merged by the time they died.
     pub async fn dead_letters(
+        &self,
+        queue: &QueueName,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<DeadTask>> {
+        let parts = self.partitions().all(queue);
+        if parts.len() == 1 {
+            return self.dead_letters_one(queue, offset, count).await;
+        }
+        // The first offset + count of each partition hold the page.
+        let wanted = offset.saturating_add(count);
+        let lists = join_all(parts.iter().map(|p| self.dead_letters_upto(p, wanted))).await;
+        let mut all = Vec::new();
+        for list in lists {
+            match list {
+                Ok(list) => all.extend(list),
+                Err(err) if err.code() == Some("NOQUEUE") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        all.sort_by(|a, b| a.dead_at.cmp(&b.dead_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(all
+            .into_iter()
+            .skip(offset as usize)
+            .take(count as usize)
+            .collect())
+    }
+
+    /// The first `wanted` dead letters of one queue, page by page.
+    async fn dead_letters_upto(&self, queue: &QueueName, wanted: u64) -> Result<Vec<DeadTask>> {
+        let page = vtasks_protocol::MAX_ENQUEUE_BATCH as u64;
+        let mut all = Vec::new();
+        while (all.len() as u64) < wanted {
+            let count = (wanted - all.len() as u64).min(page);
+            let list = self
+                .dead_letters_one(queue, all.len() as u64, count)
+                .await?;
+            let done = (list.len() as u64) < count;
+            all.extend(list);
+            if done {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    async fn dead_letters_one(
         &self,
         queue: &QueueName,
         offset: u64,
@@ -388,6 +957,36 @@ impl Client {
     }
 
     async fn dead_bulk(
+        &self,
+        name: &str,
+        queue: &QueueName,
+        ids: Option<&[String]>,
+    ) -> Result<u64> {
+        let targets: Vec<(QueueName, Option<Vec<String>>)> = match ids {
+            None => self
+                .partitions()
+                .all(queue)
+                .into_iter()
+                .map(|p| (p, None))
+                .collect(),
+            Some(ids) => self
+                .by_partition(queue, ids.iter().map(String::as_str))
+                .into_iter()
+                .map(|(p, at)| (p, Some(at.iter().map(|&i| ids[i].clone()).collect())))
+                .collect(),
+        };
+        let mut total = 0;
+        for (part, ids) in targets {
+            match self.dead_bulk_one(name, &part, ids.as_deref()).await {
+                Ok(moved) => total += moved,
+                Err(err) if err.code() == Some("NOQUEUE") && ids.is_none() && part != *queue => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(total)
+    }
+
+    async fn dead_bulk_one(
         &self,
         name: &str,
         queue: &QueueName,
@@ -437,16 +1036,21 @@ impl Client {
         )
     }
 
+    /// Pauses the queue (every partition of a partitioned one).
     pub async fn pause(&self, queue: &QueueName) -> Result<()> {
-        self.send(redis::cmd("VTASKS.PAUSE").arg(queue.wire()))
-            .await
-            .map(drop)
+        for part in self.partitions().all(queue) {
+            self.send(redis::cmd("VTASKS.PAUSE").arg(part.wire()))
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn resume(&self, queue: &QueueName) -> Result<()> {
-        self.send(redis::cmd("VTASKS.RESUME").arg(queue.wire()))
-            .await
-            .map(drop)
+        for part in self.partitions().all(queue) {
+            self.send(redis::cmd("VTASKS.RESUME").arg(part.wire()))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Cancels waiting tasks; per id, whether it was cancelled.
@@ -454,13 +1058,16 @@ impl Client {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let reply = self
-            .send(redis::cmd("VTASKS.CANCEL").arg(queue.wire()).arg(ids))
-            .await?;
-        array(reply)?
-            .into_iter()
-            .map(|v| int(v).map(|n| n == 1))
-            .collect()
+        self.per_partition(queue, ids, String::as_str, |queue, ids| async move {
+            let reply = self
+                .send(redis::cmd("VTASKS.CANCEL").arg(queue.wire()).arg(&ids))
+                .await?;
+            array(reply)?
+                .into_iter()
+                .map(|v| int(v).map(|n| n == 1))
+                .collect()
+        })
+        .await
     }
 
     /// Deletes up to 10,000 (`BULK_BATCH`) of a queue's waiting tasks,
@@ -468,22 +1075,35 @@ impl Client {
     /// stay. Returns how many; call again until it returns 0. Each deleted
     /// task is as if cancelled (`cancel`): its id is free again and the
     /// server counts it in `cancelled`. A `NOQUEUE` server error if the
-    /// queue was never used.
+    /// queue was never used. A partitioned queue: up to that many from
+    /// each partition.
     pub async fn clear(&self, queue: &QueueName) -> Result<u64> {
-        let reply = self
-            .send(redis::cmd("VTASKS.CLEAR").arg(queue.wire()))
-            .await?;
-        Ok(int(reply)? as u64)
+        let mut total = 0;
+        for part in self.partitions().all(queue) {
+            let outcome = self
+                .send(redis::cmd("VTASKS.CLEAR").arg(part.wire()))
+                .await
+                .and_then(int);
+            match outcome {
+                Ok(n) => total += n as u64,
+                // A partition no task went to yet.
+                Err(err) if err.code() == Some("NOQUEUE") && part != *queue => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(total)
     }
 
-    /// A second connection for fetches that block server-side.
+    /// A second connection for fetches that block server-side (in a
+    /// cluster, one per node whose queues it waits on).
     pub fn blocking_fetcher(&self) -> BlockingFetcher {
         BlockingFetcher {
-            redis: self.redis.clone(),
+            client: self.clone(),
             options: self.options.clone(),
             engine: self.engine.clone(),
             conn: None,
             id: None,
+            cluster: None,
         }
     }
 
@@ -500,17 +1120,43 @@ impl Client {
 /// A connection of its own for `FETCHN ... BLOCK`, which holds the
 /// connection while it waits. Reconnects on the next call after a failure.
 pub struct BlockingFetcher {
-    redis: redis::Client,
+    client: Client,
     options: ClientOptions,
     engine: EngineState,
     conn: Option<MultiplexedConnection>,
     id: Option<i64>,
+    /// In a cluster: the connections and state of the per-node waits.
+    cluster: Option<ClusterFetcher>,
+}
+
+/// Ends a worker's fetch early (see `WorkerCore`): `CLIENT UNBLOCK` of
+/// the fetch connection, or in a cluster of every node connection waiting.
+#[derive(Clone)]
+pub(crate) enum Interrupter {
+    Single(Client, i64),
+    Cluster(Client, Arc<Interrupt>),
+}
+
+impl Interrupter {
+    pub(crate) async fn interrupt(&self) {
+        match self {
+            Interrupter::Single(client, id) => {
+                let _ = client.unblock(*id).await;
+            }
+            Interrupter::Cluster(client, interrupt) => interrupt.interrupt(client).await,
+        }
+    }
 }
 
 impl BlockingFetcher {
     /// Connects if needed; returns the connection's `CLIENT ID`, with which
-    /// `Client::unblock` can end a wait early.
+    /// `Client::unblock` can end a wait early. A cluster client's fetcher
+    /// connects to each node when it first fetches from its queues, and
+    /// returns a number that changes when one of them had to reconnect.
     pub async fn connect(&mut self) -> Result<i64> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(cluster.generation());
+        }
         if let (Some(_), Some(id)) = (&self.conn, self.id) {
             return Ok(id);
         }
@@ -519,8 +1165,12 @@ impl BlockingFetcher {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.options.connect_timeout))
             .set_response_timeout(None);
-        let mut conn = self
-            .redis
+        let Target::Single(redis) = &self.client.target else {
+            return Err(Error::InvalidInput(
+                "a cluster client's fetcher connects to each node it waits on".into(),
+            ));
+        };
+        let mut conn = redis
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(Error::from)?;
@@ -534,7 +1184,74 @@ impl BlockingFetcher {
         Ok(id)
     }
 
+    /// Connects to what fetching from `queues` needs (`connect`).
+    pub(crate) async fn connect_for(&mut self, queues: &[QueueName]) -> Result<i64> {
+        if self.client.is_cluster() {
+            let client = self.client.clone();
+            return self
+                .cluster
+                .get_or_insert_with(ClusterFetcher::default)
+                .connect_for(&client, queues)
+                .await;
+        }
+        self.connect().await
+    }
+
+    /// What ends the next fetch early (`connect_for` first).
+    pub(crate) fn interrupter(&self) -> Interrupter {
+        match &self.cluster {
+            Some(cluster) => {
+                cluster.interrupt.reset();
+                Interrupter::Cluster(self.client.clone(), cluster.interrupt.clone())
+            }
+            None => Interrupter::Single(self.client.clone(), self.id.unwrap_or_default()),
+        }
+    }
+
+    /// A worker's fetch: as `fetch`, and, in a cluster (where the queues
+    /// are fetched group by group), the settlements it could not deliver.
+    pub(crate) async fn fetch_for_worker(&mut self, fetch: &Fetch) -> FetchOutcome {
+        if self.client.is_cluster() {
+            let client = self.client.clone();
+            let engine = self.engine.clone();
+            return self
+                .cluster
+                .get_or_insert_with(ClusterFetcher::default)
+                .fetch(&client, &engine, fetch)
+                .await;
+        }
+        let result = self.fetch_single(fetch).await;
+        let (unsent_acks, unsent_nacks) = match &result {
+            Ok(_) => (Vec::new(), Vec::new()),
+            Err(_) => (fetch.acks.clone(), fetch.nacks.clone()),
+        };
+        FetchOutcome {
+            result,
+            unsent_acks,
+            unsent_nacks,
+        }
+    }
+
+    /// A FETCHN, blocking for up to `fetch.block` when nothing is ready.
+    /// In a cluster the queues may live in several slots: they are fetched
+    /// slot by slot (see `cluster_fetch`); settlements that could not be
+    /// delivered then fail the call.
     pub async fn fetch(&mut self, fetch: &Fetch) -> Result<Fetched> {
+        if self.client.is_cluster() {
+            let outcome = self.fetch_for_worker(fetch).await;
+            if outcome.result.is_ok()
+                && !(outcome.unsent_acks.is_empty() && outcome.unsent_nacks.is_empty())
+            {
+                return Err(Error::Connection(
+                    "some settlements of the fetch could not be delivered".into(),
+                ));
+            }
+            return outcome.result;
+        }
+        self.fetch_single(fetch).await
+    }
+
+    async fn fetch_single(&mut self, fetch: &Fetch) -> Result<Fetched> {
         self.connect().await?;
         let outcome = match (self.engine.get(), fetch.block) {
             (Engine::Scripts, Some(block)) => self.fetch_sleeping(fetch, block).await,
@@ -683,10 +1400,10 @@ fn log_unreadable(schedule: &PendingSchedule, err: &crate::schedule::SpecError) 
 }
 
 /// What the scripts engine's FETCHN asks for when nothing was ready.
-struct Sleep {
-    ms: u64,
+pub(crate) struct Sleep {
+    pub(crate) ms: u64,
     /// Hands back with `SLEPT` to end the sleep.
-    ticket: Vec<u8>,
+    pub(crate) ticket: Vec<u8>,
 }
 
 fn not_connected() -> Error {
@@ -696,7 +1413,7 @@ fn not_connected() -> Error {
 /// The scripts engine's FETCHN reply carries two more elements when BLOCK
 /// was given and nothing was ready: the ms to sleep and the sleeper's
 /// ticket. The module's reply has three.
-fn split_sleep(reply: Value) -> (Value, Option<Sleep>) {
+pub(crate) fn split_sleep(reply: Value) -> (Value, Option<Sleep>) {
     match reply {
         Value::Array(mut items) if items.len() == 5 => {
             let ticket = items.pop();

@@ -15,9 +15,12 @@
 //! ```
 
 pub mod client;
+pub mod cluster;
+mod cluster_fetch;
 pub mod engine;
 pub mod error;
 pub mod memory;
+pub mod partitions;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
@@ -30,6 +33,7 @@ pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};
 pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
 pub use memory::MemoryPolicy;
+pub use partitions::Partitions;
 pub use protocol::{
     Ack, DeadTask, Delivery, Fetch, Fetched, Nack, NackOutcome, NewTask, QueueStats, Retry,
     Settled, Status, TaskInfo, When,

@@ -403,6 +403,11 @@ fn fetch_keys(args: &[&[u8]], keys: &mut KeyList) {
         let width = match option.as_str() {
             "ACK" => 4,
             "NACK" => 5,
+            // WAKE <ms> <n> <queue>...: queues the call does not touch.
+            "WAKE" => {
+                i += 3 + count_at(args, i + 2);
+                continue;
+            }
             _ => {
                 i += 2; // CONSUMER, COUNT, LEASE, BLOCK, KEEP and their value
                 continue;

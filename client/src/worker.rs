@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::client::{BlockingFetcher, Client};
+use crate::cluster_fetch::FetchOutcome;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::protocol::*;
@@ -152,6 +153,8 @@ struct State {
     /// Queues the caller asked not to fetch from for now (at their own
     /// concurrency limit).
     held_back: HashSet<QueueName>,
+    /// Counts plans: where a partitioned queue's turn starts.
+    turn: usize,
     /// A fetch is in flight. Set and cleared under this lock in the same
     /// step that takes the settlements it carries, so `complete` knows
     /// whether the next fetch will carry its settlement or the fetch in
@@ -164,6 +167,9 @@ struct State {
 struct Inner {
     client: Client,
     options: WorkerOptions,
+    /// Each queue served, in order of preference, with its partitions
+    /// (itself alone unless partitioned).
+    partitions: Vec<(QueueName, Vec<QueueName>)>,
     state: Mutex<State>,
     /// A slot freed, the queues to fetch from changed, or the worker is
     /// stopping: wakes `next_batch` waiting for a slot. `notify_waiters`:
@@ -214,10 +220,19 @@ impl WorkerCore {
         if options.lease < Duration::from_millis(100) {
             return Err(Error::InvalidInput("lease must be at least 100 ms".into()));
         }
+        let mut partitions: Vec<(QueueName, Vec<QueueName>)> = Vec::new();
+        for queue in &options.queues {
+            let queue = client.partitions().logical(queue);
+            if !partitions.iter().any(|(q, _)| *q == queue) {
+                let parts = client.partitions().all(&queue);
+                partitions.push((queue, parts));
+            }
+        }
         Ok(WorkerCore {
             inner: Arc::new(Inner {
                 client,
                 options,
+                partitions,
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 requeued: Notify::new(),
@@ -345,8 +360,8 @@ impl WorkerCore {
             // On failure they are kept for the next attempt.
             let _ = self.settle_now(aside_acks, aside_nacks).await;
             let outcome = self.fetch_while_current(fetcher, &fetch).await;
-            self.note_connection(&outcome);
-            match self.fetched(fetch, outcome) {
+            self.note_connection(&outcome.result);
+            match self.fetched(outcome) {
                 Ok(Some(tasks)) => return Ok(tasks),
                 Ok(None) => {}
                 Err(err) => return Err(err),
@@ -358,10 +373,12 @@ impl WorkerCore {
 
     /// Records a fetch's outcome: its tasks (Some), or its settlements
     /// put back after a transient error (None: try again).
-    fn fetched(&self, fetch: Fetch, outcome: Result<Fetched>) -> Result<Option<Vec<Delivery>>> {
+    fn fetched(&self, outcome: FetchOutcome) -> Result<Option<Vec<Delivery>>> {
         let mut st = self.state();
         st.fetching = false;
-        match outcome {
+        // The settlements it did not deliver go with a later command.
+        put_back(&mut st, outcome.unsent_acks, outcome.unsent_nacks);
+        match outcome.result {
             Ok(fetched) => {
                 st.stats.round_trips += 1;
                 st.stats.fetched += fetched.tasks.len() as u64;
@@ -378,9 +395,9 @@ impl WorkerCore {
                 Ok(Some(fetched.tasks))
             }
             Err(err) => {
-                // The settlements may or may not have been applied;
-                // sending them again is harmless (a repeat is STALE).
-                put_back(&mut st, fetch.acks, fetch.nacks);
+                // The settlements may or may not have been applied (they
+                // are among the undelivered ones); sending them again is
+                // harmless (a repeat is STALE).
                 // A full server is returned to the caller, which says
                 // so once and calls again after a pause (see `run`).
                 if let Error::ServerFull(_) = err {
@@ -407,13 +424,19 @@ impl WorkerCore {
             .options
             .concurrency
             .saturating_sub(st.running.len());
+        // A partitioned queue's partitions come in turn, starting one
+        // further each time, so none is always asked last.
+        st.turn = st.turn.wrapping_add(1);
+        let turn = st.turn;
         let queues: Vec<QueueName> = self
             .inner
-            .options
-            .queues
+            .partitions
             .iter()
-            .filter(|q| !st.held_back.contains(*q))
-            .cloned()
+            .filter(|(q, _)| !st.held_back.contains(q))
+            .flat_map(|(_, parts)| {
+                let start = turn % parts.len();
+                parts[start..].iter().chain(&parts[..start]).cloned()
+            })
             .collect();
         let acks = std::mem::take(&mut st.acks);
         let nacks = std::mem::take(&mut st.nacks);
@@ -449,24 +472,33 @@ impl WorkerCore {
         }
         let st = self.state();
         self.inner
-            .options
-            .queues
+            .partitions
             .iter()
-            .any(|q| !st.held_back.contains(q) && !queues.contains(q))
+            .any(|(q, parts)| !st.held_back.contains(q) && !queues.contains(&parts[0]))
     }
 
     /// Runs the fetch to its end, never dropping it half-way (its
     /// settlements and tasks would be lost). If it goes stale while it
     /// waits server-side, its wait is ended with `CLIENT UNBLOCK` on the
-    /// command connection. A fetch still on its way to the server (or, with
-    /// the scripts, between its calls) has no wait to end yet, so the
-    /// unblock is repeated, with backoff, until the fetch returns.
+    /// command connection (in a cluster, of each node's connection that
+    /// waits). A fetch still on its way to the server (or, with the
+    /// scripts, between its calls) has no wait to end yet, so the unblock
+    /// is repeated, with backoff, until the fetch returns.
     async fn fetch_while_current(
         &self,
         fetcher: &mut BlockingFetcher,
         fetch: &Fetch,
-    ) -> Result<Fetched> {
-        let id = fetcher.connect().await?;
+    ) -> FetchOutcome {
+        let id = match fetcher.connect_for(&fetch.queues).await {
+            Ok(id) => id,
+            Err(err) => {
+                return FetchOutcome {
+                    result: Err(err),
+                    unsent_acks: fetch.acks.clone(),
+                    unsent_nacks: fetch.nacks.clone(),
+                }
+            }
+        };
         let previous = self.inner.fetch_connection.swap(id, Ordering::SeqCst);
         if previous != 0 && previous != id {
             // Reconnected. The module cuts the leases of a closed
@@ -474,7 +506,8 @@ impl WorkerCore {
             // keeps them.
             let _ = self.renew().await;
         }
-        let fetching = fetcher.fetch(fetch);
+        let interrupter = fetcher.interrupter();
+        let fetching = fetcher.fetch_for_worker(fetch);
         tokio::pin!(fetching);
         // Set once the fetch is stale: the delay before the next unblock.
         let mut retry: Option<Duration> = None;
@@ -496,9 +529,9 @@ impl WorkerCore {
                     // One at a time: a command connection that is away
                     // must not pile them up.
                     if unblocking.as_ref().is_none_or(|h| h.is_finished()) {
-                        let client = self.inner.client.clone();
+                        let interrupter = interrupter.clone();
                         unblocking = Some(tokio::spawn(async move {
-                            let _ = client.unblock(id).await;
+                            interrupter.interrupt().await;
                         }));
                     }
                     retry = retry.map(|r| (r * 2).clamp(Duration::from_millis(5), Duration::from_millis(100)));
@@ -514,7 +547,7 @@ impl WorkerCore {
     /// leaving them for a worker that may never come. Delayed tasks do not
     /// count; a burst does not wait for the future.
     pub async fn drained(&self) -> Result<bool> {
-        for queue in &self.inner.options.queues {
+        for (queue, _) in &self.inner.partitions {
             let stats = match self.inner.client.stats(queue).await {
                 Ok(stats) => stats,
                 Err(Error::Server { code, .. }) if code == "NOQUEUE" => continue,
@@ -534,7 +567,9 @@ impl WorkerCore {
 
     /// Stops fetching from `queue` (true) or resumes (false): per-queue
     /// concurrency limits are kept by the caller, which knows what runs.
+    /// A partitioned queue is held back with all its partitions.
     pub fn hold_back(&self, queue: &QueueName, held: bool) {
+        let queue = &self.inner.client.partitions().logical(queue);
         let mut st = self.state();
         let changed = if held {
             st.held_back.insert(queue.clone())
@@ -651,7 +686,11 @@ impl WorkerCore {
     async fn send_settlements(&self, acks: &[Ack], nacks: &[Nack]) -> Result<(u64, u64)> {
         let client = &self.inner.client;
         let (mut stale, mut trips) = (0, 0);
-        for queue in &self.inner.options.queues {
+        let mut queues: Vec<&QueueName> = acks.iter().map(|a| &a.queue).collect();
+        queues.extend(nacks.iter().map(|n| &n.queue));
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
             let items: Vec<(String, i64, Option<Vec<u8>>)> = acks
                 .iter()
                 .filter(|a| &a.queue == queue)
@@ -708,7 +747,10 @@ impl WorkerCore {
     /// Gives back tasks that were fetched but never started (shutdown): they
     /// return to their place in the queue without counting an attempt.
     pub async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
-        for queue in &self.inner.options.queues {
+        let mut queues: Vec<&QueueName> = deliveries.iter().map(|d| &d.queue).collect();
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
             let items: Vec<(String, i64)> = deliveries
                 .iter()
                 .filter(|d| &d.queue == queue)

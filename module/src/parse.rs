@@ -160,6 +160,12 @@ pub struct FetchCall<'a> {
     pub keep_ms: i64,
     pub acks: Vec<(usize, AckItem<'a>)>,
     pub nacks: Vec<(usize, NackItem<'a>)>,
+    /// Queues (`{name}`) of other slots whose new ready tasks end a
+    /// blocked wait early (`WAKE`): not keys of the command, never read or
+    /// written by it.
+    pub wake: Vec<Vec<u8>>,
+    /// How far back (ms) a task becoming ready in a WAKE queue counts.
+    pub wake_since_ms: i64,
 }
 
 impl<'a> FetchCall<'a> {
@@ -181,6 +187,8 @@ impl<'a> FetchCall<'a> {
             keep_ms: DEFAULT_KEEP_MS,
             acks: Vec::new(),
             nacks: Vec::new(),
+            wake: Vec::new(),
+            wake_since_ms: 0,
         };
         while let Some(option) = a.next_keyword() {
             match option.as_str() {
@@ -196,6 +204,14 @@ impl<'a> FetchCall<'a> {
                     call.block_ms = Some(a.next_int("BLOCK", 0, MAX_DURATION_MS)?);
                 }
                 "KEEP" => call.keep_ms = a.next_int("KEEP", 0, MAX_DURATION_MS)?,
+                "WAKE" => {
+                    call.wake_since_ms = a.next_int("WAKE", 0, MAX_DURATION_MS)?;
+                    let n = a.next_int("WAKE queue count", 1, MAX_QUEUES)?;
+                    for _ in 0..n {
+                        let queue = a.next_bytes("queue")?;
+                        call.wake.push(QueueKeys::parse(queue)?.queue().to_vec());
+                    }
+                }
                 "ACK" => {
                     for _ in 0..item_count(a, "ACK", 4)? {
                         let queue = call.queue_index(a.next_bytes("queue")?)?;

@@ -285,10 +285,11 @@ pub fn kind_of(ctx: &Context, keys: &QueueKeys) -> Kind {
     RawKey::open(ctx.ctx, keys.queue(), false).kind()
 }
 
-/// Wakes consumers blocked on a queue.
+/// Wakes consumers blocked on a queue, and those watching it (`WAKE`).
 pub fn signal_ready(ctx: &Context, queue: &[u8]) {
     let name = ctx.create_string(queue);
     unsafe { raw::RedisModule_SignalKeyAsReady.unwrap()(ctx.ctx, name.inner) };
+    crate::blocking::ready_in(ctx, queue, server_time::now_ms());
 }
 
 /// What a read-only command finds under `{name}`.

@@ -426,3 +426,66 @@ fn module_only_a_worker_that_renews_within_the_grace_keeps_its_leases() {
     assert_eq!(stat(&mut con, "{q}", "leases_cut"), 1);
     assert_eq!(stat(&mut con, "{q}", "expired"), 0);
 }
+
+/// `WAKE`: a fetch blocked on its own queues also ends (with no tasks) when
+/// a task becomes ready in a watched queue it does not fetch from, even if
+/// its own queue was never used; and it does not block at all when one
+/// became ready within the look-back it names.
+#[test]
+fn module_only_a_watched_queue_ends_the_wait() {
+    let server = Server::start();
+    let mut con = server.connect();
+    let mut waiting = server.connect();
+    let watcher = thread::spawn(move || {
+        let started = Instant::now();
+        let got = fetch(
+            &mut waiting,
+            &[
+                "1", "{home}", "CONSUMER", "w", "BLOCK", LONG_BLOCK, "WAKE", "0", "2", "{a}", "{b}",
+            ],
+        );
+        (got, started.elapsed())
+    });
+    // Blocked once the server counts a blocked client.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut con).unwrap();
+        if info.contains("blocked_clients:1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never blocked");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let enqueued_at = Instant::now();
+    query(&mut con, &["VTASKS.ENQUEUE", "{b}", "TASK", "t", "{}"]);
+    let (got, _) = watcher.join().unwrap();
+    assert!(got.tasks.is_empty(), "it fetches only from its own queue");
+    assert!(
+        enqueued_at.elapsed() < Duration::from_secs(5),
+        "woken by the watched queue, not the timeout"
+    );
+    // {b} got a task a moment ago: a wait looking back 60 s returns at once,
+    // one looking back 10 ms, once they passed, waits for its block.
+    let started = Instant::now();
+    let got = fetch(
+        &mut con,
+        &[
+            "1", "{home}", "CONSUMER", "w", "BLOCK", LONG_BLOCK, "WAKE", "60000", "1", "{b}",
+        ],
+    );
+    assert!(got.tasks.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    fetch(
+        &mut con,
+        &[
+            "1", "{home}", "CONSUMER", "w", "BLOCK", "300", "WAKE", "10", "1", "{b}",
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Nothing was written for the watched queues or the fetch's own.
+    assert_eq!(stat(&mut con, "{b}", "ready"), 1);
+    let exists: i64 = redis::cmd("EXISTS").arg("{home}").query(&mut con).unwrap();
+    assert_eq!(exists, 0);
+}

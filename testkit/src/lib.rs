@@ -346,3 +346,172 @@ impl Drop for Server {
         }
     }
 }
+
+/// A Valkey Cluster of the current target's servers on free ports: each
+/// node started from the project's config with cluster mode on, joined by
+/// `valkey-cli --cluster create` (primaries take the slots in equal
+/// ranges, each with its replicas), ready once every node sees every
+/// slot served and agrees on who serves it.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+}
+
+impl Cluster {
+    /// `primaries` primaries with `replicas` replicas each.
+    pub fn start(primaries: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(primaries, replicas, &[])
+    }
+
+    /// The same, each node with extra `--option value` arguments.
+    pub fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Cluster {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            // A failover within a few seconds of a primary's death.
+            "--cluster-node-timeout",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        let nodes: Vec<Server> = (0..primaries * (1 + replicas))
+            .map(|_| Server::start_with(&args))
+            .collect();
+        let mut create = Command::new("valkey-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("valkey-cli on PATH (run `make setup`)");
+        assert!(
+            output.status.success(),
+            "valkey-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_ready(primaries);
+        cluster
+    }
+
+    /// A URL naming every node, as a client is seeded with.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis://{}", hosts.join(","))
+    }
+
+    /// `CLUSTER SLOTS` as (first slot, last slot, primary's port), sorted.
+    pub fn slot_owners(&self, node: usize) -> Vec<(i64, i64, i64)> {
+        let mut con = self.nodes[node].connect();
+        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).unwrap();
+        let mut owners = Vec::new();
+        if let Value::Array(ranges) = reply {
+            for range in ranges {
+                if let Value::Array(items) = range {
+                    if let (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Array(n))) =
+                        (items.first(), items.get(1), items.get(2))
+                    {
+                        if let Some(Value::Int(port)) = n.get(1) {
+                            owners.push((*a, *b, *port));
+                        }
+                    }
+                }
+            }
+        }
+        owners.sort();
+        owners
+    }
+
+    /// The index of the node serving `slot` now, as node `asking` sees it.
+    pub fn primary_of(&self, slot: i64, asking: usize) -> usize {
+        let port = self
+            .slot_owners(asking)
+            .into_iter()
+            .find(|(a, b, _)| *a <= slot && slot <= *b)
+            .map(|(_, _, p)| p)
+            .expect("a served slot");
+        self.nodes
+            .iter()
+            .position(|n| i64::from(n.port) == port)
+            .expect("a node of this cluster")
+    }
+
+    /// Waits until the nodes that are up agree on a full slot map with
+    /// `primaries` primaries and each reports `cluster_state:ok`.
+    pub fn wait_ready(&self, primaries: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut views = Vec::new();
+            let mut ok = true;
+            for node in &self.nodes {
+                let Ok(mut con) = node.try_connect() else {
+                    continue;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut con)
+                    .unwrap_or_default();
+                ok &= info.contains("cluster_state:ok");
+                let reply: redis::RedisResult<Value> =
+                    redis::cmd("CLUSTER").arg("SLOTS").query(&mut con);
+                views.push(format!("{reply:?}"));
+            }
+            let agreed = views.windows(2).all(|w| w[0] == w[1]);
+            let owners = self
+                .nodes
+                .iter()
+                .position(|n| n.try_connect().is_ok())
+                .map(|i| self.slot_owners(i))
+                .unwrap_or_default();
+            let covered: i64 = owners.iter().map(|(a, b, _)| b - a + 1).sum();
+            let mut ports: Vec<i64> = owners.iter().map(|(_, _, p)| *p).collect();
+            ports.sort();
+            ports.dedup();
+            if ok && agreed && covered == 16384 && ports.len() == primaries {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never settled: ok={ok} agreed={agreed} covered={covered} primaries={ports:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills node `i` with SIGKILL (it stays down).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Moves `count` slots from node `from` to node `to` with
+    /// `valkey-cli --cluster reshard`, keys and all, while clients run.
+    pub fn reshard(&self, from: usize, to: usize, count: usize) {
+        let id = |i: usize| -> String {
+            let mut con = self.nodes[i].connect();
+            redis::cmd("CLUSTER").arg("MYID").query(&mut con).unwrap()
+        };
+        let output = Command::new("valkey-cli")
+            .args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{}", self.nodes[from].port))
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .output()
+            .expect("valkey-cli on PATH");
+        assert!(
+            output.status.success(),
+            "valkey-cli --cluster reshard failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

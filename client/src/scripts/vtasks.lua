@@ -203,14 +203,19 @@ end
 local KEYS_PER_QUEUE = 10
 local declared_queues -- queues taken from KEYS so far in this call
 
--- Validates a queue argument and returns its keys, taken from KEYS: the
--- n-th queue named by the arguments owns KEYS[10(n-1)+1 .. 10n].
-local function queue_keys(arg)
+-- Validates a queue argument ({name}).
+local function validate_queue(arg)
   local name = string.match(arg, '^{([A-Za-z0-9_%.:%-]+)}$')
   if name == nil or #name > MAX_QUEUE_NAME then
     fail("ERR invalid queue '" .. shown(arg) ..
       "': expected {name} where name is 1-" .. MAX_QUEUE_NAME .. " characters of A-Z a-z 0-9 _ . : -")
   end
+end
+
+-- Validates a queue argument and returns its keys, taken from KEYS: the
+-- n-th queue named by the arguments owns KEYS[10(n-1)+1 .. 10n].
+local function queue_keys(arg)
+  validate_queue(arg)
   local base = declared_queues * KEYS_PER_QUEUE
   if KEYS[base + 1] ~= arg or KEYS[base + 10] ~= arg .. ':schedules:due' then
     fail('ERR the scripts engine needs the ten keys of queue ' .. arg ..
@@ -375,6 +380,10 @@ local function wake(q, n)
   call('RPUSH', q.wake, unpack(tokens))
   local last = call('ZRANGE', q.waiting, -1, -1, 'WITHSCORES')
   call('PEXPIREAT', q.wake, last[2])
+  -- Sleepers that wait on queues of several slots (in a cluster) cannot
+  -- BLPOP all their wake lists at once: they listen on the queues' shard
+  -- channels, named as the wake lists.
+  call('SPUBLISH', q.wake, n)
 end
 
 local function server_now()
@@ -1099,6 +1108,12 @@ function commands.FETCHN(a)
       keep_ms = a:next_int('KEEP', 0, MAX_DURATION_MS)
     elseif option == 'SLEPT' then
       slept = a:next('SLEPT')
+    elseif option == 'WAKE' then
+      -- Queues of other slots whose new tasks end the module's wait; the
+      -- library's sleepers are woken through each queue's shard channel
+      -- instead (see `wake`), so they are only checked here.
+      a:next_int('WAKE', 0, MAX_DURATION_MS)
+      for _ = 1, a:next_int('WAKE queue count', 1, MAX_QUEUES) do validate_queue(a:next('queue')) end
     elseif option == 'ACK' then
       for _ = 1, item_count(a, 'ACK', 4) do
         local qi = queue_index(a:next('queue'))

@@ -59,13 +59,13 @@ fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let may_block = !ctx
             .get_flags()
             .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
+        // A watched queue that got a task since the caller last looked
+        // (`WAKE <ms>`) ends the wait before it starts.
+        let woken = !call.wake.is_empty()
+            && blocking::ready_since(&call.wake, now.saturating_sub(call.wake_since_ms));
         match call.block_ms {
-            Some(timeout) if tasks.is_empty() && may_block => {
-                let pending = Pending {
-                    request: call.request,
-                    acks,
-                    nacks,
-                };
+            Some(timeout) if tasks.is_empty() && may_block && !woken => {
+                let pending = Pending::new(call.request, acks, nacks, call.wake);
                 blocking::block(ctx, pending, timeout);
                 Ok(RedisValue::NoReply)
             }

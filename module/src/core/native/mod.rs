@@ -512,6 +512,12 @@ impl TaskQueue {
         self.meta.paused
     }
 
+    /// Whether a fetch would hand out a task now: one is ready and the
+    /// queue is not paused.
+    pub fn has_ready(&self) -> bool {
+        !self.meta.paused && self.ready > 0
+    }
+
     /// Takes the next ready task of the highest priority, or None.
     fn pop_ready(&mut self) -> Option<u32> {
         loop {

@@ -1,0 +1,245 @@
+//! The client and the worker core on a Valkey Cluster of several primaries
+//! (`Cluster`: real servers joined by `valkey-cli --cluster create`), with
+//! the test target's engine: each queue lives on the node of its slot, a
+//! worker fetches from queues of every node and waits on each without
+//! polling.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vtasks_client::cluster::key_slot;
+use vtasks_client::*;
+use vtasks_testkit::{Cluster, Target};
+
+async fn connect(cluster: &Cluster) -> Client {
+    let mut options = ClientOptions::new(cluster.url());
+    options.engine = Target::current().engine().parse().unwrap();
+    options.cluster = true;
+    Client::connect_with(options).await.unwrap()
+}
+
+/// Queue names whose slots fall on every node, `per_node` each.
+fn queues_on_every_node(cluster: &Cluster, primaries: usize, per_node: usize) -> Vec<QueueName> {
+    let mut by_node: HashMap<usize, Vec<QueueName>> = HashMap::new();
+    for i in 0.. {
+        let queue = QueueName::new(&format!("q{i}")).unwrap();
+        let node = cluster.primary_of(i64::from(key_slot(queue.wire().as_bytes())), 0);
+        let list = by_node.entry(node).or_default();
+        if list.len() < per_node {
+            list.push(queue);
+        }
+        if by_node.len() == primaries && by_node.values().all(|l| l.len() == per_node) {
+            break;
+        }
+    }
+    let mut all: Vec<QueueName> = by_node.into_values().flatten().collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_reaches_the_node_of_its_queue() {
+    let cluster = Cluster::start(3, 0);
+    let client = connect(&cluster).await;
+    assert!(client.is_cluster());
+    let queues = queues_on_every_node(&cluster, 3, 2);
+    for queue in &queues {
+        let tasks: Vec<NewTask> = (0..5)
+            .map(|i| NewTask::new(format!("{queue}-{i}"), b"{}".to_vec()))
+            .collect();
+        assert_eq!(
+            client.enqueue_many(queue, &tasks, None).await.unwrap(),
+            vec![true; 5]
+        );
+    }
+    for queue in &queues {
+        // The queue's data is on the node serving its slot, and only there.
+        let slot = key_slot(queue.wire().as_bytes());
+        let owner = cluster.primary_of(i64::from(slot), 0);
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let mut con = node.connect();
+            let keys: i64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot)
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(keys > 0, i == owner, "{queue} on node {i}");
+        }
+        let fetched = client
+            .fetch(&Fetch {
+                count: 2,
+                ..Fetch::new(vec![queue.clone()], "w")
+            })
+            .await
+            .unwrap();
+        assert_eq!(fetched.tasks.len(), 2);
+        let items: Vec<_> = fetched
+            .tasks
+            .iter()
+            .map(|d| (d.id.clone(), d.token, Some(b"1".to_vec())))
+            .collect();
+        assert_eq!(
+            client.ack(queue, &items, None).await.unwrap(),
+            vec![Settled::Ok; 2]
+        );
+        let done = client
+            .get(queue, &fetched.tasks[0].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.status, Status::Done);
+        let cancelled = client.cancel(queue, &[format!("{queue}-4")]).await.unwrap();
+        assert_eq!(cancelled, vec![true]);
+        let stats = client.stats(queue).await.unwrap();
+        assert_eq!(stats.get("ready"), Some(2));
+        assert_eq!(stats.get("acked"), Some(2));
+        client.pause(queue).await.unwrap();
+        client.resume(queue).await.unwrap();
+    }
+    assert!(client.memory_policy().await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_queues_of_every_node_with_two_connections_per_node() {
+    let cluster = Cluster::start(3, 0);
+    let client = connect(&cluster).await;
+    let queues = queues_on_every_node(&cluster, 3, 2);
+    let mut ids = HashSet::new();
+    for queue in &queues {
+        let tasks: Vec<NewTask> = (0..200)
+            .map(|i| NewTask::new(format!("{queue}-{i}"), b"{}".to_vec()))
+            .collect();
+        client.enqueue_many(queue, &tasks, None).await.unwrap();
+        ids.extend(tasks.into_iter().map(|t| t.id));
+    }
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let options = WorkerOptions {
+        concurrency: 20,
+        block: Duration::from_millis(300),
+        burst: true,
+        ..WorkerOptions::new(queues.clone(), "w")
+    };
+    let core = WorkerCore::new(client.clone(), options).unwrap();
+    let peak: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let watching = {
+        let nodes: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+        let peak = peak.clone();
+        // Connections per node while the worker runs, besides this one.
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                let counts: Vec<usize> = nodes
+                    .iter()
+                    .map(|port| {
+                        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                            .unwrap()
+                            .get_connection()
+                            .unwrap();
+                        let list: String =
+                            redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+                        list.lines().count() - 1
+                    })
+                    .collect();
+                let mut peak = peak.lock().unwrap();
+                if peak.is_empty() {
+                    *peak = counts;
+                } else {
+                    for (p, c) in peak.iter_mut().zip(counts) {
+                        *p = (*p).max(c);
+                    }
+                }
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let stats = run(
+        core,
+        {
+            let seen = seen.clone();
+            move |d: Delivery| {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().unwrap().entry(d.id.clone()).or_default() += 1;
+                    Outcome::Success(None)
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), ids.len());
+        assert!(seen.values().all(|&n| n == 1), "each ran once");
+    }
+    assert_eq!(stats.succeeded as usize, ids.len());
+    for queue in &queues {
+        let stats = client.stats(queue).await.unwrap();
+        assert_eq!(stats.get("acked"), Some(200), "{queue}");
+    }
+    watching.join().unwrap();
+    // The client's connection and the worker's fetch connection.
+    let peak = peak.lock().unwrap();
+    assert!(
+        peak.iter().all(|&c| c <= 2),
+        "connections per node: {peak:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_worker_wakes_for_any_of_its_queues_on_any_node() {
+    let cluster = Cluster::start(3, 0);
+    let client = connect(&cluster).await;
+    let queues = queues_on_every_node(&cluster, 3, 3);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let options = WorkerOptions {
+        concurrency: 5,
+        // Long enough that only a wake-up explains a prompt start.
+        block: Duration::from_secs(30),
+        ..WorkerOptions::new(queues.clone(), "w")
+    };
+    let core = WorkerCore::new(client.clone(), options).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn({
+        let seen = seen.clone();
+        run(
+            core,
+            move |d: Delivery| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(d.id.clone());
+                    Outcome::Success(None)
+                }
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(5),
+        )
+    });
+    // Let the worker settle into its wait, then wake it through each queue
+    // in turn: the first group of a node blocks, the others are watched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, queue) in queues.iter().enumerate().rev() {
+        let id = format!("late-{i}");
+        let started = Instant::now();
+        client
+            .enqueue(queue, NewTask::new(id.clone(), b"{}".to_vec()))
+            .await
+            .unwrap();
+        while !seen.lock().unwrap().contains(&id) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{queue} never woke the worker"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop_tx.send(()).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert_eq!(stats.succeeded as usize, queues.len());
+}
