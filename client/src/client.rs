@@ -112,6 +112,11 @@ fn replicated(wait: WaitReplicas, reply: Value) -> Result<()> {
     Ok(())
 }
 
+/// Whether a lease operation found no such task.
+fn no_task(settled: &Settled) -> bool {
+    *settled == Settled::NoTask
+}
+
 /// TLS (`rediss://`, `valkeys://`) uses rustls with the ring provider;
 /// rustls needs it chosen once per process.
 fn install_tls_provider() {
@@ -693,12 +698,15 @@ impl Client {
     }
 
     /// Runs `one` on each partition of `queue` that `ids` pick, and puts
-    /// the per-item replies back in the items' order.
+    /// the per-item replies back in the items' order. Items `missing` in
+    /// their partition are looked for in partition 0, the queue itself,
+    /// where tasks enqueued before the queue was partitioned stay.
     async fn per_partition<T, R, F, Fut>(
         &self,
         queue: &QueueName,
         items: &[T],
         id_of: impl Fn(&T) -> &str,
+        missing: impl Fn(&R) -> bool,
         one: F,
     ) -> Result<Vec<R>>
     where
@@ -714,13 +722,29 @@ impl Client {
             }))
             .await;
         let mut out: Vec<Option<R>> = vec![None; items.len()];
-        for ((_, at), reply) in groups.iter().zip(replies) {
+        let mut elsewhere = Vec::new();
+        for ((part, at), reply) in groups.iter().zip(replies) {
             let reply = reply?;
             if reply.len() != at.len() {
                 return Err(Error::protocol("a reply for another number of items"));
             }
             for (&i, r) in at.iter().zip(reply) {
+                if part != queue && missing(&r) {
+                    elsewhere.push(i);
+                }
                 out[i] = Some(r);
+            }
+        }
+        if !elsewhere.is_empty() {
+            let again = one(
+                queue.clone(),
+                elsewhere.iter().map(|&i| items[i].clone()).collect(),
+            )
+            .await?;
+            for (&i, r) in elsewhere.iter().zip(again) {
+                if !missing(&r) {
+                    out[i] = Some(r);
+                }
             }
         }
         Ok(out
@@ -739,6 +763,7 @@ impl Client {
             queue,
             items,
             |i| &i.0,
+            no_task,
             |queue, items| async move {
                 let cmd = AckCmd {
                     queue: &queue,
@@ -761,6 +786,7 @@ impl Client {
             queue,
             items,
             |i| &i.0,
+            |r: &NackOutcome| *r == NackOutcome::Refused(Settled::NoTask),
             |queue, items| async move {
                 let cmd = NackCmd {
                     queue: &queue,
@@ -784,6 +810,7 @@ impl Client {
             queue,
             items,
             |i| &i.0,
+            no_task,
             |queue, items| async move {
                 let cmd = LeaseCmd {
                     queue: &queue,
@@ -807,6 +834,7 @@ impl Client {
             queue,
             items,
             |i| &i.0,
+            no_task,
             |queue, items| async move {
                 let cmd = LeaseCmd {
                     queue: &queue,
@@ -823,7 +851,16 @@ impl Client {
     /// A task's state (in a partitioned queue, from the partition its id
     /// picks); None if there is no such task.
     pub async fn get(&self, queue: &QueueName, id: &str) -> Result<Option<TaskInfo>> {
-        let queue = self.partitions().of_task(queue, id);
+        let part = self.partitions().of_task(queue, id);
+        let info = self.get_one(&part, id).await?;
+        if info.is_none() && part != *queue {
+            // Enqueued before the queue was partitioned.
+            return self.get_one(queue, id).await;
+        }
+        Ok(info)
+    }
+
+    async fn get_one(&self, queue: &QueueName, id: &str) -> Result<Option<TaskInfo>> {
         TaskInfo::from_reply(
             self.send(redis::cmd("VTASKS.GET").arg(queue.wire()).arg(id))
                 .await?,
@@ -1058,15 +1095,22 @@ impl Client {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.per_partition(queue, ids, String::as_str, |queue, ids| async move {
-            let reply = self
-                .send(redis::cmd("VTASKS.CANCEL").arg(queue.wire()).arg(&ids))
-                .await?;
-            array(reply)?
-                .into_iter()
-                .map(|v| int(v).map(|n| n == 1))
-                .collect()
-        })
+        let not_waiting = |cancelled: &bool| !cancelled;
+        self.per_partition(
+            queue,
+            ids,
+            String::as_str,
+            not_waiting,
+            |queue, ids| async move {
+                let reply = self
+                    .send(redis::cmd("VTASKS.CANCEL").arg(queue.wire()).arg(&ids))
+                    .await?;
+                array(reply)?
+                    .into_iter()
+                    .map(|v| int(v).map(|n| n == 1))
+                    .collect()
+            },
+        )
         .await
     }
 

@@ -512,3 +512,51 @@ async fn schedules_set_list_fire_and_remove() {
     );
     assert!(client.schedules(&queue).await.unwrap().is_empty());
 }
+
+/// A partitioned queue on one server: the tasks it held before it was
+/// partitioned stay in partition 0 (the queue itself) and still run, new
+/// ones go where their ids point, one fetch takes from every partition,
+/// and the queue's counts and results cover them all.
+#[tokio::test]
+async fn a_partitioned_queue_on_one_server() {
+    let server = Server::start();
+    let plain = connect(&server).await;
+    let queue = q("jobs");
+    plain
+        .enqueue(&queue, NewTask::new("before", b"{}".to_vec()))
+        .await
+        .unwrap();
+    let mut options = ClientOptions::new(server.url());
+    options.engine = Target::current().engine().parse().unwrap();
+    options.partitions = Partitions::new([("jobs", 4)]).unwrap();
+    let client = Client::connect_with(options).await.unwrap();
+    let tasks: Vec<NewTask> = (0..40)
+        .map(|i| NewTask::new(format!("t{i}"), b"{}".to_vec()))
+        .collect();
+    client.enqueue_many(&queue, &tasks, None).await.unwrap();
+    for part in client.partitions().all(&queue) {
+        let ready = plain.stats(&part).await.unwrap().get("ready").unwrap();
+        assert!(ready > 0, "{part} got none");
+    }
+    let fetched = client
+        .fetch(&Fetch {
+            count: 100,
+            ..Fetch::new(vec![queue.clone()], "w")
+        })
+        .await
+        .unwrap();
+    assert_eq!(fetched.tasks.len(), 41);
+    // Settled through the queue's name: each goes to its task's partition.
+    let items: Vec<_> = fetched
+        .tasks
+        .iter()
+        .map(|d| (d.id.clone(), d.token, None))
+        .collect();
+    let acked = client.ack(&queue, &items, None).await.unwrap();
+    assert_eq!(acked, vec![Settled::Ok; 41]);
+    assert_eq!(
+        client.get(&queue, "before").await.unwrap().unwrap().status,
+        Status::Done
+    );
+    assert_eq!(client.stats(&queue).await.unwrap().get("acked"), Some(41));
+}

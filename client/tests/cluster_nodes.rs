@@ -243,3 +243,134 @@ async fn a_waiting_worker_wakes_for_any_of_its_queues_on_any_node() {
     let stats = worker.await.unwrap().unwrap();
     assert_eq!(stats.succeeded as usize, queues.len());
 }
+
+/// A queue over 16 partitions, spread over the nodes: tasks go to the
+/// partition their id picks, a worker of the queue runs every task once,
+/// and results, cancellation, dead letters and counts work for the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_spreads_over_the_nodes_and_works_as_one() {
+    let cluster = Cluster::start(3, 0);
+    let mut options = ClientOptions::new(cluster.url());
+    options.engine = Target::current().engine().parse().unwrap();
+    options.cluster = true;
+    options.partitions = Partitions::new([("emails", 16)]).unwrap();
+    let client = Client::connect_with(options).await.unwrap();
+    let emails = QueueName::new("emails").unwrap();
+    let parts = client.partitions().all(&emails);
+    assert_eq!(parts.len(), 16);
+    let nodes: HashSet<usize> = parts
+        .iter()
+        .map(|p| cluster.primary_of(i64::from(key_slot(p.wire().as_bytes())), 0))
+        .collect();
+    assert_eq!(nodes.len(), 3, "the partitions are on every node");
+
+    let tasks: Vec<NewTask> = (0..1000)
+        .map(|i| NewTask::new(format!("{i:032x}"), b"{}".to_vec()))
+        .collect();
+    let added = client.enqueue_many(&emails, &tasks, None).await.unwrap();
+    assert_eq!(added, vec![true; 1000]);
+    // Idempotent by id: the same id finds the same partition.
+    assert!(!client
+        .enqueue(&emails, NewTask::new(tasks[5].id.clone(), b"{}".to_vec()))
+        .await
+        .unwrap());
+    // Partition 0 is the queue itself: a client without the partitions
+    // reports each partition alone.
+    let plain = connect(&cluster).await;
+    let mut used = 0;
+    for part in &parts {
+        let ready = plain.stats(part).await.unwrap().get("ready").unwrap_or(0);
+        assert!(ready < 150, "{part}: {ready} of 1000");
+        used += usize::from(ready > 0);
+    }
+    assert_eq!(used, 16, "every partition got tasks");
+    let stats = client.stats(&emails).await.unwrap();
+    assert_eq!(stats.get("ready"), Some(1000));
+    assert_eq!(stats.get("enqueued"), Some(1000));
+
+    // Cancel two, dead-letter two, then run the rest with a worker.
+    let cancel = vec![tasks[0].id.clone(), tasks[1].id.clone()];
+    assert_eq!(
+        client.cancel(&emails, &cancel).await.unwrap(),
+        vec![true, true]
+    );
+    let doomed = [tasks[2].id.clone(), tasks[3].id.clone()];
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let core = WorkerCore::new(
+        client.clone(),
+        WorkerOptions {
+            concurrency: 20,
+            block: Duration::from_millis(300),
+            burst: true,
+            ..WorkerOptions::new(vec![emails.clone()], "w")
+        },
+    )
+    .unwrap();
+    let stats = run(
+        core,
+        {
+            let seen = seen.clone();
+            let doomed = doomed.clone();
+            move |d: Delivery| {
+                let seen = seen.clone();
+                let dead = doomed.contains(&d.id);
+                async move {
+                    *seen.lock().unwrap().entry(d.id.clone()).or_default() += 1;
+                    if dead {
+                        Outcome::Failure {
+                            error: "boom".into(),
+                            retry: Retry::Never,
+                        }
+                    } else {
+                        Outcome::Success(Some(format!("\"{}\"", d.queue).into_bytes()))
+                    }
+                }
+            }
+        },
+        std::future::pending(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 998);
+        assert!(seen.values().all(|&n| n == 1), "each ran once");
+    }
+    assert_eq!((stats.succeeded, stats.failed), (996, 2));
+    // Each result is found from the id alone, and its task ran in the
+    // partition the id picks.
+    for task in &tasks[4..] {
+        let info = client.get(&emails, &task.id).await.unwrap().unwrap();
+        assert_eq!(info.status, Status::Done);
+        let part = client.partitions().of_task(&emails, &task.id);
+        assert_eq!(info.result, Some(format!("\"{part}\"").into_bytes()));
+    }
+    let stats = client.stats(&emails).await.unwrap();
+    assert_eq!(stats.get("acked"), Some(996));
+    assert_eq!(stats.get("cancelled"), Some(2));
+    assert_eq!(stats.get("dead"), Some(2));
+    let dead = client.dead_letters(&emails, 0, 10).await.unwrap();
+    let mut dead_ids: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
+    dead_ids.sort();
+    let mut expected = doomed.to_vec();
+    expected.sort();
+    assert_eq!(dead_ids, expected);
+    assert_eq!(
+        client.dead_letters(&emails, 1, 10).await.unwrap(),
+        dead[1..]
+    );
+    assert_eq!(
+        client
+            .requeue_dead(&emails, Some(&doomed[..1]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(client.purge_dead(&emails, None).await.unwrap(), 1);
+    assert_eq!(client.stats(&emails).await.unwrap().get("ready"), Some(1));
+    client.pause(&emails).await.unwrap();
+    assert_eq!(client.stats(&emails).await.unwrap().get("paused"), Some(1));
+    client.resume(&emails).await.unwrap();
+    assert_eq!(client.stats(&emails).await.unwrap().get("paused"), Some(0));
+}
