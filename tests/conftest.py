@@ -158,3 +158,148 @@ def valkey_aof() -> Iterator[ValkeyServer]:
     server = ValkeyServer(["--appendonly", "yes", "--appendfsync", "always"])
     yield server
     server.close()
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of a key, as ``CLUSTER KEYSLOT`` computes it
+    (CRC16/XMODEM of its hash tag, or of the whole key)."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+def server_command(port: int, *args: str | int) -> object:
+    """One command to the server on ``port``; its reply decoded (an error
+    reply raises ``RuntimeError``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        parts = [str(a).encode() for a in args]
+        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        return _read_reply(s.makefile("rb"))
+
+
+def _read_reply(f) -> object:  # type: ignore[no-untyped-def]
+    line = f.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class ValkeyCluster:
+    """A Valkey Cluster of the current target's servers on free ports, each
+    from the project's config with cluster mode on, joined by ``valkey-cli
+    --cluster create`` (the primaries take the slots in equal ranges, each
+    with its replicas), and ready once every node agrees on a full slot
+    map. ``cluster-node-timeout`` is 1 s, so a primary's death is noticed
+    and a replica takes over within a few seconds."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, extra: list[str] | None = None) -> None:
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+                *(extra or [])]
+        self.primaries = primaries
+        self.nodes: list[ValkeyServer] = []
+        try:
+            for _ in range(primaries * (1 + replicas)):
+                # The bus port is the data port + 10000 unless given: a
+                # free port of the high range leaves it none.
+                self.nodes.append(ValkeyServer([*args, "--cluster-port", str(free_port())]))
+            create = subprocess.run(
+                ["valkey-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                capture_output=True, text=True, timeout=60,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(f"valkey-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """A URL naming every node, as a client is seeded with."""
+        return "valkey://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def alive(self) -> list[ValkeyServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def slot_owners(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, primary's port) of every range, as the
+        first live node sees it."""
+        reply = server_command(self.alive()[0].port, "CLUSTER", "SLOTS")
+        assert isinstance(reply, list)
+        return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in reply)
+
+    def primary_of(self, slot: int) -> ValkeyServer:
+        port = next(p for a, b, p in self.slot_owners() if a <= slot <= b)
+        return next(n for n in self.nodes if n.port == port)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the live nodes agree on a full slot map with as many
+        primaries as it started with, each reporting ``cluster_state:ok``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                views = [server_command(n.port, "CLUSTER", "SLOTS") for n in self.alive()]
+                states = [server_command(n.port, "CLUSTER", "INFO") for n in self.alive()]
+                links = [server_command(n.port, "INFO", "replication") for n in self.alive()]
+                owners = self.slot_owners()
+            except (OSError, RuntimeError):
+                views, states, links, owners = [None, 1], [], [], []
+            covered = sum(b - a + 1 for a, b, _ in owners)
+            # Replicas are linked to their primaries (a write can be WAITed for).
+            linked = all("role:slave" not in str(r) or "master_link_status:up" in str(r) for r in links)
+            if (all(v == views[0] for v in views) and all("cluster_state:ok" in str(s) for s in states)
+                    and covered == 16384 and len({p for *_, p in owners}) == self.primaries and linked):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster never settled: {owners}")
+            time.sleep(0.05)
+
+    def node_id(self, node: ValkeyServer) -> str:
+        reply = server_command(node.port, "CLUSTER", "MYID")
+        assert isinstance(reply, str)
+        return reply
+
+    def reshard(self, source: ValkeyServer, target: ValkeyServer, slots: int) -> None:
+        """Moves ``slots`` slots of ``source`` (the first of its ranges) to
+        ``target`` with ``valkey-cli --cluster reshard``, keys and all."""
+        done = subprocess.run(
+            ["valkey-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
+             "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+             "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"valkey-cli --cluster reshard failed:\n{done.stdout}{done.stderr}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@pytest.fixture
+def valkey_cluster() -> Iterator[ValkeyCluster]:
+    cluster = ValkeyCluster(3, 1)
+    yield cluster
+    cluster.close()

@@ -400,10 +400,6 @@ impl Client {
         &self.target
     }
 
-    pub(crate) fn options(&self) -> &ClientOptions {
-        &self.options
-    }
-
     /// Reads the cluster's slot map again (`CLUSTER SLOTS`), from the
     /// first node that answers; the blocking fetches go by it.
     pub(crate) async fn refresh_slots(&self) -> Result<SlotMap> {
@@ -436,7 +432,8 @@ impl Client {
         for (node, routing) in routes {
             let mut cmd = redis::cmd("CLUSTER");
             cmd.arg("SLOTS");
-            match conn.clone().route_command(cmd, routing).await {
+            let outcome = conn.clone().route_command(cmd, routing).await;
+            match outcome {
                 Ok(reply) => {
                     let map = SlotMap::from_reply(reply, &node)?;
                     if map.is_empty() {
@@ -497,9 +494,13 @@ impl Client {
         &self.options
     }
 
-    /// Where the URL points, and how to log in there.
+    /// Where the URL points (a cluster's first node), and how to log in
+    /// there.
     pub fn connection_info(&self) -> &redis::ConnectionInfo {
-        self.redis.get_connection_info()
+        match &self.target {
+            Target::Single(redis) => redis.get_connection_info(),
+            Target::Cluster(target) => &target.template,
+        }
     }
 
     /// Sends a command, once more if the connection broke: a connection
@@ -520,6 +521,37 @@ impl Client {
     ) -> Result<(Value, Option<Value>)> {
         match self.send_once_then(cmd, then).await {
             Err(err) if err.is_connection() => self.send_once_then(cmd, then).await,
+            Err(err) if then.is_some() && self.is_cluster() && cluster::is_redirect(&err) => {
+                // The cluster connection follows a lone command's redirection
+                // (and reads the new slot map), not one inside a pipeline:
+                // the command goes alone, then `then` to the node now serving
+                // its queue, on the connection that carried it.
+                let reply = match self.send_once_then(cmd, None).await {
+                    Err(err) if err.is_connection() => self.send_once_then(cmd, None).await,
+                    outcome => outcome,
+                }?
+                .0;
+                let queue = cmd
+                    .args_iter()
+                    .nth(1)
+                    .and_then(|arg| match arg {
+                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let Conn::Cluster(conn) = &self.conn else {
+                    unreachable!("a cluster client")
+                };
+                let then_reply = conn
+                    .clone()
+                    .route_command(
+                        then.expect("checked").clone(),
+                        cluster::slot_route(cluster::key_slot(&queue)),
+                    )
+                    .await
+                    .map_err(Error::from)?;
+                Ok((reply, Some(then_reply)))
+            }
             outcome => outcome,
         }
     }

@@ -344,6 +344,13 @@ impl ClusterFetcher {
                 }
             }
             first = false;
+            if lost {
+                // The slot map is stale (a failover, a reshard) or a node
+                // is away: read it again, whatever the other groups gave.
+                if let Err(err) = client.refresh_slots().await {
+                    round.error(err);
+                }
+            }
             if !round.tasks.is_empty() || self.interrupt.requested() {
                 break;
             }
@@ -352,15 +359,11 @@ impl ClusterFetcher {
                 break;
             }
             if lost {
-                // The slot map is stale (a failover, a reshard) or a node
-                // is away: read it again, then try once more after a pause
-                // (a slot being moved answers TRYAGAIN until it is done).
-                if let Err(err) = client.refresh_slots().await {
-                    round.error(err);
-                }
                 if round.error.as_ref().is_some_and(Error::is_connection) {
                     break; // the caller backs off and tries again
                 }
+                // Try again after a pause (a slot being moved answers
+                // TRYAGAIN until it is done).
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
                 round.error = None;
                 continue;

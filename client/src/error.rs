@@ -56,7 +56,14 @@ impl Error {
             Error::Connection(_) | Error::ServerFull(_) => true,
             Error::Server { code, .. } => matches!(
                 code.as_str(),
-                "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY"
+                "LOADING"
+                    | "BUSY"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "MOVED"
+                    | "ASK"
             ),
             _ => false,
         }

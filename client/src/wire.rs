@@ -52,11 +52,18 @@ pub enum EnqueueReply {
 impl Client {
     /// Where a connection of the caller's own may connect, or None when
     /// the client's connection must be used: TLS (the caller would need
-    /// the client's certificates), or enqueues that wait for replicas
+    /// the client's certificates), enqueues that wait for replicas
     /// (`WAIT` must follow the write on the connection that made it, with
-    /// the client's handling of its reply).
+    /// the client's handling of its reply), a cluster, and partitioned
+    /// queues.
     pub fn own_connection_endpoint(&self) -> Option<Endpoint> {
-        if self.options().wait_replicas.is_some() {
+        // A cluster routes each queue to its node, and a partitioned queue's
+        // enqueue is one command per partition: the client's connection
+        // does both.
+        if self.options().wait_replicas.is_some()
+            || self.is_cluster()
+            || !self.partitions().is_empty()
+        {
             return None;
         }
         match self.connection_info().addr() {

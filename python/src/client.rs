@@ -11,7 +11,7 @@ use pyo3::types::PyBytes;
 use vtasks_client::schedule::{CatchUp, Schedule, Spec};
 use vtasks_client::wire::{BlockingEnqueuer, Endpoint};
 use vtasks_client::{
-    payload, Client, ClientOptions, Error, NewTask, QueueName, WaitReplicas, When,
+    payload, Client, ClientOptions, Error, NewTask, Partitions, QueueName, WaitReplicas, When,
 };
 
 use crate::bridge::{to_python, Bridge, Reply};
@@ -77,7 +77,8 @@ fn new_tasks(
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0, engine="auto", wait_replicas=0, wait_timeout=1.0))]
+    #[pyo3(signature = (url, connect_timeout=5.0, response_timeout=10.0, engine="auto", wait_replicas=0, wait_timeout=1.0, cluster=false, partitions=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         url: String,
@@ -86,8 +87,15 @@ impl NativeClient {
         engine: &str,
         wait_replicas: u32,
         wait_timeout: f64,
+        cluster: bool,
+        partitions: Option<Vec<(String, u16)>>,
     ) -> PyResult<Self> {
+        let partitions = partitions.unwrap_or_default();
+        let partitions =
+            Partitions::new(partitions.iter().map(|(q, n)| (q.as_str(), *n))).map_err(to_pyerr)?;
         let options = ClientOptions {
+            cluster,
+            partitions,
             connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
             response_timeout: Duration::from_secs_f64(response_timeout.max(0.001)),
             engine: engine.parse().map_err(to_pyerr)?,
@@ -102,6 +110,37 @@ impl NativeClient {
             .map_err(to_pyerr)?;
         let blocking = BlockingEnqueuer::new(&client, BLOCKING_CONNECTIONS);
         Ok(NativeClient { client, blocking })
+    }
+
+    /// The partition of `queue_name` a task with this id lives in (the
+    /// queue itself unless it is partitioned), without braces.
+    fn partition_of(&self, queue_name: &str, id: &str) -> PyResult<String> {
+        let queue = queue(queue_name)?;
+        Ok(self.client.partitions().of_task(&queue, id).name().to_string())
+    }
+
+    /// The queue a partition belongs to (any other queue is its own).
+    fn logical_queue(&self, queue_name: &str) -> PyResult<String> {
+        let queue = queue(queue_name)?;
+        Ok(self.client.partitions().logical(&queue).name().to_string())
+    }
+
+    /// Every partition of `queue_name`, partition 0 (the queue) first.
+    fn partitions_of(&self, queue_name: &str) -> PyResult<Vec<String>> {
+        let queue = queue(queue_name)?;
+        Ok(self
+            .client
+            .partitions()
+            .all(&queue)
+            .iter()
+            .map(|q| q.name().to_string())
+            .collect())
+    }
+
+    /// Whether the client talks to a Valkey Cluster.
+    #[getter]
+    fn cluster(&self) -> bool {
+        self.client.is_cluster()
     }
 
     /// The engine in use: "module" or "scripts".

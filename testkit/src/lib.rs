@@ -375,7 +375,14 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         let nodes: Vec<Server> = (0..primaries * (1 + replicas))
-            .map(|_| Server::start_with(&args))
+            .map(|_| {
+                // The bus port is the data port + 10000 unless given: a
+                // free port of the high range leaves it none.
+                let bus = free_port().to_string();
+                let mut node_args = args.clone();
+                node_args.extend(["--cluster-port", bus.as_str()]);
+                Server::start_with(&node_args)
+            })
             .collect();
         let mut create = Command::new("valkey-cli");
         create.arg("--cluster").arg("create");

@@ -176,6 +176,19 @@ class Client:
     thread writes and reads itself. A process holds the client's connection
     plus those it used. TLS URLs and ``wait_replicas`` keep to the client's
     connection; so does a client a `Worker` runs with (``own_connection``).
+
+    ``cluster=True``: ``url`` names one or more nodes of a Valkey Cluster
+    (``valkey://host1:6379,host2:6379``), from which the client learns the
+    others; each command goes to the node serving its queue's slot, and
+    redirections, failovers and reshards are followed.
+
+    ``partitions``: ``{"emails": 16}`` spreads a queue over that many
+    partitions, each a queue of its own in its own slot (``emails``,
+    ``emails:1``, ... ``emails:15``), so one busy queue's load spreads over
+    a cluster's nodes. A task goes to the partition its id picks (ids
+    sharing a hash tag, ``{customer-17}...``, share one, and its FIFO
+    order); workers of the queue fetch from every partition; ``get``,
+    ``cancel``, the dead letters and ``stats`` take the queue's name.
     """
 
     def __init__(
@@ -187,6 +200,8 @@ class Client:
         engine: str = "auto",
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        cluster: bool = False,
+        partitions: dict[str, int] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -195,6 +210,11 @@ class Client:
         self.url = url
         self.engine_choice = engine
         self.wait_replicas, self.wait_timeout = wait_replicas, wait_timeout
+        self.cluster = bool(cluster)
+        self.partitions = dict(partitions or {})
+        for name, count in self.partitions.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"partitions of queue {name!r} must be an integer of at least 1, got {count!r}")
         self._timeouts = (connect_timeout, response_timeout)
         self._native_client: _native.NativeClient | None = None
         self._lock = threading.Lock()
@@ -215,6 +235,8 @@ class Client:
                         engine=self.engine_choice,
                         wait_replicas=self.wait_replicas,
                         wait_timeout=self.wait_timeout,
+                        cluster=self.cluster,
+                        partitions=sorted(self.partitions.items()),
                     )
                     logger.info(
                         "vtasks: %s engine on %s (asked for %s)",

@@ -457,6 +457,8 @@ class Worker:
             raise ValueError("each queue_concurrency limit must be at least 1")
         # Per queue: tasks leased to this worker and not finished.
         self._held: collections.Counter[str] = collections.Counter()
+        # A partition's queue, by the partition's name (`_capped`).
+        self._queue_of: dict[str, str] = {}
         self.burst = burst
         self.handle_signals = handle_signals
         self.resolver = resolver or resolve
@@ -721,18 +723,29 @@ class Worker:
         (under the lock)."""
         if not self.queue_concurrency:
             return self._backlog.popleft()
-        waiting = collections.Counter(q for q, *_ in self._backlog)
+        waiting = collections.Counter(self._capped(q) for q, *_ in self._backlog)
         for index, item in enumerate(self._backlog):
-            queue = item[0]
+            queue = self._capped(item[0])
             limit = self.queue_concurrency.get(queue)
             if limit is None or self._held[queue] - waiting[queue] < limit:
                 del self._backlog[index]
                 return item
         return None
 
+    def _capped(self, queue: str) -> str:
+        """The queue whose cap a task of ``queue`` counts against: a
+        partition's queue (``emails:3`` -> ``emails``), else itself."""
+        if not self.client.partitions:
+            return queue
+        name = self._queue_of.get(queue)
+        if name is None:
+            name = self._queue_of[queue] = self.client.native.logical_queue(queue)
+        return name
+
     def _count(self, queue: str, delta: int) -> None:
         """Tracks tasks held per queue and holds back fetching at the cap
         (under the lock)."""
+        queue = self._capped(queue)
         self._held[queue] += delta
         limit = self.queue_concurrency.get(queue)
         if limit is not None and self._native is not None:

@@ -41,7 +41,7 @@ STATUSES = {
     "dead": TaskResultStatus.FAILED,
 }
 
-_clients: dict[tuple[str, float, float, str, int, float], Client] = {}
+_clients: dict[tuple[Any, ...], Client] = {}
 
 
 def client_for(
@@ -51,9 +51,12 @@ def client_for(
     engine: str = "auto",
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
+    cluster: bool = False,
+    partitions: dict[str, int] | None = None,
 ) -> Client:
     """One client (one pipelined connection) per URL and options per process."""
-    key = (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout)
+    parts = tuple(sorted((partitions or {}).items()))
+    key = (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, parts)
     client = _clients.get(key)
     if client is None:
         client = _clients[key] = Client(
@@ -63,6 +66,8 @@ def client_for(
             engine=engine,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
+            cluster=cluster,
+            partitions=dict(parts),
         )
     return client
 
@@ -211,11 +216,23 @@ class ValkeyTaskBackend(BaseTaskBackend):
         if schedules is not None and not isinstance(schedules, dict):
             raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']['SCHEDULES'] must be a dict of name to schedule")
         self.schedule_settings: dict[str, Any] | None = None if schedules is None else dict(schedules)
+        # URL names nodes of a Valkey Cluster.
+        self.cluster: bool = bool(options.get("CLUSTER", False))
+        # {queue: count}: queues spread over several partitions, each in its
+        # own slot (vtasks.Client's `partitions`).
+        self.partitions: dict[str, int] = dict(options.get("PARTITIONS", {}) or {})
+        for name, count in self.partitions.items():
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1024:
+                raise ImproperlyConfigured(
+                    f"TASKS[{alias!r}]['OPTIONS']['PARTITIONS'][{name!r}]: expected a number of "
+                    f"partitions from 1 to 1024, got {count!r}"
+                )
 
     @property
     def client(self) -> Client:
         return client_for(
-            self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas, self.wait_timeout
+            self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas,
+            self.wait_timeout, self.cluster, self.partitions,
         )
 
     def validate_task(self, task: Task) -> None:
@@ -256,6 +273,13 @@ class ValkeyTaskBackend(BaseTaskBackend):
         period = float(getattr(task, "unique_period", 0) or 0)
         return f"throttle-{digest}-{int(time.time() // period)}"
 
+    def _partition_of(self, queue: str, task_id: str) -> str:
+        """The queue a task with this id goes to: for a partitioned queue,
+        the partition its id picks."""
+        if queue not in self.partitions:
+            return queue
+        return self.client.native.partition_of(queue, task_id)
+
     def _attempts(self, task: Task) -> int:
         return getattr(task, "max_attempts", None) or self.max_attempts
 
@@ -286,7 +310,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
             raise _argument_error(task, args, kwargs) or exc from exc
         result = TaskResult(
             task=task,
-            id=result_id(task_id, task.queue_name),
+            # A partitioned queue's result id names the partition its task
+            # lives in, so reading the result is one round trip.
+            id=result_id(task_id, self._partition_of(task.queue_name, task_id)),
             status=TaskResultStatus.READY,
             enqueued_at=None,
             started_at=None,
@@ -390,7 +416,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         own check): its options always; the server only in the commands that
         use it (see ``vtasks.django.checks``). Each check is a method of its
         own with its own message id."""
-        messages = self._check_engine_option() + self._check_schedules()
+        messages = self._check_engine_option() + self._check_partitions() + self._check_schedules()
         if any(m.level >= checks.ERROR for m in messages) or not reaches_server():
             return messages
         return messages + self.check_server()
@@ -448,6 +474,25 @@ class ValkeyTaskBackend(BaseTaskBackend):
                 id="vtasks.E003",
             )
         ]
+
+    def _check_partitions(self) -> list[checks.CheckMessage]:
+        """``vtasks.E004``: a queue of ``QUEUES`` that is a partition of a
+        partitioned queue (``emails:3`` when ``emails`` has 4 or more): its
+        tasks and the partition's would be the same queue."""
+        messages: list[checks.CheckMessage] = []
+        for queue in self.queue_order:
+            base, sep, index = queue.rpartition(":")
+            count = self.partitions.get(base)
+            if sep and count is not None and index.isdigit() and str(int(index)) == index and 0 < int(index) < count:
+                messages.append(
+                    checks.Error(
+                        f"Task backend {self.alias!r}: queue {queue!r} is partition {index} of queue {base!r} "
+                        f"(OPTIONS['PARTITIONS'][{base!r}] is {count}).",
+                        hint="Rename the queue: a partitioned queue's partitions are named <queue>:<n>.",
+                        id="vtasks.E004",
+                    )
+                )
+        return messages
 
     def _check_engine_in_use(self, engine: str) -> list[checks.CheckMessage]:
         if engine == "scripts" and self.engine == "auto":
