@@ -43,16 +43,16 @@ class Producer(threading.Thread):
     fails (the cluster failing over) is made again. Remembers the result
     ids the server acknowledged."""
 
-    def __init__(self, count: int, pace: float = 0.0) -> None:
+    def __init__(self, count: int, pace: float = 0.0, queues: list[str] = QUEUES) -> None:
         super().__init__(name="producer", daemon=True)
-        self.count, self.pace = count, pace
+        self.count, self.pace, self.queues = count, pace, queues
         self.acked: dict[str, int] = {}  # result id -> n
         self.errors: list[str] = []
         self.started_at = 0.0
 
     def run(self) -> None:
         self.started_at = time.monotonic()
-        queues = [*QUEUES, PARTITIONED, PARTITIONED]  # the partitioned queue gets more
+        queues = [*self.queues, PARTITIONED, PARTITIONED]  # the partitioned queue gets more
         for n in range(self.count):
             task = tasks.add.using(queue_name=queues[n % len(queues)])
             while True:
@@ -68,13 +68,15 @@ class Producer(threading.Thread):
                 time.sleep(self.pace)
 
 
-def start_runworker(tmp_path: Path, url: str, name: str, **options: object) -> subprocess.Popen[bytes]:
+def start_runworker(
+    tmp_path: Path, url: str, name: str, queues: list[str] = QUEUES, **options: object
+) -> subprocess.Popen[bytes]:
     """``manage.py runworker`` in a process of its own, with the test's
     settings; its log goes to ``<name>.log``."""
     settings = tmp_path / f"{name}_settings.py"
     settings.write_text(
         "from tests.django_project.settings import *  # noqa: F403\n"
-        f"TASKS = {{'default': {{'BACKEND': 'vtasks.django.ValkeyTaskBackend', 'QUEUES': {[*QUEUES, PARTITIONED]!r},\n"
+        f"TASKS = {{'default': {{'BACKEND': 'vtasks.django.ValkeyTaskBackend', 'QUEUES': {[*queues, PARTITIONED]!r},\n"
         f"                     'OPTIONS': {{'URL': {url!r}, **{options!r}}}}}}}\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
@@ -199,13 +201,12 @@ def test_the_slots_of_a_live_queue_move_to_another_node_mid_run(settings, tmp_pa
         live = next(
             f"live{i}" for i in range(100_000) if first <= key_slot(f"live{i}") < first + moved
         )
-        queues = [live, *QUEUES[1:]]
-        QUEUES[:] = queues
+        queues = [*QUEUES[:-1], live]
         options = cluster_options()
         point_tasks_at(settings, cluster.url, queues=[*queues, PARTITIONED], **options)
-        workers.append(start_runworker(tmp_path, cluster.url, "w1", **options))
+        workers.append(start_runworker(tmp_path, cluster.url, "w1", queues, **options))
         count = scale(20_000, 600)
-        producer = Producer(count, pace=scale(0.0005, 0.003))
+        producer = Producer(count, pace=scale(0.0005, 0.003), queues=queues)
         producer.start()
         while len(producer.acked) < count // 4:
             time.sleep(0.01)
@@ -219,7 +220,6 @@ def test_the_slots_of_a_live_queue_move_to_another_node_mid_run(settings, tmp_pa
         # The queue's data is on its new node only.
         assert server_command(source.port, "CLUSTER", "COUNTKEYSINSLOT", key_slot(live)) == 0
     finally:
-        QUEUES[:] = ["default", "emails", "reports", "images", "billing", "search"]
         cluster.close()
 
 

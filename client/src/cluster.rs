@@ -210,10 +210,13 @@ pub fn slot_route(slot: u16) -> RoutingInfo {
 
 /// Whether a server error says the cluster moved or is moving the slot,
 /// or cannot serve it right now: worth a fresh slot map and another try.
+/// READONLY is a node the map names as a primary that is a replica now (a
+/// failed primary restarted and rejoined as its successor's replica): it
+/// answers a write so, not with MOVED.
 pub fn is_redirect(err: &Error) -> bool {
     matches!(
         err.code(),
-        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
     )
 }
 

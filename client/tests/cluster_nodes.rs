@@ -374,3 +374,30 @@ async fn a_partitioned_queue_spreads_over_the_nodes_and_works_as_one() {
     client.resume(&emails).await.unwrap();
     assert_eq!(client.stats(&emails).await.unwrap().get("paused"), Some(0));
 }
+
+/// A FETCHN that reaches a node not serving its queue's slot (a client's
+/// slot map gone stale by a reshard) is redirected, as every other command
+/// is, rather than answered empty by a node that no longer holds the queue.
+/// The module's own commands only: the scripts engine's FCALL declares its
+/// keys.
+#[test]
+fn a_fetch_at_a_node_not_serving_its_queue_is_redirected_module_only() {
+    let cluster = Cluster::start(3, 0);
+    let queue = QueueName::new("moved").unwrap();
+    let slot = key_slot(queue.wire().as_bytes());
+    let owner = cluster.primary_of(i64::from(slot), 0);
+    let other = (owner + 1) % cluster.nodes.len();
+    let mut con = cluster.nodes[other].connect();
+    for names in [vec![queue.wire()], vec![queue.wire(), queue.wire()]] {
+        let err = redis::cmd("VTASKS.FETCHN")
+            .arg(names.len())
+            .arg(&names)
+            .arg("CONSUMER")
+            .arg("w")
+            .arg("COUNT")
+            .arg(1)
+            .query::<redis::Value>(&mut con)
+            .unwrap_err();
+        assert_eq!(err.code(), Some("MOVED"), "{err}");
+    }
+}

@@ -140,7 +140,12 @@ fn command_info_reports_arity_flags_categories_and_key_specs() {
         let got_categories: Vec<String> = items(&info[6]).iter().map(text).collect();
         assert_eq!(&got_categories, categories, "{name} ACL categories");
         let key_specs = items(&info[8]);
-        assert_eq!(key_specs.len(), 1, "{name} declares one key spec");
+        // FETCHN also declares its first queue by position: Valkey 8.0
+        // redirects a module command in a cluster by that spec, not by
+        // the one counting the queues (a FETCHN sent to a node that no
+        // longer serves its queue's slot was answered, empty).
+        let specs = if *name == "vtasks.fetchn" { 2 } else { 1 };
+        assert_eq!(key_specs.len(), specs, "{name} declares {specs} key specs");
         let spec = pairs(&key_specs[0]);
         let spec_flags: Vec<String> = items(&spec.iter().find(|(n, _)| n == "flags").unwrap().1)
             .iter()
@@ -171,7 +176,7 @@ fn command_getkeys_names_the_queues() {
                 "COUNT",
                 "5",
             ],
-            &["{a}", "{b}"],
+            &["{a}", "{b}", "{a}"],
         ),
         (
             &[
@@ -187,7 +192,7 @@ fn command_getkeys_names_the_queues() {
                 "1",
                 "",
             ],
-            &["{a}"],
+            &["{a}", "{a}"],
         ),
         (&["VTASKS.ACK", "{a}", "1", "t", "1", ""], &["{a}"]),
         (&["VTASKS.NACK", "{a}", "1", "t", "1", "0", "e"], &["{a}"]),

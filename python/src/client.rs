@@ -116,7 +116,12 @@ impl NativeClient {
     /// queue itself unless it is partitioned), without braces.
     fn partition_of(&self, queue_name: &str, id: &str) -> PyResult<String> {
         let queue = queue(queue_name)?;
-        Ok(self.client.partitions().of_task(&queue, id).name().to_string())
+        Ok(self
+            .client
+            .partitions()
+            .of_task(&queue, id)
+            .name()
+            .to_string())
     }
 
     /// The queue a partition belongs to (any other queue is its own).

@@ -27,6 +27,11 @@ use crate::server_time;
         flags: [ReadWrite, Update],
         begin_search: Index({ index: 1 }),
         find_keys: Keynum({ key_num_idx: 0, first_key: 1, key_step: 1 }),
+    }, {
+        notes: "the first queue again, by position",
+        flags: [ReadWrite, Update],
+        begin_search: Index({ index: 2 }),
+        find_keys: Range({ last_key: 0, steps: 1, limit: 0 }),
     }],
 })]
 fn vtasks_fetchn(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
