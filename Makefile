@@ -131,6 +131,14 @@ chaos: build-release python-release
 	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-valkey VTASKS_CHAOS_REPORT=target/chaos-report-scripts.md $(CHAOS_PYTEST) --timeout 1800
 	VTASKS_CHAOS=full VTASKS_CHAOS_DOC=docs/RELIABILITY.md VTASKS_TARGET=scripts-redis VTASKS_CHAOS_REPORT=target/chaos-report-redis.md $(CHAOS_PYTEST) --timeout 1800
 	$(MAKE) schedules-long
+	$(MAKE) cluster
+
+# The Valkey Cluster workloads of tests/test_cluster.py at full size (20,000
+# tasks through a primary's failover and through a reshard) on every target.
+cluster: build python
+	VTASKS_CLUSTER=full $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
+	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
+	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-redis $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
 
 # Three runworker processes on a per-second schedule for 10 s (CI runs the
 # same tests for 4 s), with a restart, an edit and a removal, on the module

@@ -3,8 +3,10 @@ primaries, with a replica each where a primary is killed), a producer
 enqueueing through the Django backend while ``manage.py runworker``
 processes run the tasks, and every acknowledged task checked at the end.
 
-In CI the workloads are small (a few hundred tasks); ``make cluster``
-(``VTASKS_CLUSTER=full``) runs them at full size."""
+In CI the workloads are small (a few hundred tasks), the failover runs on
+the module only and the reshard on the module and the scripts engine on
+Valkey, to keep CI short; ``make cluster`` (``VTASKS_CLUSTER=full``, part of
+``make chaos``) runs all of them at full size on every target."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pytest
 import vtasks
 from django.tasks import TaskResultStatus, task_backends
 
-from tests.conftest import ROOT, ValkeyCluster, key_slot, server_command
+from tests.conftest import ROOT, TARGET, ValkeyCluster, key_slot, server_command
 from tests.django_project import tasks
 from tests.test_django import point_tasks_at
 
@@ -31,6 +33,15 @@ PARTITIONED = "bulk"
 
 def scale(full: int, ci: int) -> int:
     return full if FULL else ci
+
+
+def in_ci_on(*targets: str) -> pytest.MarkDecorator:
+    """Runs the test in CI on these targets only; ``make cluster`` runs it
+    on every target."""
+    return pytest.mark.skipif(
+        not FULL and TARGET not in targets,
+        reason=f"in CI on {', '.join(targets)} only; `make cluster` runs it on every target",
+    )
 
 
 def cluster_options(**extra: object) -> dict[str, object]:
@@ -142,6 +153,7 @@ def wait_for_failover(cluster: ValkeyCluster, dead, timeout: float = 30) -> None
         time.sleep(0.05)
 
 
+@in_ci_on("module")
 def test_a_django_workload_survives_a_primary_killed_mid_run(settings, tmp_path, workers):
     """Six queues and a queue over 16 partitions on 3 primaries with a
     replica each, ``WAIT_REPLICAS: 1``: the primary serving the most
@@ -187,6 +199,7 @@ def test_a_django_workload_survives_a_primary_killed_mid_run(settings, tmp_path,
         cluster.close()
 
 
+@in_ci_on("module", "scripts-valkey")
 def test_the_slots_of_a_live_queue_move_to_another_node_mid_run(settings, tmp_path, workers):
     """``valkey-cli --cluster reshard`` moves the slot of a queue (and of
     some of the partitioned queue's partitions) while tasks are enqueued
