@@ -133,12 +133,14 @@ chaos: build-release python-release
 	$(MAKE) schedules-long
 	$(MAKE) cluster
 
-# The Valkey Cluster workloads of tests/test_cluster.py at full size (20,000
-# tasks through a primary's failover and through a reshard) on every target.
+# The Valkey Cluster and Sentinel workloads of tests/test_cluster.py and
+# tests/test_sentinel.py at full size (20,000 tasks through a primary's
+# failover, through a reshard, through a sentinel failover) on every target.
+CLUSTER_TESTS := tests/test_cluster.py tests/test_sentinel.py
 cluster: build python
-	VTASKS_CLUSTER=full $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
-	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
-	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-redis $(PY) -m pytest -q tests/test_cluster.py --timeout 1800
+	VTASKS_CLUSTER=full $(PY) -m pytest -q $(CLUSTER_TESTS) --timeout 1800
+	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-valkey $(PY) -m pytest -q $(CLUSTER_TESTS) --timeout 1800
+	VTASKS_CLUSTER=full VTASKS_TARGET=scripts-redis $(PY) -m pytest -q $(CLUSTER_TESTS) --timeout 1800
 
 # Three runworker processes on a per-second schedule for 10 s (CI runs the
 # same tests for 4 s), with a restart, an edit and a removal, on the module

@@ -303,3 +303,100 @@ def valkey_cluster() -> Iterator[ValkeyCluster]:
     cluster = ValkeyCluster(3, 1)
     yield cluster
     cluster.close()
+
+
+class SentinelSet:
+    """Three sentinels (``valkey-server --sentinel``, ``redis-server`` for
+    the Redis target) watching ``primary`` as service ``mymaster``, quorum
+    2, a primary unreachable for 1 s counted down: the URL a client is
+    given names all three."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self, primary: ValkeyServer, count: int = 3) -> None:
+        self.primary = primary
+        self.ports: list[int] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="vtasks-sentinel-"))
+        binary = "redis-server" if TARGET == "scripts-redis" else os.environ.get("VTASKS_SERVER", "valkey-server")
+        try:
+            for i in range(count):
+                port = free_port()
+                conf = self.dir / f"sentinel-{i}.conf"
+                conf.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary.port} 2\n"
+                    f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                    f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                )
+                log = open(self.dir / f"sentinel-{i}.log", "ab")
+                self.processes.append(subprocess.Popen(
+                    [binary, str(conf), "--sentinel"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                ))
+                self.ports.append(port)
+            for port in self.ports:
+                self.wait_for(lambda p=port: server_command(p, "PING") == "PONG", "a sentinel to start")
+            # Every sentinel knows the others (quorum) before a test kills anything.
+            self.wait_for(lambda: all(self.others_known(p) == count - 1 for p in self.ports),
+                          "the sentinels to find each other")
+        except BaseException:
+            self.close()
+            raise
+
+    def others_known(self, port: int) -> int:
+        """How many other sentinels the one on ``port`` knows."""
+        reply = server_command(port, "SENTINEL", "MASTER", self.SERVICE)
+        assert isinstance(reply, list)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        return int(fields["num-other-sentinels"])
+
+    @property
+    def url(self) -> str:
+        return "valkey+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + f"/{self.SERVICE}"
+
+    def primary_port(self) -> int:
+        """The primary's port as the first sentinel reports it."""
+        reply = server_command(self.ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        assert isinstance(reply, list)
+        return int(reply[1])
+
+    def wait_for(self, condition, what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if condition():
+                    return
+            except (OSError, RuntimeError, KeyError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes a test starts: stopped gracefully at its end, or
+    killed if they do not stop."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

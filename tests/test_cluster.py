@@ -99,23 +99,6 @@ def start_runworker(
     )
 
 
-@pytest.fixture
-def workers():
-    """Worker processes a test starts: stopped gracefully at its end, or
-    killed if they do not stop."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.terminate()
-    for process in started:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def wait_all_succeeded(acked: dict[str, int], timeout: float) -> dict[str, int]:
     """Waits until every acknowledged task succeeded with its value;
     returns the statuses of the ones that did not."""

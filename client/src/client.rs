@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use crate::cluster::{self, NodeAddr, SlotMap};
 use crate::cluster_fetch::{ClusterFetcher, FetchOutcome, Interrupt};
 use crate::partitions::Partitions;
+use crate::sentinel::{self, SentinelConn, SentinelTarget};
 use futures_util::future::join_all;
 
 use crate::engine::{self, Engine, EngineChoice, EngineState};
@@ -170,6 +171,8 @@ enum Conn {
     Single(ConnectionManager),
     /// Valkey Cluster: one multiplexed connection per node, routed by slot.
     Cluster(ClusterConnection),
+    /// The primary the sentinels name, asked again after a loss.
+    Sentinel(SentinelConn),
 }
 
 impl ConnectionLike for Conn {
@@ -180,6 +183,7 @@ impl ConnectionLike for Conn {
                 Some(route) => Box::pin(conn.route_command(cmd.clone(), route)),
                 None => conn.req_packed_command(cmd),
             },
+            Conn::Sentinel(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -192,6 +196,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -199,6 +204,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.get_db(),
             Conn::Cluster(conn) => conn.get_db(),
+            Conn::Sentinel(conn) => conn.get_db(),
         }
     }
 }
@@ -208,6 +214,7 @@ impl ConnectionLike for Conn {
 pub(crate) enum Target {
     Single(Box<redis::Client>),
     Cluster(Arc<ClusterTarget>),
+    Sentinel(Arc<SentinelTarget>),
 }
 
 /// What a cluster client knows beyond its connection: the settings of
@@ -292,6 +299,9 @@ impl Client {
 
     pub async fn connect_with(options: ClientOptions) -> Result<Client> {
         install_tls_provider();
+        if sentinel::is_sentinel_url(&options.url) {
+            return Client::connect_sentinel(options).await;
+        }
         if options.cluster {
             return Client::connect_cluster(options).await;
         }
@@ -322,6 +332,35 @@ impl Client {
         Ok(Client {
             conn: Conn::Single(conn),
             target: Target::Single(Box::new(redis)),
+            engine: EngineState::new(engine, options.engine),
+            options,
+        })
+    }
+
+    /// A client of the primary the sentinels of the URL name (`sentinel`):
+    /// asked once now, so that sentinels that do not answer, or name no
+    /// primary, fail `connect` at once.
+    async fn connect_sentinel(options: ClientOptions) -> Result<Client> {
+        if options.cluster {
+            return Err(Error::InvalidInput(
+                "a sentinel URL names the sentinels of one primary, not a cluster's nodes".into(),
+            ));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let target = Arc::new(SentinelTarget::new(&options.url, config)?);
+        let primary = target.primary().await?;
+        let mut first = first_connection(&primary, &options).await?;
+        let module_loaded = match options.engine {
+            EngineChoice::Scripts => false,
+            _ => engine::has_module(&mut first).await?,
+        };
+        let engine = engine::resolve(options.engine, module_loaded, &options.url)?;
+        drop(first);
+        Ok(Client {
+            conn: Conn::Sentinel(SentinelConn(target.clone())),
+            target: Target::Sentinel(target),
             engine: EngineState::new(engine, options.engine),
             options,
         })
@@ -394,6 +433,11 @@ impl Client {
     /// Whether this client talks to a Valkey Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Whether the client finds its server through sentinels.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.conn, Conn::Sentinel(_))
     }
 
     pub(crate) fn target(&self) -> &Target {
@@ -480,7 +524,7 @@ impl Client {
                 .route_command(cmd, node.routing())
                 .await
                 .map_err(Error::from),
-            Conn::Single(_) => self.send_plain(&cmd).await,
+            Conn::Single(_) | Conn::Sentinel(_) => self.send_plain(&cmd).await,
         }
     }
 
@@ -500,6 +544,7 @@ impl Client {
         match &self.target {
             Target::Single(redis) => redis.get_connection_info(),
             Target::Cluster(target) => &target.template,
+            Target::Sentinel(target) => &target.template,
         }
     }
 
@@ -580,7 +625,7 @@ impl Client {
                     .await
                     .map_err(Error::from)
             }
-            Conn::Single(_) => {
+            Conn::Single(_) | Conn::Sentinel(_) => {
                 let mut conn = self.conn.clone();
                 cmd.query_async(&mut conn).await.map_err(Error::from)
             }
@@ -1241,10 +1286,16 @@ impl BlockingFetcher {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.options.connect_timeout))
             .set_response_timeout(None);
-        let Target::Single(redis) = &self.client.target else {
-            return Err(Error::InvalidInput(
-                "a cluster client's fetcher connects to each node it waits on".into(),
-            ));
+        let redis = match &self.client.target {
+            Target::Single(redis) => redis.as_ref().clone(),
+            // Asked each time: a fetch connection is opened again after it
+            // failed, perhaps because the primary failed over.
+            Target::Sentinel(target) => target.primary().await?,
+            Target::Cluster(_) => {
+                return Err(Error::InvalidInput(
+                    "a cluster client's fetcher connects to each node it waits on".into(),
+                ))
+            }
         };
         let mut conn = redis
             .get_multiplexed_async_connection_with_config(&config)
@@ -1336,7 +1387,11 @@ impl BlockingFetcher {
                 .await
                 .map(|(fetched, _)| fetched),
         };
-        if outcome.as_ref().is_err_and(Error::is_connection) {
+        // A server that answers READONLY is a replica now (a failover
+        // through sentinels): the next fetch asks them where the primary is.
+        let demoted = self.client.is_sentinel()
+            && matches!(&outcome, Err(err) if err.code() == Some("READONLY"));
+        if outcome.as_ref().is_err_and(Error::is_connection) || demoted {
             self.conn = None;
             self.id = None;
         }

@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod queue;
 pub mod schedule;
 pub mod scripts;
+pub mod sentinel;
 pub mod wire;
 pub mod worker;
 

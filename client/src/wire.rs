@@ -54,14 +54,15 @@ impl Client {
     /// the client's connection must be used: TLS (the caller would need
     /// the client's certificates), enqueues that wait for replicas
     /// (`WAIT` must follow the write on the connection that made it, with
-    /// the client's handling of its reply), a cluster, and partitioned
-    /// queues.
+    /// the client's handling of its reply), a cluster, partitioned queues,
+    /// and a server found through sentinels (it moves on a failover).
     pub fn own_connection_endpoint(&self) -> Option<Endpoint> {
         // A cluster routes each queue to its node, and a partitioned queue's
         // enqueue is one command per partition: the client's connection
         // does both.
         if self.options().wait_replicas.is_some()
             || self.is_cluster()
+            || self.is_sentinel()
             || !self.partitions().is_empty()
         {
             return None;

@@ -1,0 +1,87 @@
+"""Sentinel: a primary with one replica watched by three sentinels, the
+client given a ``valkey+sentinel://`` URL naming the sentinels and the
+service. ``manage.py runworker`` processes and a producer run a Django
+workload while the primary is killed: the sentinels promote the replica,
+the clients ask them where the primary went, the workers carry on, and
+every enqueue acknowledged with ``WAIT_REPLICAS: 1`` runs and succeeds.
+
+In CI the workload is small and runs on the module only; ``make cluster``
+(``VTASKS_CLUSTER=full``) runs it at full size on every target."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import vtasks
+from django.tasks import task_backends
+
+from tests.conftest import SentinelSet, ValkeyServer, free_port, server_command
+from tests.test_cluster import (
+    PARTITIONED,
+    QUEUES,
+    Producer,
+    in_ci_on,
+    scale,
+    start_runworker,
+    wait_all_succeeded,
+)
+from tests.test_django import point_tasks_at
+
+
+def test_a_sentinel_url_that_reaches_no_sentinel_is_a_clear_error() -> None:
+    client = vtasks.Client(f"valkey+sentinel://127.0.0.1:{free_port()}/mymaster")
+    with pytest.raises(vtasks.VtasksError, match="sentinels named no reachable primary"):
+        client.stats_sync("default")
+    with pytest.raises(vtasks.VtasksError, match="service name"):
+        vtasks.Client("valkey+sentinel://127.0.0.1:26379").stats_sync("default")
+
+
+@in_ci_on("module")
+def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, workers):
+    """The primary is killed mid-run; the sentinels promote its replica;
+    the old primary, restarted, rejoins as the new one's replica (so
+    enqueues waiting for one replica are acknowledged again); every
+    acknowledged task succeeds and the workers never stop."""
+    primary = ValkeyServer()
+    replica = ValkeyServer(["--replicaof", "127.0.0.1", str(primary.port)])
+    sentinels = None
+    try:
+        sentinels = SentinelSet(primary)
+        sentinels.wait_for(
+            lambda: "master_link_status:up" in str(server_command(replica.port, "INFO", "replication")),
+            "the replica to link",
+        )
+        options = {"PARTITIONS": {PARTITIONED: 4}, "LEASE": 2, "WAIT_REPLICAS": 1, "WAIT_TIMEOUT": 2}
+        point_tasks_at(settings, sentinels.url, queues=[*QUEUES, PARTITIONED], **options)
+        assert task_backends["default"].client.native.engine in ("module", "scripts")
+        workers.append(start_runworker(tmp_path, sentinels.url, "w1", **options))
+        workers.append(start_runworker(tmp_path, sentinels.url, "w2", **options))
+        count = scale(20_000, 400)
+        producer = Producer(count, pace=scale(0.0005, 0.002))
+        producer.start()
+        while len(producer.acked) < count // 3:
+            time.sleep(0.01)
+        primary.kill()
+        killed_at = time.monotonic()
+        sentinels.wait_for(lambda: sentinels.primary_port() == replica.port, "the replica's promotion")
+        failover = time.monotonic() - killed_at
+        primary.start()
+        sentinels.wait_for(
+            lambda: "master_link_status:up" in str(server_command(primary.port, "INFO", "replication")),
+            "the old primary to rejoin as a replica",
+            timeout=60,
+        )
+        producer.join(timeout=scale(600, 120))
+        assert not producer.is_alive(), "the producer never finished"
+        missing = wait_all_succeeded(producer.acked, timeout=scale(300, 60))
+        assert not missing, f"acknowledged tasks that did not succeed: {missing}"
+        assert len(producer.acked) == count
+        for process in workers:
+            assert process.poll() is None, "a worker died"
+        print(f"{count} tasks, failover {failover:.1f} s, {len(producer.errors)} enqueues repeated")
+    finally:
+        if sentinels is not None:
+            sentinels.close()
+        replica.close()
+        primary.close()
