@@ -145,6 +145,9 @@ def test_actions_need_the_csrf_token(django_valkey):
     client.force_login(user)
     assert client.post(url("pause", "default", "default")).status_code == 403
     assert stats()["paused"] == 0
+    tasks.add.enqueue(1, 1)
+    assert client.post(url("clear", "default", "default")).status_code == 403
+    assert stats()["ready"] == 1
     page = client.get(url("changelist"))
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode()).group(1)
     assert client.post(url("pause", "default", "default"), {"csrfmiddlewaretoken": token}).status_code == 302
@@ -203,6 +206,26 @@ def test_purge_selected_and_all(django_valkey, runs, operator, viewer):
     response = operator.post(url("purge", "default", "default"), {"all": "1"}, follow=True)
     assert any("2 dead letters of default purged" in m for m in messages_of(response))
     assert stats()["dead"] == 0 and stats()["purged"] == 3
+
+
+def test_purge_waiting_tasks(django_valkey, runs, operator, viewer):
+    dead_letters(1)
+    for i in range(3):
+        tasks.add.enqueue(i, i)
+    page = viewer.get(url("queue", "default", "default")).content.decode()
+    assert "vtasks-clear" not in page, "a viewer gets no purge button"
+    page = operator.get(url("queue", "default", "default")).content.decode()
+    assert 'value="Purge waiting tasks (3)"' in page
+    assert viewer.post(url("clear", "default", "default")).status_code == 403
+    assert operator.get(url("clear", "default", "default")).status_code == 405
+    assert stats()["ready"] == 3
+    response = operator.post(url("clear", "default", "default"), follow=True)
+    assert any("3 waiting tasks purged from default." in m for m in messages_of(response))
+    counts = stats()
+    assert (counts["ready"], counts["dead"], counts["cancelled"]) == (0, 1, 3)
+    assert "vtasks-clear" not in response.content.decode()
+    response = operator.post(url("clear", "default", "default"), follow=True)
+    assert any("default had no waiting tasks." in m for m in messages_of(response))
 
 
 def test_the_task_page_and_cancel(django_valkey, runs, viewer, operator):

@@ -6,7 +6,7 @@
   and resume.
 - **A queue**: its counts and its dead letters, a page at a time, newest
   first, each with its task, error, attempts and workers; retry or purge
-  one, the ones ticked, or all.
+  one, the ones ticked, or all; purge its waiting tasks.
 - **A task** (by result id): its call, status, attempts, times, workers,
   result or errors; cancel it while it waits, retry or purge it once dead.
 - **Schedules**: the periodic schedules of the queues, with their next and
@@ -70,6 +70,7 @@ class QueueAdmin(admin.ModelAdmin):
             path("<str:backend>/<str:queue>/purge/", wrap(self.purge_view), name="vtasks_queue_purge"),
             path("<str:backend>/<str:queue>/task/", wrap(self.task_view), name="vtasks_queue_task"),
             path("<str:backend>/<str:queue>/cancel/", wrap(self.cancel_view), name="vtasks_queue_cancel"),
+            path("<str:backend>/<str:queue>/clear/", wrap(self.clear_view), name="vtasks_queue_clear"),
         ]
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -268,6 +269,20 @@ class QueueAdmin(admin.ModelAdmin):
             state = found.client.get_sync(queue, task_id) if task_id else None
             status = "gone" if state is None else {"leased": "running"}.get(state.status, state.status)
             return messages.WARNING, f"Not cancelled: the task is {status}; only a waiting task can be cancelled."
+
+        return self._act(request, backend, queue, act)
+
+    def clear_view(self, request: HttpRequest, backend: str, queue: str) -> HttpResponse:
+        """Deletes the queue's waiting tasks (ready and delayed), as
+        ``manage.py vtasks purge`` does."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+
+        def act(found: Any) -> tuple[int, str]:
+            purged = ops.clear_queue(found, queue)
+            if purged == 0:
+                return messages.WARNING, f"{queue} had no waiting tasks."
+            return messages.SUCCESS, f"{purged} waiting task{'s' * (purged != 1)} purged from {queue}."
 
         return self._act(request, backend, queue, act)
 
