@@ -73,7 +73,14 @@ def test_a_killed_process_is_replaced_and_a_signal_stops_all_gracefully(valkey, 
     point_tasks_at(settings, valkey.url, queues=["default"], MAX_ATTEMPTS=3)
     met = [tasks.meets.enqueue(n, 60) for n in range(4)]
     parent, log = start_worker(processes, tmp_path, valkey.url, "--processes", "2", "--concurrency", "2")
-    wait_for(lambda: len({pid for _, pid in records(runs, "django_meets_start")}) == 2, f"two processes ({log})")
+    # All four running, two in each process: a process starts its second
+    # sync task a moment after its first (once the first is seen to block),
+    # and the victim's tasks must all be known before it is killed.
+    wait_for(
+        lambda: len(records(runs, "django_meets_start")) == 4
+        and len({pid for _, pid in records(runs, "django_meets_start")}) == 2,
+        f"four tasks in two processes ({log})",
+    )
     first_starts = records(runs, "django_meets_start")
     victim = int(first_starts[0][1])
     victims_tasks = {n for n, pid in first_starts if int(pid) == victim}
