@@ -196,15 +196,17 @@ class _TaskThreads:
     # A job running this long (seconds) no longer holds back the others.
     LONG_JOB = 0.02
 
-    def __init__(self, prefix: str) -> None:
-        """Called on the thread of the event loop that hands out jobs."""
+    def __init__(self, prefix: str, runner: Callable[[Any], None]) -> None:
+        """Called on the thread of the event loop that hands out jobs;
+        ``runner(job)`` runs one."""
         self._prefix = prefix
+        self._runner = runner
         # The event loop's thread takes the GIL too: task threads waiting
         # for it while the loop works are busy, not blocked.
         self._loop_meter = _ThreadMeter()
         self._loop_wanted: float | None = None
         self._lock = threading.Lock()
-        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._jobs: collections.deque[Any] = collections.deque()
         self._idle_wakeup = threading.Condition(self._lock)
         self._watcher_wakeup = threading.Condition(self._lock)
         self._threads = 0
@@ -220,7 +222,7 @@ class _TaskThreads:
         self._seen_wanted: dict[int, float] = {}
         self._closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Any) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the task threads are shut down")
@@ -254,14 +256,14 @@ class _TaskThreads:
             job = self._take(me, meter)
         while job is not None:
             try:
-                job()
+                self._runner(job)
             except BaseException:  # a job records its own outcome; this is a bug
                 logger.exception("vtasks task thread: unexpected error")
             with self._lock:
                 job = self._take(me, meter)
         meter.close()
 
-    def _take(self, me: int, meter: _ThreadMeter) -> Callable[[], None] | None:
+    def _take(self, me: int, meter: _ThreadMeter) -> Any:
         """The next job for this thread, waiting idle until it is woken for
         one; None once shut down (under the lock)."""
         while not self._closed:
@@ -340,6 +342,13 @@ class _TaskThreads:
             return False
         wanted = wanted * len(running) / sampled + (self._loop_wanted - loop_before)
         return wanted < self.BUSY_SHARE * elapsed
+
+    def take_waiting(self) -> list[Any]:
+        """Takes the jobs no thread has started yet."""
+        with self._lock:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        return jobs
 
     def shutdown(self) -> None:
         """Ends idle threads and the watcher; jobs not started are dropped
@@ -530,7 +539,7 @@ class Worker:
             self.client.native, self.queues, self.consumer, holds, self.lease, self.block, self.keep_results,
             self.burst,
         )
-        self._pool = _TaskThreads("vtasks-task")
+        self._pool = _TaskThreads("vtasks-task", self._run_in_thread)
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
@@ -842,7 +851,7 @@ class Worker:
     def _launch_sync(self, run: _Run) -> None:
         pool = self._pool
         assert pool is not None
-        pool.submit(lambda: self._run_in_thread(run))
+        pool.submit(run)
 
     def _run_in_thread(self, run: _Run | None) -> None:
         """A task thread's job: runs sync tasks and records their outcomes,
@@ -1047,7 +1056,18 @@ class Worker:
             # Fetched but never started: back to the queue, no attempt counted.
             await bridge.wait(native.release(bridge.native, unstarted))
         if self._running:
-            self._abandon(await self._wait_running())
+            pending = await self._wait_running()
+            # Handed to the task threads but started by none when the
+            # waiting ended (a forced stop, or the grace period over while
+            # the threads ran longer tasks): given back, not abandoned.
+            waiting: list[_Run] = self._pool.take_waiting() if self._pool is not None else []
+            for run in waiting:
+                self._finish(run)
+            pending.difference_update(waiting)
+            if native is not None and waiting:
+                given_back = [(run.delivery.queue, run.delivery.id, run.token) for run in waiting]
+                await self._unless_aborted(bridge.wait(native.release(bridge.native, given_back)))
+            self._abandon(pending)
         sent = True
         if self._reports:
             sent = await self._unless_aborted(asyncio.gather(*self._reports, return_exceptions=True))
