@@ -177,9 +177,11 @@ class _TaskThreads:
     CPU for less than half of that millisecond (they were blocked, not
     running or waiting for a CPU taken by other processes), or the running
     ones have all been in their current job for longer than LONG_JOB (a
-    long CPU-bound task does not hold up short ones behind it). Short tasks
-    run on one or two threads; blocking tasks fill ``concurrency`` threads
-    within a few milliseconds.
+    long CPU-bound task does not hold up short ones behind it). Once it has
+    found them blocked, each new job gets a thread at once for WIDE_FOR
+    (found again, that time starts over). Short tasks run on one or two
+    threads; blocking tasks fill ``concurrency`` threads within a few
+    milliseconds.
 
     Daemon threads: a task still running when the worker stops without it
     (grace period over, second signal) does not keep the process alive, as
@@ -195,6 +197,10 @@ class _TaskThreads:
     SAMPLED = 8
     # A job running this long (seconds) no longer holds back the others.
     LONG_JOB = 0.02
+    # After the watcher has found the running threads blocked, for this
+    # long (seconds) each new job gets a thread of its own at once, without
+    # waiting for the watcher's next looks.
+    WIDE_FOR = 0.1
 
     def __init__(self, prefix: str, runner: Callable[[Any], None]) -> None:
         """Called on the thread of the event loop that hands out jobs;
@@ -220,6 +226,7 @@ class _TaskThreads:
         # The watcher's last look: when, and what each running thread wanted.
         self._seen_at = 0.0
         self._seen_wanted: dict[int, float] = {}
+        self._wide_until = 0.0
         self._closed = False
 
     def submit(self, job: Any) -> None:
@@ -228,6 +235,9 @@ class _TaskThreads:
                 raise RuntimeError("the task threads are shut down")
             self._jobs.append(job)
             if not self._running and not (self._notified or self._starting):
+                self._start_threads(1)
+            elif len(self._jobs) > self._notified + self._starting and time.monotonic() < self._wide_until:
+                # Tasks have been blocking: this one gets a thread now.
                 self._start_threads(1)
             elif not self._watcher_timed:
                 if self._watcher is None:
@@ -309,6 +319,7 @@ class _TaskThreads:
                     held_up += 1
                     if held_up >= 2:
                         held_up = 0
+                        self._wide_until = time.monotonic() + self.WIDE_FOR
                         self._start_threads(len(self._jobs) - self._notified - self._starting)
                 else:
                     held_up = 0
