@@ -26,7 +26,9 @@ everything else with Django's default LOGGING (no `LOGGING` setting).
 
 Enqueueing (`benchmarks/peers/enqueue.py`): a plain sync loop of
 ``enqueue()``, sequential ``await aenqueue()``, and 100 concurrent producers,
-each after one warm-up enqueue outside the timing.
+each after one warm-up enqueue outside the timing; more runs of them than of
+the processing scenarios (``--enqueue-runs``), since each is short and this
+machine noisy.
 
 At 2 ms: the worker and the producers reach Valkey through
 `benchmarks/src/bin/latency_proxy.rs` (1 ms each way); the queue is filled
@@ -468,6 +470,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rq-tasks", type=int, default=500)
+    parser.add_argument("--enqueue-tasks", type=int, default=20_000,
+                        help="tasks per enqueue run on localhost (RQ: a tenth)")
+    parser.add_argument("--enqueue-runs", type=int, default=5,
+                        help="enqueue runs per system (a run is short and the machine noisy: more than --runs)")
     parser.add_argument("--remote-enqueue-tasks", type=int, default=2000,
                         help="tasks per enqueue run at 2 ms (RQ: a tenth)")
     parser.add_argument("--memory-tasks", type=int, default=100_000)
@@ -485,10 +491,9 @@ def main() -> None:
     for latency in latencies:
         for system in chosen:
             n = args.rq_tasks if system.single_threaded else args.tasks
-            if latency:
-                e = args.remote_enqueue_tasks // 10 if system.single_threaded else args.remote_enqueue_tasks
-            else:
-                e = n
+            e = args.remote_enqueue_tasks if latency else args.enqueue_tasks
+            if system.single_threaded:
+                e //= 10
             enqueues.append(Enqueues(system, latency, e))
             for kind in system.kinds:
                 for task in TASKS:
@@ -514,14 +519,14 @@ def main() -> None:
                      f"through the proxy {describe(proxy_rtts)}."]
         print(rtt_lines[0], flush=True)
 
-    for run in range(args.runs):
-        for en in enqueues:
+    for run in range(max(args.runs, args.enqueue_runs)):
+        for en in enqueues if run < args.enqueue_runs else []:
             r = report.retrying(f"enqueue {en.system.name}", enqueue_run, en.system, en.tasks, en.latency_ms)
             en.runs.append(r)
             print(f"  enqueue {en.system.name}, {'2 ms' if en.latency_ms else 'local'}, run {run + 1}: "
                   f"sync {r.sync:,.0f}/s, sequential {r.sequential:,.0f}/s, concurrent {r.concurrent:,.0f}/s, "
                   f"RTT {r.rtt_ms:.2f} ms, load {r.load:.2f}", flush=True)
-        for s in scenarios:
+        for s in scenarios if run < args.runs else []:
             r = report.retrying(s.label(), process_run, s.system, s.task_name, s.tasks, s.latency_ms, s.logging)
             s.runs.append(r)
             print(f"  {s.label()}, run {run + 1}: {r.process:,.0f}/s, first task {r.first_task_ms:.0f} ms, "
@@ -543,7 +548,9 @@ def main() -> None:
         report.header("compare", loads, versions()),
         f"{args.runs} runs per scenario, round-robin; medians with min–max. Processing: {args.tasks:,} tasks per run "
         f"(RQ {args.rq_tasks:,}), rates from the worker process's launch to its last task's completion "
-        "(the published benchmark's method) unless a column says otherwise.",
+        "(the published benchmark's method) unless a column says otherwise. Enqueueing: "
+        f"{args.enqueue_runs} runs per system, {args.enqueue_tasks:,} tasks per run on localhost "
+        f"and {args.remote_enqueue_tasks:,} at 2 ms (RQ a tenth).",
         "",
         settings_note(),
         "### Headline: processing rate, localhost, Django's default logging",
