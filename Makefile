@@ -186,6 +186,7 @@ module-demo: build-release
 bench: build-release bench-venv
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --results benchmarks/RESULTS.md
 	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin module_bench -- --goals benchmarks/RESULTS.md --tasks 100000 --runs 5 --big 10000000
+	$(CARGO) run --quiet --release -p vtasks-benchmarks --bin cluster_bench -- --results benchmarks/RESULTS.md
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	$(PY) -m benchmarks.python_bench
 	$(PY) -m benchmarks.startup
