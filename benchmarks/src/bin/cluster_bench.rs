@@ -311,14 +311,16 @@ async fn main() {
          results not kept. Server CPU is the `INFO cpu` delta of every primary over the phase, per task.\n\n\
          {table}\n\
          Enqueue + fetch + ack cost {one:.2} µs of server CPU per task on 1 primary and {three:.2} µs \
-         (all shards together) on 3: spreading a queue over partitions costs little CPU per task.\n\n\
+         summed over the shards on 3 (the same 16 partitions, so the same commands; what the difference \
+         comes from, three servers' own upkeep or their sharing two cores, is not separated here).\n\n\
          **What this machine cannot show.** It has 2 cores, shared by the 3 primaries, the producers, \
          the workers and other work, so the aggregate rate on 3 primaries is bounded by the same 2 cores \
          as on 1 and is no measure of scaling. **Projection (not measured):** each primary is one \
          thread; with each on a core of its own and clients that keep up, a partitioned queue's \
-         throughput grows with the primaries, up to about {} tasks/s per primary for enqueue + fetch + ack \
-         at the {three:.2} µs per task measured here (1,000,000 µs / CPU per task), so about {} tasks/s \
-         on 3 primaries and {} on 10, less the clients' limits and the network between them.\n",
+         throughput grows with the primaries, up to about {} no-op tasks/s per primary for enqueue + \
+         fetch + ack at the {three:.2} µs per task measured on 3 (1,000,000 µs / CPU per task), so about \
+         {} tasks/s on 3 primaries and {} on 10, if the slots spread the partitions evenly, and less \
+         what real tasks, the clients and the network between them cost.\n",
         header(
             &format!(
                 "cargo run --release -p vtasks-benchmarks --bin cluster_bench -- --tasks {} --runs {} \
