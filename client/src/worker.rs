@@ -667,17 +667,30 @@ impl WorkerCore {
         if acks.is_empty() && nacks.is_empty() {
             return Ok(());
         }
-        let outcome = self.send_settlements(&acks, &nacks).await;
+        // Put back if this future is dropped before the server answered
+        // (the maintenance task aborted at close, a caller's timeout):
+        // taken out of the state, they would otherwise be lost, and their
+        // tasks would run again once their leases ran out.
+        let mut in_flight = InFlight {
+            core: self,
+            settlements: Some((acks, nacks)),
+        };
+        let outcome = {
+            let (acks, nacks) = in_flight.settlements.as_ref().expect("held until answered");
+            self.send_settlements(acks, nacks).await
+        };
         self.note_connection(&outcome);
-        let mut st = self.state();
         match outcome {
             Ok((stale, trips)) => {
+                in_flight.settlements = None;
+                drop(in_flight);
+                let mut st = self.state();
                 st.stats.stale += stale;
                 st.stats.round_trips += trips;
                 Ok(())
             }
             Err(err) => {
-                put_back(&mut st, acks, nacks);
+                drop(in_flight); // puts them back
                 Err(err)
             }
         }
@@ -791,6 +804,21 @@ impl WorkerCore {
                     let _ = self.flush_behind_fetch().await;
                 }
             }
+        }
+    }
+}
+
+/// Settlements on their way to the server: put back in front of the
+/// pending ones when dropped still holding them (not answered).
+struct InFlight<'a> {
+    core: &'a WorkerCore,
+    settlements: Option<(Vec<Ack>, Vec<Nack>)>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((acks, nacks)) = self.settlements.take() {
+            put_back(&mut self.core.state(), acks, nacks);
         }
     }
 }
