@@ -204,6 +204,30 @@ def test_djangos_enqueue_log_reaches_a_handler_that_shows_debug(django_valkey, r
         assert any(result.id in line and "enqueued" in line for line in printed.splitlines()), printed
 
 
+@pytest.mark.parametrize("max_age", [0, None])
+def test_sync_tasks_close_database_connections_as_a_request_does(
+    django_valkey, runs, tmp_path, monkeypatch, django_db_blocker, max_age
+):
+    """Django's connection hygiene around each sync task: with
+    ``CONN_MAX_AGE = 0`` the connection a task opened is closed when it
+    ends, so the next task on the thread starts without one; a persistent
+    connection (``None``) stays open for the next."""
+    from django.db import connections
+
+    database = connections.settings["default"]
+    monkeypatch.setitem(database, "NAME", str(tmp_path / "db.sqlite3"))
+    monkeypatch.setitem(database, "CONN_MAX_AGE", max_age)
+    for n in range(3):
+        tasks.database_state.enqueue(n)
+    with django_db_blocker.unblock():
+        assert run_worker_burst(concurrency=1).succeeded == 3
+    seen = [line.split()[1:] for line in runs.read_text().splitlines() if line.startswith("django_db ")]
+    assert [int(n) for n, _, _ in seen] == [0, 1, 2]
+    assert len({thread for _, thread, _ in seen}) == 1, "one task thread at concurrency 1"
+    open_at_start = [int(state) for _, _, state in seen]
+    assert open_at_start == ([0, 0, 0] if max_age == 0 else [0, 1, 1])
+
+
 def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):
     finished = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 import vtasks
@@ -184,3 +185,14 @@ def tick(context) -> str:  # type: ignore[no-untyped-def]
     and the process that ran it (``django_tick <result id> <pid>``)."""
     record("django_tick", f"{context.task_result.id} {os.getpid()}")
     return context.task_result.id
+
+
+@task
+def database_state(n: int) -> None:
+    """Records whether this thread's database connection was open when the
+    task started, then runs a query (opening one)."""
+    from django.db import connection
+
+    record("django_db", f"{n} {threading.get_ident()} {int(connection.connection is not None)}")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
