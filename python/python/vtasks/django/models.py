@@ -19,6 +19,10 @@ class Queue(models.Model):
 
     class Meta:
         managed = False
+        # Named here, so defining the model does not load the database
+        # backend to fit a generated name to its length limit (a worker
+        # that never touches the database does not import it).
+        db_table = "vtasks_queue"
         default_permissions = ("view", "change")
         verbose_name = "queue"
         verbose_name_plural = "queues"
