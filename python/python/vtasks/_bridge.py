@@ -46,22 +46,29 @@ class LoopBridge:
         self._futures[ticket] = future
         return future
 
-    def stream(self, ticket: int, on_item: Callable[[Any], None]) -> asyncio.Future[Any]:
-        """The future of the operation that returned ``ticket``; each item
-        it hands out before its result goes to ``on_item`` (on the loop,
-        in order)."""
-        self._streams[ticket] = on_item
+    def stream(self, ticket: int, on_items: Callable[[list[Any]], None]) -> asyncio.Future[Any]:
+        """The future of the operation that returned ``ticket``, which hands
+        out lists of items before its result: they go to ``on_items`` (on
+        the loop, in order). Lists that arrive together go as one: the
+        worker's fetches come a few tasks at a time when tasks end one by
+        one, and each call costs the worker a pass over its slots."""
+        self._streams[ticket] = on_items
         future = self.wait(ticket)
         future.add_done_callback(lambda _: self._streams.pop(ticket, None))
         return future
 
     def _on_ready(self) -> None:
+        # Items of one stream gathered since the last hand-over.
+        gathered_for, gathered = 0, list[Any]()
         for ticket, ok, value, item in self.native.drain():
             if item:
-                on_item = self._streams.get(ticket)
-                if on_item is not None:
-                    on_item(value)
+                if ticket != gathered_for:
+                    self._hand_over(gathered_for, gathered)
+                    gathered_for, gathered = ticket, []
+                gathered.extend(value)
                 continue
+            self._hand_over(gathered_for, gathered)
+            gathered_for, gathered = 0, []
             future = self._futures.pop(ticket, None)
             if future is None or future.done():
                 continue
@@ -69,3 +76,10 @@ class LoopBridge:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        self._hand_over(gathered_for, gathered)
+
+    def _hand_over(self, ticket: int, items: list[Any]) -> None:
+        if items:
+            on_items = self._streams.get(ticket)
+            if on_items is not None:
+                on_items(items)

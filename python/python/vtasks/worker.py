@@ -576,7 +576,8 @@ class Worker:
         """Runs the native core's worker loop (the one loop every vtasks
         worker runs: fetching, giving back what arrives while stopping,
         ending a burst, waiting out a full server) until it returns; its
-        batches arrive on the event loop, a batch at a time."""
+        batches arrive on the event loop, those that arrive together as
+        one."""
         native = self._native
         assert native is not None
         await bridge.stream(native.run(bridge.native), self._on_batch)
