@@ -142,7 +142,7 @@ def test_max_tasks_counts_per_process(valkey, settings, runs, tmp_path, processe
     assert len({pid for _, pid in records(runs, "django_meets_start")}) == 2
     backend = task_backends["default"]
     assert all(backend.get_result(r.id).status == TaskResultStatus.SUCCESSFUL for r in met)
-    assert len(records(runs, "django_add")) == 4
+    assert len(records(runs, "django_add")) == 4, log.read_text()
     stats = vtasks.Client(valkey.url).stats_sync("default")
     assert (stats["ready"], stats["leased"]) == (6, 0)
     assert log.read_text().count(") finished") == 2

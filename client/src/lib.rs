@@ -19,6 +19,7 @@ pub mod cluster;
 mod cluster_fetch;
 pub mod engine;
 pub mod error;
+pub mod handoff;
 pub mod memory;
 pub mod partitions;
 pub mod payload;
@@ -33,6 +34,7 @@ pub mod worker;
 pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};
 pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
+pub use handoff::Handoff;
 pub use memory::MemoryPolicy;
 pub use partitions::Partitions;
 pub use protocol::{

@@ -11,10 +11,11 @@ use pyo3::types::PyDict;
 use tokio::sync::{watch, Mutex as AsyncMutex};
 use vtasks_client::ConnectionState;
 use vtasks_client::{
-    payload, BlockingFetcher, Delivery, Outcome, QueueName, Retry, WorkerCore, WorkerOptions,
+    payload, BlockingFetcher, Delivery, Handoff, Outcome, QueueName, Retry, WorkerCore,
+    WorkerOptions,
 };
 
-use crate::bridge::{Bridge, Reply};
+use crate::bridge::{to_python, Bridge, Reply};
 use crate::client::{dispatch, NativeClient};
 use crate::errors::to_pyerr;
 use crate::runtime;
@@ -26,6 +27,8 @@ pub struct NativeWorker {
     maintenance: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set by `close`: ends the waits of `connection_changed`.
     closed: watch::Sender<bool>,
+    /// Batches for a task thread waiting in `take` (see `run`).
+    handoff: Arc<Handoff<Vec<Delivery>>>,
 }
 
 fn delivery(queue: &str, id: String, token: i64) -> PyResult<Delivery> {
@@ -73,6 +76,7 @@ impl NativeWorker {
             fetcher: Arc::new(AsyncMutex::new(fetcher)),
             maintenance: std::sync::Mutex::new(None),
             closed: watch::Sender::new(false),
+            handoff: Arc::new(Handoff::new()),
         })
     }
 
@@ -86,19 +90,58 @@ impl NativeWorker {
     }
 
     /// Runs the worker loop (`WorkerCore::fetch_loop`) on the runtime;
-    /// returns its ticket. Each batch arrives through the bridge as an item
-    /// of that ticket, `[(queue, id, token, attempt, payload)]`; the result
-    /// (None, or the error that ended it) comes when no more batches will.
+    /// returns its ticket. Each batch, `[(queue, id, token, attempt,
+    /// payload)]`, goes to a thread waiting in `take` if one is, else
+    /// through the bridge as an item of that ticket; the result (None, or
+    /// the error that ended it) comes when no more batches will.
     fn run(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
+        let handoff = self.handoff.clone();
         let ticket = bridge.spawn_stream(move |items| async move {
             let mut fetcher = fetcher.lock().await;
-            core.fetch_loop(&mut fetcher, |batch| items.send(Reply::Deliveries(batch)))
-                .await
-                .map(|_| Reply::None)
+            core.fetch_loop(&mut fetcher, |batch| {
+                if let Some(batch) = handoff.offer(batch) {
+                    items.send(Reply::Deliveries(batch));
+                }
+            })
+            .await
+            .map(|_| Reply::None)
         });
         Ok(ticket.into_pyobject(py)?.into_any().unbind())
+    }
+
+    /// Waits up to `timeout` seconds, without the GIL, for a batch the
+    /// worker loop hands to this thread (a list as `run` describes); None
+    /// when the time is up or after `close_handoff`. The caller records
+    /// the batch, then calls `accepted`.
+    fn take(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Py<PyAny>>> {
+        let wait = Duration::from_secs_f64(timeout.max(0.0));
+        let Some(batch) = py.detach(|| self.handoff.take(wait)) else {
+            return Ok(None);
+        };
+        let tasks = to_python(py, Reply::Deliveries(batch));
+        if tasks.is_err() {
+            // Not recorded: never leave `close_handoff` waiting for it.
+            self.handoff.accepted();
+        }
+        tasks.map(Some)
+    }
+
+    /// The batch from `take` is recorded.
+    fn accepted(&self) {
+        self.handoff.accepted();
+    }
+
+    /// Ends `take` for good: waits up to `patience` seconds, without the
+    /// GIL, for taken batches to be recorded. Returns the tasks of the
+    /// batches handed over but not taken (as one list), and whether every
+    /// taken batch was recorded.
+    fn close_handoff(&self, py: Python<'_>, patience: f64) -> PyResult<(Py<PyAny>, bool)> {
+        let patience = Duration::from_secs_f64(patience.max(0.0));
+        let (left, settled) = py.detach(|| self.handoff.close(patience));
+        let tasks = to_python(py, Reply::Deliveries(left.into_iter().flatten().collect()))?;
+        Ok((tasks, settled))
     }
 
     /// A task succeeded; `result` is its encoded result, if any. A result
