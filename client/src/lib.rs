@@ -34,7 +34,7 @@ pub mod worker;
 pub use client::{BlockingFetcher, Client, ClientOptions, WaitReplicas};
 pub use engine::{Engine, EngineChoice};
 pub use error::{Error, Result};
-pub use handoff::Handoff;
+pub use handoff::{Handoff, Offer};
 pub use memory::MemoryPolicy;
 pub use partitions::Partitions;
 pub use protocol::{

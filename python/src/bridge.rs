@@ -98,6 +98,7 @@ impl Bridge {
 }
 
 /// Sends the items of a stream (`Bridge::spawn_stream`).
+#[derive(Clone)]
 pub struct Items {
     shared: Arc<Shared>,
     ticket: u64,

@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use tokio::sync::{watch, Mutex as AsyncMutex};
 use vtasks_client::ConnectionState;
 use vtasks_client::{
-    payload, BlockingFetcher, Delivery, Handoff, Outcome, QueueName, Retry, WorkerCore,
+    payload, BlockingFetcher, Delivery, Handoff, Offer, Outcome, QueueName, Retry, WorkerCore,
     WorkerOptions,
 };
 
@@ -19,6 +19,11 @@ use crate::bridge::{to_python, Bridge, Reply};
 use crate::client::{dispatch, NativeClient};
 use crate::errors::to_pyerr;
 use crate::runtime;
+
+/// How long a batch waits for a task thread to come and take it before it
+/// goes through the event loop instead (`Handoff`): the task threads are
+/// all busy, perhaps with long tasks, and free slots should not wait.
+const PARKED_FOR: Duration = Duration::from_millis(1);
 
 #[pyclass(frozen, module = "vtasks._native")]
 pub struct NativeWorker {
@@ -91,33 +96,44 @@ impl NativeWorker {
 
     /// Runs the worker loop (`WorkerCore::fetch_loop`) on the runtime;
     /// returns its ticket. Each batch, `[(queue, id, token, attempt,
-    /// payload)]`, goes to a thread waiting in `take` if one is, else
-    /// through the bridge as an item of that ticket; the result (None, or
-    /// the error that ended it) comes when no more batches will.
+    /// payload)]`, goes to the task threads through `take` (see
+    /// `Handoff`) or through the bridge as an item of that ticket; the
+    /// result (None, or the error that ended it) comes after every batch,
+    /// when no more will.
     fn run(&self, py: Python<'_>, bridge: &Bridge) -> PyResult<Py<PyAny>> {
         let core = self.core.clone();
         let fetcher = self.fetcher.clone();
         let handoff = self.handoff.clone();
         let ticket = bridge.spawn_stream(move |items| async move {
             let mut fetcher = fetcher.lock().await;
-            core.fetch_loop(&mut fetcher, |batch| {
-                if let Some(batch) = handoff.offer(batch) {
-                    items.send(Reply::Deliveries(batch));
+            let deliver = |batch| match handoff.offer(batch) {
+                Offer::Handed => {}
+                Offer::Declined(batch) => items.send(Reply::Deliveries(batch)),
+                Offer::Parked(id) => {
+                    let (handoff, items) = (handoff.clone(), items.clone());
+                    runtime().spawn(async move {
+                        tokio::time::sleep(PARKED_FOR).await;
+                        handoff.unpark_with(id, |batch| items.send(Reply::Deliveries(batch)));
+                    });
                 }
-            })
-            .await
-            .map(|_| Reply::None)
+            };
+            let ended = core.fetch_loop(&mut fetcher, deliver).await;
+            // Before the result: the loop reads no item after it.
+            handoff.drain_parked_with(|batch| items.send(Reply::Deliveries(batch)));
+            ended.map(|_| Reply::None)
         });
         Ok(ticket.into_pyobject(py)?.into_any().unbind())
     }
 
-    /// Waits up to `timeout` seconds, without the GIL, for a batch the
-    /// worker loop hands to this thread (a list as `run` describes); None
-    /// when the time is up or after `close_handoff`. The caller records
-    /// the batch, then calls `accepted`.
-    fn take(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Py<PyAny>>> {
+    /// A batch the worker loop parked for the task threads, or one it
+    /// hands to this thread within `timeout` seconds (waited for without
+    /// the GIL); a list as `run` describes. None when the time is up or
+    /// after `close_handoff`. The caller records the batch, then calls
+    /// `accepted`. `park`: whether batches that come while no thread waits
+    /// wait for the next thread (short tasks) or go through the bridge.
+    fn take(&self, py: Python<'_>, timeout: f64, park: bool) -> PyResult<Option<Py<PyAny>>> {
         let wait = Duration::from_secs_f64(timeout.max(0.0));
-        let Some(batch) = py.detach(|| self.handoff.take(wait)) else {
+        let Some(batch) = py.detach(|| self.handoff.take(wait, park)) else {
             return Ok(None);
         };
         let tasks = to_python(py, Reply::Deliveries(batch));
@@ -126,6 +142,12 @@ impl NativeWorker {
             self.handoff.accepted();
         }
         tasks.map(Some)
+    }
+
+    /// Whether batches that come while no thread waits in `take` wait for
+    /// the next thread (until a `take` says again).
+    fn set_parking(&self, park: bool) {
+        self.handoff.set_parking(park);
     }
 
     /// The batch from `take` is recorded.

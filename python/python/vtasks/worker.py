@@ -4,10 +4,12 @@ Async tasks run on the event loop, sync tasks in long-lived threads, at
 most ``concurrency`` at a time. Batches of tasks cross from Rust in one
 call, and outcomes go back with the next fetch: one round trip per batch.
 
-A sync task crosses threads once: the event loop hands it to a task thread,
-which runs it, records its outcome with the native core itself and takes
-the next waiting task, so a stream of sync tasks never goes back through
-the event loop (which handed them over a batch at a time).
+A stream of sync tasks does not touch the event loop: a task thread with
+nothing to run takes the next batch from the native core itself
+(``NativeWorker.take``), runs its tasks, records each outcome with the
+core and takes the next waiting task. While sync tasks block (sleeps, I/O),
+the event loop hands batches to the task threads instead: it never waits
+behind a running task.
 """
 
 from __future__ import annotations
@@ -214,14 +216,17 @@ class _TaskThreads:
     WIDE_FOR = 0.1
 
     def __init__(
-        self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None
+        self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
+        on_blocking: Callable[[], None] | None = None,
     ) -> None:
         """Called on the thread of the event loop that hands out jobs;
         ``runner(job)`` runs one; ``fetch()`` waits a while for new jobs
-        (see the class docstring)."""
+        (see the class docstring); ``on_blocking()`` is called when the
+        watcher finds the running jobs blocked."""
         self._prefix = prefix
         self._runner = runner
         self._fetch = fetch
+        self._on_blocking = on_blocking
         self._fetching = False  # a thread is in fetch()
         # The event loop's thread takes the GIL too: task threads waiting
         # for it while the loop works are busy, not blocked.
@@ -306,7 +311,7 @@ class _TaskThreads:
                 return job
             self._running.pop(me, None)
             self._seen_wanted.pop(me, None)
-            if self._fetch is not None and not self._fetching:
+            if self._fetch is not None and not self._fetching and time.monotonic() >= self._wide_until:
                 jobs = self._fetch_jobs()
                 if jobs:
                     self._running[me] = (meter, time.monotonic())
@@ -348,6 +353,8 @@ class _TaskThreads:
                     if held_up >= 2:
                         held_up = 0
                         self._wide_until = time.monotonic() + self.WIDE_FOR
+                        if self._on_blocking is not None:
+                            self._on_blocking()
                         self._start_threads(len(self._jobs) - self._notified - self._starting)
                 else:
                     held_up = 0
@@ -602,7 +609,9 @@ class Worker:
             self.client.native, self.queues, self.consumer, holds, self.lease, self.block, self.keep_results,
             self.burst,
         )
-        self._pool = _TaskThreads("vtasks-task", self._run_in_thread, self._take_directly)
+        self._pool = _TaskThreads(
+            "vtasks-task", self._run_in_thread, self._take_directly, functools.partial(self._native.set_parking, False),
+        )
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
@@ -662,7 +671,11 @@ class Worker:
         Returns the sync runs it starts; async ones go to the loop."""
         native = self._native
         assert native is not None
-        batch = native.take(HANDOFF_WAIT)
+        # Batches that come while this thread runs tasks wait for it: its
+        # tasks are short (the task threads stop taking batches themselves
+        # while tasks block: the event loop hands them out then, and it
+        # never waits behind a task).
+        batch = native.take(HANDOFF_WAIT, True)
         if batch is None:
             return []
         # Recorded before the native core hears so: a stop waits for it
