@@ -47,6 +47,18 @@ async def mark(n: int, sleep: float = 0.0) -> int:
     return n
 
 
+@vtasks.task(name="tests.mark_sync", max_attempts=5)
+def mark_sync(n: int, spin: float = 0.0) -> int:
+    """As ``mark``, a sync task that keeps the interpreter busy for
+    ``spin`` seconds (short sync tasks: the task threads take their batches
+    from the native core themselves)."""
+    end = time.monotonic() + spin
+    while time.monotonic() < end:
+        pass
+    record("mark_sync", n)
+    return n
+
+
 @vtasks.task(name="tests.tracked", max_attempts=5)
 async def tracked(n: int, sleep: float = 0.0) -> int:
     """As ``mark``, and also records each start: ``tracked_start <n>
