@@ -1200,6 +1200,7 @@ impl Client {
     /// each partition.
     pub async fn clear(&self, queue: &QueueName) -> Result<u64> {
         let mut total = 0;
+        let partitioned = self.partitions().count(queue) > 1;
         for part in self.partitions().all(queue) {
             let outcome = self
                 .send(redis::cmd("VTASKS.CLEAR").arg(part.wire()))
@@ -1207,8 +1208,9 @@ impl Client {
                 .and_then(int);
             match outcome {
                 Ok(n) => total += n as u64,
-                // A partition no task went to yet.
-                Err(err) if err.code() == Some("NOQUEUE") && part != *queue => {}
+                // A partition no task went to yet (the first one, named
+                // as the queue, included).
+                Err(err) if err.code() == Some("NOQUEUE") && partitioned => {}
                 Err(err) => return Err(err),
             }
         }

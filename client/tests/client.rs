@@ -560,3 +560,56 @@ async fn a_partitioned_queue_on_one_server() {
     );
     assert_eq!(client.stats(&queue).await.unwrap().get("acked"), Some(41));
 }
+
+/// Clearing a partitioned queue clears every partition, those no task
+/// went to included, and leaves leased tasks alone.
+#[tokio::test]
+async fn clearing_a_partitioned_queue_clears_every_partition() {
+    let server = Server::start();
+    let plain = connect(&server).await;
+    let queue = q("jobs");
+    let mut options = ClientOptions::new(server.url());
+    options.engine = Target::current().engine().parse().unwrap();
+    options.partitions = Partitions::new([("jobs", 8)]).unwrap();
+    let client = Client::connect_with(options).await.unwrap();
+    let tasks: Vec<NewTask> = (0..6)
+        .map(|i| NewTask::new(format!("t{i}"), b"{}".to_vec()))
+        .collect();
+    client.enqueue_many(&queue, &tasks, None).await.unwrap();
+    let mut used = vec![];
+    for part in client.partitions().all(&queue) {
+        if plain.stats(&part).await.is_ok() {
+            used.push(part);
+        }
+    }
+    assert!(
+        used.len() < 8,
+        "some partition got no task, so clearing must skip it"
+    );
+    // A fetch names partitions that exist.
+    let fetched = client
+        .fetch(&Fetch {
+            count: 1,
+            ..Fetch::new(vec![used[0].clone()], "w")
+        })
+        .await
+        .unwrap();
+    assert_eq!(fetched.tasks.len(), 1);
+    assert_eq!(client.clear(&queue).await.unwrap(), 5);
+    assert_eq!(client.clear(&queue).await.unwrap(), 0);
+    let stats = client.stats(&queue).await.unwrap();
+    assert_eq!(
+        (stats.get("ready"), stats.get("leased")),
+        (Some(0), Some(1))
+    );
+    let leased = &fetched.tasks[0];
+    assert_eq!(
+        client
+            .get(&queue, &leased.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Leased
+    );
+}
