@@ -574,8 +574,11 @@ class Worker:
         self._stopping = False
         self._aborting = False
         self._aborted = asyncio.Event()
-        # Set (on the loop) whenever the last run finishes.
+        # Set (on the loop) when the last run finishes while a stop waits
+        # for the running tasks (`_idle_wanted`): only then, since waking
+        # the loop from a task thread costs both threads a turn with the GIL.
         self._idle = asyncio.Event()
+        self._idle_wanted = False
         self._native: _native.NativeWorker | None = None
         self._pool: _TaskThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -879,7 +882,7 @@ class Worker:
                 self._preparing -= 1
                 if run is not None:
                     self._running.add(run)
-                idle = not self._running and not self._preparing
+                idle = self._idle_wanted and not self._running and not self._preparing
             if idle:
                 self._call_on_loop(self._idle.set)
         return run
@@ -1015,7 +1018,7 @@ class Worker:
         with self._lock:
             self._running.discard(run)
             self._count(run.delivery.queue, -1)
-            idle = not self._running and not self._preparing
+            idle = self._idle_wanted and not self._running and not self._preparing
         if idle:
             self._call_on_loop(self._idle.set)
 
@@ -1229,6 +1232,7 @@ class Worker:
                 # the event again, so no wake-up is lost.
                 self._idle.clear()
                 with self._lock:
+                    self._idle_wanted = True
                     if not self._running and not self._preparing:
                         break
                 remaining = deadline - loop.time()
