@@ -406,6 +406,31 @@ class _TaskThreads:
             self._lock.acquire()
             self._fetching = False
 
+    def continue_with(self, jobs: list[Any]) -> Any:
+        """The next job for the calling thread, which has just finished one
+        it was running and took ``jobs`` itself: the oldest waiting job if
+        jobs wait (``jobs`` then wait after them), else the first of
+        ``jobs`` (the rest wait). None when there is none: the thread then
+        goes back to waiting for jobs. The job it returns starts now: a
+        thread that runs short jobs one after the other is not one running
+        a long job (LONG_JOB)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._jobs:
+                next_job = self._jobs.popleft()
+                for job in jobs:
+                    self._queue(job)
+            elif jobs:
+                next_job = jobs[0]
+                for job in jobs[1:]:
+                    self._queue(job)
+            else:
+                return None
+            entry = self._running.get(me)
+            if entry is not None:
+                self._running[me] = (entry[0], time.monotonic())
+            return next_job
+
     def stop_fetching(self) -> None:
         """No thread waits for jobs with ``fetch()`` from now on (one that is
         waiting returns once fetch() does)."""
@@ -984,14 +1009,16 @@ class Worker:
                     if self._log_tasks:
                         self._log_task(run, ok, seconds)
             self._finish(run)
-            run = None
+            sync_runs = []
             for started in self._take_startable():
                 if started.is_async:
                     self._call_on_loop(functools.partial(self._launch_async, started))
-                elif run is None:
-                    run = started  # runs next, in this thread
                 else:
-                    self._launch_sync(started)
+                    sync_runs.append(started)
+            # Runs next in this thread: the oldest sync run waiting.
+            pool = self._pool
+            assert pool is not None
+            run = pool.continue_with(sync_runs)
 
     def _finished_async(self, future: asyncio.Future[Any], run: _Run) -> None:
         run.future = None
