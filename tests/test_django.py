@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -73,7 +74,7 @@ def run_worker_until(result_id: str, status: TaskResultStatus, timeout: float = 
 def test_enqueue_and_get_result_through_every_status(django_valkey, runs):
     result = tasks.add.enqueue(2, 3)
     assert result.status == TaskResultStatus.READY
-    assert result.id.endswith("@default")
+    assert re.fullmatch(r"[0-9a-f]{32}@default", result.id), "a random 128-bit task id, then the queue"
     fetched = tasks.add.get_result(result.id)
     assert (fetched.status, fetched.args, fetched.task.func) == (TaskResultStatus.READY, [2, 3], tasks.add.func)
     worker = run_worker_burst()
@@ -450,6 +451,15 @@ def test_a_worker_embedded_in_the_asgi_lifespan(django_valkey, runs):
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert sorted(run_counts(runs, "django_add")) == list(range(10))
+
+
+def test_arguments_go_as_django_normalizes_them(django_valkey, runs):
+    first = tasks.refresh_cache.enqueue(b"home")
+    assert first.args == ["home"]
+    assert tasks.refresh_cache.enqueue("home").id == first.id, "a unique task's id is of the normalized arguments"
+    assert tasks.refresh_cache.get_result(first.id).args == ["home"]
+    run_worker_burst()
+    assert tasks.refresh_cache.get_result(first.id).return_value == "home"
 
 
 def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):

@@ -67,12 +67,22 @@ class OwnConnection(asyncio.Protocol):
             connection = connections[loop] = cls(client, loop)
         return connection
 
-    async def enqueue(self, request: bytes, count: int, fallback: Fallback) -> list[bool]:
+    def enqueue(self, request: bytes, count: int, fallback: Fallback) -> Awaitable[list[bool]]:
         """Sends an encoded enqueue of ``count`` tasks; per task, whether
         it was added. ``fallback`` sends the same enqueue through the
-        client's connection."""
+        client's connection. Once connected, what this returns is the
+        reply's future itself, not a coroutine around it: a producer's
+        ``await`` goes straight to it."""
+        if self._transport is None:
+            return self._connect_and_enqueue(request, count, fallback)
+        return self._send(request, count, fallback)
+
+    async def _connect_and_enqueue(self, request: bytes, count: int, fallback: Fallback) -> list[bool]:
         if self._transport is None and not await self._connect():
             return await fallback()
+        return await self._send(request, count, fallback)
+
+    def _send(self, request: bytes, count: int, fallback: Fallback) -> asyncio.Future[list[bool]]:
         future: asyncio.Future[list[bool]] = self._loop.create_future()
         idle = not self._pending
         self._pending.append(_Pending(future, count, fallback))
@@ -86,7 +96,7 @@ class OwnConnection(asyncio.Protocol):
             self._outbox.append(request)
             if len(self._outbox) == 1:
                 self._loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
@@ -178,7 +188,11 @@ class OwnConnection(asyncio.Protocol):
     def _send_through_client(self, item: _Pending) -> None:
         if item.future.done():
             return
-        sent = asyncio.ensure_future(item.fallback())
+        try:
+            sent = asyncio.ensure_future(item.fallback())
+        except Exception as exc:  # refused before it was sent
+            item.future.set_exception(exc)
+            return
 
         def relay(done: asyncio.Future[list[bool]]) -> None:
             if item.future.done():

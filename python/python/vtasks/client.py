@@ -7,12 +7,13 @@ synchronous code.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import os
 import re
 import threading
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,12 @@ logger = logging.getLogger("vtasks")
 # A task as the native layer takes it: (id, payload, priority, delay_ms,
 # run_at_ms, max_attempts).
 TaskTuple = tuple[str, bytes, int, int | None, int | None, int | None]
+
+
+def new_task_id() -> str:
+    """A task id: 128 random bits as 32 hex digits (as random as a uuid4's
+    hex, without building a UUID)."""
+    return os.urandom(16).hex()
 
 
 def redacted_url(url: str) -> str:
@@ -274,7 +281,7 @@ class Client:
         attempts = check_max_attempts(opts.max_attempts if max_attempts is None else max_attempts)
         if delay is not None and run_at is not None:
             raise ValueError("give delay or run_at, not both")
-        task_id = id or uuid.uuid4().hex
+        task_id = id or new_task_id()
         body = encode_call(opts.name, args, kwargs)
         return opts.queue, (task_id, body, priority, _delay_ms(delay), _run_at_ms(run_at), attempts)
 
@@ -375,24 +382,22 @@ class Client:
         )
         return added[0]
 
-    async def _enqueue(
+    def _enqueue(
         self, queue: str, items: list[TaskTuple], replace_finished: bool, max_lost_leases: int | None
-    ) -> list[bool]:
+    ) -> Awaitable[list[bool]]:
         """One ENQUEUE from the event loop: over the loop's own connection
-        (`vtasks._wire`) when it can carry it, else through the client's."""
+        (`vtasks._wire`) when it can carry it, else through the client's.
+        Not a coroutine itself: the caller awaits the reply's future."""
         native = self.native
 
-        async def through_client() -> list[bool]:
+        def through_client() -> asyncio.Future[list[bool]]:
             bridge = LoopBridge.current()
-            added: list[bool] = await bridge.wait(
-                native.enqueue(bridge.native, queue, items, None, replace_finished, max_lost_leases)
-            )
-            return added
+            return bridge.wait(native.enqueue(bridge.native, queue, items, None, replace_finished, max_lost_leases))
 
         if not self.own_connection:
-            return await through_client()
+            return through_client()
         request = native.enqueue_request(queue, items, None, replace_finished, max_lost_leases)
-        return await OwnConnection.of(self).enqueue(request, len(items), through_client)
+        return OwnConnection.of(self).enqueue(request, len(items), through_client)
 
     def _many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], queue: str | None

@@ -1,6 +1,6 @@
 """``ValkeyTaskBackend``: Django's Tasks framework on vtasks.
 
-Result ids carry their queue (``<uuid>@<queue>``), so ``get_result`` needs
+Result ids carry their queue (``<task id>@<queue>``), so ``get_result`` needs
 nothing but the id and costs one round trip.
 """
 
@@ -10,8 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -26,7 +25,7 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from .. import limits
-from ..client import Client, TaskState, redacted_url
+from ..client import Client, TaskState, new_task_id, redacted_url
 from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import argument_error, dumps, error_entries, loads
 from .checks import reaches_server
@@ -42,6 +41,10 @@ STATUSES = {
 }
 
 _clients: dict[tuple[Any, ...], Client] = {}
+
+# Tasks whose enqueue plan a backend keeps (``_plan``); a project has a few
+# dozen, each ``.using()`` or ``.options()`` variant one more.
+PLANS_KEPT = 1024
 
 
 def client_for(
@@ -97,6 +100,33 @@ def task_error(entry: dict[str, Any]) -> TaskError:
 def _argument_error(task: Task, args: Any, kwargs: Any) -> TypeError | ValueError | None:
     """Which argument Django's JSON normalization or the encoder refuses."""
     return argument_error(task.module_path, list(args), dict(kwargs), lambda value: dumps(normalize_json(value)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """What enqueueing a task takes from the task alone, worked out once
+    per Task object: a Task is frozen, and a backend's settings do not
+    change."""
+
+    # Kept, so that its id() is not reused while the plan is.
+    task: Task
+    module_path: str
+    # The payload's "options" (None: none differ from the worker's).
+    run_options: dict[str, Any] | None
+    unique: str | None
+    max_attempts: int
+    max_lost_leases: int
+
+
+class _Prepared(NamedTuple):
+    """An enqueue ready to send: its result, payload, plan, task id and
+    queue (a partitioned queue's partition)."""
+
+    result: TaskResult
+    payload: bytes
+    plan: _Plan
+    task_id: str
+    queue: str
 
 
 def resolve_task(path: str) -> Task:
@@ -227,13 +257,46 @@ class ValkeyTaskBackend(BaseTaskBackend):
                     f"TASKS[{alias!r}]['OPTIONS']['PARTITIONS'][{name!r}]: expected a number of "
                     f"partitions from 1 to 1024, got {count!r}"
                 )
+        self._client: Client | None = None
+        self._plans: dict[int, _Plan] = {}
 
     @property
     def client(self) -> Client:
-        return client_for(
-            self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas,
-            self.wait_timeout, self.cluster, self.partitions,
+        client = self._client
+        if client is None:
+            client = self._client = client_for(
+                self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas,
+                self.wait_timeout, self.cluster, self.partitions,
+            )
+        return client
+
+    def _plan(self, task: Task) -> _Plan:
+        """The task validated, and what its enqueues need from it, once per
+        task: producers enqueue the same few tasks again and again."""
+        plan = self._plans.get(id(task))
+        if plan is not None and plan.task is task:
+            return plan
+        self.validate_task(task)
+        run_options = {
+            key: value
+            for key, value in (
+                ("backoff", getattr(task, "retry_backoff", None)),
+                ("timeout", getattr(task, "timeout", None)),
+            )
+            if value is not None
+        }
+        plan = _Plan(
+            task=task,
+            module_path=task.module_path,
+            run_options=run_options or None,
+            unique=getattr(task, "unique", None),
+            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
+            max_lost_leases=getattr(task, "max_lost_leases", None) or self.max_lost_leases,
         )
+        if len(self._plans) >= PLANS_KEPT:
+            self._plans.clear()
+        self._plans[id(task)] = plan
+        return plan
 
     def validate_task(self, task: Task) -> None:
         super().validate_task(task)
@@ -260,17 +323,19 @@ class ValkeyTaskBackend(BaseTaskBackend):
             raise InvalidTask("unique='throttle' needs unique_period (seconds).")
 
     @staticmethod
-    def _task_id(task: Task, args: Any, kwargs: Any) -> str:
+    def _task_id(plan: _Plan, args: Any, kwargs: Any) -> str:
         """A random id, or for unique tasks one derived from the task and its
         arguments (and, throttled, the current period), so that the
         server's idempotent enqueue keeps the duplicates out."""
-        unique = getattr(task, "unique", None)
+        unique = plan.unique
         if unique is None:
-            return uuid.uuid4().hex
-        digest = hashlib.sha256(dumps([task.module_path, args, kwargs])).hexdigest()[:32]
+            return new_task_id()
+        digest = hashlib.sha256(
+            dumps([plan.module_path, normalize_json(list(args)), normalize_json(dict(kwargs))])
+        ).hexdigest()[:32]
         if unique == "mutex":
             return f"mutex-{digest}"
-        period = float(getattr(task, "unique_period", 0) or 0)
+        period = float(getattr(plan.task, "unique_period", 0) or 0)
         return f"throttle-{digest}-{int(time.time() // period)}"
 
     def _partition_of(self, queue: str, task_id: str) -> str:
@@ -280,51 +345,39 @@ class ValkeyTaskBackend(BaseTaskBackend):
             return queue
         return self.client.native.partition_of(queue, task_id)
 
-    def _attempts(self, task: Task) -> int:
-        return getattr(task, "max_attempts", None) or self.max_attempts
-
-    def _lost_leases(self, task: Task) -> int:
-        return getattr(task, "max_lost_leases", None) or self.max_lost_leases
-
-    def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, bytes]:
-        self.validate_task(task)
+    def _prepare(self, task: Task, args: Any, kwargs: Any) -> _Prepared:
+        plan = self._plan(task)
         try:
-            args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-            task_id = self._task_id(task, args, kwargs)
+            task_id = self._task_id(plan, args, kwargs)
+            queue = self._partition_of(task.queue_name, task_id)
+            # TaskResult normalizes the arguments to JSON types (Django's
+            # normalize_json); the payload carries what it made of them.
+            result = TaskResult(
+                task=task,
+                # A partitioned queue's result id names the partition its
+                # task lives in, so reading the result is one round trip.
+                id=result_id(task_id, queue),
+                status=TaskResultStatus.READY,
+                enqueued_at=None,
+                started_at=None,
+                last_attempted_at=None,
+                finished_at=None,
+                args=list(args),
+                kwargs=dict(kwargs),
+                backend=self.alias,
+                errors=[],
+                worker_ids=[],
+            )
         except (TypeError, ValueError) as exc:
             raise _argument_error(task, args, kwargs) or exc from exc
-        body: dict[str, Any] = {"task": task.module_path, "args": args, "kwargs": kwargs}
-        run_options = {
-            key: value
-            for key, value in (
-                ("backoff", getattr(task, "retry_backoff", None)),
-                ("timeout", getattr(task, "timeout", None)),
-            )
-            if value is not None
-        }
-        if run_options:
-            body["options"] = run_options
+        body: dict[str, Any] = {"task": plan.module_path, "args": result.args, "kwargs": result.kwargs}
+        if plan.run_options is not None:
+            body["options"] = plan.run_options
         try:
             payload = dumps(body)
         except (TypeError, ValueError) as exc:
             raise _argument_error(task, args, kwargs) or exc from exc
-        result = TaskResult(
-            task=task,
-            # A partitioned queue's result id names the partition its task
-            # lives in, so reading the result is one round trip.
-            id=result_id(task_id, self._partition_of(task.queue_name, task_id)),
-            status=TaskResultStatus.READY,
-            enqueued_at=None,
-            started_at=None,
-            last_attempted_at=None,
-            finished_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
-        return result, payload
+        return _Prepared(result, payload, plan, task_id, queue)
 
     def _enqueued(self, result: TaskResult, added: bool) -> TaskResult:
         """Sends ``task_enqueued`` if the task was added: a unique task that
@@ -337,14 +390,13 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return result
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        result, payload = self._prepare(task, args, kwargs)
-        task_id, queue = split_result_id(result.id)
+        result, payload, plan, task_id, queue = self._prepare(task, args, kwargs)
 
         def send() -> None:
             added = self.client.enqueue_payload_sync(
                 queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-                max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
-                max_lost_leases=self._lost_leases(task),
+                max_attempts=plan.max_attempts, replace_finished=plan.unique == "mutex",
+                max_lost_leases=plan.max_lost_leases,
             )
             self._enqueued(result, added)
 
@@ -357,12 +409,11 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return result
 
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        result, payload = self._prepare(task, args, kwargs)
-        task_id, queue = split_result_id(result.id)
+        result, payload, plan, task_id, queue = self._prepare(task, args, kwargs)
         added = await self.client.enqueue_payload(
             queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-            max_attempts=self._attempts(task), replace_finished=getattr(task, "unique", None) == "mutex",
-            max_lost_leases=self._lost_leases(task),
+            max_attempts=plan.max_attempts, replace_finished=plan.unique == "mutex",
+            max_lost_leases=plan.max_lost_leases,
         )
         return self._enqueued(result, added)
 
