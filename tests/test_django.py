@@ -462,6 +462,30 @@ def test_arguments_go_as_django_normalizes_them(django_valkey, runs):
     assert tasks.refresh_cache.get_result(first.id).return_value == "home"
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((), {}), ((1, "a", 2.5, True, None), {"k": "v"}), ((b"x", (1, 2), [3, {"a": (4,)}]), {"b": b"y", "c": [1]})],
+)
+def test_enqueue_builds_the_result_djangos_constructor_builds(args, kwargs):
+    from django.tasks import TaskResult
+    from django.utils.json import normalize_json
+    from vtasks.django import backend
+    from vtasks.django.backend import normalized_args, normalized_kwargs, ready_result
+
+    assert backend._BUILD_RESULTS, "Django's TaskResult has the fields ready_result sets"
+    json_args, json_kwargs = normalized_args(args), normalized_kwargs(kwargs)
+    assert (json_args, json_kwargs) == (normalize_json(list(args)), normalize_json(dict(kwargs)))
+    built = ready_result(tasks.add, "id@default", json_args, json_kwargs, "default")
+    expected = TaskResult(
+        task=tasks.add, id="id@default", status=TaskResultStatus.READY, enqueued_at=None, started_at=None,
+        last_attempted_at=None, finished_at=None, args=list(args), kwargs=dict(kwargs), backend="default",
+        errors=[], worker_ids=[],
+    )
+    assert built == expected
+    assert [getattr(built, f) for f in TaskResult.__slots__] == [getattr(expected, f) for f in TaskResult.__slots__]
+    assert built.errors is not ready_result(tasks.add, "x@default", [], {}, "default").errors, "lists are not shared"
+
+
 def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):
     enqueued = []
 
