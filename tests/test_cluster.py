@@ -99,6 +99,18 @@ def start_runworker(
     )
 
 
+def wait_serving(tmp_path: Path, names: list[str], timeout: float = 60) -> None:
+    """Waits until each ``start_runworker`` worker of ``names`` serves its
+    queues: a failover before then would test the worker's start-up (a
+    system check that cannot reach the server stops it), not its run."""
+    deadline = time.monotonic() + timeout
+    for name in names:
+        log = tmp_path / f"{name}.log"
+        while f"worker {name} serving".encode() not in log.read_bytes():
+            assert time.monotonic() < deadline, f"worker {name} did not start: {log.read_text()[-2000:]}"
+            time.sleep(0.05)
+
+
 def wait_all_succeeded(acked: dict[str, int], timeout: float) -> dict[str, int]:
     """Waits until every acknowledged task succeeded with its value;
     returns the statuses of the ones that did not."""
@@ -151,6 +163,7 @@ def test_a_django_workload_survives_a_primary_killed_mid_run(settings, tmp_path,
         assert len({cluster.primary_of(key_slot(p)).port for p in partitions}) == 3
         workers.append(start_runworker(tmp_path, cluster.url, "w1", **options))
         workers.append(start_runworker(tmp_path, cluster.url, "w2", **options))
+        wait_serving(tmp_path, ["w1", "w2"])
         count = scale(20_000, 600)
         producer = Producer(count, pace=scale(0.0005, 0.002))
         producer.start()

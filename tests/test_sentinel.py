@@ -25,6 +25,7 @@ from tests.test_cluster import (
     scale,
     start_runworker,
     wait_all_succeeded,
+    wait_serving,
 )
 from tests.test_django import point_tasks_at
 
@@ -57,6 +58,7 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
         assert task_backends["default"].client.native.engine in ("module", "scripts")
         workers.append(start_runworker(tmp_path, sentinels.url, "w1", **options))
         workers.append(start_runworker(tmp_path, sentinels.url, "w2", **options))
+        wait_serving(tmp_path, ["w1", "w2"])
         count = scale(20_000, 400)
         producer = Producer(count, pace=scale(0.0005, 0.002))
         producer.start()

@@ -47,6 +47,21 @@ _clients: dict[tuple[Any, ...], Client] = {}
 PLANS_KEPT = 1024
 
 
+def client_key(
+    url: str,
+    connect_timeout: float = 5.0,
+    response_timeout: float = 10.0,
+    engine: str = "auto",
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+    cluster: bool = False,
+    partitions: dict[str, int] | tuple[tuple[str, int], ...] | None = None,
+) -> tuple[Any, ...]:
+    """What tells one client of `client_for` from another."""
+    parts = tuple(sorted(dict(partitions or {}).items()))
+    return (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, parts)
+
+
 def client_for(
     url: str,
     connect_timeout: float = 5.0,
@@ -55,11 +70,11 @@ def client_for(
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
     cluster: bool = False,
-    partitions: dict[str, int] | None = None,
+    partitions: dict[str, int] | tuple[tuple[str, int], ...] | None = None,
 ) -> Client:
     """One client (one pipelined connection) per URL and options per process."""
-    parts = tuple(sorted((partitions or {}).items()))
-    key = (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, parts)
+    key = client_key(url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, partitions)
+    parts = key[-1]
     client = _clients.get(key)
     if client is None:
         client = _clients[key] = Client(
@@ -319,18 +334,15 @@ class ValkeyTaskBackend(BaseTaskBackend):
                     f"TASKS[{alias!r}]['OPTIONS']['PARTITIONS'][{name!r}]: expected a number of "
                     f"partitions from 1 to 1024, got {count!r}"
                 )
-        self._client: Client | None = None
+        self._client_key = client_key(
+            self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas,
+            self.wait_timeout, self.cluster, self.partitions,
+        )
         self._plans: dict[int, _Plan] = {}
 
     @property
     def client(self) -> Client:
-        client = self._client
-        if client is None:
-            client = self._client = client_for(
-                self.url, self.connect_timeout, self.response_timeout, self.engine, self.wait_replicas,
-                self.wait_timeout, self.cluster, self.partitions,
-            )
-        return client
+        return _clients.get(self._client_key) or client_for(*self._client_key)
 
     def _plan(self, task: Task) -> _Plan:
         """The task validated, and what its enqueues need from it, once per
