@@ -468,22 +468,30 @@ def test_arguments_go_as_django_normalizes_them(django_valkey, runs):
 )
 def test_enqueue_builds_the_result_djangos_constructor_builds(args, kwargs):
     from django.tasks import TaskResult
+    from django.utils import timezone
     from django.utils.json import normalize_json
     from vtasks.django import backend
-    from vtasks.django.backend import normalized_args, normalized_kwargs, ready_result
+    from vtasks.django.backend import normalized_args, normalized_kwargs, task_result
 
-    assert backend._BUILD_RESULTS, "Django's TaskResult has the fields ready_result sets"
+    assert backend._BUILD_RESULTS, "Django's TaskResult has the fields task_result sets"
     json_args, json_kwargs = normalized_args(args), normalized_kwargs(kwargs)
     assert (json_args, json_kwargs) == (normalize_json(list(args)), normalize_json(dict(kwargs)))
-    built = ready_result(tasks.add, "id@default", json_args, json_kwargs, "default")
-    expected = TaskResult(
-        task=tasks.add, id="id@default", status=TaskResultStatus.READY, enqueued_at=None, started_at=None,
-        last_attempted_at=None, finished_at=None, args=list(args), kwargs=dict(kwargs), backend="default",
-        errors=[], worker_ids=[],
-    )
-    assert built == expected
-    assert [getattr(built, f) for f in TaskResult.__slots__] == [getattr(expected, f) for f in TaskResult.__slots__]
-    assert built.errors is not ready_result(tasks.add, "x@default", [], {}, "default").errors, "lists are not shared"
+    now = timezone.now()
+    for status, started_at, worker_ids in ((TaskResultStatus.READY, None, []), (TaskResultStatus.RUNNING, now, ["w"])):
+        built = task_result(
+            tasks.add, "id@default", status, json_args, json_kwargs, "default", started_at=started_at,
+            worker_ids=list(worker_ids),
+        )
+        expected = TaskResult(
+            task=tasks.add, id="id@default", status=status, enqueued_at=None, started_at=started_at,
+            last_attempted_at=started_at, finished_at=None, args=list(args), kwargs=dict(kwargs), backend="default",
+            errors=[], worker_ids=list(worker_ids),
+        )
+        assert built == expected
+        slots = TaskResult.__slots__
+        assert [getattr(built, f) for f in slots] == [getattr(expected, f) for f in slots]
+    again = task_result(tasks.add, "x@default", TaskResultStatus.READY, [], {}, "default")
+    assert built.errors is not again.errors and built.worker_ids is not again.worker_ids, "lists are not shared"
 
 
 def test_unique_tasks_in_mutex_and_throttle_modes(django_valkey, runs):

@@ -7,6 +7,7 @@ nothing but the id and costs one round trip.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import time
@@ -156,7 +157,7 @@ def normalized_kwargs(kwargs: Any) -> dict[str, Any]:
     return values
 
 
-# The fields of Django's TaskResult that `ready_result` sets, in order. A
+# The fields of Django's TaskResult that `task_result` sets, in order. A
 # Django whose TaskResult has others gets its constructor.
 _RESULT_FIELDS = (
     "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at", "args", "kwargs",
@@ -166,31 +167,40 @@ _BUILD_RESULTS = tuple(f.name for f in dataclasses.fields(TaskResult)) == _RESUL
 _set = object.__setattr__
 
 
-def ready_result(task: Task, id: str, args: list[Any], kwargs: dict[str, Any], backend: str) -> TaskResult:
-    """The TaskResult of a task just enqueued, with arguments already
-    normalized: what ``TaskResult(...)`` makes, built field by field.
-    The frozen dataclass's constructor and its ``__post_init__`` (which
-    normalizes the arguments again) cost a producer more than a tenth
-    of an enqueue."""
+def task_result(
+    task: Task,
+    id: str,
+    status: TaskResultStatus,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    backend: str,
+    started_at: dt.datetime | None = None,
+    worker_ids: list[str] | None = None,
+) -> TaskResult:
+    """What ``TaskResult(...)`` makes of arguments already normalized
+    (`normalized_args`, `normalized_kwargs`), built field by field: the
+    frozen dataclass's constructor and its ``__post_init__`` (which
+    normalizes the arguments again) cost a producer more than a tenth of
+    an enqueue. ``started_at`` is also the last attempt's start."""
     if not _BUILD_RESULTS:
         return TaskResult(
-            task=task, id=id, status=TaskResultStatus.READY, enqueued_at=None, started_at=None,
-            last_attempted_at=None, finished_at=None, args=args, kwargs=kwargs, backend=backend, errors=[],
-            worker_ids=[],
+            task=task, id=id, status=status, enqueued_at=None, started_at=started_at,
+            last_attempted_at=started_at, finished_at=None, args=args, kwargs=kwargs, backend=backend, errors=[],
+            worker_ids=worker_ids or [],
         )
     result = object.__new__(TaskResult)
     _set(result, "task", task)
     _set(result, "id", id)
-    _set(result, "status", TaskResultStatus.READY)
+    _set(result, "status", status)
     _set(result, "enqueued_at", None)
-    _set(result, "started_at", None)
+    _set(result, "started_at", started_at)
     _set(result, "finished_at", None)
-    _set(result, "last_attempted_at", None)
+    _set(result, "last_attempted_at", started_at)
     _set(result, "args", args)
     _set(result, "kwargs", kwargs)
     _set(result, "backend", backend)
     _set(result, "errors", [])
-    _set(result, "worker_ids", [])
+    _set(result, "worker_ids", worker_ids or [])
     _set(result, "_return_value", None)
     return result
 
@@ -428,7 +438,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
         queue = self._partition_of(task.queue_name, task_id)
         # A partitioned queue's result id names the partition its task
         # lives in, so reading the result is one round trip.
-        result = ready_result(task, result_id(task_id, queue), json_args, json_kwargs, self.alias)
+        result = task_result(
+            task, result_id(task_id, queue), TaskResultStatus.READY, json_args, json_kwargs, self.alias
+        )
         body: dict[str, Any] = {"task": plan.module_path, "args": json_args, "kwargs": json_kwargs}
         if plan.run_options is not None:
             body["options"] = plan.run_options

@@ -41,7 +41,15 @@ from django.utils.module_loading import import_string
 from ..errors import ResultNotStored, TaskNotRegistered
 from ..payloads import dumps
 from ..worker import Delivery, Failure, Stored, Worker, result_not_stored
-from .backend import ValkeyTaskBackend, resolve_task, result_id, task_error
+from .backend import (
+    ValkeyTaskBackend,
+    normalized_args,
+    normalized_kwargs,
+    resolve_task,
+    result_id,
+    task_error,
+    task_result,
+)
 from .listening import Listening
 
 
@@ -71,20 +79,9 @@ connection_created.connect(_on_connection_created, dispatch_uid="vtasks.django.w
 
 
 def _running_result(task: Task, backend: str, d: Delivery, args: Any, kwargs: Any) -> TaskResult:
-    now = timezone.now()
-    return TaskResult(
-        task=task,
-        id=result_id(d.id, d.queue),
-        status=TaskResultStatus.RUNNING,
-        enqueued_at=None,
-        started_at=now,
-        last_attempted_at=now,
-        finished_at=None,
-        args=list(args),
-        kwargs=dict(kwargs),
-        backend=backend,
-        errors=[],
-        worker_ids=[d.consumer] * d.attempt,
+    return task_result(
+        task, result_id(d.id, d.queue), TaskResultStatus.RUNNING, normalized_args(args), normalized_kwargs(kwargs),
+        backend, started_at=timezone.now(), worker_ids=[d.consumer] * d.attempt,
     )
 
 
