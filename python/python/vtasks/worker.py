@@ -431,6 +431,12 @@ class _TaskThreads:
                 self._running[me] = (entry[0], time.monotonic())
             return next_job
 
+    def takes_parked_batches(self) -> bool:
+        """Whether a thread between jobs should take a batch parked for the
+        task threads: none waits here, and the threads take batches (not
+        while tasks have been blocking, nor once stopping)."""
+        return not self._jobs and self._fetch is not None and time.monotonic() >= self._wide_until
+
     def stop_fetching(self) -> None:
         """No thread waits for jobs with ``fetch()`` from now on (one that is
         waiting returns once fetch() does)."""
@@ -692,18 +698,19 @@ class Worker:
                 if then is not None:
                     then()
 
-    def _take_directly(self) -> list[_Run]:
+    def _take_directly(self, wait: float = HANDOFF_WAIT) -> list[_Run]:
         """A task thread's wait for work while none waits: the next batch
         of the worker loop, handed to this thread by the native core rather
         than through the event loop (one wake-up instead of two per batch).
-        Returns the sync runs it starts; async ones go to the loop."""
+        Returns the sync runs it starts; async ones go to the loop. With
+        ``wait`` 0, only a batch already parked for the task threads."""
         native = self._native
         assert native is not None
         # Batches that come while this thread runs tasks wait for it: its
         # tasks are short (the task threads stop taking batches themselves
         # while tasks block: the event loop hands them out then, and it
         # never waits behind a task).
-        batch = native.take(HANDOFF_WAIT, True)
+        batch = native.take(wait, True)
         if batch is None:
             return []
         # Recorded before the native core hears so: a stop waits for it
@@ -1015,9 +1022,16 @@ class Worker:
                     self._call_on_loop(functools.partial(self._launch_async, started))
                 else:
                     sync_runs.append(started)
-            # Runs next in this thread: the oldest sync run waiting.
             pool = self._pool
             assert pool is not None
+            if not sync_runs and pool.takes_parked_batches():
+                # A batch the worker loop parked while this thread ran its
+                # task: taken now, it runs here; left, it would go through
+                # the event loop in a millisecond (two more threads woken
+                # per batch, a cost that shows when tasks release the GIL
+                # briefly, as each line a console log handler writes does).
+                sync_runs = self._take_directly(0.0)
+            # Runs next in this thread: the oldest sync run waiting.
             run = pool.continue_with(sync_runs)
 
     def _finished_async(self, future: asyncio.Future[Any], run: _Run) -> None:
