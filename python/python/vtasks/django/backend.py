@@ -56,28 +56,19 @@ def client_key(
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
     cluster: bool = False,
-    partitions: dict[str, int] | tuple[tuple[str, int], ...] | None = None,
+    partitions: dict[str, int] | None = None,
 ) -> tuple[Any, ...]:
     """What tells one client of `client_for` from another."""
-    parts = tuple(sorted(dict(partitions or {}).items()))
+    parts = tuple(sorted((partitions or {}).items()))
     return (url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, parts)
 
 
-def client_for(
-    url: str,
-    connect_timeout: float = 5.0,
-    response_timeout: float = 10.0,
-    engine: str = "auto",
-    wait_replicas: int = 0,
-    wait_timeout: float = 1.0,
-    cluster: bool = False,
-    partitions: dict[str, int] | tuple[tuple[str, int], ...] | None = None,
-) -> Client:
-    """One client (one pipelined connection) per URL and options per process."""
-    key = client_key(url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, partitions)
-    parts = key[-1]
+def client_for(key: tuple[Any, ...]) -> Client:
+    """One client (one pipelined connection) per URL and options
+    (`client_key`) per process."""
     client = _clients.get(key)
     if client is None:
+        url, connect_timeout, response_timeout, engine, wait_replicas, wait_timeout, cluster, parts = key
         client = _clients[key] = Client(
             url,
             connect_timeout=connect_timeout,
@@ -352,7 +343,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
 
     @property
     def client(self) -> Client:
-        return _clients.get(self._client_key) or client_for(*self._client_key)
+        return client_for(self._client_key)
 
     def _plan(self, task: Task) -> _Plan:
         """The task validated, and what its enqueues need from it, once per
