@@ -305,6 +305,13 @@ def valkey_cluster() -> Iterator[ValkeyCluster]:
     cluster.close()
 
 
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(unreadable: {e})"
+
+
 class SentinelSet:
     """Three sentinels (``valkey-server --sentinel``, ``redis-server`` for
     the Redis target) watching ``primary`` as service ``mymaster``, quorum
@@ -360,7 +367,11 @@ class SentinelSet:
         assert isinstance(reply, list)
         return int(reply[1])
 
-    def wait_for(self, condition, what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(self, condition, what: str, timeout: float = 30,  # type: ignore[no-untyped-def]
+                 servers: tuple[ValkeyServer, ...] = ()) -> None:
+        """Waits for ``condition``; on timeout the error carries the end of
+        every sentinel's log and of ``servers``' logs (they are deleted with
+        their directories), which is what tells why."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -369,7 +380,9 @@ class SentinelSet:
             except (OSError, RuntimeError, KeyError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
+                logs = [*sorted(self.dir.glob("sentinel-*.log")), *(s.dir / "server.log" for s in servers)]
+                tails = "".join(f"\n--- {log}\n{tail(log)}" for log in logs)
+                raise RuntimeError(f"timed out waiting for {what}{tails}")
             time.sleep(0.05)
 
     def close(self) -> None:

@@ -69,11 +69,14 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
         sentinels.wait_for(lambda: sentinels.primary_port() == replica.port, "the replica's promotion")
         failover = time.monotonic() - killed_at
         primary.start()
+        restarted_at = time.monotonic()
         sentinels.wait_for(
             lambda: "master_link_status:up" in str(server_command(primary.port, "INFO", "replication")),
             "the old primary to rejoin as a replica",
             timeout=60,
+            servers=(primary, replica),
         )
+        rejoined = time.monotonic() - restarted_at
         producer.join(timeout=scale(600, 120))
         assert not producer.is_alive(), "the producer never finished"
         missing = wait_all_succeeded(producer.acked, timeout=scale(300, 60))
@@ -81,7 +84,8 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
         assert len(producer.acked) == count
         for process in workers:
             assert process.poll() is None, "a worker died"
-        print(f"{count} tasks, failover {failover:.1f} s, {len(producer.errors)} enqueues repeated")
+        print(f"{count} tasks, failover {failover:.1f} s, old primary rejoined in {rejoined:.1f} s, "
+              f"{len(producer.errors)} enqueues repeated")
     finally:
         if sentinels is not None:
             sentinels.close()

@@ -1464,7 +1464,7 @@ impl BlockingFetcher {
             let mut blpop = redis::cmd("BLPOP");
             blpop
                 .arg(&wake_keys)
-                .arg(format!("{:.3}", wait.as_secs_f64()));
+                .arg(crate::scripts::blpop_timeout(wait));
             let limit = wait + self.options.response_timeout;
             let popped = match tokio::time::timeout(limit, blpop.query_async::<Value>(conn)).await {
                 Ok(reply) => reply.map_err(Error::from)?,

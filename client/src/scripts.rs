@@ -255,6 +255,16 @@ pub fn script_error(err: redis::RedisError) -> Error {
     }
 }
 
+/// `BLPOP`'s timeout for a sleep of `wait` (non-zero): seconds with
+/// millisecond precision, rounded up. Rounded to the nearest, a wait under
+/// half a millisecond (what is left of a fetch's BLOCK after a sleep that
+/// ran to its end) would be sent as `0.000`, which BLPOP reads as "block
+/// forever".
+pub fn blpop_timeout(wait: std::time::Duration) -> String {
+    let ms = wait.as_micros().div_ceil(1000).max(1);
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
 pub fn strip_script_suffix(message: &str) -> &str {
     match message.rfind(" script: ") {
         Some(at) => message[..at].trim_end(),
@@ -428,6 +438,16 @@ fn fetch_keys(args: &[&[u8]], keys: &mut KeyList) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blpop_timeout_is_never_zero() {
+        use std::time::Duration;
+        assert_eq!(blpop_timeout(Duration::from_micros(400)), "0.001");
+        assert_eq!(blpop_timeout(Duration::from_nanos(1)), "0.001");
+        assert_eq!(blpop_timeout(Duration::from_micros(99_400)), "0.100");
+        assert_eq!(blpop_timeout(Duration::from_millis(20_000)), "20.000");
+        assert_eq!(blpop_timeout(Duration::from_millis(1_234)), "1.234");
+    }
 
     fn keys_of(words: &[&str]) -> Vec<String> {
         let words: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();

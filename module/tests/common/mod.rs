@@ -132,7 +132,7 @@ fn sleep_until_fetched(
         }
         let _: Value = redis::cmd("BLPOP")
             .arg(&wake_keys)
-            .arg(format!("{:.3}", wait.as_secs_f64()))
+            .arg(scripts::blpop_timeout(wait))
             .query(con)?;
         let mut again = cmd.clone();
         again.arg("SLEPT").arg(text(&ticket));
