@@ -89,6 +89,46 @@ async fn ten_thousand_tasks_each_run_exactly_once() {
     );
 }
 
+/// A worker with most slots taken refills them a batch at a time, but a
+/// single free slot is still refilled (after a short wait for others),
+/// and a refill takes every free slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_refills_its_free_slots_however_few() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    enqueue_n(&client, 20).await;
+    let opts = WorkerOptions {
+        concurrency: 8,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let mut fetcher = client.blocking_fetcher();
+    let first = core.next_batch(&mut fetcher).await.unwrap();
+    assert_eq!(first.len(), 8);
+    let mut held = first.into_iter();
+    let within = Duration::from_secs(10);
+    // One slot of eight free: fewer than a refill batch, fetched anyway.
+    core.complete(&held.next().unwrap(), Outcome::Success(None));
+    let one = tokio::time::timeout(within, core.next_batch(&mut fetcher))
+        .await
+        .expect("one free slot was never refilled")
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    // Three free: all three in one fetch, with the settlements.
+    for delivery in held.by_ref().take(3) {
+        core.complete(&delivery, Outcome::Success(None));
+    }
+    let three = tokio::time::timeout(within, core.next_batch(&mut fetcher))
+        .await
+        .expect("three free slots were never refilled")
+        .unwrap();
+    assert_eq!(three.len(), 3);
+    let stats = client.stats(&queue()).await.unwrap();
+    assert_eq!(stats.get("leased"), Some(8));
+    assert_eq!(stats.get("ready"), Some(8));
+    assert_eq!(core.stats().succeeded, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_then_dead_lettered_with_the_error() {
     let server = Server::start();
