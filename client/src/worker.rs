@@ -469,11 +469,7 @@ impl WorkerCore {
     /// a refill batch wait for more (`Plan::Gather`).
     fn plan(&self, patient: bool) -> Plan {
         let mut st = self.state();
-        let free = self
-            .inner
-            .options
-            .concurrency
-            .saturating_sub(st.running.len());
+        let free = self.free_slots(&st);
         if patient && free > 0 && free < self.refill_batch() {
             return Plan::Gather;
         }
@@ -514,6 +510,14 @@ impl WorkerCore {
             nacks,
         };
         Plan::Fetch(fetch, aside_acks, aside_nacks)
+    }
+
+    /// Slots no leased task holds.
+    fn free_slots(&self, st: &State) -> usize {
+        self.inner
+            .options
+            .concurrency
+            .saturating_sub(st.running.len())
     }
 
     /// The free slots worth a fetch while most are taken: a quarter of
@@ -694,11 +698,7 @@ impl WorkerCore {
         // `next_batch` waits for the first free slot, then for a refill
         // batch of them (or `REFILL_GATHER`): the slots in between need
         // not wake it, one task at a time.
-        let free = self
-            .inner
-            .options
-            .concurrency
-            .saturating_sub(st.running.len());
+        let free = self.free_slots(&st);
         let wakes = free <= 1 || free >= self.refill_batch();
         drop(st);
         if wakes {
