@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -435,6 +436,57 @@ def test_blocking_sync_tasks_run_side_by_side_up_to_the_concurrency(valkey, runs
     worker = burst(client, concurrency=60)
     assert (worker.succeeded, worker.failed) == (60, 0)
     assert run_counts(runs, "meet") == {n: 1 for n in range(60)}
+
+
+def most_held(worker: vtasks.Worker) -> int:
+    """Runs ``worker`` to its end (burst) while another thread polls how
+    many tasks it holds; the most seen."""
+    most, done = 0, threading.Event()
+
+    def poll() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, worker.held)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        asyncio.run(worker.run())
+    finally:
+        done.set()
+        thread.join()
+    return most
+
+
+@pytest.mark.parametrize(("seconds", "deeper"), [(0.002, True), (0.08, False)])
+def test_the_default_prefetch_deepens_while_sync_tasks_are_short(valkey, runs, seconds, deeper):
+    # Concurrency 8, default prefetch 2: at most 10 held. Short blocking
+    # sync tasks let the worker hold up to 16 (its backlog as deep as its
+    # concurrency); 80 ms tasks keep it at 10.
+    client = vtasks.Client(valkey.url)
+    count = 400 if deeper else 100
+    for n in range(count):
+        client.enqueue_call_sync(sample_tasks.slow_sync, (n, seconds))
+    worker = vtasks.Worker(client, concurrency=8, burst=True, handle_signals=False)
+    most = most_held(worker)
+    assert (worker.succeeded, worker.failed) == (count, 0)
+    assert run_counts(runs, "slow_sync") == {n: 1 for n in range(count)}
+    if deeper:
+        assert 10 < most <= 16, f"most held at once: {most}"
+    else:
+        assert 0 < most <= 10, f"most held at once: {most}"
+    assert worker.held == 0
+
+
+def test_an_explicit_prefetch_is_kept_however_short_the_tasks(valkey, runs):
+    client = vtasks.Client(valkey.url)
+    for n in range(400):
+        client.enqueue_call_sync(sample_tasks.slow_sync, (n, 0.002))
+    worker = vtasks.Worker(client, concurrency=8, prefetch=2, burst=True, handle_signals=False)
+    most = most_held(worker)
+    assert worker.succeeded == 400
+    assert 0 < most <= 10, f"most held at once: {most}"
 
 
 def test_a_long_busy_sync_task_does_not_hold_up_short_ones(valkey, runs):

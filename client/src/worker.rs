@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -199,6 +199,9 @@ struct Inner {
     /// it. `notify_one` stores a permit when `maintain` is busy (sending
     /// the previous ones, renewing), so none is left behind.
     settle: Notify,
+    /// Tasks the worker may hold beyond `options.concurrency` for now
+    /// (`set_extra_capacity`).
+    extra_capacity: AtomicUsize,
     stopping: AtomicBool,
     connection: watch::Sender<ConnectionState>,
     /// `CLIENT ID` of the fetch connection last used: a new one means the
@@ -255,6 +258,7 @@ impl WorkerCore {
                 changed: Notify::new(),
                 requeued: Notify::new(),
                 settle: Notify::new(),
+                extra_capacity: AtomicUsize::new(0),
                 stopping: AtomicBool::new(false),
                 connection: watch::Sender::new(ConnectionState::Up),
                 fetch_connection: AtomicI64::new(0),
@@ -514,10 +518,21 @@ impl WorkerCore {
 
     /// Slots no leased task holds.
     fn free_slots(&self, st: &State) -> usize {
-        self.inner
-            .options
-            .concurrency
-            .saturating_sub(st.running.len())
+        let capacity =
+            self.inner.options.concurrency + self.inner.extra_capacity.load(Ordering::Relaxed);
+        capacity.saturating_sub(st.running.len())
+    }
+
+    /// Lets the worker hold `extra` tasks beyond its `concurrency` from
+    /// now on (0: none). Lowering it fetches nothing until the tasks held
+    /// fall below the new capacity; nothing held is given back. The caller
+    /// raises it while tasks are short, when a deeper backlog keeps its
+    /// threads from running dry between fetches (see the Python worker).
+    pub fn set_extra_capacity(&self, extra: usize) {
+        let before = self.inner.extra_capacity.swap(extra, Ordering::Relaxed);
+        if extra > before {
+            self.inner.changed.notify_waiters();
+        }
     }
 
     /// The free slots worth a fetch while most are taken: a quarter of

@@ -129,6 +129,63 @@ async fn a_busy_worker_refills_its_free_slots_however_few() {
     assert_eq!(core.stats().succeeded, 4);
 }
 
+/// Extra capacity lets the worker hold more than its concurrency (a
+/// waiting worker fetches at once when it is raised); lowered, nothing
+/// more is fetched until the tasks held fall below the new capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_capacity_deepens_what_a_worker_holds_and_lowering_it_fetches_nothing() {
+    let server = Server::start();
+    let client = connect(&server).await;
+    enqueue_n(&client, 20).await;
+    let opts = WorkerOptions {
+        concurrency: 4,
+        ..WorkerOptions::new(vec![queue()], "w1")
+    };
+    let core = WorkerCore::new(client.clone(), opts).unwrap();
+    let mut fetcher = client.blocking_fetcher();
+    let within = Duration::from_secs(10);
+    let first = core.next_batch(&mut fetcher).await.unwrap();
+    assert_eq!(first.len(), 4);
+    // Full: the next batch waits until the capacity is raised.
+    let raise = {
+        let core = core.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            core.set_extra_capacity(4);
+        })
+    };
+    let more = tokio::time::timeout(within, core.next_batch(&mut fetcher))
+        .await
+        .expect("raising the capacity did not wake the waiting worker")
+        .unwrap();
+    raise.await.unwrap();
+    assert_eq!(more.len(), 4);
+    assert_eq!(client.stats(&queue()).await.unwrap().get("leased"), Some(8));
+    // Back to none extra with eight held: two finished leave six, still
+    // above the capacity of four, so no fetch.
+    core.set_extra_capacity(0);
+    let mut held = first.into_iter().chain(more);
+    for delivery in held.by_ref().take(2) {
+        core.complete(&delivery, Outcome::Success(None));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), core.next_batch(&mut fetcher))
+            .await
+            .is_err(),
+        "fetched beyond the lowered capacity"
+    );
+    // Three more finished: three held, one slot free.
+    for delivery in held.by_ref().take(3) {
+        core.complete(&delivery, Outcome::Success(None));
+    }
+    let one = tokio::time::timeout(within, core.next_batch(&mut fetcher))
+        .await
+        .expect("a slot under the lowered capacity was never refilled")
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(client.stats(&queue()).await.unwrap().get("leased"), Some(4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_then_dead_lettered_with_the_error() {
     let server = Server::start();

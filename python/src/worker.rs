@@ -150,6 +150,12 @@ impl NativeWorker {
         self.handoff.set_parking(park);
     }
 
+    /// Lets the worker hold `extra` tasks beyond its concurrency from now
+    /// on (`WorkerCore::set_extra_capacity`).
+    fn set_extra_capacity(&self, extra: usize) {
+        self.core.set_extra_capacity(extra);
+    }
+
     /// The batch from `take` is recorded.
     fn accepted(&self) {
         self.handoff.accepted();

@@ -431,6 +431,11 @@ class _TaskThreads:
                 self._running[me] = (entry[0], time.monotonic())
             return next_job
 
+    @property
+    def running(self) -> int:
+        """Threads running a job now (read without the lock: a glance)."""
+        return len(self._running)
+
     def takes_parked_batches(self) -> bool:
         """Whether a thread between jobs should take a batch parked for the
         task threads: none waits here, and the threads take batches (not
@@ -462,6 +467,46 @@ class _TaskThreads:
             self._loop_meter.close()
 
 
+class _SyncPace:
+    """Whether a worker's sync tasks are short, judged every WINDOW runs:
+    a worker with the default prefetch keeps a backlog as deep as its
+    concurrency while they are short and run side by side (they block),
+    a quarter of it otherwise.
+
+    Sync tasks that block (I/O, a sleep) run in up to ``concurrency``
+    threads, and the tasks of one batch start together, so they end
+    together. A wave of them empties a backlog of a quarter of the
+    concurrency, and the rest of the wave's threads go idle until the
+    next batch comes and the event loop wakes them one by one: some eight
+    context switches per task, more than such a task costs otherwise. A
+    deeper backlog keeps each thread going from one task to the next. A
+    task waits in it about one task's duration at most, so while tasks
+    are short the worker keeps little from other workers; long tasks get
+    the quarter (DECISIONS: "A deeper backlog while sync tasks are short").
+
+    Task threads call ``add`` without a lock: under the GIL a lost update
+    only shifts a judgement by a run."""
+
+    WINDOW = 64
+    # Seconds: a window of runs this long on average or shorter is short.
+    SHORT = 0.05
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._runs = 0
+
+    def add(self, seconds: float) -> bool | None:
+        """Records a run's duration; every WINDOW runs, whether they were
+        short (None in between)."""
+        self._seconds += seconds
+        self._runs += 1
+        if self._runs < self.WINDOW:
+            return None
+        short = self._seconds <= self.SHORT * self._runs
+        self._seconds, self._runs = 0.0, 0
+        return short
+
+
 class _Run:
     """One task the worker took, from its start to its recorded outcome."""
 
@@ -484,8 +529,12 @@ class Worker:
     """Fetches tasks from ``queues`` (in order of preference) and runs them.
 
     At most ``concurrency`` tasks run at once; up to ``prefetch`` more
-    (default: a quarter of ``concurrency``) wait leased in the worker, so a
-    finished task's slot is refilled without waiting for a round trip.
+    wait leased in the worker, so a finished task's slot is refilled
+    without waiting for a round trip. By default a quarter of
+    ``concurrency``, and as many as ``concurrency`` while the sync tasks it
+    runs block side by side and take 50 ms or less on average (the tasks a
+    batch started end together, and a shallow backlog leaves threads idle
+    until the next fetch); never more than ``max_tasks`` allows.
     ``queue_concurrency`` caps how many tasks of one queue run at once; the
     worker stops fetching from a queue while it is at its cap.
 
@@ -559,6 +608,13 @@ class Worker:
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = max(0, concurrency // 4 if prefetch is None else prefetch)
+        # The default prefetch deepens while sync tasks are short (_SyncPace).
+        self._pace = _SyncPace() if prefetch is None and max_tasks is None else None
+        self._deeper_backlog = False
+        # Sync tasks running at once that show they block (a quarter of
+        # the slots, at least 4): tasks that keep the interpreter busy run
+        # on one or two threads, and a deeper backlog does not help them.
+        self._side_by_side = max(4, concurrency // 4)
         self.queue_concurrency = dict(queue_concurrency or {})
         unknown = set(self.queue_concurrency) - set(self.queues)
         if unknown:
@@ -626,6 +682,13 @@ class Worker:
             f"<vtasks.Worker {self.consumer} queues={self.queues} running={len(self._running)} "
             f"succeeded={self.succeeded} failed={self.failed} dead={self.dead_lettered}>"
         )
+
+    @property
+    def held(self) -> int:
+        """Tasks leased to this worker and not yet settled: running, or
+        waiting to start (at most ``concurrency`` plus the prefetch)."""
+        native = self._native
+        return native.running() if native is not None else 0
 
     @property
     def stats(self) -> dict[str, int]:
@@ -998,14 +1061,29 @@ class Worker:
     def _run_in_thread(self, run: _Run | None) -> None:
         """A task thread's job: runs sync tasks and records their outcomes,
         one after the other, as long as sync tasks are waiting."""
+        pool = self._pool
+        assert pool is not None
+        pace = self._pace
+        side_by_side = self._side_by_side
         while run is not None:
             observing = self._observing
+            # Timed for the prefetch only while tasks run side by side (or
+            # the backlog is deeper): one thread's short tasks cost nothing.
+            paced = pace is not None and (self._deeper_backlog or pool.running >= side_by_side)
+            began = time.perf_counter() if observing or paced else 0.0
             if observing:
-                run.started = time.perf_counter()
+                run.started = began
             try:
                 value, exc = run.fn(*run.args, **run.kwargs), None
             except BaseException as error:
                 value, exc = None, error
+            if paced:
+                assert pace is not None
+                short = pace.add(time.perf_counter() - began)
+                if short is not None:
+                    deeper = short and pool.running >= side_by_side
+                    if deeper != self._deeper_backlog:
+                        self._deepen_backlog(deeper)
             if not run.delivery.abandoned:
                 ok = self._record_outcome(run, value, exc, blocking=True)
                 if observing:
@@ -1022,8 +1100,6 @@ class Worker:
                     self._call_on_loop(functools.partial(self._launch_async, started))
                 else:
                     sync_runs.append(started)
-            pool = self._pool
-            assert pool is not None
             if not sync_runs and pool.takes_parked_batches():
                 # A batch the worker loop parked while this thread ran its
                 # task: taken now, it runs here; left, it would go through
@@ -1033,6 +1109,14 @@ class Worker:
                 sync_runs = self._take_directly(0.0)
             # Runs next in this thread: the oldest sync run waiting.
             run = pool.continue_with(sync_runs)
+
+    def _deepen_backlog(self, deeper: bool) -> None:
+        """Lets the worker hold up to ``concurrency`` waiting tasks, or back
+        to its ``prefetch`` (_SyncPace); any thread."""
+        native = self._native
+        assert native is not None
+        self._deeper_backlog = deeper
+        native.set_extra_capacity(max(0, self.concurrency - self.prefetch) if deeper else 0)
 
     def _finished_async(self, future: asyncio.Future[Any], run: _Run) -> None:
         run.future = None
