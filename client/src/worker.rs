@@ -1033,8 +1033,12 @@ where
     while core.running() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let flushed = core.flush().await;
+    // Renewals end before the last flush: settlements `maintain` was
+    // sending are put back when it is dropped (`InFlight`), and the flush
+    // sends them; aborted after it, they stayed leased until their lease ran out.
     maintenance.abort();
+    let _ = maintenance.await;
+    let flushed = core.flush().await;
     outcome?;
     flushed?;
     Ok(core.stats())

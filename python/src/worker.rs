@@ -266,19 +266,22 @@ impl NativeWorker {
         })
     }
 
-    /// Sends pending settlements now and stops background duties.
+    /// Stops background duties, then sends pending settlements.
     fn close(&self, py: Python<'_>, bridge: Option<&Bridge>) -> PyResult<Py<PyAny>> {
         self.closed.send_replace(true);
-        if let Some(handle) = self
+        let maintenance = self
             .maintenance
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            handle.abort();
-        }
+            .take();
         let core = self.core.clone();
         dispatch(py, bridge, async move {
+            if let Some(handle) = maintenance {
+                // Ended before the flush: settlements it was sending are
+                // put back when it is dropped, and the flush sends them.
+                handle.abort();
+                let _ = handle.await;
+            }
             core.flush().await.map(|_| Reply::None)
         })
     }
