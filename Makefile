@@ -193,6 +193,7 @@ bench: build-release bench-venv
 	$(PY) -m benchmarks.worker_processes
 	VTASKS_MODULE=$(CURDIR)/target/release/libvtasks.so $(PY) -m benchmarks.latency --waves 100 --seed 1
 	$(BENCH_VENV)/bin/python -m benchmarks.compare
+	$(BENCH_VENV)/bin/python -m benchmarks.defaults
 
 # The comparison's own virtualenv: the other systems from PyPI (pinned in
 # benchmarks/requirements.txt) and vtasks built from this checkout.

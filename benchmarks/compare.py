@@ -107,13 +107,16 @@ def systems() -> list[System]:
 
 # --- one run ------------------------------------------------------------------------------------
 
-def env_for(system: System, url: str, done_file: str, logging: str = "default") -> dict[str, str]:
+def env_for(
+    system: System, url: str, done_file: str, logging: str = "default", concurrency: str = str(CONCURRENCY)
+) -> dict[str, str]:
+    """The worker's environment; ``concurrency`` "" leaves each system's default."""
     return {
         **os.environ,
         "BENCH_SYSTEM": system.key,
         "BENCH_URL": url,
         "BENCH_DONE_FILE": done_file,
-        "BENCH_CONCURRENCY": str(CONCURRENCY),
+        "BENCH_CONCURRENCY": concurrency,
         "BENCH_LOGGING": logging,
         "DJANGO_SETTINGS_MODULE": "benchmarks.peers.settings",
         "PYTHONPATH": str(ROOT),
@@ -142,7 +145,9 @@ class Run:
     load: float
 
 
-def process_run(system: System, task: str, n: int, latency_ms: float, logging: str) -> Run:
+def process_run(
+    system: System, task: str, n: int, latency_ms: float, logging: str, concurrency: str = str(CONCURRENCY)
+) -> Run:
     from tests.conftest import ValkeyServer
 
     load = report.wait_idle()
@@ -156,7 +161,7 @@ def process_run(system: System, task: str, n: int, latency_ms: float, logging: s
             proxy = LatencyProxy("127.0.0.1", server.port, latency_ms / 1000).start()
             url = f"redis://127.0.0.1:{proxy.port}/0"
         with report.done_file() as done:
-            env = env_for(system, url, str(done), logging)
+            env = env_for(system, url, str(done), logging, concurrency)
             w = report.watch(system.worker, env, done, n, server.port, burst=False)
         return Run(
             process=w.rate_from(w.launched, n),

@@ -1,10 +1,12 @@
 """Settings for the comparison benchmark, chosen by environment variables:
 
-- ``BENCH_SYSTEM``: ``vtasks-module``, ``vtasks-scripts``, ``django-vtasks``,
-  ``celery`` or ``rq``;
+- ``BENCH_SYSTEM``: ``vtasks-module``, ``vtasks-scripts``, ``vtasks-auto``
+  (the backend's default ``ENGINE``), ``django-vtasks``, ``celery`` or
+  ``rq``;
 - ``BENCH_URL``: the Valkey URL every system connects to (through the
   latency proxy in the latency runs);
-- ``BENCH_CONCURRENCY``: the worker's concurrency (200);
+- ``BENCH_CONCURRENCY``: the worker's concurrency (200; empty: each
+  system's default);
 - ``BENCH_LOGGING``: ``default`` (no ``LOGGING`` setting: Django's own
   logging, whose ``django`` logger is at INFO with handlers that drop what
   a project with ``DEBUG = False`` does not show), ``tasks-warning`` (the
@@ -19,7 +21,7 @@ import os
 
 SYSTEM = os.environ.get("BENCH_SYSTEM", "vtasks-module")
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/0").replace("valkey://", "redis://")
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "200"))
+CONCURRENCY = os.environ.get("BENCH_CONCURRENCY", "200")
 
 SECRET_KEY = "benchmark"
 DEBUG = False
@@ -42,13 +44,15 @@ elif LOGGING_CHOICE == "root-console":
 elif LOGGING_CHOICE != "default":
     raise RuntimeError(f"BENCH_LOGGING={LOGGING_CHOICE!r}")
 
-if SYSTEM in ("vtasks-module", "vtasks-scripts"):
+if SYSTEM in ("vtasks-module", "vtasks-scripts", "vtasks-auto"):
     INSTALLED_APPS = ["vtasks.django"]
     TASKS = {
         "default": {
             "BACKEND": "vtasks.django.ValkeyTaskBackend",
             "QUEUES": ["default"],
-            "OPTIONS": {"URL": URL, "ENGINE": SYSTEM.removeprefix("vtasks-")},
+            "OPTIONS": {"URL": URL}
+            if SYSTEM == "vtasks-auto"
+            else {"URL": URL, "ENGINE": SYSTEM.removeprefix("vtasks-")},
         }
     }
 elif SYSTEM == "django-vtasks":
@@ -61,7 +65,8 @@ elif SYSTEM == "django-vtasks":
         }
     }
     VTASKS_QUEUES = ["default"]
-    VTASKS_CONCURRENCY = CONCURRENCY
+    if CONCURRENCY:
+        VTASKS_CONCURRENCY = int(CONCURRENCY)
     VTASKS_RUN_SCHEDULER = False
 elif SYSTEM == "rq":
     INSTALLED_APPS = ["django_rq", "django_tasks_rq"]
