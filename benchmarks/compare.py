@@ -523,8 +523,9 @@ def versions() -> str:
 def settings_note() -> str:
     return """Settings that differ from each system's defaults, the same in every run:
 
-- every worker runs at concurrency 200 (vtasks' `runworker` default is 10, django-vtasks' is set by
-  `VTASKS_CONCURRENCY`, Celery's `-c`); RQ's worker runs one job at a time, in a forked process;
+- every worker runs at concurrency 200 (vtasks' `runworker` and django-vtasks' default is 20, django-vtasks' set by
+  `VTASKS_CONCURRENCY`, Celery's by `-c`; `benchmarks/defaults.py` measures the defaults); RQ's worker runs one
+  job at a time, in a forked process;
 - vtasks: the backend's `ENGINE` is named (`module` or `scripts`) instead of `auto`; results are kept
   (the default, a day);
 - django-vtasks: `VTASKS_RUN_SCHEDULER = False` (no periodic tasks here);

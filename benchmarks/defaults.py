@@ -6,9 +6,9 @@ with no options, each backend configured with nothing but its URL.
 
 `benchmarks/compare.py` runs every system at concurrency 200, the setting of
 django-vtasks' published benchmark; a project that has tuned nothing runs
-`manage.py runworker` as it comes: vtasks at concurrency 10 with the engine
-it finds (``ENGINE`` left at ``auto``: the module, loaded here), django-vtasks
-at its ``VTASKS_CONCURRENCY`` default of 20. The method is compare.py's
+`manage.py runworker` as it comes: vtasks at its default concurrency of 20
+with the engine it finds (``ENGINE`` left at ``auto``: the module, loaded
+here), django-vtasks at its ``VTASKS_CONCURRENCY`` default, also 20. The method is compare.py's
 (its ``process_run``): for each system, kind of task (sync ``def``, ``async
 def``) and task (no-op, 10 ms sleep), a fresh valkey-server from
 `module/valkey.conf`, N tasks enqueued, one worker process timed from its
@@ -47,7 +47,7 @@ def systems() -> list[Default]:
     django = [sys.executable, "-m", "django", "runworker"]
     both = ("sync", "async")
     return [
-        Default(compare.System("vtasks", "vtasks-auto", both, django), 10),
+        Default(compare.System("vtasks", "vtasks-auto", both, django), 20),
         Default(compare.System("django-vtasks", "django-vtasks", both, django), 20),
     ]
 

@@ -1,6 +1,6 @@
 """How soon a task's result is final after it was enqueued (or fell due),
 with the settings a new Django project gets: the vtasks backend with only
-its URL set, one `manage.py runworker` with no options (concurrency 10,
+its URL set, one `manage.py runworker` with no options (concurrency 20,
 fetches that wait up to 5 s on empty queues).
 
     .venv/bin/python -m benchmarks.latency [--waves 100] [--seed 1]

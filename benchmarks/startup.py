@@ -4,7 +4,7 @@ done, and where that time goes.
     .venv/bin/python -m benchmarks.startup [--runs 20] [--print-only]
 
 The settings a new project gets: `benchmarks/peers/manage.py runworker` with
-no options (concurrency 10, Django's default logging, the module engine on a
+no options (concurrency 20, Django's default logging, the module engine on a
 local valkey-server with the release module), one task waiting in the queue
 (a sync or an async no-op). The clock starts just before the driver starts
 the process and stops at the task's completion mark (the task appends its
@@ -236,7 +236,7 @@ def main() -> None:
         report.header("startup", loads, f"vtasks {report.version('vtasks')}, Django {report.version('django')}"),
         f"{args.runs} runs of each; medians with min–max, in ms from the process launch (the driver's clock just "
         "before it starts the process) to the task's completion. `benchmarks/peers/manage.py runworker` with no "
-        "options: concurrency 10, Django's default logging, the module engine on localhost; one task waiting.",
+        "options: concurrency 20, Django's default logging, the module engine on localhost; one task waiting.",
         "",
         "| Task waiting | First task done, ms from launch | Goal (issue 15) | |",
         "|---|---|---|---|",

@@ -560,7 +560,7 @@ def test_runworker_worker_id_and_max_tasks(django_valkey, runs, capsys):
     out = capsys.readouterr().out
     assert "vtasks worker box-1" in out
     assert sum(run_counts(runs, "django_add").values()) == 5
-    call_command("runworker", "--max-tasks", "3")  # concurrency 10 and prefetch: still exactly 3
+    call_command("runworker", "--max-tasks", "3")  # concurrency 20 and prefetch: still exactly 3
     assert sum(run_counts(runs, "django_add").values()) == 8
     stats = task_backends["default"].client.stats_sync("default")
     assert stats["leased"] == 0, "nothing left leased"

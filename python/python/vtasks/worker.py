@@ -528,7 +528,9 @@ class _Run:
 class Worker:
     """Fetches tasks from ``queues`` (in order of preference) and runs them.
 
-    At most ``concurrency`` tasks run at once; up to ``prefetch`` more
+    At most ``concurrency`` tasks run at once (20 by default, as in
+    django-vtasks; a sync task that queries holds a database connection
+    while it runs, as a request does); up to ``prefetch`` more
     wait leased in the worker, so a finished task's slot is refilled
     without waiting for a round trip. By default a quarter of
     ``concurrency``, and as many as ``concurrency`` while the sync tasks it
@@ -579,7 +581,7 @@ class Worker:
         client: Client | str,
         *,
         queues: list[str] | tuple[str, ...] = ("default",),
-        concurrency: int = 10,
+        concurrency: int = 20,
         prefetch: int | None = None,
         queue_concurrency: dict[str, int] | None = None,
         burst: bool = False,

@@ -58,7 +58,7 @@ class Command(BaseCommand):
             "--queue", action="append", dest="queues",
             help="queue to serve, repeatable, in order of preference (default: the backend's QUEUES, in their order)",
         )
-        parser.add_argument("--concurrency", type=int, default=10, help="tasks run at once (default: %(default)s)")
+        parser.add_argument("--concurrency", type=int, default=20, help="tasks run at once (default: %(default)s)")
         parser.add_argument(
             "--burst", action="store_true",
             help="exit once the queues hold no ready and no leased task. Delayed tasks are not waited for: "
