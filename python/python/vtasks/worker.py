@@ -525,6 +525,10 @@ class _Run:
         self.started = 0.0
 
 
+# Tasks a worker runs at once unless told otherwise (runworker's too).
+DEFAULT_CONCURRENCY = 20
+
+
 class Worker:
     """Fetches tasks from ``queues`` (in order of preference) and runs them.
 
@@ -581,7 +585,7 @@ class Worker:
         client: Client | str,
         *,
         queues: list[str] | tuple[str, ...] = ("default",),
-        concurrency: int = 20,
+        concurrency: int = DEFAULT_CONCURRENCY,
         prefetch: int | None = None,
         queue_concurrency: dict[str, int] | None = None,
         burst: bool = False,

@@ -13,6 +13,7 @@ from django.tasks.exceptions import InvalidTaskBackend
 
 from ....errors import VtasksError
 from ....supervisor import serve
+from ....worker import DEFAULT_CONCURRENCY
 from ...backend import ValkeyTaskBackend
 from ...checks import reaching_server
 from ...schedules import apply as apply_schedules
@@ -58,7 +59,9 @@ class Command(BaseCommand):
             "--queue", action="append", dest="queues",
             help="queue to serve, repeatable, in order of preference (default: the backend's QUEUES, in their order)",
         )
-        parser.add_argument("--concurrency", type=int, default=20, help="tasks run at once (default: %(default)s)")
+        parser.add_argument(
+            "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="tasks run at once (default: %(default)s)"
+        )
         parser.add_argument(
             "--burst", action="store_true",
             help="exit once the queues hold no ready and no leased task. Delayed tasks are not waited for: "
