@@ -26,83 +26,56 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from dataclasses import dataclass, field
+
+from vtasks.worker import DEFAULT_CONCURRENCY
 
 from benchmarks import compare, report
 
 ROOT = report.ROOT
-TASKS = {"no-op": "noop", "sleep 10 ms": "sleep"}
-KINDS = ("sync", "async")
+VTASKS = "vtasks-auto"
+# Each worker's default concurrency, for the ceiling of the sleeps.
+CONCURRENCY = {VTASKS: DEFAULT_CONCURRENCY, "django-vtasks": 20}
 
 
-@dataclass(frozen=True)
-class Default:
-    system: compare.System
-    concurrency: int  # the worker's default, for the ceiling of the sleeps
-
-
-def systems() -> list[Default]:
+def systems() -> list[compare.System]:
     django = [sys.executable, "-m", "django", "runworker"]
     both = ("sync", "async")
     return [
-        Default(compare.System("vtasks", "vtasks-auto", both, django), 20),
-        Default(compare.System("django-vtasks", "django-vtasks", both, django), 20),
+        compare.System("vtasks", VTASKS, both, django),
+        compare.System("django-vtasks", "django-vtasks", both, django),
     ]
 
 
-@dataclass
-class Scenario:
-    default: Default
-    kind: str
-    task: str
-    runs: list[compare.Run] = field(default_factory=list)
-
-    def med(self, attr: str) -> float:
-        values = [v for v in (getattr(r, attr) for r in self.runs) if v == v]
-        return statistics.median(values) if values else float("nan")
-
-    def spread(self, attr: str) -> str:
-        return report.median_range([getattr(r, attr) for r in self.runs])
-
-    def label(self) -> str:
-        return f"{self.default.system.name} (defaults), {self.kind}, {self.task}"
-
-
-def table(scenarios: list[Scenario]) -> str:
+def table(scenarios: list[compare.Scenario]) -> str:
     lines = [
         "| System | Concurrency (its default) | Kind | Task | Process/s (from launch) | First task ms (from launch) "
         "| Process/s after the first task | Ceiling /s | Peak RSS MB | Valkey conns |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
-        concurrency = s.default.concurrency
+        concurrency = CONCURRENCY[s.system.key]
         ceiling = f"{concurrency / 0.01:,.0f}" if s.task == "sleep 10 ms" else "–"
         lines.append(
-            f"| {s.default.system.name} | {concurrency} | {s.kind} | {s.task} | {s.spread('process')} "
+            f"| {s.system.name} | {concurrency} | {s.kind} | {s.task} | {s.spread('process')} "
             f"| {s.med('first_task_ms'):.0f} | {s.spread('steady')} | {ceiling} | {s.med('rss_mb'):.0f} "
             f"| {max(r.connections for r in s.runs)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def ratios(scenarios: list[Scenario]) -> str:
+def ratios(res: compare.Results) -> str:
     """vtasks, each kind, against django-vtasks' fastest kind of the same task."""
-    by = {(s.default.system.key, s.kind, s.task): s for s in scenarios}
     lines = [
         "| vtasks task | vtasks /s | django-vtasks /s (its fastest kind) | ratio, from launch "
         "| ratio, after the first task |",
         "|---|---|---|---|---|",
     ]
-    for task in TASKS:
-        peers = [by[k] for k in by if k[0] == "django-vtasks" and k[2] == task]
-        if not peers:
-            continue
-        peer = max(peers, key=lambda s: s.med("process"))
-        for kind in KINDS:
-            ours = by.get(("vtasks-auto", kind, task))
-            if ours is None:
+    for task in compare.TASKS:
+        peer = res.fastest("django-vtasks", task)
+        for kind in ("sync", "async"):
+            ours = res.get(VTASKS, kind, task)
+            if ours is None or peer is None:
                 continue
             lines.append(
                 f"| {kind} {task} | {compare.fmt(ours.med('process'))} | {compare.fmt(peer.med('process'))} "
@@ -122,13 +95,16 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VTASKS_MODULE", str(ROOT / "target" / "release" / "libvtasks.so"))
 
-    scenarios = [Scenario(d, kind, task) for d in systems() for kind in d.system.kinds for task in TASKS]
+    scenarios = [
+        compare.Scenario(system, kind, task, 0.0, "default", args.tasks)
+        for system in systems()
+        for kind in system.kinds
+        for task in compare.TASKS
+    ]
     for run in range(args.runs):
         for s in scenarios:
-            task_name = f"{TASKS[s.task]}_{s.kind}"
-            r = report.retrying(
-                s.label(), compare.process_run, s.default.system, task_name, args.tasks, 0.0, "default", ""
-            )
+            # "": each system's default concurrency.
+            r = report.retrying(s.label(), compare.process_run, s.system, s.task_name, s.tasks, 0.0, "default", "")
             s.runs.append(r)
             print(
                 f"  {s.label()}, run {run + 1}: {r.process:,.0f}/s, first task {r.first_task_ms:.0f} ms, "
@@ -148,7 +124,7 @@ def main() -> None:
         table(scenarios),
         "vtasks, each kind, against django-vtasks' fastest kind of the same task, both at their defaults:",
         "",
-        ratios(scenarios),
+        ratios(compare.Results(scenarios)),
     ]
     body = "\n".join(text) + "\n"
     print(body)
