@@ -176,3 +176,14 @@ def quick(n: int) -> int:
     """A short sync task that records when it ended (``quick <n> <time.time()>``)."""
     record("quick", f"{n} {time.time()!r}")
     return n
+
+
+@vtasks.task(name="tests.on_thread")
+def on_thread(n: int, spin: float) -> int:
+    """A short sync task that keeps the interpreter busy for ``spin``
+    seconds, then records the thread it ran on (``on_thread <n> <ident>``)."""
+    end = time.monotonic() + spin
+    while time.monotonic() < end:
+        pass
+    record("on_thread", f"{n} {threading.get_ident()}")
+    return n

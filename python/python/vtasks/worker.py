@@ -19,6 +19,7 @@ import collections
 import functools
 import inspect
 import logging
+import math
 import os
 import random
 import signal
@@ -191,6 +192,21 @@ class _TaskThreads:
     threads; blocking tasks fill ``concurrency`` threads within a few
     milliseconds.
 
+    Threads started for blocking tasks step back when short tasks follow
+    them. While more than one runs, the watcher also looks every
+    NARROW_INTERVAL, and reckons the threads the tasks need: twice the
+    number that were inside a task on average (the seconds tasks ran over
+    the seconds since the last look; a task that blocks is inside longer).
+    When the running threads are more than that and they and the loop's
+    thread wanted a CPU for NARROW_SHARE of the time or more, NARROW_AFTER
+    looks in a row, the surplus goes idle as each thread ends its current
+    job (never the last one running). Without it, a wave of short tasks
+    after blocking ones keeps every thread the blocking ones started busy
+    while the worker holds tasks, each taking its turn with the GIL: a
+    third of the rate one thread reaches. The gap between BUSY_SHARE and
+    NARROW_SHARE keeps the watcher from starting and retiring threads in
+    turn.
+
     When no job waits, one thread waits for work with ``fetch()``: the
     worker's next batch, handed to it by the native core without going
     through the event loop; it runs the first of the jobs that batch makes
@@ -214,16 +230,27 @@ class _TaskThreads:
     # long (seconds) each new job gets a thread of its own at once, without
     # waiting for the watcher's next looks.
     WIDE_FOR = 0.1
+    # The share of the time the running threads and the loop's thread must
+    # want a CPU for the watcher to retire threads the tasks do not need.
+    NARROW_SHARE = 0.9
+    # Looks in a row that must find more threads than the tasks need
+    # keeping the CPU that busy.
+    NARROW_AFTER = 4
+    # How often the watcher looks while more than one thread runs and no
+    # job waits, in seconds.
+    NARROW_INTERVAL = 0.005
 
     def __init__(
         self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
-        on_blocking: Callable[[], None] | None = None,
+        on_blocking: Callable[[], None] | None = None, limit: int | None = None,
     ) -> None:
         """Called on the thread of the event loop that hands out jobs;
         ``runner(job)`` runs one; ``fetch()`` waits a while for new jobs
         (see the class docstring); ``on_blocking()`` is called when the
-        watcher finds the running jobs blocked."""
+        watcher finds the running jobs blocked; ``limit``: the most threads
+        it starts."""
         self._prefix = prefix
+        self._limit = limit
         self._runner = runner
         self._fetch = fetch
         self._on_blocking = on_blocking
@@ -248,6 +275,13 @@ class _TaskThreads:
         self._seen_at = 0.0
         self._seen_wanted: dict[int, float] = {}
         self._wide_until = 0.0
+        # Running threads to go idle at the end of their current job.
+        self._retiring = 0
+        # Tasks run while more than one thread ran (``ran``), and their
+        # seconds, since the watcher's last look.
+        self._runs = 0
+        self._run_seconds = 0.0
+        self._runs_since = 0.0
         self._closed = False
 
     def submit(self, job: Any) -> None:
@@ -278,7 +312,10 @@ class _TaskThreads:
         if wake:
             self._notified += wake
             self._idle_wakeup.notify(wake)
-        for _ in range(count - wake):
+        start = count - wake
+        if self._limit is not None:
+            start = min(start, self._limit - self._threads)
+        for _ in range(start):
             self._threads += 1
             self._starting += 1
             threading.Thread(target=self._serve, name=f"{self._prefix}-{self._threads}", daemon=True).start()
@@ -302,16 +339,19 @@ class _TaskThreads:
         """The next job for this thread, waiting idle until it is woken for
         one; None once shut down (under the lock)."""
         while not self._closed:
-            if self._jobs:
+            if self._jobs and not self._retires(me):
                 self._running[me] = (meter, time.monotonic())
                 job = self._jobs.popleft()
-                if self._jobs and not self._watcher_timed and self._watcher is not None:
-                    # Jobs wait for a running thread: the watcher looks.
+                if (self._jobs or len(self._running) > 1) and not self._watcher_timed and self._watcher is not None:
+                    # Jobs wait for a running thread, or more than one
+                    # runs: the watcher looks.
                     self._watcher_wakeup.notify()
                 return job
             self._running.pop(me, None)
             self._seen_wanted.pop(me, None)
-            if self._fetch is not None and not self._fetching and time.monotonic() >= self._wide_until:
+            if self._jobs:
+                pass  # retired: idle while others run the waiting jobs
+            elif self._fetch is not None and not self._fetching and time.monotonic() >= self._wide_until:
                 jobs = self._fetch_jobs()
                 if jobs:
                     self._running[me] = (meter, time.monotonic())
@@ -326,45 +366,94 @@ class _TaskThreads:
         self._running.pop(me, None)
         return None
 
+    def _retires(self, me: int) -> bool:
+        """Whether this thread, between jobs while jobs wait, goes idle
+        to narrow the threads (under the lock): never the last one running."""
+        if self._retiring and len(self._running) - (me in self._running) >= 1:
+            self._retiring -= 1
+            return True
+        return False
+
+    def ran(self, seconds: float) -> None:
+        """A task thread ran a task for ``seconds`` while more than one
+        thread ran; without a lock (under the GIL a lost update only shifts
+        a look by a run)."""
+        self._runs += 1
+        self._run_seconds += seconds
+
     def _watch(self) -> None:
         """The watcher: while jobs wait for running threads, starts more
-        threads when the running ones are blocked."""
+        threads when the running ones are blocked; while more than one
+        runs, retires the ones the tasks do not need."""
         held_up = 0  # looks in a row that found the running threads held up
+        crowded = 0  # looks in a row that found more running than needed
         with self._lock:
             while not self._closed:
-                if not (self._jobs and self._running):
+                waiting = bool(self._jobs and self._running)
+                if not waiting and len(self._running) < 2:
                     self._watcher_timed = False
+                    held_up = crowded = 0
                     self._watcher_wakeup.wait()
+                    self._threads_needed()  # the tasks of the next look only
                     continue
                 self._watcher_timed = True
-                self._watcher_wakeup.wait(self.WATCH_INTERVAL)
+                self._watcher_wakeup.wait(self.WATCH_INTERVAL if waiting else self.NARROW_INTERVAL)
+                needed = self._threads_needed()
+                surplus = len(self._running) - needed if needed is not None else 0
                 if not self._jobs:
                     held_up = 0
+                    if surplus <= 0:
+                        crowded = 0
+                        continue
                 elif not self._running:
                     # A thread is on its way (submit starts one), or none
                     # is and one must.
-                    held_up = 0
+                    held_up = crowded = 0
                     if not (self._notified or self._starting):
                         self._start_threads(1)
-                elif self._running_are_held_up():
+                    continue
+                share = self._wanted_share()
+                if self._jobs and self._running_are_held_up(share):
                     # Twice in a row: one slow look is often a pause (a
                     # garbage collection, the loop handing out a batch).
                     held_up += 1
+                    crowded = 0
                     if held_up >= 2:
                         held_up = 0
+                        self._retiring = 0
                         self._wide_until = time.monotonic() + self.WIDE_FOR
                         if self._on_blocking is not None:
                             self._on_blocking()
                         self._start_threads(len(self._jobs) - self._notified - self._starting)
+                    continue
+                held_up = 0
+                if share is None:
+                    continue  # a thread just started: judged at the next look
+                if surplus > 0 and share >= self.NARROW_SHARE:
+                    crowded += 1
+                    if crowded >= self.NARROW_AFTER:
+                        crowded = 0
+                        self._wide_until = 0.0
+                        self._retiring = surplus
                 else:
-                    held_up = 0
+                    crowded = 0
 
-    def _running_are_held_up(self) -> bool:
-        """Whether the threads running jobs and the event loop's thread
-        wanted a CPU for less than BUSY_SHARE of the time since the
-        watcher's last look, or the running ones have all run their current
-        job for LONG_JOB or longer (under the lock). A thread that started
-        running since then is given until the next look."""
+    def _threads_needed(self) -> int | None:
+        """The threads the tasks that ended since the last look needed:
+        twice as many as were inside one on average, at least one (under
+        the lock); None with fewer than two such tasks."""
+        now = time.monotonic()
+        runs, seconds, since = self._runs, self._run_seconds, self._runs_since
+        self._runs, self._run_seconds, self._runs_since = 0, 0.0, now
+        if runs < 2 or now <= since:
+            return None
+        return max(1, math.ceil(2 * seconds / (now - since)))
+
+    def _wanted_share(self) -> float | None:
+        """The share of the time since the watcher's last look that the
+        threads running jobs and the event loop's thread wanted a CPU
+        (under the lock); None when a thread started running since then
+        (it is given until the next look) or none could be read."""
         now = time.monotonic()
         elapsed = now - self._seen_at
         self._seen_at = now
@@ -382,12 +471,20 @@ class _TaskThreads:
                 wanted += total - before
                 sampled += 1
         loop_before, self._loop_wanted = self._loop_wanted, self._loop_meter.wanted()
-        if all(now - started >= self.LONG_JOB for _, (_, started) in running):
-            return True
         if fresh or not sampled or loop_before is None or elapsed <= 0:
-            return False
+            return None
         wanted = wanted * len(running) / sampled + (self._loop_wanted - loop_before)
-        return wanted < self.BUSY_SHARE * elapsed
+        return wanted / elapsed
+
+    def _running_are_held_up(self, share: float | None) -> bool:
+        """Whether the threads running jobs and the event loop's thread
+        wanted a CPU for less than BUSY_SHARE of the time since the
+        watcher's last look (``share``), or the running ones have all run
+        their current job for LONG_JOB or longer (under the lock)."""
+        now = time.monotonic()
+        if all(now - started >= self.LONG_JOB for _, (_, started) in self._running.items()):
+            return True
+        return share is not None and share < self.BUSY_SHARE
 
     def _fetch_jobs(self) -> list[Any]:
         """This thread waits for new jobs with ``fetch()``, outside the
@@ -416,6 +513,12 @@ class _TaskThreads:
         a long job (LONG_JOB)."""
         me = threading.get_ident()
         with self._lock:
+            if self._retiring and (self._jobs or jobs) and len(self._running) > 1:
+                # Narrowing: this thread's jobs wait for the others, and
+                # it goes idle (``_take``).
+                for job in jobs:
+                    self._queue(job)
+                return None
             if self._jobs:
                 next_job = self._jobs.popleft()
                 for job in jobs:
@@ -714,6 +817,7 @@ class Worker:
         )
         self._pool = _TaskThreads(
             "vtasks-task", self._run_in_thread, self._take_directly, functools.partial(self._native.set_parking, False),
+            limit=self.concurrency,
         )
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1075,17 +1179,25 @@ class Worker:
             observing = self._observing
             # Timed for the prefetch only while tasks run side by side (or
             # the backlog is deeper): one thread's short tasks cost nothing.
-            paced = pace is not None and (self._deeper_backlog or pool.running >= side_by_side)
-            began = time.perf_counter() if observing or paced else 0.0
+            running = pool.running
+            paced = pace is not None and (self._deeper_backlog or running >= side_by_side)
+            # Timed for the task threads too while more than one runs: they
+            # retire the ones the tasks do not need.
+            timed = paced or running > 1
+            began = time.perf_counter() if observing or timed else 0.0
             if observing:
                 run.started = began
             try:
                 value, exc = run.fn(*run.args, **run.kwargs), None
             except BaseException as error:
                 value, exc = None, error
+            if timed:
+                seconds = time.perf_counter() - began
+                if running > 1:
+                    pool.ran(seconds)
             if paced:
                 assert pace is not None
-                short = pace.add(time.perf_counter() - began)
+                short = pace.add(seconds)
                 if short is not None:
                     deeper = short and pool.running >= side_by_side
                     if deeper != self._deeper_backlog:
