@@ -229,7 +229,7 @@ def test_sync_tasks_close_database_connections_as_a_request_does(
     # the next batch itself may see it handed to another, so what each task
     # finds is judged by the thread it ran on.
     threads = [thread for _, thread, _ in seen]
-    assert len(set(threads)) < 3, "no two tasks on the same thread"
+    assert len(set(threads)) < 3, "each task ran on a thread of its own: no reused connection to judge"
     open_at_start = [int(state) for _, _, state in seen]
     expected = [0 if max_age == 0 or thread not in threads[:i] else 1 for i, thread in enumerate(threads)]
     assert open_at_start == expected

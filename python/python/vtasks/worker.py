@@ -193,10 +193,11 @@ class _TaskThreads:
     milliseconds.
 
     Threads started for blocking tasks step back when short tasks follow
-    them. While more than one runs, the watcher also looks every
+    them. While more than KEEP run, the watcher also looks every
     NARROW_INTERVAL, and reckons the threads the tasks need: twice the
     number that were inside a task on average (the seconds tasks ran over
-    the seconds since the last look; a task that blocks is inside longer).
+    the seconds since the last look; a task that blocks is inside longer),
+    at least KEEP.
     When the running threads are more than that and they and the loop's
     thread wanted a CPU for NARROW_SHARE of the time or more, NARROW_AFTER
     looks in a row, the surplus goes idle as each thread ends its current
@@ -236,9 +237,13 @@ class _TaskThreads:
     # Looks in a row that must find more threads than the tasks need
     # keeping the CPU that busy.
     NARROW_AFTER = 4
-    # How often the watcher looks while more than one thread runs and no
+    # How often the watcher looks while more than KEEP threads run and no
     # job waits, in seconds.
     NARROW_INTERVAL = 0.005
+    # Threads it never retires below: short tasks run on one thread while
+    # the next waits for the worker's next batch (``fetch``), so it
+    # always has a thread to go on with.
+    KEEP = 2
 
     def __init__(
         self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
@@ -277,7 +282,7 @@ class _TaskThreads:
         self._wide_until = 0.0
         # Running threads to go idle at the end of their current job.
         self._retiring = 0
-        # Tasks run while more than one thread ran (``ran``), and their
+        # Tasks run while more than KEEP threads ran (``ran``), and their
         # seconds, since the watcher's last look.
         self._runs = 0
         self._run_seconds = 0.0
@@ -342,9 +347,10 @@ class _TaskThreads:
             if self._jobs and not self._retires(me):
                 self._running[me] = (meter, time.monotonic())
                 job = self._jobs.popleft()
-                if (self._jobs or len(self._running) > 1) and not self._watcher_timed and self._watcher is not None:
-                    # Jobs wait for a running thread, or more than one
-                    # runs: the watcher looks.
+                crowded = len(self._running) > self.KEEP
+                if (self._jobs or crowded) and not self._watcher_timed and self._watcher is not None:
+                    # Jobs wait for a running thread, or more than KEEP
+                    # run: the watcher looks.
                     self._watcher_wakeup.notify()
                 return job
             self._running.pop(me, None)
@@ -375,8 +381,8 @@ class _TaskThreads:
         return False
 
     def ran(self, seconds: float) -> None:
-        """A task thread ran a task for ``seconds`` while more than one
-        thread ran; without a lock (under the GIL a lost update only shifts
+        """A task thread ran a task for ``seconds`` while more than KEEP
+        threads ran; without a lock (under the GIL a lost update only shifts
         a look by a run)."""
         self._runs += 1
         self._run_seconds += seconds
@@ -390,7 +396,7 @@ class _TaskThreads:
         with self._lock:
             while not self._closed:
                 waiting = bool(self._jobs and self._running)
-                if not waiting and len(self._running) < 2:
+                if not waiting and len(self._running) <= self.KEEP:
                     self._watcher_timed = False
                     held_up = crowded = 0
                     self._watcher_wakeup.wait()
@@ -440,14 +446,14 @@ class _TaskThreads:
 
     def _threads_needed(self) -> int | None:
         """The threads the tasks that ended since the last look needed:
-        twice as many as were inside one on average, at least one (under
+        twice as many as were inside one on average, at least KEEP (under
         the lock); None with fewer than two such tasks."""
         now = time.monotonic()
         runs, seconds, since = self._runs, self._run_seconds, self._runs_since
         self._runs, self._run_seconds, self._runs_since = 0, 0.0, now
         if runs < 2 or now <= since:
             return None
-        return max(1, math.ceil(2 * seconds / (now - since)))
+        return max(self.KEEP, math.ceil(2 * seconds / (now - since)))
 
     def _wanted_share(self) -> float | None:
         """The share of the time since the watcher's last look that the
@@ -1181,9 +1187,9 @@ class Worker:
             # the backlog is deeper): one thread's short tasks cost nothing.
             running = pool.running
             paced = pace is not None and (self._deeper_backlog or running >= side_by_side)
-            # Timed for the task threads too while more than one runs: they
-            # retire the ones the tasks do not need.
-            timed = paced or running > 1
+            # Timed for the task threads too while more than they keep at
+            # least run: they retire the ones the tasks do not need.
+            timed = paced or running > _TaskThreads.KEEP
             began = time.perf_counter() if observing or timed else 0.0
             if observing:
                 run.started = began
@@ -1193,7 +1199,7 @@ class Worker:
                 value, exc = None, error
             if timed:
                 seconds = time.perf_counter() - began
-                if running > 1:
+                if running > _TaskThreads.KEEP:
                     pool.ran(seconds)
             if paced:
                 assert pace is not None
