@@ -734,6 +734,20 @@ impl WorkerCore {
         self.settle_now(acks, nacks).await
     }
 
+    /// The end of a worker: ends its background duties (`maintain`,
+    /// running as `maintenance`), then sends the pending settlements. In
+    /// that order: settlements `maintain` was sending are put back when it
+    /// is dropped (`InFlight`) and the flush sends them; ended after the
+    /// flush, it could take some the flush never saw, and their tasks
+    /// stayed leased until their leases ran out.
+    pub async fn close(&self, maintenance: Option<tokio::task::JoinHandle<()>>) -> Result<()> {
+        if let Some(handle) = maintenance {
+            handle.abort();
+            let _ = handle.await;
+        }
+        self.flush().await
+    }
+
     /// `flush`, unless no fetch is in flight: then the next one carries
     /// them (it took them already if it started meanwhile).
     async fn flush_behind_fetch(&self) -> Result<()> {
@@ -1033,12 +1047,7 @@ where
     while core.running() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Renewals end before the last flush: settlements `maintain` was
-    // sending are put back when it is dropped (`InFlight`), and the flush
-    // sends them; aborted after it, they stayed leased until their lease ran out.
-    maintenance.abort();
-    let _ = maintenance.await;
-    let flushed = core.flush().await;
+    let flushed = core.close(Some(maintenance)).await;
     outcome?;
     flushed?;
     Ok(core.stats())

@@ -276,13 +276,7 @@ impl NativeWorker {
             .take();
         let core = self.core.clone();
         dispatch(py, bridge, async move {
-            if let Some(handle) = maintenance {
-                // Ended before the flush: settlements it was sending are
-                // put back when it is dropped, and the flush sends them.
-                handle.abort();
-                let _ = handle.await;
-            }
-            core.flush().await.map(|_| Reply::None)
+            core.close(maintenance).await.map(|_| Reply::None)
         })
     }
 
