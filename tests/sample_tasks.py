@@ -178,12 +178,18 @@ def quick(n: int) -> int:
     return n
 
 
+# (n, thread ident) of each run of ``on_thread``, in the order they ended.
+on_thread_runs: list[tuple[int, int]] = []
+
+
 @vtasks.task(name="tests.on_thread")
 def on_thread(n: int, spin: float) -> int:
     """A short sync task that keeps the interpreter busy for ``spin``
-    seconds, then records the thread it ran on (``on_thread <n> <ident>``)."""
+    seconds and never waits, then records the thread it ran on in
+    ``on_thread_runs`` (in memory: writing a file lets other threads take
+    the GIL mid-task, which would make it a task that waits)."""
     end = time.monotonic() + spin
     while time.monotonic() < end:
         pass
-    record("on_thread", f"{n} {threading.get_ident()}")
+    on_thread_runs.append((n, threading.get_ident()))
     return n

@@ -440,17 +440,18 @@ def test_blocking_sync_tasks_run_side_by_side_up_to_the_concurrency(valkey, runs
 
 def test_threads_started_for_blocking_tasks_step_back_when_short_ones_follow(valkey, runs):
     # Forty sync tasks that wait for each other take forty threads; the
-    # short tasks after them need one or two. Kept busy by a backlog this
-    # deep (prefetch 100), the forty would take turns with the GIL until
-    # the queue ran dry.
+    # short tasks after them (busy, never waiting) need one or two. Kept
+    # busy by a backlog this deep (prefetch 100), the forty would take
+    # turns with the GIL until the queue ran dry.
     client = vtasks.Client(valkey.url)
     client.enqueue_many_sync(sample_tasks.meet, [((n, "forty", 40), {}) for n in range(40)])
     client.enqueue_many_sync(sample_tasks.on_thread, [((n, 0.0003), {}) for n in range(5000)])
+    sample_tasks.on_thread_runs.clear()
     worker = burst(client, concurrency=40, prefetch=100)
     assert (worker.succeeded, worker.failed) == (5040, 0)
     assert run_counts(runs, "meet") == {n: 1 for n in range(40)}
-    ran = [line.split()[1:] for line in runs.read_text().splitlines() if line.startswith("on_thread ")]
-    assert sorted(int(n) for n, _ in ran) == list(range(5000))
+    ran = list(sample_tasks.on_thread_runs)
+    assert sorted(n for n, _ in ran) == list(range(5000))
     last = {ident for _, ident in ran[-2000:]}
     assert len(last) <= 8, f"the last 2000 short tasks ran on {len(last)} threads"
 
