@@ -205,6 +205,10 @@ def _read_reply(f) -> object:  # type: ignore[no-untyped-def]
     raise RuntimeError(f"unexpected reply {line!r}")
 
 
+# The node timeout while a cluster's nodes join (see ValkeyCluster).
+JOIN_NODE_TIMEOUT_MS = 15_000
+
+
 class ValkeyCluster:
     """A Valkey Cluster of the current target's servers on free ports, each
     from the project's config with cluster mode on, joined by ``valkey-cli
@@ -223,6 +227,18 @@ class ValkeyCluster:
                 # The bus port is the data port + 10000 unless given: a
                 # free port of the high range leaves it none.
                 self.nodes.append(ValkeyServer([*args, "--cluster-port", str(free_port())]))
+            # A node drops a handshake it has not completed within the node
+            # timeout (1 s at least), and Valkey 8.0 never redoes one that
+            # only one side dropped (valkey-io/valkey#1251): a node held up
+            # for a second while joining (a busy machine) left the cluster
+            # split for good. The nodes join with a long timeout and get
+            # the configured one back once the cluster is up.
+            timeouts = []
+            for node in self.nodes:
+                reply = server_command(node.port, "CONFIG", "GET", "cluster-node-timeout")
+                assert isinstance(reply, list)
+                timeouts.append(str(reply[1]))
+                server_command(node.port, "CONFIG", "SET", "cluster-node-timeout", str(JOIN_NODE_TIMEOUT_MS))
             create = subprocess.run(
                 ["valkey-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
                  "--cluster-replicas", str(replicas), "--cluster-yes"],
@@ -231,6 +247,8 @@ class ValkeyCluster:
             if create.returncode != 0:
                 raise RuntimeError(f"valkey-cli --cluster create failed:\n{create.stdout}{create.stderr}")
             self.wait_ready()
+            for node, timeout in zip(self.nodes, timeouts, strict=True):
+                server_command(node.port, "CONFIG", "SET", "cluster-node-timeout", timeout)
         except BaseException:
             self.close()
             raise
