@@ -172,11 +172,18 @@ impl ClusterFetcher {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(Error::from)?;
-            let id: i64 = redis::cmd("CLIENT")
-                .arg("ID")
-                .query_async(&mut conn)
-                .await
-                .map_err(Error::from)?;
+            // The connection has no response timeout (it blocks in
+            // fetches): a node that stopped answering ends this wait here.
+            let limit = client.options().response_timeout;
+            let id: i64 = match tokio::time::timeout(
+                limit,
+                redis::cmd("CLIENT").arg("ID").query_async(&mut conn),
+            )
+            .await
+            {
+                Ok(id) => id.map_err(Error::from)?,
+                Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
+            };
             if !self.known.insert(node.clone()) {
                 self.generation += 1;
             }
