@@ -18,6 +18,7 @@ import asyncio
 import collections
 import functools
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -463,11 +464,13 @@ class _TaskThreads:
         now = time.monotonic()
         elapsed = now - self._seen_at
         self._seen_at = now
-        running = list(self._running.items())
+        # The first SAMPLED, not a copy of them all: with hundreds of
+        # threads running, this look comes every millisecond.
+        running = len(self._running)
         wanted = 0.0
         sampled = 0
         fresh = False
-        for ident, (meter, _) in running[: self.SAMPLED]:
+        for ident, (meter, _) in itertools.islice(self._running.items(), self.SAMPLED):
             total = meter.wanted()
             before = self._seen_wanted.get(ident)
             self._seen_wanted[ident] = total
@@ -479,7 +482,7 @@ class _TaskThreads:
         loop_before, self._loop_wanted = self._loop_wanted, self._loop_meter.wanted()
         if fresh or not sampled or loop_before is None or elapsed <= 0:
             return None
-        wanted = wanted * len(running) / sampled + (self._loop_wanted - loop_before)
+        wanted = wanted * running / sampled + (self._loop_wanted - loop_before)
         return wanted / elapsed
 
     def _running_are_held_up(self, share: float | None) -> bool:
