@@ -348,8 +348,8 @@ class _TaskThreads:
             if self._jobs and not self._retires(me):
                 self._running[me] = (meter, time.monotonic())
                 job = self._jobs.popleft()
-                crowded = len(self._running) > self.KEEP
-                if (self._jobs or crowded) and not self._watcher_timed and self._watcher is not None:
+                above_keep = len(self._running) > self.KEEP
+                if (self._jobs or above_keep) and not self._watcher_timed and self._watcher is not None:
                     # Jobs wait for a running thread, or more than KEEP
                     # run: the watcher looks.
                     self._watcher_wakeup.notify()
@@ -373,10 +373,15 @@ class _TaskThreads:
         self._running.pop(me, None)
         return None
 
+    def _may_retire(self, me: int) -> bool:
+        """Whether threads are to retire and this one may (under the
+        lock): never the last one running."""
+        return self._retiring > 0 and len(self._running) - (me in self._running) >= 1
+
     def _retires(self, me: int) -> bool:
         """Whether this thread, between jobs while jobs wait, goes idle
-        to narrow the threads (under the lock): never the last one running."""
-        if self._retiring and len(self._running) - (me in self._running) >= 1:
+        to narrow the threads (under the lock)."""
+        if self._may_retire(me):
             self._retiring -= 1
             return True
         return False
@@ -390,8 +395,8 @@ class _TaskThreads:
 
     def _watch(self) -> None:
         """The watcher: while jobs wait for running threads, starts more
-        threads when the running ones are blocked; while more than one
-        runs, retires the ones the tasks do not need."""
+        threads when the running ones are blocked; while more than KEEP
+        run, retires the ones the tasks do not need."""
         held_up = 0  # looks in a row that found the running threads held up
         crowded = 0  # looks in a row that found more running than needed
         with self._lock:
@@ -522,7 +527,7 @@ class _TaskThreads:
         a long job (LONG_JOB)."""
         me = threading.get_ident()
         with self._lock:
-            if self._retiring and (self._jobs or jobs) and len(self._running) > 1:
+            if (self._jobs or jobs) and self._may_retire(me):
                 # Narrowing: this thread's jobs wait for the others, and
                 # it goes idle (``_take``).
                 for job in jobs:
@@ -1192,7 +1197,8 @@ class Worker:
             paced = pace is not None and (self._deeper_backlog or running >= side_by_side)
             # Timed for the task threads too while more than they keep at
             # least run: they retire the ones the tasks do not need.
-            timed = paced or running > _TaskThreads.KEEP
+            narrowable = running > _TaskThreads.KEEP
+            timed = paced or narrowable
             began = time.perf_counter() if observing or timed else 0.0
             if observing:
                 run.started = began
@@ -1202,7 +1208,7 @@ class Worker:
                 value, exc = None, error
             if timed:
                 seconds = time.perf_counter() - began
-                if running > _TaskThreads.KEEP:
+                if narrowable:
                     pool.ran(seconds)
             if paced:
                 assert pace is not None
