@@ -293,6 +293,16 @@ impl Server {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// `CONFIG SET name value`.
+    pub fn set_config(&self, name: &str, value: &str) {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .exec(&mut self.connect())
+            .unwrap();
+    }
+
     /// `CLIENT LIST` of every connection but the one asking, one map of
     /// fields (`id`, `flags`, `cmd`, ...) per connection.
     pub fn clients(&self) -> Vec<std::collections::HashMap<String, String>> {
@@ -397,18 +407,12 @@ impl Cluster {
         let timeouts: Vec<String> = nodes
             .iter()
             .map(|node| {
-                let mut con = node.connect();
                 let (_, ms): (String, String) = redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("cluster-node-timeout")
-                    .query(&mut con)
+                    .query(&mut node.connect())
                     .unwrap();
-                redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("cluster-node-timeout")
-                    .arg(JOIN_NODE_TIMEOUT_MS)
-                    .exec(&mut con)
-                    .unwrap();
+                node.set_config("cluster-node-timeout", &JOIN_NODE_TIMEOUT_MS.to_string());
                 ms
             })
             .collect();
@@ -457,12 +461,7 @@ impl Cluster {
         );
         cluster.wait_ready(primaries);
         for (node, ms) in cluster.nodes.iter().zip(timeouts) {
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("cluster-node-timeout")
-                .arg(ms)
-                .exec(&mut node.connect())
-                .unwrap();
+            node.set_config("cluster-node-timeout", &ms);
         }
         cluster
     }
