@@ -25,7 +25,7 @@ use crate::sentinel::{self, SentinelConn, SentinelTarget};
 use futures_util::future::join_all;
 
 use crate::engine::{self, Engine, EngineChoice, EngineState};
-use crate::error::{Error, Result};
+use crate::error::{reply_within, Error, Result};
 use crate::memory::MemoryPolicy;
 use crate::protocol::*;
 use crate::queue::QueueName;
@@ -1417,10 +1417,7 @@ impl BlockingFetcher {
             Engine::Scripts => Duration::ZERO,
         } + self.options.response_timeout;
         let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-        let reply = match tokio::time::timeout(limit, self.engine.query(conn, &cmd)).await {
-            Ok(reply) => reply?,
-            Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
-        };
+        let reply = reply_within(limit, self.engine.query(conn, &cmd)).await?;
         let (reply, pending) = crate::schedule::split_pending(reply);
         if !pending.is_empty() {
             self.advance_schedules(&pending).await?;
@@ -1466,10 +1463,10 @@ impl BlockingFetcher {
                 .arg(&wake_keys)
                 .arg(crate::scripts::blpop_timeout(wait));
             let limit = wait + self.options.response_timeout;
-            let popped = match tokio::time::timeout(limit, blpop.query_async::<Value>(conn)).await {
-                Ok(reply) => reply.map_err(Error::from)?,
-                Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
-            };
+            let popped = reply_within(limit, async {
+                blpop.query_async::<Value>(conn).await.map_err(Error::from)
+            })
+            .await?;
             // Nothing popped well before the wait was over: CLIENT UNBLOCK
             // ended it (a worker stopping), which ends the fetch as well.
             let unblocked =

@@ -37,7 +37,7 @@ use tokio::sync::Notify;
 use crate::client::{split_sleep, Client, Sleep};
 use crate::cluster::{self, key_slot, NodeAddr, SlotMap};
 use crate::engine::{Engine, EngineState};
-use crate::error::{Error, Result};
+use crate::error::{reply_within, Error, Result};
 use crate::protocol::*;
 use crate::queue::QueueName;
 
@@ -174,16 +174,14 @@ impl ClusterFetcher {
                 .map_err(Error::from)?;
             // The connection has no response timeout (it blocks in
             // fetches): a node that stopped answering ends this wait here.
-            let limit = client.options().response_timeout;
-            let id: i64 = match tokio::time::timeout(
-                limit,
-                redis::cmd("CLIENT").arg("ID").query_async(&mut conn),
-            )
-            .await
-            {
-                Ok(id) => id.map_err(Error::from)?,
-                Err(_) => return Err(Error::Connection(format!("no reply within {limit:?}"))),
-            };
+            let id: i64 = reply_within(client.options().response_timeout, async {
+                redis::cmd("CLIENT")
+                    .arg("ID")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Error::from)
+            })
+            .await?;
             if !self.known.insert(node.clone()) {
                 self.generation += 1;
             }

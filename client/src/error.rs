@@ -32,6 +32,18 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// `reply`, or a connection error once `limit` has passed without it (for
+/// connections with no response timeout of their own: they block in
+/// fetches).
+pub(crate) async fn reply_within<T>(
+    limit: std::time::Duration,
+    reply: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, reply)
+        .await
+        .unwrap_or_else(|_| Err(Error::Connection(format!("no reply within {limit:?}"))))
+}
+
 impl Error {
     /// The server's error code, if this is a server error.
     pub fn code(&self) -> Option<&str> {
