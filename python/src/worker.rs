@@ -133,7 +133,16 @@ impl NativeWorker {
     /// wait for the next thread (short tasks) or go through the bridge.
     fn take(&self, py: Python<'_>, timeout: f64, park: bool) -> PyResult<Option<Py<PyAny>>> {
         let wait = Duration::from_secs_f64(timeout.max(0.0));
-        let Some(batch) = py.detach(|| self.handoff.take(wait, park)) else {
+        // Without a wait, nothing blocks here but the handoff's own short
+        // lock (never held by a thread that needs the GIL): keeping the GIL
+        // spares a task thread a turn at taking it back, which costs
+        // milliseconds while a hundred threads want it.
+        let taken = if wait.is_zero() {
+            self.handoff.take(wait, park)
+        } else {
+            py.detach(|| self.handoff.take(wait, park))
+        };
+        let Some(batch) = taken else {
             return Ok(None);
         };
         let tasks = to_python(py, Reply::Deliveries(batch));

@@ -267,11 +267,15 @@ class _TaskThreads:
         self._loop_wanted: float | None = None
         self._lock = threading.Lock()
         self._jobs: collections.deque[Any] = collections.deque()
-        self._idle_wakeup = threading.Condition(self._lock)
         self._watcher_wakeup = threading.Condition(self._lock)
         self._threads = 0
-        self._idle = 0  # threads waiting for a job
-        self._notified = 0  # of those, woken but not yet running
+        # Threads waiting for a job, each on a lock of its own (held while it
+        # waits; released to wake it), the one that went idle last on top:
+        # the thread woken is the one that ran last. A condition wakes the
+        # one that has waited longest, so short tasks after blocking ones
+        # went round every idle thread in turn, each one a cold start.
+        self._idle_bells: list[threading.Lock] = []
+        self._notified = 0  # threads woken but not yet running
         self._starting = 0  # new threads not yet running
         self._watcher: threading.Thread | None = None
         self._watcher_timed = False
@@ -314,10 +318,10 @@ class _TaskThreads:
     def _start_threads(self, count: int) -> None:
         """Wakes idle threads, then starts new ones, ``count`` in all
         (under the lock)."""
-        wake = max(min(count, self._idle - self._notified), 0)
-        if wake:
-            self._notified += wake
-            self._idle_wakeup.notify(wake)
+        wake = max(min(count, len(self._idle_bells)), 0)
+        self._notified += wake
+        for _ in range(wake):
+            self._idle_bells.pop().release()
         start = count - wake
         if self._limit is not None:
             start = min(start, self._limit - self._threads)
@@ -329,19 +333,21 @@ class _TaskThreads:
     def _serve(self) -> None:
         me = threading.get_ident()
         meter = _ThreadMeter()
+        bell = threading.Lock()
+        bell.acquire()
         with self._lock:
             self._starting -= 1
-            job = self._take(me, meter)
+            job = self._take(me, meter, bell)
         while job is not None:
             try:
                 self._runner(job)
             except BaseException:  # a job records its own outcome; this is a bug
                 logger.exception("vtasks task thread: unexpected error")
             with self._lock:
-                job = self._take(me, meter)
+                job = self._take(me, meter, bell)
         meter.close()
 
-    def _take(self, me: int, meter: _ThreadMeter) -> Any:
+    def _take(self, me: int, meter: _ThreadMeter, bell: threading.Lock) -> Any:
         """The next job for this thread, waiting idle until it is woken for
         one; None once shut down (under the lock)."""
         while not self._closed:
@@ -366,9 +372,12 @@ class _TaskThreads:
                         self._queue(job)
                     return jobs[0]
                 continue
-            self._idle += 1
-            self._idle_wakeup.wait()
-            self._idle -= 1
+            self._idle_bells.append(bell)
+            self._lock.release()
+            try:
+                bell.acquire()  # until `_start_threads` or `shutdown` releases it
+            finally:
+                self._lock.acquire()
             self._notified = max(self._notified - 1, 0)
         self._running.pop(me, None)
         return None
@@ -464,30 +473,42 @@ class _TaskThreads:
     def _wanted_share(self) -> float | None:
         """The share of the time since the watcher's last look that the
         threads running jobs and the event loop's thread wanted a CPU
-        (under the lock); None when a thread started running since then
-        (it is given until the next look) or none could be read."""
-        now = time.monotonic()
-        elapsed = now - self._seen_at
-        self._seen_at = now
+        (under the lock, which it lets go while it reads the meters); None
+        when a thread started running since then (it is given until the
+        next look) or none could be read."""
         # The first SAMPLED, not a copy of them all: with hundreds of
         # threads running, this look comes every millisecond.
+        sampled = list(itertools.islice(self._running.items(), self.SAMPLED))
         running = len(self._running)
+        # Each read is a system call, which lets go of the GIL and must take
+        # it back: among a hundred threads waking from sleeps, that can take
+        # milliseconds, and task threads must not wait for this lock
+        # meanwhile (they take it between any two tasks).
+        self._lock.release()
+        try:
+            readings = [(ident, meter.wanted()) for ident, (meter, _) in sampled]
+            loop_now = self._loop_meter.wanted()
+            now = time.monotonic()
+        finally:
+            self._lock.acquire()
+        elapsed = now - self._seen_at
+        self._seen_at = now
         wanted = 0.0
-        sampled = 0
+        counted = 0
         fresh = False
-        for ident, (meter, _) in itertools.islice(self._running.items(), self.SAMPLED):
-            total = meter.wanted()
+        for ident, total in readings:
             before = self._seen_wanted.get(ident)
-            self._seen_wanted[ident] = total
+            if ident in self._running:
+                self._seen_wanted[ident] = total
             if before is None:
                 fresh = True
             else:
                 wanted += total - before
-                sampled += 1
-        loop_before, self._loop_wanted = self._loop_wanted, self._loop_meter.wanted()
-        if fresh or not sampled or loop_before is None or elapsed <= 0:
+                counted += 1
+        loop_before, self._loop_wanted = self._loop_wanted, loop_now
+        if fresh or not counted or loop_before is None or elapsed <= 0:
             return None
-        wanted = wanted * running / sampled + (self._loop_wanted - loop_before)
+        wanted = wanted * running / counted + (loop_now - loop_before)
         return wanted / elapsed
 
     def _running_are_held_up(self, share: float | None) -> bool:
@@ -579,7 +600,9 @@ class _TaskThreads:
             self._closed = True
             self._fetch = None
             self._jobs.clear()
-            self._idle_wakeup.notify_all()
+            bells, self._idle_bells = self._idle_bells, []
+            for bell in bells:
+                bell.release()
             self._watcher_wakeup.notify_all()
             self._loop_meter.close()
 
@@ -1030,30 +1053,55 @@ class Worker:
         finally:
             self._starting = False
 
-    def _take_startable(self) -> list[_Run]:
+    def _take_startable(self, finished: _Run | None = None, succeeded: bool = False) -> list[_Run]:
         """Takes the waiting tasks that may start now (free slots, queues
         under their caps), each counted as running; any thread. Tasks that
-        cannot run are dead-lettered on the way."""
-        runs = []
-        while True:
-            with self._lock:
-                if not self._backlog or len(self._running) >= self.concurrency or self._stopping:
-                    break
-                if self._quota_reached():
-                    break
+        cannot run are dead-lettered on the way. ``finished``: a run that
+        is over (as ``_finish``, with ``succeeded`` counted), its slot freed
+        in the same hold of the lock.
+
+        Two holds of the lock in all, however many tasks start: a task
+        thread takes it between any two tasks, and with a hundred threads
+        waking from sleeps, one that must give up the GIL while holding it
+        keeps the others waiting until it gets the GIL back."""
+        items: list[tuple[str, str, int, int, bytes]] = []
+        with self._lock:
+            if finished is not None:
+                self._end(finished, succeeded)
+            quota = False
+            while (
+                self._backlog and len(self._running) + self._preparing < self.concurrency
+                and not self._stopping and not self._quota_reached()
+            ):
                 item = self._next_startable()
                 if item is None:
                     break
+                items.append(item)
                 self._taken += 1
                 # Counted until it runs or is refused, so a shutdown waiting
                 # for running tasks waits for it too.
                 self._preparing += 1
                 quota = self._quota_reached()
-            if quota:
-                self._call_on_loop(self.stop)
-            run = self._prepare(*item)
-            if run is not None:
-                runs.append(run)
+            idle = not items and self._idle_wanted and not self._running and not self._preparing
+        if idle:
+            self._call_on_loop(self._idle.set)
+        if quota:
+            self._call_on_loop(self.stop)
+        if not items:
+            return []
+        runs: list[_Run] = []
+        try:
+            for item in items:
+                run = self._make_run(*item)
+                if run is not None:
+                    runs.append(run)
+        finally:
+            with self._lock:
+                self._preparing -= len(items)
+                self._running.update(runs)
+                idle = self._idle_wanted and not self._running and not self._preparing
+            if idle:
+                self._call_on_loop(self._idle.set)
         return runs
 
     def _next_startable(self) -> tuple[str, str, int, int, bytes] | None:
@@ -1088,23 +1136,6 @@ class Worker:
         limit = self.queue_concurrency.get(queue)
         if limit is not None and self._native is not None:
             self._native.hold_back(queue, self._held[queue] >= limit)
-
-    def _prepare(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
-        """The run of a task just taken (counted as preparing), now counted
-        as running; or None when it cannot run (then dead-lettered with the
-        reason); any thread."""
-        run = None
-        try:
-            run = self._make_run(queue, task_id, token, attempt, body)
-        finally:
-            with self._lock:
-                self._preparing -= 1
-                if run is not None:
-                    self._running.add(run)
-                idle = self._idle_wanted and not self._running and not self._preparing
-            if idle:
-                self._call_on_loop(self._idle.set)
-        return run
 
     def _make_run(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
         delivery = Delivery(queue, task_id, attempt, self.consumer, client=self.client)
@@ -1217,6 +1248,7 @@ class Worker:
                     deeper = short and pool.running >= side_by_side
                     if deeper != self._deeper_backlog:
                         self._deepen_backlog(deeper)
+            ok = False
             if not run.delivery.abandoned:
                 ok = self._record_outcome(run, value, exc, blocking=True)
                 if observing:
@@ -1226,9 +1258,8 @@ class Worker:
                         telemetry.ended.append((run.name, ok, seconds))
                     if self._log_tasks:
                         self._log_task(run, ok, seconds)
-            self._finish(run)
             sync_runs = []
-            for started in self._take_startable():
+            for started in self._take_startable(finished=run, succeeded=ok):
                 if started.is_async:
                     self._call_on_loop(functools.partial(self._launch_async, started))
                 else:
@@ -1266,19 +1297,28 @@ class Worker:
                     telemetry.ended.append((run.name, ok, seconds))
                 if self._log_tasks:
                     self._log_task(run, ok, seconds)
-        # Cancelled: abandoned at shutdown (logged), the lease decides.
-        self._finish(run)
+            self._finish(run, ok)
+        else:
+            # Cancelled: abandoned at shutdown (logged), the lease decides.
+            self._finish(run)
         self._start_waiting()
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: _Run, succeeded: bool = False) -> None:
         """A run is over (its outcome recorded, or abandoned): its slot is
         free; any thread."""
         with self._lock:
-            self._running.discard(run)
-            self._count(run.delivery.queue, -1)
+            self._end(run, succeeded)
             idle = self._idle_wanted and not self._running and not self._preparing
         if idle:
             self._call_on_loop(self._idle.set)
+
+    def _end(self, run: _Run, succeeded: bool) -> None:
+        """Frees a run's slot, counting it if it ``succeeded`` (under the
+        lock)."""
+        self._running.discard(run)
+        self._count(run.delivery.queue, -1)
+        if succeeded:
+            self.succeeded += 1
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -1319,9 +1359,7 @@ class Worker:
                 error = result_not_stored(name, err, too_large=True)
                 self._refuse(token, delivery, name, error, counted=False, blocking=blocking)
                 return False
-            with self._lock:
-                self.succeeded += 1
-            return True
+            return True  # counted as its slot is freed (`_end`)
         if isinstance(exc, ResultNotStored):
             self._refuse(token, delivery, name, exc, counted=False, blocking=blocking)
             return False
