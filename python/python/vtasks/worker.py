@@ -902,8 +902,9 @@ class Worker:
         with self._lock:
             try:
                 self._backlog.extend(batch)
-                for queue, *_ in batch:
-                    self._count(queue, +1)
+                if self.queue_concurrency:
+                    for queue, *_ in batch:
+                        self._count(queue, +1)
             finally:
                 if then is not None:
                     then()
@@ -1065,24 +1066,26 @@ class Worker:
         waking from sleeps, one that must give up the GIL while holding it
         keeps the others waiting until it gets the GIL back."""
         items: list[tuple[str, str, int, int, bytes]] = []
+        backlog, running, max_tasks = self._backlog, self._running, self.max_tasks
         with self._lock:
             if finished is not None:
                 self._end(finished, succeeded)
             quota = False
-            while (
-                self._backlog and len(self._running) + self._preparing < self.concurrency
-                and not self._stopping and not self._quota_reached()
-            ):
-                item = self._next_startable()
-                if item is None:
-                    break
-                items.append(item)
-                self._taken += 1
-                # Counted until it runs or is refused, so a shutdown waiting
-                # for running tasks waits for it too.
-                self._preparing += 1
-                quota = self._quota_reached()
-            idle = not items and self._idle_wanted and not self._running and not self._preparing
+            if not self._stopping and (max_tasks is None or self._taken < max_tasks):
+                free = self.concurrency - len(running) - self._preparing
+                if max_tasks is not None:
+                    free = min(free, max_tasks - self._taken)
+                while backlog and len(items) < free:
+                    item = backlog.popleft() if not self.queue_concurrency else self._next_startable()
+                    if item is None:
+                        break
+                    items.append(item)
+                # Counted until they run or are refused, so a shutdown
+                # waiting for running tasks waits for them too.
+                self._taken += len(items)
+                self._preparing += len(items)
+                quota = bool(items) and self._quota_reached()
+            idle = not items and self._idle_wanted and not running and not self._preparing
         if idle:
             self._call_on_loop(self._idle.set)
         if quota:
@@ -1130,7 +1133,9 @@ class Worker:
 
     def _count(self, queue: str, delta: int) -> None:
         """Tracks tasks held per queue and holds back fetching at the cap
-        (under the lock)."""
+        (under the lock); a worker with no caps keeps no count."""
+        if not self.queue_concurrency:
+            return  # nothing to hold back
         queue = self._capped(queue)
         self._held[queue] += delta
         limit = self.queue_concurrency.get(queue)
