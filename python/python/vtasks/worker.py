@@ -183,7 +183,7 @@ class _TaskThreads:
     switch that costs more than a short task. So a job starts a thread only
     when none is running one; while jobs wait, a watcher thread looks every
     millisecond, and starts a thread for each waiting job when, twice in a
-    row, the running ones and the event loop's thread together wanted a
+    row (four while no more than KEEP run), the running ones and the event loop's thread together wanted a
     CPU for less than half of that millisecond (they were blocked, not
     running or waiting for a CPU taken by other processes), or the running
     ones have all been in their current job for longer than LONG_JOB (a
@@ -245,6 +245,9 @@ class _TaskThreads:
     # the next waits for the worker's next batch (``fetch``), so it
     # always has a thread to go on with.
     KEEP = 2
+    # Looks in a row that must find the running threads held up to widen
+    # while no more than KEEP run (two while more run).
+    HELD_UP_AT_KEEP = 4
 
     def __init__(
         self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
@@ -284,6 +287,10 @@ class _TaskThreads:
         # The watcher's last look: when, and what each running thread wanted.
         self._seen_at = 0.0
         self._seen_wanted: dict[int, float] = {}
+        # The thread waiting in fetch(), not running a job: (id, meter),
+        # and what it wanted at the watcher's last look.
+        self._fetcher: tuple[int, _ThreadMeter] | None = None
+        self._fetcher_seen: dict[int, float] = {}
         self._wide_until = 0.0
         # Running threads to go idle at the end of their current job.
         self._retiring = 0
@@ -365,7 +372,11 @@ class _TaskThreads:
             if self._jobs:
                 pass  # retired: idle while others run the waiting jobs
             elif self._fetch is not None and not self._fetching and time.monotonic() >= self._wide_until:
-                jobs = self._fetch_jobs()
+                self._fetcher = (me, meter)
+                try:
+                    jobs = self._fetch_jobs()
+                finally:
+                    self._fetcher = None
                 if jobs:
                     self._running[me] = (meter, time.monotonic())
                     for job in jobs[1:]:
@@ -437,9 +448,13 @@ class _TaskThreads:
                 if self._jobs and self._running_are_held_up(share):
                     # Twice in a row: one slow look is often a pause (a
                     # garbage collection, the loop handing out a batch).
+                    # Four while no more than KEEP run: when a thread they
+                    # do not count (one just woken, the watcher) holds the
+                    # GIL and the machine's other work has put it aside,
+                    # they want no CPU for a scheduler's time slice.
                     held_up += 1
                     crowded = 0
-                    if held_up >= 2:
+                    if held_up >= (2 if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
                         held_up = 0
                         self._retiring = 0
                         self._wide_until = time.monotonic() + self.WIDE_FOR
@@ -480,6 +495,12 @@ class _TaskThreads:
         # threads running, this look comes every millisecond.
         sampled = list(itertools.islice(self._running.items(), self.SAMPLED))
         running = len(self._running)
+        # The thread that took the worker's next batch runs outside the
+        # jobs, turning it into tasks with the GIL held; on a machine busy
+        # with other work, one put aside there while it holds the GIL left
+        # the running threads waiting for it, wanting no CPU, and read as
+        # blocked.
+        fetcher = self._fetcher
         # Each read is a system call, which lets go of the GIL and must take
         # it back: among a hundred threads waking from sleeps, that can take
         # milliseconds, and task threads must not wait for this lock
@@ -487,6 +508,7 @@ class _TaskThreads:
         self._lock.release()
         try:
             readings = [(ident, meter.wanted()) for ident, (meter, _) in sampled]
+            fetcher_now = fetcher[1].wanted() if fetcher is not None else None
             loop_now = self._loop_meter.wanted()
             now = time.monotonic()
         finally:
@@ -506,9 +528,15 @@ class _TaskThreads:
                 wanted += total - before
                 counted += 1
         loop_before, self._loop_wanted = self._loop_wanted, loop_now
+        fetcher_wanted = 0.0
+        if fetcher is not None and fetcher_now is not None:
+            before = self._fetcher_seen.get(fetcher[0])
+            self._fetcher_seen = {fetcher[0]: fetcher_now}
+            if before is not None:
+                fetcher_wanted = fetcher_now - before
         if fresh or not counted or loop_before is None or elapsed <= 0:
             return None
-        wanted = wanted * running / counted + (loop_now - loop_before)
+        wanted = wanted * running / counted + (loop_now - loop_before) + fetcher_wanted
         return wanted / elapsed
 
     def _running_are_held_up(self, share: float | None) -> bool:
