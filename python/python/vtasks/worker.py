@@ -182,9 +182,10 @@ class _TaskThreads:
     threads only take turns with the GIL, and every turn is a context
     switch that costs more than a short task. So a job starts a thread only
     when none is running one; while jobs wait, a watcher thread looks every
-    millisecond, and starts a thread for each waiting job when, twice in a
-    row (four while no more than KEEP run), the running ones and the event loop's thread together wanted a
-    CPU for less than half of that millisecond (they were blocked, not
+    millisecond, and starts a thread for each waiting job when, HELD_UP
+    looks in a row (HELD_UP_AT_KEEP while no more than KEEP run), the
+    running ones and the event loop's thread together wanted a CPU for
+    less than half of that millisecond (they were blocked, not
     running or waiting for a CPU taken by other processes), or the running
     ones have all been in their current job for longer than LONG_JOB (a
     long CPU-bound task does not hold up short ones behind it). Once it has
@@ -245,8 +246,13 @@ class _TaskThreads:
     # the next waits for the worker's next batch (``fetch``), so it
     # always has a thread to go on with.
     KEEP = 2
-    # Looks in a row that must find the running threads held up to widen
-    # while no more than KEEP run (two while more run).
+    # Looks in a row that must find the running threads held up to widen:
+    # one slow look is often a pause (a garbage collection, the loop
+    # handing out a batch).
+    HELD_UP = 2
+    # The same while no more than KEEP run: when a thread they do not count
+    # (one just woken, the watcher) holds the GIL and the machine's other
+    # work has put it aside, they want no CPU for a scheduler's time slice.
     HELD_UP_AT_KEEP = 4
 
     def __init__(
@@ -290,7 +296,7 @@ class _TaskThreads:
         # The thread waiting in fetch(), not running a job: (id, meter),
         # and what it wanted at the watcher's last look.
         self._fetcher: tuple[int, _ThreadMeter] | None = None
-        self._fetcher_seen: dict[int, float] = {}
+        self._fetcher_seen: tuple[int, float] | None = None
         self._wide_until = 0.0
         # Running threads to go idle at the end of their current job.
         self._retiring = 0
@@ -446,15 +452,9 @@ class _TaskThreads:
                     continue
                 share = self._wanted_share()
                 if self._jobs and self._running_are_held_up(share):
-                    # Twice in a row: one slow look is often a pause (a
-                    # garbage collection, the loop handing out a batch).
-                    # Four while no more than KEEP run: when a thread they
-                    # do not count (one just woken, the watcher) holds the
-                    # GIL and the machine's other work has put it aside,
-                    # they want no CPU for a scheduler's time slice.
                     held_up += 1
                     crowded = 0
-                    if held_up >= (2 if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
+                    if held_up >= (self.HELD_UP if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
                         held_up = 0
                         self._retiring = 0
                         self._wide_until = time.monotonic() + self.WIDE_FOR
@@ -530,10 +530,9 @@ class _TaskThreads:
         loop_before, self._loop_wanted = self._loop_wanted, loop_now
         fetcher_wanted = 0.0
         if fetcher is not None and fetcher_now is not None:
-            before = self._fetcher_seen.get(fetcher[0])
-            self._fetcher_seen = {fetcher[0]: fetcher_now}
-            if before is not None:
-                fetcher_wanted = fetcher_now - before
+            seen, self._fetcher_seen = self._fetcher_seen, (fetcher[0], fetcher_now)
+            if seen is not None and seen[0] == fetcher[0]:
+                fetcher_wanted = fetcher_now - seen[1]
         if fresh or not counted or loop_before is None or elapsed <= 0:
             return None
         wanted = wanted * running / counted + (loop_now - loop_before) + fetcher_wanted
@@ -1113,7 +1112,7 @@ class Worker:
                 self._taken += len(items)
                 self._preparing += len(items)
                 quota = bool(items) and self._quota_reached()
-            idle = not items and self._idle_wanted and not running and not self._preparing
+            idle = not items and self._all_ended()
         if idle:
             self._call_on_loop(self._idle.set)
         if quota:
@@ -1130,7 +1129,7 @@ class Worker:
             with self._lock:
                 self._preparing -= len(items)
                 self._running.update(runs)
-                idle = self._idle_wanted and not self._running and not self._preparing
+                idle = self._all_ended()
             if idle:
                 self._call_on_loop(self._idle.set)
         return runs
@@ -1341,9 +1340,14 @@ class Worker:
         free; any thread."""
         with self._lock:
             self._end(run, succeeded)
-            idle = self._idle_wanted and not self._running and not self._preparing
+            idle = self._all_ended()
         if idle:
             self._call_on_loop(self._idle.set)
+
+    def _all_ended(self) -> bool:
+        """Whether a stop waits for the running tasks and none runs or is
+        being prepared (under the lock): then the loop is told."""
+        return self._idle_wanted and not self._running and not self._preparing
 
     def _end(self, run: _Run, succeeded: bool) -> None:
         """Frees a run's slot, counting it if it ``succeeded`` (under the
