@@ -273,6 +273,25 @@ def test_payloads_that_cannot_run_are_dead_lettered_and_the_worker_goes_on(valke
     assert worker.failed == 0
 
 
+def test_calls_the_native_reader_leaves_to_python_still_run(valkey, runs):
+    """The worker reads calls natively, and leaves Python the payloads it
+    does not read (deeper than serde_json goes, a negative zero): they run
+    as any other."""
+    client = vtasks.Client(valkey.url)
+    deep = b'{"task":"tests.length","args":[' + b"[" * 300 + b"]" * 300 + b"]}"
+    payloads = [
+        ("deep", deep),
+        ("negative-zero", b'{"task":"tests.add","args":[-0,5]}'),
+        ("native", b'{"task":"tests.add","kwargs":{"a":9223372036854775807,"b":1}}'),
+    ]
+    client.native.enqueue(None, "default", [(task_id, body, 0, None, None, 3) for task_id, body in payloads])
+    worker = burst(client)
+    assert (worker.succeeded, worker.failed, worker.dead_lettered) == (3, 0, 0)
+    results = {task_id: client.get_sync("default", task_id).result for task_id, _ in payloads}
+    assert results == {"deep": 1, "negative-zero": 5, "native": 9223372036854775808}
+    assert type(results["negative-zero"]) is int
+
+
 def test_a_payload_over_the_size_limit_is_refused_at_enqueue(valkey):
     client = vtasks.Client(valkey.url)
     # Random hex: it stays above the limit after compression.

@@ -175,16 +175,15 @@ pub fn to_python(py: Python<'_>, reply: Reply) -> PyResult<Py<PyAny>> {
         Reply::Deliveries(tasks) => {
             let list = PyList::empty(py);
             for t in tasks {
-                // A payload that does not decompress goes to Python as it
-                // is; the worker then fails to parse it and dead-letters it.
+                // The call, read here (`call`); a payload that does not
+                // read as one goes to Python as it is (one that does not
+                // decompress too), and the worker refuses it with the reason.
                 let body = payload::json_text(&t.payload).unwrap_or(t.payload.as_slice().into());
-                list.append((
-                    t.queue.name(),
-                    t.id,
-                    t.token,
-                    t.attempt,
-                    PyBytes::new(py, &body),
-                ))?;
+                let call = match crate::call::decode_call(py, &body) {
+                    Some(call) => call.into_any(),
+                    None => PyBytes::new(py, &body).into_any(),
+                };
+                list.append((t.queue.name(), t.id, t.token, t.attempt, call))?;
             }
             list.into_any().unbind()
         }

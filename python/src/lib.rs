@@ -3,6 +3,7 @@
 //! in `vtasks-client`, where Rust tests reach it.
 
 mod bridge;
+mod call;
 mod client;
 mod errors;
 mod wire;
@@ -33,6 +34,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire::ReplyReader>()?;
     m.add_function(wrap_pyfunction!(client::schedule_timing, m)?)?;
     m.add_function(wrap_pyfunction!(client::next_occurrence, m)?)?;
+    m.add_function(wrap_pyfunction!(call::decode_call_py, m)?)?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The protocol's limits and defaults by name (`vtasks-protocol`), so the

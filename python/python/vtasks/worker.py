@@ -54,6 +54,12 @@ HANDOFF_WAIT = 1.0
 HANDOFF_PATIENCE = 5.0
 
 Resolver = Callable[[str], Callable[..., Any]]
+# A task's call as the native layer reads it from the payload: name, args,
+# kwargs, options (`decode_call_with_options`).
+Call = tuple[str, list[Any], dict[str, Any], dict[str, Any]]
+# A task the worker took: queue, id, lease token, attempt, and its call, or
+# the payload itself when the native layer read no call in it.
+Item = tuple[str, str, int, int, Call | bytes]
 
 
 class Failure:
@@ -842,10 +848,12 @@ class Worker:
         self._native: _native.NativeWorker | None = None
         self._pool: _TaskThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._is_async: dict[Callable[..., Any], bool] = {}
+        # Per task callable: whether it is a coroutine function, and whether
+        # it wants the Delivery as its first argument.
+        self._kinds: dict[Callable[..., Any], tuple[bool, bool]] = {}
         self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
         # Leased, not started yet: (queue, id, token, attempt, payload).
-        self._backlog: collections.deque[tuple[str, str, int, int, bytes]] = collections.deque()
+        self._backlog: collections.deque[Item] = collections.deque()
         # `_start_waiting` is running on the loop; asked to run again.
         self._starting = False
         self._start_again = False
@@ -914,11 +922,11 @@ class Worker:
         assert native is not None
         await bridge.stream(native.run(bridge.native), self._on_batch)
 
-    def _on_batch(self, batch: list[tuple[str, str, int, int, bytes]]) -> None:
+    def _on_batch(self, batch: list[Item]) -> None:
         self._accept(batch)
         self._start_waiting()
 
-    def _accept(self, batch: list[tuple[str, str, int, int, bytes]], then: Callable[[], None] | None = None) -> None:
+    def _accept(self, batch: list[Item], then: Callable[[], None] | None = None) -> None:
         """Adds a batch to the tasks waiting to start, then calls ``then``
         (still under the lock); any thread."""
         telemetry = self.telemetry
@@ -1092,7 +1100,7 @@ class Worker:
         thread takes it between any two tasks, and with a hundred threads
         waking from sleeps, one that must give up the GIL while holding it
         keeps the others waiting until it gets the GIL back."""
-        items: list[tuple[str, str, int, int, bytes]] = []
+        items: list[Item] = []
         backlog, running, max_tasks = self._backlog, self._running, self.max_tasks
         with self._lock:
             if finished is not None:
@@ -1134,7 +1142,7 @@ class Worker:
                 self._call_on_loop(self._idle.set)
         return runs
 
-    def _next_startable(self) -> tuple[str, str, int, int, bytes] | None:
+    def _next_startable(self) -> Item | None:
         """The oldest waiting task whose queue is under its running cap
         (under the lock)."""
         if not self.queue_concurrency:
@@ -1169,13 +1177,18 @@ class Worker:
         if limit is not None and self._native is not None:
             self._native.hold_back(queue, self._held[queue] >= limit)
 
-    def _make_run(self, queue: str, task_id: str, token: int, attempt: int, body: bytes) -> _Run | None:
-        delivery = Delivery(queue, task_id, attempt, self.consumer, client=self.client)
-        try:
-            name, args, kwargs, options = decode_call_with_options(body)
-        except ValueError as exc:
-            self._refuse(token, delivery, "?", exc)
-            return None
+    def _make_run(self, queue: str, task_id: str, token: int, attempt: int, call: Call | bytes) -> _Run | None:
+        delivery = Delivery(queue, task_id, attempt, self.consumer, None, self.client)
+        if isinstance(call, bytes):
+            # The native layer read no call in it: decoded here, refused
+            # with the reason.
+            try:
+                name, args, kwargs, options = decode_call_with_options(call)
+            except ValueError as exc:
+                self._refuse(token, delivery, "?", exc)
+                return None
+        else:
+            name, args, kwargs, options = call
         try:
             fn = self.resolver(name)
         except TaskNotRegistered as exc:
@@ -1188,13 +1201,17 @@ class Worker:
             error.__cause__ = exc
             self._refuse(token, delivery, name, error)
             return None
-        is_async = self._is_async.get(fn)
-        if is_async is None:
-            is_async = self._is_async[fn] = inspect.iscoroutinefunction(fn)
-        backoff = float(options.get("backoff", self.retry_backoff))
-        timeout = options.get("timeout")
-        delivery.timeout = None if timeout is None else float(timeout)
-        if getattr(fn, "wants_delivery", False):
+        kind = self._kinds.get(fn)
+        if kind is None:
+            kind = self._kinds[fn] = (inspect.iscoroutinefunction(fn), getattr(fn, "wants_delivery", False))
+        is_async, wants_delivery = kind
+        if options:
+            backoff = float(options.get("backoff", self.retry_backoff))
+            timeout = options.get("timeout")
+            delivery.timeout = None if timeout is None else float(timeout)
+        else:
+            backoff = self.retry_backoff
+        if wants_delivery:
             args = [delivery, *args]
         return _Run(token, delivery, name, fn, args, kwargs, backoff, is_async)
 
