@@ -19,15 +19,18 @@ impl QueueName {
             .strip_prefix('{')
             .and_then(|n| n.strip_suffix('}'))
             .unwrap_or(name);
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
-        if bare.is_empty() || bare.len() > MAX_QUEUE_NAME || !bare.chars().all(allowed) {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
+        if bare.is_empty() || bare.len() > MAX_QUEUE_NAME || !bare.bytes().all(allowed) {
             return Err(Error::InvalidInput(format!(
                 "queue name {name:?}: expected 1-{MAX_QUEUE_NAME} characters of A-Z a-z 0-9 _ . : -"
             )));
         }
-        Ok(QueueName {
-            wire: format!("{{{bare}}}"),
-        })
+        // Built by hand: the Python worker makes one per finished task.
+        let mut wire = String::with_capacity(bare.len() + 2);
+        wire.push('{');
+        wire.push_str(bare);
+        wire.push('}');
+        Ok(QueueName { wire })
     }
 
     /// The name without braces.

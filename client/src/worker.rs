@@ -669,11 +669,20 @@ impl WorkerCore {
     /// blocked on empty queues. A task not leased to this worker is
     /// ignored.
     pub fn complete(&self, delivery: &Delivery, outcome: Outcome) {
+        let (queue, id) = (delivery.queue.clone(), delivery.id.clone());
+        self.complete_task(queue, id, delivery.token, outcome);
+    }
+
+    /// `complete`, for a caller that owns the task's queue and id (the
+    /// Python worker, once per task): they become the settlement's without
+    /// a copy.
+    pub fn complete_task(&self, queue: QueueName, id: String, token: i64, outcome: Outcome) {
         let mut st = self.state();
-        let key = (delivery.queue.clone(), delivery.id.clone());
+        let key = (queue, id);
         if st.running.remove(&key).is_none() {
             return;
         }
+        let (queue, id) = key;
         // A result the server would refuse would fail the whole command
         // that carries it, and with it every other settlement of the batch:
         // the task ran, so it is dead-lettered (not retried, its effects
@@ -692,18 +701,18 @@ impl WorkerCore {
             Outcome::Success(result) => {
                 st.stats.succeeded += 1;
                 st.acks.push(Ack {
-                    queue: delivery.queue.clone(),
-                    id: delivery.id.clone(),
-                    token: delivery.token,
+                    queue,
+                    id,
+                    token,
                     result,
                 });
             }
             Outcome::Failure { error, retry } => {
                 st.stats.failed += 1;
                 st.nacks.push(Nack {
-                    queue: delivery.queue.clone(),
-                    id: delivery.id.clone(),
-                    token: delivery.token,
+                    queue,
+                    id,
+                    token,
                     retry,
                     error,
                 });

@@ -201,8 +201,9 @@ impl NativeWorker {
         if let Some(bytes) = &result {
             payload::check_size("result", bytes).map_err(to_pyerr)?;
         }
+        let queue = QueueName::new(queue).map_err(to_pyerr)?;
         self.core
-            .complete(&delivery(queue, id, token)?, Outcome::Success(result));
+            .complete_task(queue, id, token, Outcome::Success(result));
         Ok(())
     }
 
@@ -221,10 +222,9 @@ impl NativeWorker {
             Some(secs) => Retry::After(Duration::from_secs_f64(secs.max(0.0))),
             None => Retry::Never,
         };
-        self.core.complete(
-            &delivery(queue, id, token)?,
-            Outcome::Failure { error, retry },
-        );
+        let queue = QueueName::new(queue).map_err(to_pyerr)?;
+        self.core
+            .complete_task(queue, id, token, Outcome::Failure { error, retry });
         Ok(())
     }
 
