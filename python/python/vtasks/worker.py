@@ -49,8 +49,6 @@ CHORES_INTERVAL = 1.0
 # Seconds a task thread waits at a time for a batch handed to it directly
 # (it then looks again; a stop ends the wait at once).
 HANDOFF_WAIT = 1.0
-# The result of a task that returns None (most), encoded once.
-NULL = dumps(None)
 # Seconds a stopping worker waits for batches a task thread has taken to
 # reach its backlog (a matter of microseconds unless the process is stuck).
 HANDOFF_PATIENCE = 5.0
@@ -1402,7 +1400,7 @@ class Worker:
         token, delivery, name = run.token, run.delivery, run.name
         if exc is None:
             try:
-                result = NULL if value is None else value.data if isinstance(value, Stored) else dumps(value)
+                result = value.data if isinstance(value, Stored) else dumps(value)
             except (TypeError, ValueError) as err:
                 # It ran: retrying would repeat its effects.
                 self._refuse(token, delivery, name, result_not_stored(name, err), counted=False, blocking=blocking)

@@ -110,9 +110,12 @@ def _failed(
     task_finished.send(sender, task_result=result)
 
 
-def _stored(task: Task, value: Any) -> Stored:
+def _stored(task: Task, value: Any) -> Stored | None:
     """The return value encoded as it will be stored (once: the worker
-    keeps these bytes), or ResultNotStored."""
+    keeps these bytes), or ResultNotStored. None, which most tasks return,
+    is None (the worker stores it as it is: ``normalize_json`` keeps it)."""
+    if value is None:
+        return None
     try:
         return Stored(dumps(normalize_json(value)))
     except (TypeError, ValueError) as exc:
@@ -201,8 +204,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
 
         signature = _call_signature(task)
 
-        def call_args(result: TaskResult | None, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (TaskContext(task_result=result), *args) if task.takes_context else args
+        func, takes_context, alias = task.func, task.takes_context, backend.alias
 
         def retryable(d: Delivery, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
             """As the worker decides: arguments that do not fit, or a
@@ -219,15 +221,18 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
         if _is_coroutine(task.func):
 
             async def run_async(d: Delivery, *args: Any, **kwargs: Any) -> Any:
-                def make() -> TaskResult:
-                    return _running_result(task, backend.alias, d, args, kwargs)
-
                 signals = listening(task_started)
-                result = make() if signals or task.takes_context else None
-                if signals:
-                    task_started.send(sender, task_result=result)
+                result = None
+                if signals or takes_context:
+                    result = _running_result(task, alias, d, args, kwargs)
+                    if signals:
+                        task_started.send(sender, task_result=result)
                 try:
-                    value = _stored(task, await task.func(*call_args(result, args), **kwargs))
+                    if takes_context:
+                        value = await func(TaskContext(task_result=result), *args, **kwargs)
+                    else:
+                        value = await func(*args, **kwargs)
+                    value = _stored(task, value)
                 except asyncio.CancelledError:
                     if d.abandoned or d.timeout is None:
                         raise  # stopped without an outcome: the lease decides
@@ -235,40 +240,46 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     try:
                         raise TimeoutError(f"task {task.module_path} ran longer than its timeout of {d.timeout:g} s")
                     except TimeoutError as timeout:
+                        make = functools.partial(_running_result, task, alias, d, args, kwargs)
                         _failed(result, sender, await d.afailure(timeout), listening, make)
                     raise
                 except BaseException as exc:
                     failure = await d.afailure(exc, retryable=retryable(d, exc, args, kwargs))
+                    make = functools.partial(_running_result, task, alias, d, args, kwargs)
                     _failed(result, sender, failure, listening, make)
                     raise
                 if signals or listening(task_finished):
-                    _succeeded(result or make(), sender)
+                    _succeeded(result or _running_result(task, alias, d, args, kwargs), sender)
                 return value
 
             wrapper = run_async
         else:
 
             def run_sync(d: Delivery, *args: Any, **kwargs: Any) -> Any:
-                def make() -> TaskResult:
-                    return _running_result(task, backend.alias, d, args, kwargs)
-
                 connections = _thread_connections
                 if connections.connected:
                     close_old_connections()
                 raised = True
                 try:
                     signals = listening(task_started)
-                    result = make() if signals or task.takes_context else None
-                    if signals:
-                        task_started.send(sender, task_result=result)
+                    result = None
+                    if signals or takes_context:
+                        result = _running_result(task, alias, d, args, kwargs)
+                        if signals:
+                            task_started.send(sender, task_result=result)
                     try:
-                        value = _stored(task, task.func(*call_args(result, args), **kwargs))
+                        if takes_context:
+                            value = func(TaskContext(task_result=result), *args, **kwargs)
+                        else:
+                            value = func(*args, **kwargs)
+                        value = _stored(task, value)
                     except BaseException as exc:
                         failure = d.failure(exc, retryable=retryable(d, exc, args, kwargs))
+                        make = functools.partial(_running_result, task, alias, d, args, kwargs)
                         _failed(result, sender, failure, listening, make)
                         raise
                     if signals or listening(task_finished):
-                        _succeeded(result or make(), sender)
+                        _succeeded(result or _running_result(task, alias, d, args, kwargs), sender)
                     raised = False
                     return value
                 finally:
