@@ -609,9 +609,13 @@ class _TaskThreads:
 
     def takes_parked_batches(self) -> bool:
         """Whether a thread between jobs should take a batch parked for the
-        task threads: none waits here, and the threads take batches (not
-        while tasks have been blocking, nor once stopping)."""
-        return not self._jobs and self._fetch is not None and time.monotonic() >= self._wide_until
+        task threads: they take batches (not while tasks have been
+        blocking, nor once stopping). Also while jobs wait here: the batch
+        would otherwise go through the event loop a millisecond later and
+        join them there, and that loop, one more thread wanting the GIL
+        among busy ones, got it late enough that a worker running short
+        tasks ran dry between batches."""
+        return self._fetch is not None and time.monotonic() >= self._wide_until
 
     def stop_fetching(self) -> None:
         """No thread waits for jobs with ``fetch()`` from now on (one that is
@@ -1313,13 +1317,14 @@ class Worker:
                     self._call_on_loop(functools.partial(self._launch_async, started))
                 else:
                     sync_runs.append(started)
-            if not sync_runs and pool.takes_parked_batches():
+            if pool.takes_parked_batches():
                 # A batch the worker loop parked while this thread ran its
-                # task: taken now, it runs here; left, it would go through
-                # the event loop in a millisecond (two more threads woken
-                # per batch, a cost that shows when tasks release the GIL
-                # briefly, as each line a console log handler writes does).
-                sync_runs = self._take_directly(0.0)
+                # task: taken now, its tasks run here or wait with the
+                # others; left, it would go through the event loop in a
+                # millisecond (two more threads woken per batch, a cost
+                # that shows when tasks release the GIL briefly, as each
+                # line a console log handler writes does).
+                sync_runs += self._take_directly(0.0)
             # Runs next in this thread: the oldest sync run waiting.
             run = pool.continue_with(sync_runs)
 
