@@ -856,7 +856,7 @@ class Worker:
         # it wants the Delivery as its first argument.
         self._kinds: dict[Callable[..., Any], tuple[bool, bool]] = {}
         self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
-        # Leased, not started yet: (queue, id, token, attempt, payload).
+        # Leased, not started yet (`Item`s).
         self._backlog: collections.deque[Item] = collections.deque()
         # `_start_waiting` is running on the loop; asked to run again.
         self._starting = False
