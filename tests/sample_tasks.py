@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sys
 import threading
 import time
+from typing import Any
 
 import vtasks
 
@@ -156,8 +158,13 @@ def meet(n: int, group: str, parties: int) -> int:
     with _meetings_lock:
         barrier = _meetings.setdefault(group, threading.Barrier(parties, timeout=20))
     barrier.wait()
+    meet_threads.append((threading.current_thread().name, sys.gettrace()))
     record("meet", n)
     return n
+
+
+# The thread each `meet` ran on, and the trace function it ran under.
+meet_threads: list[tuple[str, Any]] = []
 
 
 @vtasks.task(name="tests.spin")

@@ -452,9 +452,24 @@ def test_blocking_sync_tasks_run_side_by_side_up_to_the_concurrency(valkey, runs
     client = vtasks.Client(valkey.url)
     for n in range(60):
         client.enqueue_call_sync(sample_tasks.meet, (n, "sixty", 60))
-    worker = burst(client, concurrency=60)
+    sample_tasks.meet_threads.clear()
+
+    def trace(frame, event, arg):  # a tracer that traces no frame
+        return None
+
+    # As threading.Thread's threads do, task threads take up what
+    # threading.settrace() sets (coverage and profilers use it).
+    threading.settrace(trace)
+    try:
+        worker = burst(client, concurrency=60)
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
     assert (worker.succeeded, worker.failed) == (60, 0)
     assert run_counts(runs, "meet") == {n: 1 for n in range(60)}
+    names = [name for name, _ in sample_tasks.meet_threads]
+    assert len(set(names)) == 60, names
+    assert all(name.startswith("vtasks-task-") for name in names), names
+    assert {tracer for _, tracer in sample_tasks.meet_threads} == {trace}
 
 
 def test_threads_started_for_blocking_tasks_step_back_when_short_ones_follow(valkey, runs):

@@ -14,6 +14,7 @@ behind a running task.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import collections
 import functools
@@ -25,6 +26,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -292,6 +294,11 @@ class _TaskThreads:
         self._idle_bells: list[threading.Lock] = []
         self._notified = 0  # threads woken but not yet running
         self._starting = 0  # new threads not yet running
+        # Of those, the ones not started yet, and whether a thread is
+        # starting them (``_start_threads``).
+        self._unstarted = 0
+        self._starter_running = False
+        self._named = 0  # threads started, for their names
         self._watcher: threading.Thread | None = None
         self._watcher_timed = False
         # Threads running a job: thread id -> (its meter, the job's start).
@@ -335,8 +342,18 @@ class _TaskThreads:
                 self._watcher_wakeup.notify()
 
     def _start_threads(self, count: int) -> None:
-        """Wakes idle threads, then starts new ones, ``count`` in all
-        (under the lock)."""
+        """Wakes idle threads, then has new ones started, ``count`` in all
+        (under the lock).
+
+        The first new thread starts the others, outside the lock, with
+        ``_thread.start_new_thread``, which does not wait for a thread to
+        run. ``threading.Thread.start()`` waits, and that wait (a turn at
+        the GIL for the new thread, then one for the thread starting it)
+        took a millisecond or more while a hundred threads woke from
+        sleeps: started under the lock, two hundred held every thread that
+        finished a task, and the event loop handing out the next batch,
+        for a tenth of a second; started one by one outside it, they took
+        most of a second to reach two hundred."""
         wake = max(min(count, len(self._idle_bells)), 0)
         self._notified += wake
         for _ in range(wake):
@@ -344,12 +361,64 @@ class _TaskThreads:
         start = count - wake
         if self._limit is not None:
             start = min(start, self._limit - self._threads)
-        for _ in range(start):
-            self._threads += 1
-            self._starting += 1
-            threading.Thread(target=self._serve, name=f"{self._prefix}-{self._threads}", daemon=True).start()
+        if start <= 0:
+            return
+        self._threads += start
+        self._starting += start
+        self._unstarted += start
+        if not self._starter_running:
+            self._starter_running = True
+            self._unstarted -= 1
+            self._start_one(starter=True, locked=True)
 
-    def _serve(self) -> None:
+    def _start_one(self, starter: bool, locked: bool) -> bool:
+        """Starts a thread, the ``starter`` of those asked for after it
+        (``locked``: under the lock). One that cannot start is logged, and
+        the threads still to start are no longer counted: while jobs wait
+        and none runs, the watcher asks for one again."""
+        try:
+            _thread.start_new_thread(self._serve, (starter,))
+            return True
+        except Exception:
+            logger.exception("vtasks: cannot start a task thread")
+            if not locked:
+                self._lock.acquire()
+            try:
+                left = self._unstarted + 1
+                self._threads -= left
+                self._starting -= left
+                self._unstarted = 0
+                self._starter_running = False
+            finally:
+                if not locked:
+                    self._lock.release()
+            return False
+
+    def _start_the_rest(self) -> None:
+        """The starter starts the threads asked for until none is left
+        (outside the lock)."""
+        while True:
+            with self._lock:
+                if self._closed or not self._unstarted:
+                    self._starter_running = False
+                    return
+                self._unstarted -= 1
+            if not self._start_one(starter=False, locked=False):
+                return
+
+    def _serve(self, starter: bool) -> None:
+        # What threading.Thread does for the threads it starts: a name, and
+        # the hooks of threading.settrace() and setprofile() (coverage, profilers).
+        with self._lock:
+            self._named += 1
+            name = f"{self._prefix}-{self._named}"
+        threading.current_thread().name = name
+        if (trace := threading.gettrace()) is not None:
+            sys.settrace(trace)
+        if (profile := threading.getprofile()) is not None:
+            sys.setprofile(profile)
+        if starter:
+            self._start_the_rest()
         me = threading.get_ident()
         meter = _ThreadMeter()
         bell = threading.Lock()
