@@ -153,14 +153,23 @@ class _ThreadMeter:
 
     def __init__(self) -> None:
         self._clock = time.pthread_getcpuclockid(threading.get_ident())
+        self._native_id = threading.get_native_id()
+        # Opened by the first reader: a thread's first turn at the GIL is
+        # not spent on a system call that gives it up again, and most
+        # threads are never read (the watcher reads a few).
+        self._fd: int | None = None
+        self._opened = False
+
+    def _open(self) -> None:
+        self._opened = True
         try:
-            self._fd: int | None = os.open(
-                f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY | os.O_CLOEXEC
-            )
+            self._fd = os.open(f"/proc/self/task/{self._native_id}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._fd = None
 
     def wanted(self) -> float:
+        if not self._opened:
+            self._open()
         if self._fd is None:
             try:
                 return time.clock_gettime(self._clock)
@@ -173,6 +182,7 @@ class _ThreadMeter:
         return (int(ran) + int(waited)) / 1e9
 
     def close(self) -> None:
+        self._opened = True  # never opened after this
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -298,7 +308,7 @@ class _TaskThreads:
         # starting them (``_start_threads``).
         self._unstarted = 0
         self._starter_running = False
-        self._named = 0  # threads started, for their names
+        self._names = itertools.count(1)  # the numbers in the threads' names
         self._watcher: threading.Thread | None = None
         self._watcher_timed = False
         # Threads running a job: thread id -> (its meter, the job's start).
@@ -409,10 +419,7 @@ class _TaskThreads:
     def _serve(self, starter: bool) -> None:
         # What threading.Thread does for the threads it starts: a name, and
         # the hooks of threading.settrace() and setprofile() (coverage, profilers).
-        with self._lock:
-            self._named += 1
-            name = f"{self._prefix}-{self._named}"
-        threading.current_thread().name = name
+        threading.current_thread().name = f"{self._prefix}-{next(self._names)}"
         if (trace := threading.gettrace()) is not None:
             sys.settrace(trace)
         if (profile := threading.getprofile()) is not None:
