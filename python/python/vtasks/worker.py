@@ -379,30 +379,28 @@ class _TaskThreads:
         if not self._starter_running:
             self._starter_running = True
             self._unstarted -= 1
-            self._start_one(starter=True, locked=True)
+            if not self._start_one(starter=True):
+                self._give_up_starting()
 
-    def _start_one(self, starter: bool, locked: bool) -> bool:
-        """Starts a thread, the ``starter`` of those asked for after it
-        (``locked``: under the lock). One that cannot start is logged, and
-        the threads still to start are no longer counted: while jobs wait
-        and none runs, the watcher asks for one again."""
+    def _start_one(self, starter: bool) -> bool:
+        """Starts a thread, the ``starter`` of those asked for after it;
+        whether it started (one that cannot start is logged)."""
         try:
             _thread.start_new_thread(self._serve, (starter,))
             return True
         except Exception:
             logger.exception("vtasks: cannot start a task thread")
-            if not locked:
-                self._lock.acquire()
-            try:
-                left = self._unstarted + 1
-                self._threads -= left
-                self._starting -= left
-                self._unstarted = 0
-                self._starter_running = False
-            finally:
-                if not locked:
-                    self._lock.release()
             return False
+
+    def _give_up_starting(self) -> None:
+        """After a thread could not start, it and the threads still to
+        start are no longer counted (under the lock): while jobs wait and
+        none runs, the watcher asks for one again."""
+        left = self._unstarted + 1
+        self._threads -= left
+        self._starting -= left
+        self._unstarted = 0
+        self._starter_running = False
 
     def _start_the_rest(self) -> None:
         """The starter starts the threads asked for until none is left
@@ -413,7 +411,9 @@ class _TaskThreads:
                     self._starter_running = False
                     return
                 self._unstarted -= 1
-            if not self._start_one(starter=False, locked=False):
+            if not self._start_one(starter=False):
+                with self._lock:
+                    self._give_up_starting()
                 return
 
     def _serve(self, starter: bool) -> None:
