@@ -101,3 +101,28 @@ def test_a_sync_task_running_past_the_grace_period_is_reported(valkey, settings,
     process.send_signal(signal.SIGTERM)
     stop_and_check(process, log, result.id, "is still running after the 0.5 s grace period")
     assert "a sync task cannot be interrupted" in log.read_text()
+
+
+def test_a_worker_without_schedules_does_not_load_them(valkey, tmp_path):
+    """The schedule classes cost start-up milliseconds: a worker whose
+    settings have no SCHEDULES runs without importing them (and one with
+    SCHEDULES does)."""
+    script = (
+        "import sys, django\n"
+        "from django.core.management import call_command\n"
+        "django.setup()\n"
+        "call_command('runworker', '--burst')\n"
+        "print('schedules loaded:', 'vtasks.schedules' in sys.modules)\n"
+    )
+    for schedules, expected in ((None, False), ({}, True)):
+        options = {"URL": valkey.url, **({} if schedules is None else {"SCHEDULES": schedules})}
+        (tmp_path / "plain_settings.py").write_text(
+            "from tests.django_project.settings import *  # noqa: F403\n"
+            f"TASKS = {{'default': {{'BACKEND': 'vtasks.django.ValkeyTaskBackend', 'OPTIONS': {options!r}}}}}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+               "DJANGO_SETTINGS_MODULE": "plain_settings"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f"schedules loaded: {expected}" in out.stdout, (schedules, out.stdout, out.stderr)

@@ -15,15 +15,19 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._bridge import LoopBridge
 from ._wire import OwnConnection, own_connections
 from .limits import check_max_attempts, check_max_lost_leases, check_priority
 from .payloads import encode_call, loads
-from .schedules import Schedule, ScheduleInfo, info_from
 from .tasks import options_of
+
+if TYPE_CHECKING:
+    # Imported when first used: a worker that sets no schedules does not
+    # pay for their classes at start-up (`vtasks.schedules`).
+    from .schedules import Schedule, ScheduleInfo
 
 DEFAULT_URL = "valkey://127.0.0.1:6379"
 ENGINES = ("auto", "module", "scripts")
@@ -534,6 +538,8 @@ class Client:
     async def schedules(self, *queues: str) -> list[ScheduleInfo]:
         """The schedules of ``queues`` (default: ``"default"``), by queue
         then name, with their next and last runs."""
+        from .schedules import info_from
+
         bridge = LoopBridge.current()
         out: list[ScheduleInfo] = []
         for queue in queues or ("default",):
@@ -542,6 +548,8 @@ class Client:
         return out
 
     def schedules_sync(self, *queues: str) -> list[ScheduleInfo]:
+        from .schedules import info_from
+
         return [info_from(q, r) for q in queues or ("default",) for r in self.native.schedules(None, q)]
 
     def has_module_sync(self) -> bool:

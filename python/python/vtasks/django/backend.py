@@ -109,20 +109,26 @@ def _argument_error(task: Task, args: Any, kwargs: Any) -> TypeError | ValueErro
     return argument_error(task.module_path, list(args), dict(kwargs), lambda value: dumps(normalize_json(value)))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Plan:
     """What enqueueing a task takes from the task alone, worked out once
     per Task object: a Task is frozen, and a backend's settings do not
-    change."""
+    change. A plain class: a dataclass costs a worker's start-up a
+    millisecond or two to build."""
 
-    # Kept, so that its id() is not reused while the plan is.
-    task: Task
-    module_path: str
-    # The payload's "options" (None: none differ from the worker's).
-    run_options: dict[str, Any] | None
-    unique: str | None
-    max_attempts: int
-    max_lost_leases: int
+    __slots__ = ("max_attempts", "max_lost_leases", "module_path", "run_options", "task", "unique")
+
+    def __init__(
+        self, task: Task, module_path: str, run_options: dict[str, Any] | None, unique: str | None,
+        max_attempts: int, max_lost_leases: int,
+    ) -> None:
+        # Kept, so that its id() is not reused while the plan is.
+        self.task = task
+        self.module_path = module_path
+        # The payload's "options" (None: none differ from the worker's).
+        self.run_options = run_options
+        self.unique = unique
+        self.max_attempts = max_attempts
+        self.max_lost_leases = max_lost_leases
 
 
 # The values Django's normalize_json returns as they are.
@@ -537,6 +543,8 @@ class ValkeyTaskBackend(BaseTaskBackend):
     def _check_schedules(self) -> list[checks.CheckMessage]:
         """Each SCHEDULES entry a worker would refuse, as a warning: the
         worker still starts (and applies the others)."""
+        if self.schedule_settings is None:
+            return []  # nothing to check, and the schedule classes stay unloaded
         from .schedules import schedules_from_settings
 
         _, refused = schedules_from_settings(self)

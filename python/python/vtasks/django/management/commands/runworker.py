@@ -16,7 +16,6 @@ from ....supervisor import serve
 from ....worker import DEFAULT_CONCURRENCY
 from ...backend import ValkeyTaskBackend
 from ...checks import reaching_server
-from ...schedules import apply as apply_schedules
 from ...supervisor import check_worker_id, run_processes
 from ...worker import make_worker
 
@@ -202,6 +201,8 @@ class Command(BaseCommand):
         a failure is logged; the worker runs on regardless."""
         if backend.schedule_settings is None:
             return
+        from ...schedules import apply as apply_schedules
+
         log = logging.getLogger("vtasks.schedules")
         try:
             report, _refused = apply_schedules(backend)
