@@ -178,7 +178,7 @@ def main() -> None:
     )
     build = "release" if "release" in str(module_path()) else "debug"
     text = (
-        f"Measured {dt.date.today().isoformat()} with `{command}` ({build} builds): "
+        f"Measured {report.today()} with `{command}` ({build} builds): "
         f"1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs; "
         f"{os.cpu_count()} cores, {platform.platform()}.\n\n"
         "| Engine | Task | Tasks | Median ms | p99 ms | Max ms |\n"

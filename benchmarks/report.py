@@ -97,11 +97,18 @@ def wait_idle(limit: float = 0.3, patience: float | None = None) -> float:
     return os.getloadavg()[0]
 
 
+def today() -> str:
+    """The date in UTC: a script that has run ``django.setup()`` has the
+    process's local time set to Django's ``TIME_ZONE`` (America/Chicago by
+    default), whose date is a day behind UTC for six hours of each day."""
+    return dt.datetime.now(dt.UTC).date().isoformat()
+
+
 def header(script: str, loads: list[float], versions: str) -> str:
     """The lines that head a section: when, what ran, on what."""
     command = " ".join([f"python -m benchmarks.{script}", *sys.argv[1:]])
     return (
-        f"Measured {dt.date.today().isoformat()} with `{command}` (commit {git_commit()}); "
+        f"Measured {today()} with `{command}` (commit {git_commit()}); "
         f"1-minute load average at the start of each run {min(loads):.2f}–{max(loads):.2f} "
         f"(median {statistics.median(loads):.2f}).\n\n"
         f"Versions: {versions}, Python {platform.python_version()}, Valkey {valkey_version()}.\n\n"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
 import platform
 import statistics
@@ -261,7 +260,7 @@ def main() -> None:
     command = f"python -m benchmarks.worker_processes --tasks {args.tasks} --runs {args.runs}"
     build = "release" if "release" in module else "debug"
     text = (
-        f"Measured {dt.date.today().isoformat()} with `{command}` ({build} module and extension): "
+        f"Measured {report.today()} with `{command}` ({build} module and extension): "
         f"1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs; "
         f"{os.cpu_count()} cores, {platform.platform()}.\n\n"
         f"| Processes | Tasks | Tasks/s after the first | Tasks/s once every process ran one "
