@@ -4,7 +4,6 @@ resolved by the resolver it was given), never an arbitrary import path."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import TaskNotRegistered
@@ -19,13 +18,28 @@ from .limits import (
 _registry: dict[str, Callable[..., Any]] = {}
 
 
-@dataclass(frozen=True)
 class TaskOptions:
-    name: str
-    queue: str = "default"
-    priority: int = 0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    max_lost_leases: int = DEFAULT_MAX_LOST_LEASES
+    """A registered task's name and enqueue defaults (its ``__vtasks__``).
+    A plain class: a dataclass costs every process that imports vtasks a
+    millisecond or two to build."""
+
+    __slots__ = ("max_attempts", "max_lost_leases", "name", "priority", "queue")
+
+    def __init__(
+        self, name: str, queue: str = "default", priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.max_lost_leases = max_lost_leases
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskOptions(name={self.name!r}, queue={self.queue!r}, priority={self.priority}, "
+            f"max_attempts={self.max_attempts}, max_lost_leases={self.max_lost_leases})"
+        )
 
 
 def task(
