@@ -36,6 +36,10 @@ def __getattr__(name: str) -> Any:
         return getattr(schedules, name)
     raise AttributeError(f"module 'vtasks' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 __all__ = [
     "Client",
     "ConnectionFailed",
