@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import vtasks
 from vtasks import limits
+from vtasks.worker import _TaskThreads
 
 from tests import sample_tasks
 from tests.conftest import ROOT
@@ -470,6 +471,40 @@ def test_blocking_sync_tasks_run_side_by_side_up_to_the_concurrency(valkey, runs
     assert len(set(names)) == 60, names
     assert all(name.startswith("vtasks-task-") for name in names), names
     assert {tracer for _, tracer in sample_tasks.meet_threads} == {trace}
+
+
+def test_a_task_found_blocking_gets_threads_at_once_the_next_time(valkey, runs, monkeypatch):
+    # The first burst of twenty sync tasks that wait for each other gets
+    # its threads from the watcher, which finds them blocked. Then the
+    # watcher is made unable to widen the pool: the second burst of the
+    # same task meets only if each of its tasks got a thread at once.
+    monkeypatch.setattr(_TaskThreads, "WIDE_FOR", 0.0)
+    client = vtasks.Client(valkey.url)
+    worker = vtasks.Worker(client, concurrency=20, handle_signals=False)
+
+    async def until(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while sum(run_counts(runs, "meet").values()) < count and not worker.failed:
+            assert time.monotonic() < deadline, f"{count} tasks did not meet"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        running = asyncio.create_task(worker.run())
+        try:
+            await client.enqueue_many(sample_tasks.meet, [((n, "first burst", 20), {}) for n in range(20)])
+            await until(20)
+            monkeypatch.setattr(_TaskThreads, "HELD_UP", 10**9)
+            monkeypatch.setattr(_TaskThreads, "HELD_UP_AT_KEEP", 10**9)
+            monkeypatch.setattr(_TaskThreads, "LONG_JOB", 10**9)
+            await client.enqueue_many(sample_tasks.meet, [((n, "second burst", 20), {}) for n in range(20, 40)])
+            await until(40)
+        finally:
+            worker.stop()
+            await running
+
+    asyncio.run(main())
+    assert (worker.succeeded, worker.failed) == (40, 0)
+    assert run_counts(runs, "meet") == {n: 1 for n in range(40)}
 
 
 def test_threads_started_for_blocking_tasks_step_back_when_short_ones_follow(valkey, runs):

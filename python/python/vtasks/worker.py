@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from . import _native
@@ -212,6 +212,12 @@ class _TaskThreads:
     threads; blocking tasks fill ``concurrency`` threads within a few
     milliseconds.
 
+    A task the watcher has found blocking (by its ``kind``, the task's
+    name) gets a thread at once the next times it comes, without waiting
+    for the watcher's looks: a burst of sync tasks that each make a network
+    call starts together, as async ones do. The watcher forgets those
+    kinds when it retires threads.
+
     Threads started for blocking tasks step back when short tasks follow
     them. While more than KEEP run, the watcher also looks every
     NARROW_INTERVAL, and reckons the threads the tasks need: twice the
@@ -272,21 +278,28 @@ class _TaskThreads:
     # (one just woken, the watcher) holds the GIL and the machine's other
     # work has put it aside, they want no CPU for a scheduler's time slice.
     HELD_UP_AT_KEEP = 4
+    # The most kinds of tasks remembered as blocking (then they start over).
+    BLOCKING_KINDS = 1000
 
     def __init__(
         self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
         on_blocking: Callable[[], None] | None = None, limit: int | None = None,
+        kind: Callable[[Any], Hashable] | None = None,
     ) -> None:
         """Called on the thread of the event loop that hands out jobs;
         ``runner(job)`` runs one; ``fetch()`` waits a while for new jobs
         (see the class docstring); ``on_blocking()`` is called when the
         watcher finds the running jobs blocked; ``limit``: the most threads
-        it starts."""
+        it starts; ``kind(job)``: what a job runs, for remembering which
+        jobs block."""
         self._prefix = prefix
         self._limit = limit
         self._runner = runner
         self._fetch = fetch
         self._on_blocking = on_blocking
+        self._kind = kind
+        # Kinds of jobs the watcher found blocking: each gets a thread at once.
+        self._blocking_kinds: set[Hashable] = set()
         self._fetching = False  # a thread is in fetch()
         # The event loop's thread takes the GIL too: task threads waiting
         # for it while the loop works are busy, not blocked.
@@ -311,8 +324,8 @@ class _TaskThreads:
         self._names = itertools.count(1)  # the numbers in the threads' names
         self._watcher: threading.Thread | None = None
         self._watcher_timed = False
-        # Threads running a job: thread id -> (its meter, the job's start).
-        self._running: dict[int, tuple[_ThreadMeter, float]] = {}
+        # Threads running a job: thread id -> (its meter, the job's start, the job).
+        self._running: dict[int, tuple[_ThreadMeter, float, Any]] = {}
         # The watcher's last look: when, and what each running thread wanted.
         self._seen_at = 0.0
         self._seen_wanted: dict[int, float] = {}
@@ -341,8 +354,12 @@ class _TaskThreads:
         self._jobs.append(job)
         if not self._running and not (self._notified or self._starting):
             self._start_threads(1)
-        elif len(self._jobs) > self._notified + self._starting and time.monotonic() < self._wide_until:
-            # Tasks have been blocking: this one gets a thread now.
+        elif len(self._jobs) > self._notified + self._starting and (
+            time.monotonic() < self._wide_until
+            or (self._blocking_kinds and self._kind is not None and self._kind(job) in self._blocking_kinds)
+        ):
+            # Tasks have been blocking, or this one's kind did when the
+            # watcher last looked: it gets a thread now.
             self._start_threads(1)
         elif not self._watcher_timed:
             if self._watcher is None:
@@ -447,8 +464,8 @@ class _TaskThreads:
         one; None once shut down (under the lock)."""
         while not self._closed:
             if self._jobs and not self._retires(me):
-                self._running[me] = (meter, time.monotonic())
                 job = self._jobs.popleft()
+                self._running[me] = (meter, time.monotonic(), job)
                 above_keep = len(self._running) > self.KEEP
                 if (self._jobs or above_keep) and not self._watcher_timed and self._watcher is not None:
                     # Jobs wait for a running thread, or more than KEEP
@@ -466,7 +483,7 @@ class _TaskThreads:
                 finally:
                     self._fetcher = None
                 if jobs:
-                    self._running[me] = (meter, time.monotonic())
+                    self._running[me] = (meter, time.monotonic(), jobs[0])
                     for job in jobs[1:]:
                         self._queue(job)
                     return jobs[0]
@@ -538,6 +555,8 @@ class _TaskThreads:
                     crowded = 0
                     if held_up >= (self.HELD_UP if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
                         held_up = 0
+                        if share is not None and share < self.BUSY_SHARE:
+                            self._remember_blocking()
                         self._retiring = 0
                         self._wide_until = time.monotonic() + self.WIDE_FOR
                         if self._on_blocking is not None:
@@ -553,8 +572,18 @@ class _TaskThreads:
                         crowded = 0
                         self._wide_until = 0.0
                         self._retiring = surplus
+                        self._blocking_kinds.clear()
                 else:
                     crowded = 0
+
+    def _remember_blocking(self) -> None:
+        """The kinds of the running jobs, found blocked, get a thread at once
+        from now on (under the lock)."""
+        if self._kind is None:
+            return
+        if len(self._blocking_kinds) >= self.BLOCKING_KINDS:
+            self._blocking_kinds.clear()
+        self._blocking_kinds.update(self._kind(job) for _, _, job in self._running.values())
 
     def _threads_needed(self) -> int | None:
         """The threads the tasks that ended since the last look needed:
@@ -589,7 +618,7 @@ class _TaskThreads:
         # meanwhile (they take it between any two tasks).
         self._lock.release()
         try:
-            readings = [(ident, meter.wanted()) for ident, (meter, _) in sampled]
+            readings = [(ident, meter.wanted()) for ident, (meter, _, _) in sampled]
             fetcher_now = fetcher[1].wanted() if fetcher is not None else None
             loop_now = self._loop_meter.wanted()
             now = time.monotonic()
@@ -626,7 +655,7 @@ class _TaskThreads:
         watcher's last look (``share``), or the running ones have all run
         their current job for LONG_JOB or longer (under the lock)."""
         now = time.monotonic()
-        if all(now - started >= self.LONG_JOB for _, (_, started) in self._running.items()):
+        if all(now - started >= self.LONG_JOB for _, started, _ in self._running.values()):
             return True
         return share is not None and share < self.BUSY_SHARE
 
@@ -675,7 +704,7 @@ class _TaskThreads:
                 return None
             entry = self._running.get(me)
             if entry is not None:
-                self._running[me] = (entry[0], time.monotonic())
+                self._running[me] = (entry[0], time.monotonic(), next_job)
             return next_job
 
     @property
@@ -776,6 +805,11 @@ class _Run:
         self.future: asyncio.Future[Any] | None = None
         # perf_counter() at its start, when the worker observes its runs.
         self.started = 0.0
+
+
+def _run_name(run: _Run) -> str:
+    """A run's kind, for the task threads: its task's name."""
+    return run.name
 
 
 # Tasks a worker runs at once unless told otherwise (runworker's too).
@@ -969,7 +1003,7 @@ class Worker:
         )
         self._pool = _TaskThreads(
             "vtasks-task", self._run_in_thread, self._take_directly, functools.partial(self._native.set_parking, False),
-            limit=self.concurrency,
+            limit=self.concurrency, kind=_run_name,
         )
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
