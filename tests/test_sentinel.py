@@ -44,9 +44,17 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
     the old primary, restarted, rejoins as the new one's replica (or, if
     the sentinels fail back to it, the promoted one becomes its replica):
     enqueues waiting for one replica are acknowledged again; every
-    acknowledged task succeeds and the workers never stop."""
-    primary = ValkeyServer()
-    replica = ValkeyServer(["--replicaof", "127.0.0.1", str(primary.port)])
+    acknowledged task succeeds and the workers never stop.
+
+    Both nodes keep an AOF, as Sentinel-managed nodes must when they
+    restart on their own: without persistence the old primary came back
+    empty, and when the sentinels failed back to it before it had synced
+    (the promoted one stalled past the one-second down-after on a loaded
+    machine), its empty data set replaced everything the promoted one held,
+    acknowledged enqueues included."""
+    persistent = ["--appendonly", "yes"]
+    primary = ValkeyServer(persistent)
+    replica = ValkeyServer([*persistent, "--replicaof", "127.0.0.1", str(primary.port)])
     sentinels = None
     try:
         sentinels = SentinelSet(primary)
