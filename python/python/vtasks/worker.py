@@ -283,8 +283,8 @@ class _TaskThreads:
 
     def __init__(
         self, prefix: str, runner: Callable[[Any], None], fetch: Callable[[], list[Any]] | None = None,
-        on_blocking: Callable[[], None] | None = None, limit: int | None = None,
-        kind: Callable[[Any], Hashable] | None = None,
+        on_blocking: Callable[[], None] | None = None, limit: int | None = None, *,
+        kind: Callable[[Any], Hashable],
     ) -> None:
         """Called on the thread of the event loop that hands out jobs;
         ``runner(job)`` runs one; ``fetch()`` waits a while for new jobs
@@ -356,7 +356,7 @@ class _TaskThreads:
             self._start_threads(1)
         elif len(self._jobs) > self._notified + self._starting and (
             time.monotonic() < self._wide_until
-            or (self._blocking_kinds and self._kind is not None and self._kind(job) in self._blocking_kinds)
+            or (self._blocking_kinds and self._kind(job) in self._blocking_kinds)
         ):
             # Tasks have been blocking, or this one's kind did when the
             # watcher last looked: it gets a thread now.
@@ -579,8 +579,6 @@ class _TaskThreads:
     def _remember_blocking(self) -> None:
         """The kinds of the running jobs, found blocked, get a thread at once
         from now on (under the lock)."""
-        if self._kind is None:
-            return
         if len(self._blocking_kinds) >= self.BLOCKING_KINDS:
             self._blocking_kinds.clear()
         self._blocking_kinds.update(self._kind(job) for _, _, job in self._running.values())
