@@ -47,11 +47,12 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
     acknowledged task succeeds and the workers never stop.
 
     Both nodes keep an AOF, as Sentinel-managed nodes must when they
-    restart on their own: without persistence the old primary came back
-    empty, and when the sentinels failed back to it before it had synced
-    (the promoted one stalled past the one-second down-after on a loaded
-    machine), its empty data set replaced everything the promoted one held,
-    acknowledged enqueues included."""
+    restart on their own: without persistence the old primary comes back
+    empty, and if the sentinels fail back to it before it has synced (the
+    promoted one stalled past the one-second down-after on a loaded
+    machine), its empty data set replaces everything the promoted one
+    held, acknowledged enqueues included (the likeliest cause of one CI
+    run that found an acknowledged task missing; that run kept no logs)."""
     persistent = ["--appendonly", "yes"]
     primary = ValkeyServer(persistent)
     replica = ValkeyServer([*persistent, "--replicaof", "127.0.0.1", str(primary.port)])
