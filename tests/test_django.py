@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import os
 import re
 import subprocess
@@ -92,9 +93,15 @@ def test_enqueue_and_get_result_through_every_status(django_valkey, runs):
 
 
 def test_async_enqueue_is_native_and_async_tasks_run(django_valkey, runs):
+    # A coroutine function, as Django's is, whose call is a coroutine that
+    # asyncio can schedule as a task of its own.
+    assert inspect.iscoroutinefunction(tasks.send_email.aenqueue)
+
     async def main():
         result = await tasks.send_email.aenqueue(7)
         assert result.status == TaskResultStatus.READY
+        scheduled = await asyncio.create_task(tasks.send_email.aenqueue(8))
+        assert scheduled.status == TaskResultStatus.READY
         return result.id
 
     rid = asyncio.run(main())
@@ -107,7 +114,7 @@ def test_async_enqueue_is_native_and_async_tasks_run(django_valkey, runs):
         await done.arefresh()
 
     asyncio.run(check())
-    assert run_counts(runs, "django_send") == {7: 1}
+    assert run_counts(runs, "django_send") == {7: 1, 8: 1}
 
 
 def test_priority_orders_work_and_run_after_defers_it(django_valkey, runs):

@@ -144,7 +144,8 @@ def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
     return int(seconds * 1000)
 
 
-def _run_at_ms(run_at: dt.datetime | None) -> int | None:
+def run_at_ms(run_at: dt.datetime | None) -> int | None:
+    """An aware datetime as the unix milliseconds a task tuple carries."""
     if run_at is None:
         return None
     if run_at.tzinfo is None:
@@ -234,6 +235,9 @@ class Client:
         # sets it on its client to keep to two connections).
         self.own_connection = True
         self._own_connections = own_connections()
+        # The own connection used last: a producer's next enqueue is most
+        # likely on the same loop, found without the weak mapping.
+        self._own_last: OwnConnection | None = None
 
     @property
     def native(self) -> _native.NativeClient:
@@ -287,7 +291,7 @@ class Client:
             raise ValueError("give delay or run_at, not both")
         task_id = id or new_task_id()
         body = encode_call(opts.name, args, kwargs)
-        return opts.queue, (task_id, body, priority, _delay_ms(delay), _run_at_ms(run_at), attempts)
+        return opts.queue, (task_id, body, priority, _delay_ms(delay), run_at_ms(run_at), attempts)
 
     async def enqueue(self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
         """Enqueues ``task(*args, **kwargs)`` with the task's own options;
@@ -324,7 +328,7 @@ class Client:
             run_at=run_at, max_attempts=max_attempts,
         )
         lost = _lost_budget(task, max_lost_leases)
-        await self._enqueue(queue or target, [item], False, lost)
+        await self.enqueue_items(queue or target, [item], False, lost)
         return item[0]
 
     def enqueue_call_sync(
@@ -364,8 +368,8 @@ class Client:
         """Enqueues an already-encoded payload (framework integrations);
         returns False if a task with this id already exists. With
         ``replace_finished`` a finished task with the id is replaced."""
-        item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        added = await self._enqueue(queue, [item], replace_finished, max_lost_leases)
+        item = (id, payload, priority, None, run_at_ms(run_at), max_attempts)
+        added = await self.enqueue_items(queue, [item], replace_finished, max_lost_leases)
         return added[0]
 
     def enqueue_payload_sync(
@@ -380,18 +384,26 @@ class Client:
         replace_finished: bool = False,
         max_lost_leases: int | None = None,
     ) -> bool:
-        item = (id, payload, priority, None, _run_at_ms(run_at), max_attempts)
-        added: list[bool] = self.native.enqueue(
-            None, queue, [item], None, replace_finished, max_lost_leases, self.own_connection
-        )
-        return added[0]
+        item = (id, payload, priority, None, run_at_ms(run_at), max_attempts)
+        return self.enqueue_items_sync(queue, [item], replace_finished, max_lost_leases)[0]
 
-    def _enqueue(
-        self, queue: str, items: list[TaskTuple], replace_finished: bool, max_lost_leases: int | None
+    def enqueue_items_sync(
+        self, queue: str, items: list[TaskTuple], replace_finished: bool = False, max_lost_leases: int | None = None
+    ) -> list[bool]:
+        """Enqueues task tuples (framework integrations: `TaskTuple`, with
+        encoded payloads) in one command; per task, whether it was added."""
+        added: list[bool] = self.native.enqueue(
+            None, queue, items, None, replace_finished, max_lost_leases, self.own_connection
+        )
+        return added
+
+    def enqueue_items(
+        self, queue: str, items: list[TaskTuple], replace_finished: bool = False, max_lost_leases: int | None = None
     ) -> Awaitable[list[bool]]:
-        """One ENQUEUE from the event loop: over the loop's own connection
-        (`vtasks._wire`) when it can carry it, else through the client's.
-        Not a coroutine itself: the caller awaits the reply's future."""
+        """`enqueue_items_sync` from the event loop: over the loop's own
+        connection (`vtasks._wire`) when it can carry it, else through the
+        client's. Not a coroutine itself: the caller awaits the reply's
+        future, one coroutine fewer on a producer's every enqueue."""
         native = self.native
 
         def through_client() -> asyncio.Future[list[bool]]:
@@ -401,7 +413,10 @@ class Client:
         if not self.own_connection:
             return through_client()
         request = native.enqueue_request(queue, items, None, replace_finished, max_lost_leases)
-        return OwnConnection.of(self).enqueue(request, len(items), through_client)
+        connection = self._own_last
+        if connection is None or connection.loop is not asyncio.get_running_loop():
+            connection = self._own_last = OwnConnection.of(self)
+        return connection.enqueue(request, len(items), through_client)
 
     def _many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], queue: str | None
@@ -422,7 +437,7 @@ class Client:
         target, items = self._many(task, calls, queue)
         if not items:
             return []
-        await self._enqueue(target, items, False, _lost_budget(task, None))
+        await self.enqueue_items(target, items, False, _lost_budget(task, None))
         return [i[0] for i in items]
 
     def enqueue_many_sync(

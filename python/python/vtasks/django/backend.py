@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import inspect
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
-from django.tasks import DEFAULT_TASK_QUEUE_NAME, TaskResult, TaskResultStatus
+from django.tasks import DEFAULT_TASK_QUEUE_NAME, TaskResult, TaskResultStatus, task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
@@ -26,7 +28,7 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from .. import limits
-from ..client import Client, TaskState, new_task_id, redacted_url
+from ..client import Client, TaskState, TaskTuple, new_task_id, redacted_url, run_at_ms
 from ..errors import ModuleNotLoaded, VtasksError
 from ..payloads import argument_error, dumps, error_entries, loads
 from .checks import reaches_server
@@ -203,13 +205,12 @@ def task_result(
 
 
 class _Prepared(NamedTuple):
-    """An enqueue ready to send: its result, payload, plan, task id and
-    queue (a partitioned queue's partition)."""
+    """An enqueue ready to send: its result, task tuple, plan and queue (a
+    partitioned queue's partition)."""
 
     result: TaskResult
-    payload: bytes
+    item: TaskTuple
     plan: _Plan
-    task_id: str
     queue: str
 
 
@@ -266,6 +267,20 @@ class VtasksTask(Task):
         }
         changes: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         return dataclasses.replace(self, **changes)
+
+    # What Django's Task does for these three, with less of a producer's
+    # time: `task_backends` imported once rather than on every call, and
+    # `aenqueue` handing back the backend's coroutine rather than wrapping
+    # it in one more (still a coroutine function to `inspect`).
+    def get_backend(self) -> BaseTaskBackend:
+        return task_backends[self.backend]
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> TaskResult:
+        return task_backends[self.backend].enqueue(self, args, kwargs)
+
+    @inspect.markcoroutinefunction
+    def aenqueue(self, *args: Any, **kwargs: Any) -> Awaitable[TaskResult]:  # type: ignore[override]
+        return task_backends[self.backend].aenqueue(self, args, kwargs)
 
 
 class ValkeyTaskBackend(BaseTaskBackend):
@@ -445,7 +460,12 @@ class ValkeyTaskBackend(BaseTaskBackend):
             payload = dumps(body)
         except (TypeError, ValueError) as exc:
             raise _argument_error(task, args, kwargs) or exc from exc
-        return _Prepared(result, payload, plan, task_id, queue)
+        run_after = task.run_after
+        item = (
+            task_id, payload, task.priority, None, None if run_after is None else run_at_ms(run_after),
+            plan.max_attempts,
+        )
+        return _Prepared(result, item, plan, queue)
 
     def _enqueued(self, result: TaskResult, added: bool) -> TaskResult:
         """Sends ``task_enqueued`` if the task was added: a unique task that
@@ -458,15 +478,11 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return result
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        result, payload, plan, task_id, queue = self._prepare(task, args, kwargs)
+        result, item, plan, queue = self._prepare(task, args, kwargs)
 
         def send() -> None:
-            added = self.client.enqueue_payload_sync(
-                queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-                max_attempts=plan.max_attempts, replace_finished=plan.unique == "mutex",
-                max_lost_leases=plan.max_lost_leases,
-            )
-            self._enqueued(result, added)
+            added = self.client.enqueue_items_sync(queue, [item], plan.unique == "mutex", plan.max_lost_leases)
+            self._enqueued(result, added[0])
 
         if self.enqueue_on_commit and any(c.in_atomic_block for c in connections.all(initialized_only=True)):
             # The task must not run before the data it needs is committed,
@@ -477,13 +493,9 @@ class ValkeyTaskBackend(BaseTaskBackend):
         return result
 
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        result, payload, plan, task_id, queue = self._prepare(task, args, kwargs)
-        added = await self.client.enqueue_payload(
-            queue, payload, id=task_id, priority=task.priority, run_at=task.run_after,
-            max_attempts=plan.max_attempts, replace_finished=plan.unique == "mutex",
-            max_lost_leases=plan.max_lost_leases,
-        )
-        return self._enqueued(result, added)
+        result, item, plan, queue = self._prepare(task, args, kwargs)
+        added = await self.client.enqueue_items(queue, [item], plan.unique == "mutex", plan.max_lost_leases)
+        return self._enqueued(result, added[0])
 
     def _result(self, value: str, state: TaskState | None) -> TaskResult:
         if state is None:
