@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from django.core import checks
@@ -163,7 +163,22 @@ _RESULT_FIELDS = (
     "backend", "errors", "worker_ids", "_return_value",
 )
 _BUILD_RESULTS = tuple(f.name for f in dataclasses.fields(TaskResult)) == _RESULT_FIELDS
-_set = object.__setattr__
+
+
+def _setter(name: str) -> Callable[[TaskResult, Any], None]:
+    """A field's slot setter, called directly: a frozen dataclass refuses
+    `setattr`, and `object.__setattr__` looks the name up on every call."""
+    if _BUILD_RESULTS:
+        setter: Callable[[TaskResult, Any], None] = getattr(TaskResult, name).__set__
+        return setter
+    return lambda result, value: object.__setattr__(result, name, value)
+
+
+(
+    _set_task, _set_id, _set_status, _set_enqueued_at, _set_started_at, _set_finished_at, _set_last_attempted_at,
+    _set_args, _set_kwargs, _set_backend, _set_errors, _set_worker_ids, _set_return_value,
+) = (_setter(name) for name in _RESULT_FIELDS)
+_new = object.__new__
 
 
 def task_result(
@@ -187,20 +202,20 @@ def task_result(
             last_attempted_at=started_at, finished_at=None, args=args, kwargs=kwargs, backend=backend, errors=[],
             worker_ids=worker_ids or [],
         )
-    result = object.__new__(TaskResult)
-    _set(result, "task", task)
-    _set(result, "id", id)
-    _set(result, "status", status)
-    _set(result, "enqueued_at", None)
-    _set(result, "started_at", started_at)
-    _set(result, "finished_at", None)
-    _set(result, "last_attempted_at", started_at)
-    _set(result, "args", args)
-    _set(result, "kwargs", kwargs)
-    _set(result, "backend", backend)
-    _set(result, "errors", [])
-    _set(result, "worker_ids", worker_ids or [])
-    _set(result, "_return_value", None)
+    result = _new(TaskResult)
+    _set_task(result, task)
+    _set_id(result, id)
+    _set_status(result, status)
+    _set_enqueued_at(result, None)
+    _set_started_at(result, started_at)
+    _set_finished_at(result, None)
+    _set_last_attempted_at(result, started_at)
+    _set_args(result, args)
+    _set_kwargs(result, kwargs)
+    _set_backend(result, backend)
+    _set_errors(result, [])
+    _set_worker_ids(result, worker_ids or [])
+    _set_return_value(result, None)
     return result
 
 
@@ -472,7 +487,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         already existed was not enqueued again (the result is the existing
         task's; its ``enqueued_at`` stays None until refreshed)."""
         if added:
-            object.__setattr__(result, "enqueued_at", timezone.now())
+            _set_enqueued_at(result, timezone.now())
             if self._listening(task_enqueued, logging.DEBUG):
                 task_enqueued.send(type(self), task_result=result)
         return result
