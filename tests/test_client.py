@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 
 import pytest
 import vtasks
@@ -230,3 +231,26 @@ def test_native_exceptions_have_their_public_module_path(valkey):
         client.stats_sync("never-used")
     copy = pickle.loads(pickle.dumps(raised.value))
     assert (type(copy), str(copy), copy.code) == (vtasks.NoSuchQueue, str(raised.value), "NOQUEUE")
+
+
+def test_task_ids_are_random_unique_and_not_shared_with_a_forked_child():
+    from vtasks.client import new_task_id
+
+    ids = [new_task_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # The parent holds ids drawn but not handed out; a child forked now
+    # must not hand out the same ones.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, "".join(new_task_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode()
+    child_ids = {child[i : i + 32] for i in range(0, len(child), 32)}
+    parent_ids = {new_task_id() for _ in range(8)}
+    assert len(child_ids) == 8
+    assert not child_ids & parent_ids

@@ -140,6 +140,8 @@ _PLAIN_JSON = frozenset({str, int, float, bool, type(None)})
 def normalized_args(args: Any) -> list[Any]:
     """``normalize_json(list(args))``, without its walk when every argument
     is a plain JSON value (the usual case)."""
+    if not args:
+        return []
     values = list(args)
     for value in values:
         if type(value) not in _PLAIN_JSON:
@@ -149,6 +151,8 @@ def normalized_args(args: Any) -> list[Any]:
 
 def normalized_kwargs(kwargs: Any) -> dict[str, Any]:
     """``normalize_json(dict(kwargs))``, the same way."""
+    if not kwargs:
+        return {}
     values = dict(kwargs)
     for key, value in values.items():
         if type(key) is not str or type(value) not in _PLAIN_JSON:
