@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import subprocess
+import sys
 
 import pytest
 import vtasks
@@ -239,18 +241,26 @@ def test_task_ids_are_random_unique_and_not_shared_with_a_forked_child():
     ids = [new_task_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    # The parent holds ids drawn but not handed out; a child forked now
-    # must not hand out the same ones.
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(write_end, "".join(new_task_id() for _ in range(8)).encode())
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        child = pipe.read().decode()
+    # The parent holds ids drawn but not handed out; a child forked then
+    # must not hand out the same ones. Forked from a fresh interpreter: this
+    # one has the runtime's threads.
+    script = """
+import os
+from vtasks.client import new_task_id
+new_task_id()
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write_end, "".join(new_task_id() for _ in range(8)).encode())
+    os._exit(0)
+os.close(write_end)
+os.waitpid(pid, 0)
+child = os.fdopen(read_end, "rb").read().decode()
+print(child, "".join(new_task_id() for _ in range(8)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    child, parent = out.split()
     child_ids = {child[i : i + 32] for i in range(0, len(child), 32)}
-    parent_ids = {new_task_id() for _ in range(8)}
-    assert len(child_ids) == 8
+    parent_ids = {parent[i : i + 32] for i in range(0, len(parent), 32)}
+    assert len(child_ids) == len(parent_ids) == 8
     assert not child_ids & parent_ids
