@@ -48,7 +48,7 @@ class OwnConnection(asyncio.Protocol):
 
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         self._client = client
-        self.loop = loop
+        self._loop = loop
         self._reader = _native.ReplyReader()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._outbox: list[bytes] = []
@@ -61,10 +61,16 @@ class OwnConnection(asyncio.Protocol):
     @classmethod
     def of(cls, client: Client) -> OwnConnection:
         loop = asyncio.get_running_loop()
+        # A producer's next enqueue is most likely on the loop of its last:
+        # found without the weak mapping.
+        last: OwnConnection | None = client._own_last
+        if last is not None and last._loop is loop:
+            return last
         connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OwnConnection] = client._own_connections
         connection = connections.get(loop)
         if connection is None:
             connection = connections[loop] = cls(client, loop)
+        client._own_last = connection
         return connection
 
     def enqueue(self, request: bytes, count: int, fallback: Fallback) -> Awaitable[list[bool]]:
@@ -83,7 +89,7 @@ class OwnConnection(asyncio.Protocol):
         return await self._send(request, count, fallback)
 
     def _send(self, request: bytes, count: int, fallback: Fallback) -> asyncio.Future[list[bool]]:
-        future: asyncio.Future[list[bool]] = self.loop.create_future()
+        future: asyncio.Future[list[bool]] = self._loop.create_future()
         idle = not self._pending
         self._pending.append(_Pending(future, count, fallback))
         if idle and self._transport is not None and not self._transport.is_closing():
@@ -95,7 +101,7 @@ class OwnConnection(asyncio.Protocol):
             # the end of this pass of the loop.
             self._outbox.append(request)
             if len(self._outbox) == 1:
-                self.loop.call_soon(self._flush)
+                self._loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
@@ -127,13 +133,13 @@ class OwnConnection(asyncio.Protocol):
         kind, where, port = endpoint
         timeout = self._client._timeouts[0]
         if kind == "unix":
-            opening = self.loop.create_unix_connection(lambda: self, where)
+            opening = self._loop.create_unix_connection(lambda: self, where)
         else:
-            opening = self.loop.create_connection(lambda: self, where, port)
+            opening = self._loop.create_connection(lambda: self, where, port)
         transport, _ = await asyncio.wait_for(opening, timeout)
         handshake, self._handshake_left = native.own_connection_handshake()
         if self._handshake_left:
-            self._handshaken = self.loop.create_future()
+            self._handshaken = self._loop.create_future()
             transport.write(handshake)
             try:
                 await asyncio.wait_for(self._handshaken, timeout)

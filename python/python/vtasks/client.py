@@ -249,8 +249,7 @@ class Client:
         # sets it on its client to keep to two connections).
         self.own_connection = True
         self._own_connections = own_connections()
-        # The own connection used last: a producer's next enqueue is most
-        # likely on the same loop, found without the weak mapping.
+        # The own connection used last (`OwnConnection.of`).
         self._own_last: OwnConnection | None = None
 
     @property
@@ -427,10 +426,7 @@ class Client:
         if not self.own_connection:
             return through_client()
         request = native.enqueue_request(queue, items, None, replace_finished, max_lost_leases)
-        connection = self._own_last
-        if connection is None or connection.loop is not asyncio.get_running_loop():
-            connection = self._own_last = OwnConnection.of(self)
-        return connection.enqueue(request, len(items), through_client)
+        return OwnConnection.of(self).enqueue(request, len(items), through_client)
 
     def _many(
         self, task: Callable[..., Any] | str, calls: list[tuple[tuple[Any, ...], dict[str, Any]]], queue: str | None

@@ -295,11 +295,11 @@ class VtasksTask(Task):
         return task_backends[self.backend]
 
     def enqueue(self, *args: Any, **kwargs: Any) -> TaskResult:
-        return task_backends[self.backend].enqueue(self, args, kwargs)
+        return self.get_backend().enqueue(self, args, kwargs)
 
     @inspect.markcoroutinefunction
     def aenqueue(self, *args: Any, **kwargs: Any) -> Awaitable[TaskResult]:  # type: ignore[override]
-        return task_backends[self.backend].aenqueue(self, args, kwargs)
+        return self.get_backend().aenqueue(self, args, kwargs)
 
 
 class ValkeyTaskBackend(BaseTaskBackend):
@@ -479,11 +479,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
             payload = dumps(body)
         except (TypeError, ValueError) as exc:
             raise _argument_error(task, args, kwargs) or exc from exc
-        run_after = task.run_after
-        item = (
-            task_id, payload, task.priority, None, None if run_after is None else run_at_ms(run_after),
-            plan.max_attempts,
-        )
+        item = (task_id, payload, task.priority, None, run_at_ms(task.run_after), plan.max_attempts)
         return _Prepared(result, item, plan, queue)
 
     def _enqueued(self, result: TaskResult, added: bool) -> TaskResult:
