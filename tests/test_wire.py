@@ -19,7 +19,8 @@ def test_async_enqueues_take_the_loops_own_connection_and_all_land(valkey):
         client = vtasks.Client(valkey.url)
         first = await client.enqueue(sample_tasks.add, 0, 0)
         # 100 producers at once: their requests share the connection (one
-        # write per pass of the loop) and each gets its own reply.
+        # write per pass of the loop or per FLUSH_AT requests, so more than
+        # one write here) and each gets its own reply.
         ids = await asyncio.gather(*(client.enqueue(sample_tasks.add, n, n) for n in range(1, 101)))
         return [first, *ids], len(valkey.clients())
 

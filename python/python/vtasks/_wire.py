@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 # this long before the loop tries again.
 RETRY_CONNECT_AFTER = 1.0
 
+# Requests made while others are in flight wait for the end of the loop's
+# pass, so that they go out in one write, but no more than this many: with
+# 100 producers, the server would otherwise idle while the loop prepares a
+# whole pass's worth and the loop idle while the server answers it. Written
+# in runs of this size, the two work at the same time (measured: 100
+# producers, 43k tasks/s written once per pass, 55k in runs of 16 to 32).
+FLUSH_AT = 32
+
 Fallback = Callable[[], Awaitable[list[bool]]]
 
 
@@ -98,14 +106,19 @@ class OwnConnection(asyncio.Protocol):
             self._transport.write(request)
         else:
             # Requests made while others are in flight go out together at
-            # the end of this pass of the loop.
-            self._outbox.append(request)
-            if len(self._outbox) == 1:
+            # the end of this pass of the loop, or as soon as FLUSH_AT wait.
+            outbox = self._outbox
+            outbox.append(request)
+            if len(outbox) == 1:
                 self._loop.call_soon(self._flush)
+            elif len(outbox) >= FLUSH_AT:
+                self._flush()
         return future
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(outbox))
 
