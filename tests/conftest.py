@@ -398,10 +398,16 @@ class SentinelSet:
             except (OSError, RuntimeError, KeyError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                logs = [*sorted(self.dir.glob("sentinel-*.log")), *(s.dir / "server.log" for s in servers)]
-                tails = "".join(f"\n--- {log}\n{tail(log)}" for log in logs)
-                raise RuntimeError(f"timed out waiting for {what}{tails}")
+                raise RuntimeError(f"timed out waiting for {what}{self.log_tails(servers)}")
             time.sleep(0.05)
+
+    def log_tails(self, servers: tuple[ValkeyServer, ...] = (), others: tuple[Path, ...] = ()) -> str:
+        """The end of every sentinel's log, of ``servers``' logs and of
+        ``others``: what tells why a failover went wrong, kept in a
+        failure's message because the logs are deleted with their
+        directories."""
+        logs = [*sorted(self.dir.glob("sentinel-*.log")), *(s.dir / "server.log" for s in servers), *others]
+        return "".join(f"\n--- {log}\n{tail(log)}" for log in logs)
 
     def close(self) -> None:
         for process in self.processes:

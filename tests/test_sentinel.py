@@ -52,7 +52,8 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
     promoted one stalled past the one-second down-after on a loaded
     machine), its empty data set replaces everything the promoted one
     held, acknowledged enqueues included (the likeliest cause of one CI
-    run that found an acknowledged task missing; that run kept no logs)."""
+    run that found an acknowledged task missing; that run kept no logs,
+    and a failure now carries the sentinels', servers' and workers')."""
     persistent = ["--appendonly", "yes"]
     primary = ValkeyServer(persistent)
     replica = ValkeyServer([*persistent, "--replicaof", "127.0.0.1", str(primary.port)])
@@ -98,7 +99,10 @@ def test_workers_carry_on_when_the_primary_fails_over(settings, tmp_path, worker
         producer.join(timeout=scale(600, 120))
         assert not producer.is_alive(), "the producer never finished"
         missing = wait_all_succeeded(producer.acked, timeout=scale(300, 60))
-        assert not missing, f"acknowledged tasks that did not succeed: {missing}"
+        assert not missing, (
+            f"acknowledged tasks that did not succeed: {missing}"
+            + sentinels.log_tails((primary, replica), (tmp_path / "w1.log", tmp_path / "w2.log"))
+        )
         assert len(producer.acked) == count
         for process in workers:
             assert process.poll() is None, "a worker died"
