@@ -41,7 +41,11 @@ def valkey_version() -> str:
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # What the benchmarks write themselves does not make the tree dirty: a
+    # run of several would otherwise call every section after the first
+    # one uncommitted.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)benchmarks/RESULTS.md", ":(exclude)benchmarks/results"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return out.stdout.strip() + (" with uncommitted changes" if dirty else "")
 

@@ -74,8 +74,22 @@ pub fn header(command: &str, loads: &[f64]) -> String {
         0 => (f64::NAN, f64::NAN, f64::NAN),
         n => (sorted[0], sorted[n / 2], sorted[n - 1]),
     };
-    let dirty =
-        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    // What the benchmarks write themselves does not make the tree dirty:
+    // a run of several benchmarks would otherwise call every section after
+    // the first one uncommitted.
+    let dirty = !command_output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)benchmarks/RESULTS.md",
+            ":(exclude)benchmarks/results",
+        ],
+    )
+    .is_empty();
     let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
     let valkey = command_output("valkey-server", &["--version"]);
     let valkey = valkey
