@@ -6,7 +6,7 @@ reply back through the bridge's socket. For the call producers make most,
 an enqueue, each event loop opens a plain connection of its own, writes the
 request the native layer encodes (the same command the client would send,
 for the engine in use) and reads the replies itself; requests made in one
-pass of the loop go out in one write.
+pass of the loop go out together, in writes of up to `FLUSH_AT`.
 
 Anything unusual goes to the client's connection, which handles it: a reply
 that says so (a scripts library not loaded yet, a server that lost the
