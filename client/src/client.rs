@@ -1227,6 +1227,7 @@ impl Client {
             conn: None,
             id: None,
             cluster: None,
+            unblock_refused: false,
         }
     }
 
@@ -1250,6 +1251,9 @@ pub struct BlockingFetcher {
     id: Option<i64>,
     /// In a cluster: the connections and state of the per-node waits.
     cluster: Option<ClusterFetcher>,
+    /// The server refused `CLIENT UNBLOCK` (an ACL without it): a scripts
+    /// sleep then ends on the server's own timeout.
+    unblock_refused: bool,
 }
 
 /// Ends a worker's fetch early (see `WorkerCore`): `CLIENT UNBLOCK` of
@@ -1456,6 +1460,9 @@ impl BlockingFetcher {
             if wait.is_zero() {
                 break;
             }
+            // The script asked to wake before the block ends: a delayed
+            // task's time, or a lease's deadline.
+            let at_deadline = Duration::from_millis(ms) < remaining;
             let slept_from = Instant::now();
             let conn = self.conn.as_mut().ok_or_else(not_connected)?;
             let mut blpop = redis::cmd("BLPOP");
@@ -1463,10 +1470,16 @@ impl BlockingFetcher {
                 .arg(&wake_keys)
                 .arg(crate::scripts::blpop_timeout(wait));
             let limit = wait + self.options.response_timeout;
-            let popped = reply_within(limit, async {
+            let sleeping = reply_within(limit, async {
                 blpop.query_async::<Value>(conn).await.map_err(Error::from)
-            })
-            .await?;
+            });
+            let waker = match (at_deadline, self.id) {
+                (true, Some(id)) if !self.unblock_refused => Some((&self.client, id)),
+                _ => None,
+            };
+            let (popped, refused) = sleep_until_deadline(sleeping, wait, waker).await;
+            self.unblock_refused |= refused;
+            let popped = popped?;
             // Nothing popped well before the wait was over: CLIENT UNBLOCK
             // ended it (a worker stopping), which ends the fetch as well.
             let unblocked =
@@ -1490,6 +1503,35 @@ impl BlockingFetcher {
         }
         Ok(fetched)
     }
+}
+
+/// A scripts sleep (`BLPOP`) that must end at a task's deadline. The server
+/// times out a blocked command only on its clock tick, ten times a second
+/// at the default `hz 10`: a delayed task promoted when BLPOP's own timeout
+/// fired ran up to 100 ms late, where the module's timer is on time. So when
+/// `wait` is over on this side, `waker` (the command connection and the
+/// sleeping connection's id) ends the sleep with `CLIENT UNBLOCK`, as if it
+/// had timed out. The unblock's reply is awaited before the sleep's, so it
+/// cannot reach a later sleep of the same connection. Returns the sleep's
+/// reply, and whether the server refused the unblock (not tried again).
+async fn sleep_until_deadline(
+    sleeping: impl std::future::Future<Output = Result<Value>>,
+    wait: Duration,
+    waker: Option<(&Client, i64)>,
+) -> (Result<Value>, bool) {
+    tokio::pin!(sleeping);
+    let Some((client, id)) = waker else {
+        return (sleeping.await, false);
+    };
+    tokio::select! {
+        popped = &mut sleeping => return (popped, false),
+        _ = tokio::time::sleep(wait) => {}
+    }
+    // The server may have timed it out or woken it meanwhile: then the
+    // unblock finds nothing to end.
+    let (unblocked, popped) = tokio::join!(client.unblock(id), &mut sleeping);
+    let refused = matches!(unblocked, Err(Error::Server { .. }));
+    (popped, refused)
 }
 
 impl BlockingFetcher {

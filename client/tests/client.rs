@@ -162,6 +162,50 @@ async fn blocking_fetch_wakes_on_enqueue_and_can_be_interrupted() {
     );
 }
 
+/// A blocking fetch hands out a delayed task at its time, not at the
+/// server's next clock tick: at `hz 1` a blocked command's own timeout
+/// fires once a second, so a scripts sleep ended by BLPOP's timeout
+/// alone returned up to a second late (the module's timer is on time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_fetch_takes_a_delayed_task_on_time_whatever_the_servers_tick() {
+    let server = Server::start_with(&["--hz", "1"]);
+    let client = connect(&server).await;
+    let queue = q("later");
+    let mut fetcher = client.blocking_fetcher();
+    fetcher.connect().await.unwrap();
+    // A BLPOP whose timeout is over at once returns on the server's next
+    // tick: what follows starts just after one, a second before the next.
+    let mut raw = server.connect();
+    let _: redis::Value = redis::cmd("BLPOP")
+        .arg("tick")
+        .arg("0.001")
+        .query(&mut raw)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let delayed = NewTask {
+        when: When::After(Duration::from_millis(200)),
+        ..NewTask::new("d", b"{}".to_vec())
+    };
+    assert!(client.enqueue(&queue, delayed).await.unwrap());
+    let fetch = Fetch {
+        count: 1,
+        block: Some(Duration::from_secs(5)),
+        ..Fetch::new(vec![queue.clone()], "w")
+    };
+    let got = fetcher.fetch(&fetch).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.tasks.len(), 1, "the delayed task, within the block");
+    assert_eq!(got.tasks[0].id, "d");
+    assert!(
+        took >= Duration::from_millis(190),
+        "not before its time: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(700),
+        "at its time, not on the server's next tick a second after the last: {took:?}"
+    );
+}
+
 /// CLEAR of more waiting tasks than one call deletes: call after call until
 /// 0, ready and delayed tasks gone (their ids free, as after a cancel), the
 /// leased ones still leased and acknowledged after it, and a consumer
