@@ -1462,7 +1462,7 @@ impl BlockingFetcher {
             }
             // The script asked to wake before the block ends: a delayed
             // task's time, or a lease's deadline.
-            let at_deadline = Duration::from_millis(ms) < remaining;
+            let at_deadline = wait < remaining;
             let slept_from = Instant::now();
             let conn = self.conn.as_mut().ok_or_else(not_connected)?;
             let mut blpop = redis::cmd("BLPOP");
