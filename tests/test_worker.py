@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import vtasks
 from vtasks import limits
-from vtasks.worker import _TaskThreads
+from vtasks.worker import _TaskThreads, _ThreadMeter
 
 from tests import sample_tasks
 from tests.conftest import ROOT
@@ -521,13 +521,51 @@ def test_threads_started_for_blocking_tasks_step_back_when_short_ones_follow(val
     assert run_counts(runs, "meet") == {n: 1 for n in range(40)}
     ran = list(sample_tasks.on_thread_runs)
     assert sorted(n for n, _ in ran) == list(range(5000))
-    # By the end they have stepped back. With the scripts engine the
-    # watcher sometimes widens again part-way (one run in six or so, the
-    # threads per 500 tasks read 13-22, then 40, then 2), so only the end
-    # of the run is held to it; without stepping back the forty run to it.
-    last = {ident for _, ident in ran[-500:]}
+    # By the last 2,000 they have stepped back, and stay back: the watcher
+    # must not read threads that take turns with the GIL as held up.
+    last = {ident for _, ident in ran[-2000:]}
     windows = [len({ident for _, ident in ran[k:k + 500]}) for k in range(0, len(ran), 500)]
-    assert len(last) <= 8, f"the last 500 short tasks ran on {len(last)} threads; per 500: {windows}"
+    assert len(last) <= 8, f"the last 2000 short tasks ran on {len(last)} threads; per 500: {windows}"
+    stepped_back = next(k for k, threads in enumerate(windows) if threads <= 8)
+    assert max(windows[stepped_back:]) <= 8, f"the threads widened again after stepping back; per 500: {windows}"
+
+
+def test_a_thread_meter_reads_the_time_its_thread_waited_for_a_cpu():
+    # The watcher tells threads blocked on I/O from threads held up by a
+    # CPU taken by other work: this thread, on one CPU with a busy process,
+    # waits for it about half the time it spins.
+    meter = _ThreadMeter()
+    cpus = os.sched_getaffinity(0)
+    cpu = min(cpus)
+    os.sched_setaffinity(0, {cpu})  # 0: this thread only
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.2)  # the busy process is running
+        before = meter.waited()
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            pass
+        waited = meter.waited() - before
+    finally:
+        busy.kill()
+        busy.wait()
+        os.sched_setaffinity(0, cpus)
+    assert 0.02 < waited < 0.18, f"waited {waited:.3f} s of 0.2"
+
+
+def test_a_thread_meter_reads_zero_once_its_thread_has_ended():
+    meters: list[_ThreadMeter] = []
+
+    def run() -> None:
+        meters.append(_ThreadMeter())
+        meters[0].waited()  # opened while the thread runs
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert meters[0].waited() == 0.0
+    with pytest.raises(OSError):
+        vtasks._native.ThreadSchedstat(2**31 + 12345)
 
 
 def most_held(worker: vtasks.Worker) -> int:

@@ -6,6 +6,7 @@ mod bridge;
 mod call;
 mod client;
 mod errors;
+mod threads;
 mod wire;
 mod worker;
 
@@ -32,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<worker::NativeWorker>()?;
     m.add_class::<wire::ReplyReader>()?;
+    m.add_class::<threads::ThreadSchedstat>()?;
     m.add_function(wrap_pyfunction!(client::schedule_timing, m)?)?;
     m.add_function(wrap_pyfunction!(client::next_occurrence, m)?)?;
     m.add_function(wrap_pyfunction!(call::decode_call_py, m)?)?;

@@ -8,6 +8,7 @@ __all__ = [
     "NativeClient",
     "NativeWorker",
     "ReplyReader",
+    "ThreadSchedstat",
     "VtasksError",
     "ConnectionFailed",
     "ServerError",
@@ -160,3 +161,8 @@ class ReplyReader:
     def feed(self, data: bytes) -> None: ...
     def next_enqueue(self, count: int, engine: str) -> tuple[bool | None, Any] | None: ...
     def next_handshake(self) -> bool: ...
+
+@final
+class ThreadSchedstat:
+    def __new__(cls, native_id: int) -> ThreadSchedstat: ...
+    def waited_seconds(self) -> float | None: ...

@@ -145,47 +145,36 @@ class Delivery:
 
 
 class _ThreadMeter:
-    """For the thread that makes it, the seconds it has wanted a CPU: run
-    on one, or waited in the run queue for one (Linux:
-    ``/proc/self/task/<tid>/schedstat``; the thread's CPU clock elsewhere),
-    readable from any thread. The rest of its time it was blocked: on I/O,
-    a sleep, a lock or the GIL."""
+    """For the thread that makes it, the seconds it has been ready to run
+    and waited for a CPU, taken by other threads or processes (Linux:
+    ``/proc/self/task/<tid>/schedstat``; 0 elsewhere), readable from any
+    thread without letting go of the GIL (``_native.ThreadSchedstat``): the
+    watcher that reads these among threads that keep the interpreter busy
+    would otherwise wait for its next turn at the GIL after each read."""
 
     def __init__(self) -> None:
-        self._clock = time.pthread_getcpuclockid(threading.get_ident())
         self._native_id = threading.get_native_id()
         # Opened by the first reader: a thread's first turn at the GIL is
-        # not spent on a system call that gives it up again, and most
-        # threads are never read (the watcher reads a few).
-        self._fd: int | None = None
+        # not spent opening a file, and most threads are never read (the
+        # watcher reads a few).
+        self._schedstat: _native.ThreadSchedstat | None = None
         self._opened = False
 
-    def _open(self) -> None:
-        self._opened = True
-        try:
-            self._fd = os.open(f"/proc/self/task/{self._native_id}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._fd = None
-
-    def wanted(self) -> float:
+    def waited(self) -> float:
         if not self._opened:
-            self._open()
-        if self._fd is None:
+            self._opened = True
             try:
-                return time.clock_gettime(self._clock)
-            except OSError:  # the thread has ended
-                return 0.0
-        try:
-            ran, waited, _ = os.pread(self._fd, 80, 0).split()
-        except (OSError, ValueError):  # the thread has ended
+                self._schedstat = _native.ThreadSchedstat(self._native_id)
+            except OSError:
+                self._schedstat = None
+        if self._schedstat is None:
             return 0.0
-        return (int(ran) + int(waited)) / 1e9
+        seconds = self._schedstat.waited_seconds()
+        return 0.0 if seconds is None else seconds  # None: the thread has ended
 
     def close(self) -> None:
         self._opened = True  # never opened after this
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._schedstat = None
 
 
 class _TaskThreads:
@@ -202,11 +191,11 @@ class _TaskThreads:
     when none is running one; while jobs wait, a watcher thread looks every
     millisecond, and starts a thread for each waiting job when, HELD_UP
     looks in a row (HELD_UP_AT_KEEP while no more than KEEP run), the
-    running ones and the event loop's thread together wanted a CPU for
-    less than half of that millisecond (they were blocked, not
-    running or waiting for a CPU taken by other processes), or the running
-    ones have all been in their current job for longer than LONG_JOB (a
-    long CPU-bound task does not hold up short ones behind it). Once it has
+    process wanted a CPU for less than half of that millisecond (its
+    threads were blocked, not running or waiting for a CPU taken by other
+    processes: ``_wanted_share``), or the running ones have all been in
+    their current job for longer than LONG_JOB (a long CPU-bound task does
+    not hold up short ones behind it). Once it has
     found them blocked, each new job gets a thread at once for WIDE_FOR
     (found again, that time starts over). Short tasks run on one or two
     threads; blocking tasks fill ``concurrency`` threads within a few
@@ -224,15 +213,20 @@ class _TaskThreads:
     number that were inside a task on average (the seconds tasks ran over
     the seconds since the last look; a task that blocks is inside longer),
     at least KEEP.
-    When the running threads are more than that and they and the loop's
-    thread wanted a CPU for NARROW_SHARE of the time or more, NARROW_AFTER
-    looks in a row, the surplus goes idle as each thread ends its current
+    When the running threads are more than that and the process wanted a
+    CPU for NARROW_SHARE of the time or more, NARROW_AFTER looks in a row,
+    the surplus goes idle as each thread ends its current
     job (never the last one running). Without it, a wave of short tasks
     after blocking ones keeps every thread the blocking ones started busy
     while the worker holds tasks, each taking its turn with the GIL: a
     third of the rate one thread reaches. The gap between BUSY_SHARE and
     NARROW_SHARE keeps the watcher from starting and retiring threads in
     turn.
+
+    Among threads that keep the interpreter busy, the watcher waits long
+    for its turn at the GIL after each wait for its next look; a task
+    thread between jobs, which holds the GIL, looks instead when the
+    watcher's look is LATE_LOOK overdue (``_look_if_late``).
 
     When no job waits, one thread waits for work with ``fetch()``: the
     worker's next batch, handed to it by the native core without going
@@ -246,8 +240,8 @@ class _TaskThreads:
 
     # How often the watcher looks while jobs wait, in seconds.
     WATCH_INTERVAL = 0.001
-    # The share of the time the running threads and the loop's thread must
-    # want a CPU to count as busy (below it, more threads would help).
+    # The share of the time the process must want a CPU to count as busy
+    # (below it, more threads would help).
     BUSY_SHARE = 0.5
     # Running threads whose meters the watcher reads at each look.
     SAMPLED = 8
@@ -257,8 +251,8 @@ class _TaskThreads:
     # long (seconds) each new job gets a thread of its own at once, without
     # waiting for the watcher's next looks.
     WIDE_FOR = 0.1
-    # The share of the time the running threads and the loop's thread must
-    # want a CPU for the watcher to retire threads the tasks do not need.
+    # The share of the time the process must want a CPU for the watcher to
+    # retire threads the tasks do not need.
     NARROW_SHARE = 0.9
     # Looks in a row that must find more threads than the tasks need
     # keeping the CPU that busy.
@@ -278,6 +272,9 @@ class _TaskThreads:
     # (one just woken, the watcher) holds the GIL and the machine's other
     # work has put it aside, they want no CPU for a scheduler's time slice.
     HELD_UP_AT_KEEP = 4
+    # How overdue (seconds) the watcher's look must be for a task thread
+    # between jobs to look instead (``_look_if_late``).
+    LATE_LOOK = 0.01
     # The most kinds of tasks remembered as blocking (then they start over).
     BLOCKING_KINDS = 1000
 
@@ -301,10 +298,15 @@ class _TaskThreads:
         # Kinds of jobs the watcher found blocking: each gets a thread at once.
         self._blocking_kinds: set[Hashable] = set()
         self._fetching = False  # a thread is in fetch()
-        # The event loop's thread takes the GIL too: task threads waiting
-        # for it while the loop works are busy, not blocked.
-        self._loop_meter = _ThreadMeter()
-        self._loop_wanted: float | None = None
+        # Threads other than the running ones whose waits for a CPU the
+        # watcher reads at every look (the GIL held by one put aside by the
+        # scheduler leaves the running ones blocked, not on I/O): the event
+        # loop's, and the watcher's own (set when it starts: it holds the
+        # GIL while it looks).
+        self._loop_meter = (threading.get_ident(), _ThreadMeter())
+        self._watcher_meter: tuple[int, _ThreadMeter] | None = None
+        # The process's CPU time at the watcher's last look.
+        self._cpu_seen: float | None = None
         self._lock = threading.Lock()
         self._jobs: collections.deque[Any] = collections.deque()
         self._watcher_wakeup = threading.Condition(self._lock)
@@ -326,14 +328,19 @@ class _TaskThreads:
         self._watcher_timed = False
         # Threads running a job: thread id -> (its meter, the job's start, the job).
         self._running: dict[int, tuple[_ThreadMeter, float, Any]] = {}
-        # The watcher's last look: when, and what each running thread wanted.
+        # The last look: when, and how long each thread it read had waited
+        # for a CPU by then.
         self._seen_at = 0.0
-        self._seen_wanted: dict[int, float] = {}
-        # The thread waiting in fetch(), not running a job: (id, meter),
-        # and what it wanted at the watcher's last look.
+        self._seen_waited: dict[int, float] = {}
+        # The thread waiting in fetch(), not running a job: (id, meter).
         self._fetcher: tuple[int, _ThreadMeter] | None = None
-        self._fetcher_seen: tuple[int, float] | None = None
         self._wide_until = 0.0
+        # When the last look was (the watcher's or a task thread's), and
+        # looks in a row that found the running threads held up, and more
+        # of them running than the tasks need.
+        self._looked_at = 0.0
+        self._held_up = 0
+        self._crowded = 0
         # Running threads to go idle at the end of their current job.
         self._retiring = 0
         # Tasks run while more than KEEP threads ran (``ran``), and their
@@ -465,15 +472,17 @@ class _TaskThreads:
         while not self._closed:
             if self._jobs and not self._retires(me):
                 job = self._jobs.popleft()
-                self._running[me] = (meter, time.monotonic(), job)
+                now = time.monotonic()
+                self._running[me] = (meter, now, job)
                 above_keep = len(self._running) > self.KEEP
                 if (self._jobs or above_keep) and not self._watcher_timed and self._watcher is not None:
                     # Jobs wait for a running thread, or more than KEEP
                     # run: the watcher looks.
                     self._watcher_wakeup.notify()
+                self._look_if_late(now)
                 return job
             self._running.pop(me, None)
-            self._seen_wanted.pop(me, None)
+            self._seen_waited.pop(me, None)
             if self._jobs:
                 pass  # retired: idle while others run the waiting jobs
             elif self._fetch is not None and not self._fetching and time.monotonic() >= self._wide_until:
@@ -519,62 +528,78 @@ class _TaskThreads:
         self._run_seconds += seconds
 
     def _watch(self) -> None:
-        """The watcher: while jobs wait for running threads, starts more
-        threads when the running ones are blocked; while more than KEEP
-        run, retires the ones the tasks do not need."""
-        held_up = 0  # looks in a row that found the running threads held up
-        crowded = 0  # looks in a row that found more running than needed
+        """The watcher: while jobs wait for running threads, or more than
+        KEEP run, looks every WATCH_INTERVAL or NARROW_INTERVAL (``_look``)."""
         with self._lock:
+            self._watcher_meter = (threading.get_ident(), _ThreadMeter())
             while not self._closed:
                 waiting = bool(self._jobs and self._running)
                 if not waiting and len(self._running) <= self.KEEP:
                     self._watcher_timed = False
-                    held_up = crowded = 0
+                    self._held_up = self._crowded = 0
                     self._watcher_wakeup.wait()
                     self._threads_needed()  # the tasks of the next look only
                     continue
                 self._watcher_timed = True
                 self._watcher_wakeup.wait(self.WATCH_INTERVAL if waiting else self.NARROW_INTERVAL)
-                needed = self._threads_needed()
-                surplus = len(self._running) - needed if needed is not None else 0
-                if not self._jobs:
-                    held_up = 0
-                    if surplus <= 0:
-                        crowded = 0
-                        continue
-                elif not self._running:
-                    # A thread is on its way (submit starts one), or none
-                    # is and one must.
-                    held_up = crowded = 0
-                    if not (self._notified or self._starting):
-                        self._start_threads(1)
-                    continue
-                share = self._wanted_share()
-                if self._jobs and self._running_are_held_up(share):
-                    held_up += 1
-                    crowded = 0
-                    if held_up >= (self.HELD_UP if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
-                        held_up = 0
-                        if share is not None and share < self.BUSY_SHARE:
-                            self._remember_blocking()
-                        self._retiring = 0
-                        self._wide_until = time.monotonic() + self.WIDE_FOR
-                        if self._on_blocking is not None:
-                            self._on_blocking()
-                        self._start_threads(len(self._jobs) - self._notified - self._starting)
-                    continue
-                held_up = 0
-                if share is None:
-                    continue  # a thread just started: judged at the next look
-                if surplus > 0 and share >= self.NARROW_SHARE:
-                    crowded += 1
-                    if crowded >= self.NARROW_AFTER:
-                        crowded = 0
-                        self._wide_until = 0.0
-                        self._retiring = surplus
-                        self._blocking_kinds.clear()
-                else:
-                    crowded = 0
+                self._look()
+
+    def _look_if_late(self, now: float) -> None:
+        """A look by a task thread between jobs, when the watcher's is
+        LATE_LOOK overdue (under the lock). The watcher must take the GIL
+        back after each wait, and among forty threads that keep the
+        interpreter busy (a GIL handed to whichever of them wakes first)
+        that took it a fifth to half a second each time: that long, the
+        threads those tasks did not need all took turns with the GIL. The
+        threads that hold it look instead."""
+        if self._watcher_timed and now - self._looked_at >= self.LATE_LOOK:
+            self._look()
+
+    def _look(self) -> None:
+        """One look (under the lock): starts more threads when the running
+        ones are held up while jobs wait; retires the ones the tasks do not
+        need while more than KEEP run."""
+        self._looked_at = time.monotonic()
+        needed = self._threads_needed()
+        surplus = len(self._running) - needed if needed is not None else 0
+        if not self._jobs:
+            self._held_up = 0
+            if surplus <= 0:
+                self._crowded = 0
+                return
+        elif not self._running:
+            # A thread is on its way (submit starts one), or none is and
+            # one must.
+            self._held_up = self._crowded = 0
+            if not (self._notified or self._starting):
+                self._start_threads(1)
+            return
+        share = self._wanted_share()
+        if self._jobs and self._running_are_held_up(share):
+            self._held_up += 1
+            self._crowded = 0
+            if self._held_up >= (self.HELD_UP if len(self._running) > self.KEEP else self.HELD_UP_AT_KEEP):
+                self._held_up = 0
+                if share is not None and share < self.BUSY_SHARE:
+                    self._remember_blocking()
+                self._retiring = 0
+                self._wide_until = time.monotonic() + self.WIDE_FOR
+                if self._on_blocking is not None:
+                    self._on_blocking()
+                self._start_threads(len(self._jobs) - self._notified - self._starting)
+            return
+        self._held_up = 0
+        if share is None:
+            return  # a thread just started: judged at the next look
+        if surplus > 0 and share >= self.NARROW_SHARE:
+            self._crowded += 1
+            if self._crowded >= self.NARROW_AFTER:
+                self._crowded = 0
+                self._wide_until = 0.0
+                self._retiring = surplus
+                self._blocking_kinds.clear()
+        else:
+            self._crowded = 0
 
     def _remember_blocking(self) -> None:
         """The kinds of the running jobs, found blocked, get a thread at once
@@ -595,62 +620,62 @@ class _TaskThreads:
         return max(self.KEEP, math.ceil(2 * seconds / (now - since)))
 
     def _wanted_share(self) -> float | None:
-        """The share of the time since the watcher's last look that the
-        threads running jobs and the event loop's thread wanted a CPU
-        (under the lock, which it lets go while it reads the meters); None
-        when a thread started running since then (it is given until the
-        next look) or none could be read."""
+        """The share of the time since the last look that this process
+        wanted a CPU (under the lock): the CPU time all its threads took,
+        and the time the threads running jobs, the event loop's thread, the
+        watcher and the thread in ``fetch()`` waited for a CPU. None when a
+        thread started running since then (it is given until the next
+        look).
+
+        The CPU time is the process's, not the running threads': while they
+        take turns with the GIL, one of them runs and the rest wait for it,
+        blocked, and a sample of them that missed the one running read as
+        all blocked (a false "held up" that started forty threads for short
+        tasks again), or as five times busier than the machine can be. The
+        waits are sampled: on a machine busy with other work, the one that
+        holds the GIL can be put aside, and the threads waiting for it then
+        take no CPU but are not blocked on I/O."""
         # The first SAMPLED, not a copy of them all: with hundreds of
         # threads running, this look comes every millisecond.
         sampled = list(itertools.islice(self._running.items(), self.SAMPLED))
         running = len(self._running)
-        # The thread that took the worker's next batch runs outside the
-        # jobs, turning it into tasks with the GIL held; on a machine busy
-        # with other work, one put aside there while it holds the GIL left
-        # the running threads waiting for it, wanting no CPU, and read as
-        # blocked.
-        fetcher = self._fetcher
-        # Each read is a system call, which lets go of the GIL and must take
-        # it back: among a hundred threads waking from sleeps, that can take
-        # milliseconds, and task threads must not wait for this lock
-        # meanwhile (they take it between any two tasks).
-        self._lock.release()
-        try:
-            readings = [(ident, meter.wanted()) for ident, (meter, _, _) in sampled]
-            fetcher_now = fetcher[1].wanted() if fetcher is not None else None
-            loop_now = self._loop_meter.wanted()
-            now = time.monotonic()
-        finally:
-            self._lock.acquire()
-        elapsed = now - self._seen_at
-        self._seen_at = now
-        wanted = 0.0
+        waited = 0.0
         counted = 0
         fresh = False
-        for ident, total in readings:
-            before = self._seen_wanted.get(ident)
-            if ident in self._running:
-                self._seen_wanted[ident] = total
-            if before is None:
+        for ident, (meter, _, _) in sampled:
+            wait = self._waited_since_last_look(ident, meter)
+            if wait is None:
                 fresh = True
             else:
-                wanted += total - before
+                waited += wait
                 counted += 1
-        loop_before, self._loop_wanted = self._loop_wanted, loop_now
-        fetcher_wanted = 0.0
-        if fetcher is not None and fetcher_now is not None:
-            seen, self._fetcher_seen = self._fetcher_seen, (fetcher[0], fetcher_now)
-            if seen is not None and seen[0] == fetcher[0]:
-                fetcher_wanted = fetcher_now - seen[1]
-        if fresh or not counted or loop_before is None or elapsed <= 0:
+        if counted:
+            waited *= running / counted
+        # The thread that took the worker's next batch runs outside the
+        # jobs, turning it into tasks with the GIL held.
+        for other in (self._loop_meter, self._watcher_meter, self._fetcher):
+            if other is not None:
+                waited += self._waited_since_last_look(*other) or 0.0
+        cpu_now = time.process_time()
+        now = time.monotonic()
+        elapsed = now - self._seen_at
+        self._seen_at = now
+        cpu_before, self._cpu_seen = self._cpu_seen, cpu_now
+        if fresh or not counted or cpu_before is None or elapsed <= 0:
             return None
-        wanted = wanted * running / counted + (loop_now - loop_before) + fetcher_wanted
-        return wanted / elapsed
+        return (cpu_now - cpu_before + waited) / elapsed
+
+    def _waited_since_last_look(self, ident: int, meter: _ThreadMeter) -> float | None:
+        """The seconds a thread waited for a CPU since the last look read
+        it; None the first time (under the lock)."""
+        now = meter.waited()
+        before = self._seen_waited.get(ident)
+        self._seen_waited[ident] = now
+        return None if before is None else now - before
 
     def _running_are_held_up(self, share: float | None) -> bool:
-        """Whether the threads running jobs and the event loop's thread
-        wanted a CPU for less than BUSY_SHARE of the time since the
-        watcher's last look (``share``), or the running ones have all run
+        """Whether the process wanted a CPU for less than BUSY_SHARE of the
+        time since the watcher's last look (``share``), or the running ones have all run
         their current job for LONG_JOB or longer (under the lock)."""
         now = time.monotonic()
         if all(now - started >= self.LONG_JOB for _, started, _ in self._running.values()):
@@ -700,9 +725,11 @@ class _TaskThreads:
                     self._queue(job)
             else:
                 return None
+            now = time.monotonic()
             entry = self._running.get(me)
             if entry is not None:
-                self._running[me] = (entry[0], time.monotonic(), next_job)
+                self._running[me] = (entry[0], now, next_job)
+            self._look_if_late(now)
             return next_job
 
     @property
@@ -744,7 +771,7 @@ class _TaskThreads:
             for bell in bells:
                 bell.release()
             self._watcher_wakeup.notify_all()
-            self._loop_meter.close()
+            self._loop_meter[1].close()
 
 
 class _SyncPace:
