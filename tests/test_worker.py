@@ -530,7 +530,7 @@ def test_threads_started_for_blocking_tasks_step_back_when_short_ones_follow(val
     assert max(windows[stepped_back:]) <= 8, f"the threads widened again after stepping back; per 500: {windows}"
 
 
-def test_a_thread_meter_reads_the_time_its_thread_waited_for_a_cpu():
+def test_a_thread_meter_reads_the_time_its_thread_waited_for_a_cpu() -> None:
     # The watcher tells threads blocked on I/O from threads held up by a
     # CPU taken by other work: this thread, on one CPU with a busy process,
     # waits for it about half the time it spins.
@@ -553,7 +553,7 @@ def test_a_thread_meter_reads_the_time_its_thread_waited_for_a_cpu():
     assert 0.02 < waited < 0.18, f"waited {waited:.3f} s of 0.2"
 
 
-def test_a_thread_meter_reads_zero_once_its_thread_has_ended():
+def test_a_thread_meter_reads_zero_once_its_thread_has_ended() -> None:
     meters: list[_ThreadMeter] = []
 
     def run() -> None:
