@@ -772,6 +772,8 @@ class _TaskThreads:
                 bell.release()
             self._watcher_wakeup.notify_all()
             self._loop_meter[1].close()
+            if self._watcher_meter is not None:
+                self._watcher_meter[1].close()
 
 
 class _SyncPace:
