@@ -268,9 +268,9 @@ class _TaskThreads:
     # one slow look is often a pause (a garbage collection, the loop
     # handing out a batch).
     HELD_UP = 2
-    # The same while no more than KEEP run: when a thread they do not count
-    # (one just woken, the watcher) holds the GIL and the machine's other
-    # work has put it aside, they want no CPU for a scheduler's time slice.
+    # The same while no more than KEEP run: when a thread whose wait is not
+    # read (one just woken) holds the GIL and the machine's other work has
+    # put it aside, they want no CPU for a scheduler's time slice.
     HELD_UP_AT_KEEP = 4
     # How overdue (seconds) the watcher's look must be for a task thread
     # between jobs to look instead (``_look_if_late``).
@@ -305,7 +305,7 @@ class _TaskThreads:
         # GIL while it looks).
         self._loop_meter = (threading.get_ident(), _ThreadMeter())
         self._watcher_meter: tuple[int, _ThreadMeter] | None = None
-        # The process's CPU time at the watcher's last look.
+        # The process's CPU time when the meters were last read.
         self._cpu_seen: float | None = None
         self._lock = threading.Lock()
         self._jobs: collections.deque[Any] = collections.deque()
@@ -328,8 +328,9 @@ class _TaskThreads:
         self._watcher_timed = False
         # Threads running a job: thread id -> (its meter, the job's start, the job).
         self._running: dict[int, tuple[_ThreadMeter, float, Any]] = {}
-        # The last look: when, and how long each thread it read had waited
-        # for a CPU by then.
+        # When the meters were last read (a look reads them unless no job
+        # waits and no thread is surplus), and how long each thread read
+        # had waited for a CPU by then.
         self._seen_at = 0.0
         self._seen_waited: dict[int, float] = {}
         # The thread waiting in fetch(), not running a job: (id, meter).
@@ -344,7 +345,7 @@ class _TaskThreads:
         # Running threads to go idle at the end of their current job.
         self._retiring = 0
         # Tasks run while more than KEEP threads ran (``ran``), and their
-        # seconds, since the watcher's last look.
+        # seconds, since the last look (the watcher's or a task thread's).
         self._runs = 0
         self._run_seconds = 0.0
         self._runs_since = 0.0
@@ -620,8 +621,8 @@ class _TaskThreads:
         return max(self.KEEP, math.ceil(2 * seconds / (now - since)))
 
     def _wanted_share(self) -> float | None:
-        """The share of the time since the last look that this process
-        wanted a CPU (under the lock): the CPU time all its threads took,
+        """The share of the time since the meters were last read that this
+        process wanted a CPU (under the lock): the CPU time all its threads took,
         and the time the threads running jobs, the event loop's thread, the
         watcher and the thread in ``fetch()`` waited for a CPU. None when a
         thread started running since then (it is given until the next
@@ -666,8 +667,8 @@ class _TaskThreads:
         return (cpu_now - cpu_before + waited) / elapsed
 
     def _waited_since_last_look(self, ident: int, meter: _ThreadMeter) -> float | None:
-        """The seconds a thread waited for a CPU since the last look read
-        it; None the first time (under the lock)."""
+        """The seconds a thread waited for a CPU since its meter was last
+        read; None the first time (under the lock)."""
         now = meter.waited()
         before = self._seen_waited.get(ident)
         self._seen_waited[ident] = now
@@ -675,8 +676,9 @@ class _TaskThreads:
 
     def _running_are_held_up(self, share: float | None) -> bool:
         """Whether the process wanted a CPU for less than BUSY_SHARE of the
-        time since the watcher's last look (``share``), or the running ones have all run
-        their current job for LONG_JOB or longer (under the lock)."""
+        time since the meters were last read (``share``), or the running
+        ones have all run their current job for LONG_JOB or longer (under
+        the lock)."""
         now = time.monotonic()
         if all(now - started >= self.LONG_JOB for _, started, _ in self._running.values()):
             return True
