@@ -5,6 +5,7 @@ connection instead, against a real server on every target."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import vtasks
@@ -32,6 +33,30 @@ def test_async_enqueues_take_the_loops_own_connection_and_all_land(valkey):
     for n, task_id in enumerate(ids):
         state = client.get_sync("default", task_id)
         assert state is not None and f'"args":[{n},{n}]'.encode() in state.payload
+
+
+def test_an_async_enqueue_whose_reply_comes_after_the_poll_gets_it(valkey):
+    # A producer on an idle loop polls for its reply for SPIN_FOR, then lets
+    # the loop sleep until the reply comes; the SPIN_PAUSE enqueues after it
+    # do not poll, and the one after those polls again.
+    async def main() -> tuple[float, set[str], set[str]]:
+        client = vtasks.Client(valkey.url)
+        await client.enqueue(sample_tasks.add, 0, 0)
+        before = {c["id"] for c in valkey.clients()}
+        command(valkey.port, "CLIENT", "PAUSE", "300", "WRITE")
+        started = time.monotonic()
+        await client.enqueue_call(sample_tasks.add, (1, 1), id="late")
+        waited = time.monotonic() - started
+        for n in range(vtasks._native.SPIN_PAUSE + 2):
+            await client.enqueue_call(sample_tasks.add, (2, n), id=f"after-{n}")
+        return waited, before, {c["id"] for c in valkey.clients()}
+
+    waited, before, after = asyncio.run(main())
+    assert waited >= 0.2, "held by the pause"
+    assert after == before, "on the loop's connection throughout"
+    client = vtasks.Client(valkey.url)
+    assert client.stats_sync("default")["ready"] == 2 + vtasks._native.SPIN_PAUSE + 2
+    assert client.get_sync("default", "late") is not None
 
 
 def test_a_refused_enqueue_raises_the_clients_exception(valkey):
@@ -138,6 +163,24 @@ def test_a_broken_blocking_connection_loses_no_enqueue(valkey):
     assert client.stats_sync("default")["ready"] == 16
     # The blocking connection was opened again.
     assert len(valkey.clients()) == 2
+
+
+def test_a_sync_enqueue_whose_reply_comes_after_the_poll_gets_it(valkey):
+    # As for the loop's connection: a poll of SPIN_FOR, then a sleep until
+    # the reply comes, on the same connection.
+    client = vtasks.Client(valkey.url)
+    client.enqueue_sync(sample_tasks.add, 0, 0)
+    before = {c["id"] for c in valkey.clients()}
+    command(valkey.port, "CLIENT", "PAUSE", "300", "WRITE")
+    started = time.monotonic()
+    client.enqueue_call_sync(sample_tasks.add, (1, 1), id="late")
+    assert time.monotonic() - started >= 0.2, "held by the pause"
+    for n in range(vtasks._native.SPIN_PAUSE + 2):
+        client.enqueue_call_sync(sample_tasks.add, (2, n), id=f"after-{n}")
+    assert client.stats_sync("default")["ready"] == 2 + vtasks._native.SPIN_PAUSE + 2
+    assert client.get_sync("default", "late") is not None
+    # Neither the wait nor the enqueues after it took another connection.
+    assert {c["id"] for c in valkey.clients()} == before
 
 
 @pytest.mark.skipif(TARGET == "module", reason="the module has no function library to lose")

@@ -16,9 +16,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, Value};
 
@@ -28,6 +28,42 @@ use crate::error::{Error, Result};
 use crate::protocol::{Enqueue, NewTask};
 use crate::queue::QueueName;
 use crate::scripts;
+
+/// How long a caller that waits for an enqueue's reply polls its connection
+/// for it before it sleeps until the reply comes. A thread that sleeps on a
+/// socket and is woken by the reply pays for the wake-up, which on virtual
+/// machines costs more than a round trip to a Valkey on the same host
+/// (measured on one: a `PING` 70 µs with the caller asleep, 22 µs with it
+/// polling). A reply that takes longer than this comes from a server
+/// further away, where polling would only burn the CPU: see `SpinPolicy`.
+pub const SPIN_FOR: Duration = Duration::from_micros(100);
+
+/// How many enqueues wait without polling after one whose reply took longer
+/// than `SPIN_FOR`; the next one polls again, so a server that comes closer
+/// (or a machine that stops being busy) is noticed.
+pub const SPIN_PAUSE: u32 = 64;
+
+/// Whether a caller polls for its reply (`SPIN_FOR`): always while replies
+/// come within the time it polls, and once every `SPIN_PAUSE` enqueues
+/// after one that did not.
+#[derive(Debug, Default)]
+pub struct SpinPolicy {
+    skip: AtomicU32,
+}
+
+impl SpinPolicy {
+    /// Whether this call polls (one call of the pause is used up if not).
+    pub fn polls(&self) -> bool {
+        self.skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// A reply did not come within `SPIN_FOR`.
+    pub fn missed(&self) {
+        self.skip.store(SPIN_PAUSE, Ordering::Relaxed);
+    }
+}
 
 /// Where a caller-owned connection connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,11 +171,14 @@ pub struct BlockingEnqueuer {
     idle: Mutex<Vec<BlockingConnection>>,
     open: AtomicUsize,
     most: usize,
+    spin: SpinPolicy,
 }
 
 struct BlockingConnection {
     stream: Stream,
     reader: ReplyReader,
+    /// The socket's mode: non-blocking while it is polled (`SPIN_FOR`).
+    nonblocking: bool,
 }
 
 enum Stream {
@@ -148,10 +187,17 @@ enum Stream {
 }
 
 impl Stream {
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.write_all(bytes),
-            Stream::Unix(s) => s.write_all(bytes),
+            Stream::Tcp(s) => s.write(bytes),
+            Stream::Unix(s) => s.write(bytes),
+        }
+    }
+
+    fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
         }
     }
 
@@ -176,6 +222,7 @@ impl BlockingEnqueuer {
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             most,
+            spin: SpinPolicy::default(),
         }
     }
 
@@ -188,7 +235,7 @@ impl BlockingEnqueuer {
         engine: Engine,
     ) -> Option<Result<Vec<bool>>> {
         let mut connection = self.take()?;
-        let outcome = connection.round_trip(request, count, engine);
+        let outcome = connection.round_trip(request, count, engine, &self.spin);
         match outcome {
             Ok(EnqueueReply::Added(added)) => {
                 self.put_back(connection);
@@ -259,10 +306,11 @@ impl BlockingEnqueuer {
         let mut connection = BlockingConnection {
             stream,
             reader: ReplyReader::new(),
+            nonblocking: false,
         };
         let (bytes, count) = &self.handshake;
         if *count > 0 {
-            connection.stream.write_all(bytes)?;
+            connection.write_all(bytes)?;
             for _ in 0..*count {
                 match connection.read_until(|r| r.next_handshake())? {
                     Ok(()) => {}
@@ -280,19 +328,86 @@ impl BlockingConnection {
         request: &[u8],
         count: usize,
         engine: Engine,
+        spin: &SpinPolicy,
     ) -> std::io::Result<EnqueueReply> {
-        self.stream.write_all(request)?;
-        match self.read_until(|r| r.next_enqueue(count, engine))? {
-            Ok(reply) => Ok(reply),
-            Err(_) => Err(std::io::ErrorKind::InvalidData.into()),
+        self.write_all(request)?;
+        let next = |r: &mut ReplyReader| r.next_enqueue(count, engine);
+        let polled = if spin.polls() {
+            let polled = self.poll_for(SPIN_FOR, next)?;
+            if polled.is_none() {
+                spin.missed();
+            }
+            polled
+        } else {
+            None
+        };
+        let reply = match polled {
+            Some(reply) => reply,
+            None => self.read_until(next)?,
+        };
+        reply.map_err(|_| std::io::ErrorKind::InvalidData.into())
+    }
+
+    /// Writes all of `bytes` in whichever mode the socket is in: a
+    /// non-blocking socket that cannot take them all now becomes blocking.
+    fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.set_nonblocking(false)?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_nonblocking(&mut self, nonblocking: bool) -> std::io::Result<()> {
+        if self.nonblocking != nonblocking {
+            self.stream.set_nonblocking(nonblocking)?;
+            self.nonblocking = nonblocking;
+        }
+        Ok(())
+    }
+
+    /// Polls for a whole reply for up to `budget` without sleeping; None
+    /// if it has not come by then (what did come stays in the reader).
+    fn poll_for<T>(
+        &mut self,
+        budget: Duration,
+        mut next: impl FnMut(&mut ReplyReader) -> Option<T>,
+    ) -> std::io::Result<Option<T>> {
+        self.set_nonblocking(true)?;
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(found) = next(&mut self.reader) {
+                return Ok(Some(found));
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.reader.feed(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if started.elapsed() >= budget {
+                        return Ok(None);
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    /// Reads until `next` finds a whole reply.
+    /// Reads until `next` finds a whole reply, sleeping until data comes.
     fn read_until<T>(
         &mut self,
         mut next: impl FnMut(&mut ReplyReader) -> Option<T>,
     ) -> std::io::Result<T> {
+        self.set_nonblocking(false)?;
         let mut buf = [0u8; 4096];
         loop {
             if let Some(found) = next(&mut self.reader) {
@@ -430,6 +545,22 @@ fn reply_len(buf: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_that_overran_the_poll_pauses_polling_for_spin_pause_enqueues() {
+        let policy = SpinPolicy::default();
+        assert!(
+            policy.polls() && policy.polls(),
+            "replies in time: every enqueue polls"
+        );
+        policy.missed();
+        let skipped = std::iter::repeat_with(|| policy.polls())
+            .take(SPIN_PAUSE as usize)
+            .filter(|polls| !polls)
+            .count();
+        assert_eq!(skipped, SPIN_PAUSE as usize);
+        assert!(policy.polls(), "the one after the pause polls again");
+    }
 
     #[test]
     fn replies_are_split_where_they_end() {

@@ -46,5 +46,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         limits.set_item(name, value)?;
     }
     m.add("LIMITS", limits)?;
+    // How long a producer polls for an enqueue's reply before it sleeps,
+    // and how many enqueues go without polling after one that overran it
+    // (`wire.rs` in the client crate); the event loop's own connection
+    // (`vtasks._wire`) follows the same rule.
+    m.add("SPIN_FOR", vtasks_client::wire::SPIN_FOR.as_secs_f64())?;
+    m.add("SPIN_PAUSE", vtasks_client::wire::SPIN_PAUSE)?;
     Ok(())
 }

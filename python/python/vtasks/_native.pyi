@@ -21,6 +21,8 @@ __all__ = [
     "ModuleNotLoaded",
     "NotReplicated",
     "LIMITS",
+    "SPIN_FOR",
+    "SPIN_PAUSE",
     "next_occurrence",
     "decode_call",
     "schedule_timing",
@@ -30,6 +32,10 @@ __all__ = [
 __version__: str
 # The protocol's limits and defaults by name (the vtasks-protocol crate).
 LIMITS: dict[str, int]
+# Seconds a producer polls for an enqueue's reply before it sleeps, and how
+# many enqueues go without polling after one whose reply took longer.
+SPIN_FOR: float
+SPIN_PAUSE: int
 
 class VtasksError(Exception): ...
 class ConnectionFailed(VtasksError): ...

@@ -6,7 +6,9 @@ reply back through the bridge's socket. For the call producers make most,
 an enqueue, each event loop opens a plain connection of its own, writes the
 request the native layer encodes (the same command the client would send,
 for the engine in use) and reads the replies itself; requests made in one
-pass of the loop go out together, in writes of up to `FLUSH_AT`.
+pass of the loop go out together, in writes of up to `FLUSH_AT`. A request
+written while the loop has nothing else to do polls for its reply for a
+moment (`SPIN_FOR`) before the loop sleeps, as blocking enqueues do.
 
 Anything unusual goes to the client's connection, which handles it: a reply
 that says so (a scripts library not loaded yet, a server that lost the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,6 +43,15 @@ RETRY_CONNECT_AFTER = 1.0
 # in runs of this size, the two work at the same time (measured: 100
 # producers, 43k tasks/s written once per pass, 55k in runs of 16 to 32).
 FLUSH_AT = 32
+
+# A request written while the loop has nothing else ready polls for its
+# reply for up to SPIN_FOR seconds instead of letting the loop sleep in its
+# selector: waking from that sleep costs more than the round trip to a
+# Valkey on the same host on virtual machines (`wire.rs` in the client crate
+# gives the figures). After a reply that took longer, SPIN_PAUSE enqueues
+# go without polling, so a server further away costs one poll in that many.
+SPIN_FOR = _native.SPIN_FOR
+SPIN_PAUSE = _native.SPIN_PAUSE
 
 Fallback = Callable[[], Awaitable[list[bool]]]
 
@@ -65,6 +77,10 @@ class OwnConnection(asyncio.Protocol):
         self._handshake_left = 0
         self._handshaken: asyncio.Future[None] | None = None
         self._closed_until = 0.0
+        # A second handle on the socket, for polling without the transport
+        # (`_poll_for_reply`), and the enqueues left before polling again.
+        self._poll_socket: socket.socket | None = None
+        self._poll_skip = 0
 
     @classmethod
     def of(cls, client: Client) -> OwnConnection:
@@ -104,6 +120,7 @@ class OwnConnection(asyncio.Protocol):
             # Nothing in flight (a producer enqueueing one task after
             # another): out now, rather than a pass of the loop later.
             self._transport.write(request)
+            self._poll_for_reply()
         else:
             # Requests made while others are in flight go out together at
             # the end of this pass of the loop, or as soon as FLUSH_AT wait.
@@ -114,6 +131,45 @@ class OwnConnection(asyncio.Protocol):
             elif len(outbox) >= FLUSH_AT:
                 self._flush()
         return future
+
+    def _poll_for_reply(self) -> None:
+        """Reads the reply to the request just written, if it comes within
+        ``SPIN_FOR`` and nothing else on the loop is ready to run: the
+        producer's future is then done before it awaits it, and the loop
+        does not sleep in its selector meanwhile. What comes is handed to
+        ``data_received`` as the transport would hand it; anything after
+        it (or all of it, past ``SPIN_FOR``) comes through the transport."""
+        if self._poll_skip:
+            self._poll_skip -= 1
+            return
+        transport = self._transport
+        # `_ready` is where asyncio's own loops keep the callbacks due to
+        # run; a loop without it (another implementation) is not polled.
+        ready = getattr(self._loop, "_ready", None)
+        if ready is None or ready or transport is None or transport.get_write_buffer_size():
+            return
+        poll_socket = self._poll_socket
+        if poll_socket is None:
+            try:
+                poll_socket = self._poll_socket = transport.get_extra_info("socket").dup()
+            except (AttributeError, OSError):
+                self._poll_skip = SPIN_PAUSE
+                return
+        recv, clock = poll_socket.recv, time.perf_counter
+        deadline = clock() + SPIN_FOR
+        while True:
+            try:
+                data = recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if clock() >= deadline:
+                    self._poll_skip = SPIN_PAUSE
+                    return
+                continue
+            except OSError:  # broken: the transport finds out for itself
+                return
+            if data:  # not the end of the stream, which the transport reads too
+                self.data_received(data)
+            return
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
@@ -196,6 +252,10 @@ class OwnConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._poll_socket is not None:
+            # Until this handle closes too, the connection stays open.
+            self._poll_socket.close()
+            self._poll_socket = None
         self._reader = _native.ReplyReader()
         if self._handshaken is not None and not self._handshaken.done():
             self._handshaken.set_exception(ConnectionError("the connection closed during its handshake"))
