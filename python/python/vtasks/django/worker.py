@@ -191,6 +191,8 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
     sender = type(backend)
     cache: dict[str, Callable[..., Any]] = {}
     listening = Listening(sender)
+    # Asked on every run: whether anyone hears a run start, and end well.
+    started_heard, finished_heard = listening.heard(task_started), listening.heard(task_finished)
     context = task_context_factory(backend)
 
     def resolve(path: str) -> Callable[..., Any]:
@@ -221,7 +223,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
         if _is_coroutine(task.func):
 
             async def run_async(d: Delivery, *args: Any, **kwargs: Any) -> Any:
-                signals = listening(task_started)
+                signals = started_heard()
                 result = None
                 if signals or takes_context:
                     result = _running_result(task, alias, d, args, kwargs)
@@ -232,7 +234,8 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                         value = await func(TaskContext(task_result=result), *args, **kwargs)
                     else:
                         value = await func(*args, **kwargs)
-                    value = _stored(task, value)
+                    if value is not None:  # None is stored as it is
+                        value = _stored(task, value)
                 except asyncio.CancelledError:
                     if d.abandoned or d.timeout is None:
                         raise  # stopped without an outcome: the lease decides
@@ -248,7 +251,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     make = functools.partial(_running_result, task, alias, d, args, kwargs)
                     _failed(result, sender, failure, listening, make)
                     raise
-                if signals or listening(task_finished):
+                if signals or finished_heard():
                     _succeeded(result or _running_result(task, alias, d, args, kwargs), sender)
                 return value
 
@@ -261,7 +264,7 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                     close_old_connections()
                 raised = True
                 try:
-                    signals = listening(task_started)
+                    signals = started_heard()
                     result = None
                     if signals or takes_context:
                         result = _running_result(task, alias, d, args, kwargs)
@@ -272,13 +275,14 @@ def make_resolver(backend: ValkeyTaskBackend) -> Callable[[str], Callable[..., A
                             value = func(TaskContext(task_result=result), *args, **kwargs)
                         else:
                             value = func(*args, **kwargs)
-                        value = _stored(task, value)
+                        if value is not None:  # None is stored as it is
+                            value = _stored(task, value)
                     except BaseException as exc:
                         failure = d.failure(exc, retryable=retryable(d, exc, args, kwargs))
                         make = functools.partial(_running_result, task, alias, d, args, kwargs)
                         _failed(result, sender, failure, listening, make)
                         raise
-                    if signals or listening(task_finished):
+                    if signals or finished_heard():
                         _succeeded(result or _running_result(task, alias, d, args, kwargs), sender)
                     raised = False
                     return value
