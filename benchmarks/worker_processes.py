@@ -256,6 +256,13 @@ def main() -> None:
             f"| {statistics.median(busiest):.2f} | {statistics.median(r.server_cores for r in mine):.2f} "
             f"| {statistics.median(r.other_cores for r in mine):.2f} |"
         )
+    # What the machine's cores allow at one process's CPU per task (its
+    # worker and Valkey together): more processes cannot pass that, only
+    # approach it, unless they spend less CPU per task than one does.
+    single = [r for r in runs if r.processes == 1]
+    cpu_per_task = statistics.median((sum(r.worker_cores) + r.server_cores) / r.rate for r in single)
+    cores = os.cpu_count() or 1
+    ceiling = cores / cpu_per_task
     loads = [load_before, *(r.load for r in runs)]
     command = f"python -m benchmarks.worker_processes --tasks {args.tasks} --runs {args.runs}"
     build = "release" if "release" in module else "debug"
@@ -269,7 +276,10 @@ def main() -> None:
         f"|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
         + f"\n\nTwo processes: **{medians[2][0] / medians[1][0]:.2f}×** one after the first task, "
-        f"{medians[2][1] / medians[1][1]:.2f}× once every process ran one (medians).\n"
+        f"{medians[2][1] / medians[1][1]:.2f}× once every process ran one (medians).\n\n"
+        f"What {cores} cores allow: one process and Valkey used {cpu_per_task * 1e6:.1f} µs of CPU per task "
+        f"together (median of the one-process runs), so {cores} cores hold at most {ceiling:,.0f} tasks/s at "
+        f"that cost, {ceiling / medians[1][0]:.2f}× one process, with nothing else running on them.\n"
     )
     print(text)
     if not args.no_write:
