@@ -31,6 +31,13 @@ use crate::protocol::*;
 use crate::queue::QueueName;
 use crate::schedule::{PendingSchedule, Schedule, ScheduleInfo, SetOutcome};
 
+/// A repeated command that fails within this long after the first failure
+/// waited for no new connection (the manager's reconnection waits 50 ms
+/// before its second try): it ran on the broken one, and is sent once more.
+/// A server that is down fails the repeat only after its reconnection
+/// attempts, so the call is still repeated once there.
+const STALE_REPEAT: Duration = Duration::from_millis(10);
+
 /// How a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -548,7 +555,8 @@ impl Client {
         }
     }
 
-    /// Sends a command, once more if the connection broke: a connection
+    /// Sends a command, once more if the connection broke (twice more if
+    /// that repeat failed at once: see `STALE_REPEAT`): a connection
     /// that died while idle fails the first command sent on it, and the
     /// manager reconnects behind it. Every command sent this way is safe to
     /// repeat: ENQUEUE is idempotent by id, settlements are fenced by their
@@ -565,7 +573,21 @@ impl Client {
         then: Option<&redis::Cmd>,
     ) -> Result<(Value, Option<Value>)> {
         match self.send_once_then(cmd, then).await {
-            Err(err) if err.is_connection() => self.send_once_then(cmd, then).await,
+            Err(err) if err.is_connection() => {
+                let repeated = Instant::now();
+                match self.send_once_then(cmd, then).await {
+                    // Failed at once, without waiting for a connection: the
+                    // repeat ran on the connection whose failure it repeats
+                    // (seen once in CI after `CLIENT KILL`: "broken pipe",
+                    // the error of a connection whose reader has ended,
+                    // when the first failure had not made the manager
+                    // replace it). Its own failure does; once more.
+                    Err(err) if err.is_connection() && repeated.elapsed() < STALE_REPEAT => {
+                        self.send_once_then(cmd, then).await
+                    }
+                    outcome => outcome,
+                }
+            }
             Err(err) if then.is_some() && self.is_cluster() && cluster::is_redirect(&err) => {
                 // The cluster connection follows a lone command's redirection
                 // (and reads the new slot map), not one inside a pipeline:
