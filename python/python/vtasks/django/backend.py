@@ -321,7 +321,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         self.queue_order: list[str] = list(dict.fromkeys(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME])))
         # Django's receiver of task_enqueued logs at DEBUG: with nobody else
         # listening and DEBUG records dropped, the signal is not sent.
-        self._listening = Listening(type(self))
+        self._enqueued_heard = Listening(type(self)).heard(task_enqueued, logging.DEBUG)
         options = {key.upper(): value for key, value in self.options.items()}
         self.url: str = options.get("URL", "valkey://127.0.0.1:6379")
         self.lease: float = float(options.get("LEASE", limits.DEFAULT_LEASE))
@@ -488,7 +488,7 @@ class ValkeyTaskBackend(BaseTaskBackend):
         task's; its ``enqueued_at`` stays None until refreshed)."""
         if added:
             _set_enqueued_at(result, timezone.now())
-            if self._listening(task_enqueued, logging.DEBUG):
+            if self._enqueued_heard():
                 task_enqueued.send(type(self), task_result=result)
         return result
 

@@ -31,26 +31,18 @@ class Listening:
 
     def __init__(self, sender: type) -> None:
         self._sender = sender
-        self._until = 0.0
-        self._answers: dict[tuple[Signal, int], tuple[bool, int]] = {}
+        self._heard: dict[tuple[Signal, int], Heard] = {}
 
     def __call__(self, signal: Signal, level: int = logging.INFO) -> bool:
-        now = time.monotonic()
-        if now >= self._until:
-            self._answers.clear()
-            self._until = now + 1.0
-        key = (signal, level)
-        # A receiver connected or disconnected is seen at once.
-        receivers = len(signal.receivers)
-        known = self._answers.get(key)
-        if known is None or known[1] != receivers:
-            known = self._answers[key] = (self._listened(signal, level), receivers)
-        return known[0]
+        heard = self._heard.get((signal, level))
+        if heard is None:
+            heard = self._heard[(signal, level)] = self.heard(signal, level)
+        return heard()
 
     def heard(self, signal: Signal, level: int = logging.INFO) -> Heard:
         """The same question about one signal and level, as a callable that
-        answers it in a fraction of ``__call__``'s time (no key to build
-        and look up): the worker asks it twice per task run."""
+        answers it without building and looking up a key: the worker asks
+        it twice per task run."""
         return Heard(self, signal, level)
 
     def _listened(self, signal: Signal, level: int) -> bool:
@@ -65,8 +57,9 @@ class Listening:
 
 class Heard:
     """``Listening(sender)(signal, level)`` for one signal and level, kept
-    in slots: the answer holds for a second, or until a receiver is
-    connected or disconnected."""
+    in slots: the answer holds for a second (a change of the logging setup
+    is seen within one), or until a receiver is connected or disconnected
+    (seen at once)."""
 
     __slots__ = ("_listening", "_signal", "_level", "_answer", "_receivers", "_until")
 

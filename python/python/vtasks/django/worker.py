@@ -110,12 +110,11 @@ def _failed(
     task_finished.send(sender, task_result=result)
 
 
-def _stored(task: Task, value: Any) -> Stored | None:
-    """The return value encoded as it will be stored (once: the worker
-    keeps these bytes), or ResultNotStored. None, which most tasks return,
-    is None (the worker stores it as it is: ``normalize_json`` keeps it)."""
-    if value is None:
-        return None
+def _stored(task: Task, value: Any) -> Stored:
+    """A return value other than None encoded as it will be stored (once:
+    the worker keeps these bytes), or ResultNotStored. The wrappers pass
+    None, which most tasks return, on as it is without calling this (the
+    worker stores it as it is: ``normalize_json`` keeps it)."""
     try:
         return Stored(dumps(normalize_json(value)))
     except (TypeError, ValueError) as exc:
