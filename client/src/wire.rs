@@ -177,7 +177,8 @@ pub struct BlockingEnqueuer {
 struct BlockingConnection {
     stream: Stream,
     reader: ReplyReader,
-    /// The socket's mode: non-blocking while it is polled (`SPIN_FOR`).
+    /// The socket's mode: non-blocking while it is polled (`SPIN_FOR`)
+    /// and after, until it must block.
     nonblocking: bool,
 }
 
@@ -333,7 +334,7 @@ impl BlockingConnection {
         self.write_all(request)?;
         let next = |r: &mut ReplyReader| r.next_enqueue(count, engine);
         let polled = if spin.polls() {
-            let polled = self.poll_for(SPIN_FOR, next)?;
+            let polled = self.read_reply(next, Some(SPIN_FOR))?;
             if polled.is_none() {
                 spin.missed();
             }
@@ -373,14 +374,16 @@ impl BlockingConnection {
         Ok(())
     }
 
-    /// Polls for a whole reply for up to `budget` without sleeping; None
-    /// if it has not come by then (what did come stays in the reader).
-    fn poll_for<T>(
+    /// Reads until `next` finds a whole reply: with `poll`, without
+    /// sleeping and for at most that long (None if it has not come by
+    /// then; what did come stays in the reader); without, sleeping until
+    /// data comes (where a read that times out or is interrupted fails).
+    fn read_reply<T>(
         &mut self,
-        budget: Duration,
         mut next: impl FnMut(&mut ReplyReader) -> Option<T>,
+        poll: Option<Duration>,
     ) -> std::io::Result<Option<T>> {
-        self.set_nonblocking(true)?;
+        self.set_nonblocking(poll.is_some())?;
         let started = Instant::now();
         let mut buf = [0u8; 4096];
         loop {
@@ -390,35 +393,26 @@ impl BlockingConnection {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.reader.feed(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if started.elapsed() >= budget {
+                Err(e) if poll.is_some() && e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if poll.is_some_and(|budget| started.elapsed() >= budget) {
                         return Ok(None);
                     }
                     std::hint::spin_loop();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if poll.is_some() && e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Reads until `next` finds a whole reply, sleeping until data comes.
+    /// `read_reply` sleeping until the reply comes.
     fn read_until<T>(
         &mut self,
-        mut next: impl FnMut(&mut ReplyReader) -> Option<T>,
+        next: impl FnMut(&mut ReplyReader) -> Option<T>,
     ) -> std::io::Result<T> {
-        self.set_nonblocking(false)?;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(found) = next(&mut self.reader) {
-                return Ok(found);
-            }
-            let n = self.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.reader.feed(&buf[..n]);
-        }
+        // Without a poll, only a whole reply or an error ends the read.
+        self.read_reply(next, None)?
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
     }
 }
 
