@@ -274,9 +274,12 @@ impl Fetch {
         else {
             return Err(Error::protocol("FETCHN replies [tasks, acks, nacks]"));
         };
+        // The tasks of a batch mostly come from one queue: its name is
+        // read once and shared.
+        let mut queue: Option<QueueName> = None;
         let tasks = array(tasks)?
             .into_iter()
-            .map(delivery)
+            .map(|task| delivery(task, &mut queue))
             .collect::<Result<Vec<_>>>()?;
         let acks = array(acks)?
             .into_iter()
@@ -290,7 +293,9 @@ impl Fetch {
     }
 }
 
-fn delivery(v: Value) -> Result<Delivery> {
+/// A leased task; `last` is the queue of the task before it, reused when
+/// this one names the same queue.
+fn delivery(v: Value, last: &mut Option<QueueName>) -> Result<Delivery> {
     let mut f = array(v)?.into_iter();
     let (Some(queue), Some(id), Some(token), Some(attempt), Some(payload)) =
         (f.next(), f.next(), f.next(), f.next(), f.next())
@@ -299,8 +304,16 @@ fn delivery(v: Value) -> Result<Delivery> {
             "a leased task is [queue, id, token, attempt, payload]",
         ));
     };
+    let queue = match (last.as_ref(), &queue) {
+        (Some(known), Value::BulkString(raw)) if known.is_named(raw) => known.clone(),
+        _ => {
+            let named = QueueName::new(&text(queue)?)?;
+            *last = Some(named.clone());
+            named
+        }
+    };
     Ok(Delivery {
-        queue: QueueName::new(&text(queue)?)?,
+        queue,
         id: text(id)?,
         token: int(token)?,
         attempt: int(attempt)? as u32,
@@ -688,5 +701,64 @@ mod tests {
         assert_eq!(got.acks, [Settled::Ok, Settled::Stale]);
         assert_eq!(got.nacks, [NackOutcome::Dead]);
         assert!(fetch.from_reply(Value::Array(vec![])).is_err());
+    }
+
+    #[test]
+    fn fetch_reply_names_each_task_s_own_queue() {
+        let fetch = Fetch {
+            queues: vec![QueueName::new("a").unwrap(), QueueName::new("b").unwrap()],
+            consumer: "w".into(),
+            count: 10,
+            lease: Duration::from_secs(30),
+            block: None,
+            keep: None,
+            acks: vec![],
+            nacks: vec![],
+        };
+        let task = |queue: &str, id: &str| {
+            Value::Array(vec![
+                bulk(queue),
+                bulk(id),
+                Value::Int(1),
+                Value::Int(1),
+                bulk("{}"),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                task("{a}", "1"),
+                task("{a}", "2"),
+                task("{b}", "3"),
+                task("a", "4"),
+                task("{ab}", "5"),
+                task("{a b}", "6"),
+            ]),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ]);
+        // A name the server should never send fails the whole reply, even
+        // after one it sent before.
+        assert!(fetch.from_reply(reply).is_err());
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                task("{a}", "1"),
+                task("{a}", "2"),
+                task("{b}", "3"),
+                task("a", "4"),
+                task("{ab}", "5"),
+            ]),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ]);
+        let got = fetch.from_reply(reply).unwrap();
+        let names: Vec<(&str, &str)> = got
+            .tasks
+            .iter()
+            .map(|t| (t.queue.name(), t.id.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", "1"), ("a", "2"), ("b", "3"), ("a", "4"), ("ab", "5")]
+        );
     }
 }

@@ -427,6 +427,16 @@ impl WorkerCore {
     /// Records a fetch's outcome: its tasks (Some), or its settlements
     /// put back after a transient error (None: try again).
     fn fetched(&self, outcome: FetchOutcome) -> Result<Option<Vec<Delivery>>> {
+        // Built before the lock is taken: the task threads take it for
+        // every task they finish.
+        let leased: Vec<((QueueName, String), i64)> = match &outcome.result {
+            Ok(fetched) => fetched
+                .tasks
+                .iter()
+                .map(|task| ((task.queue.clone(), task.id.clone()), task.token))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let mut st = self.state();
         st.fetching = false;
         // The settlements it did not deliver go with a later command.
@@ -441,10 +451,7 @@ impl WorkerCore {
                     .iter()
                     .filter(|s| matches!(s, NackOutcome::Refused(_)))
                     .count() as u64;
-                for task in &fetched.tasks {
-                    st.running
-                        .insert((task.queue.clone(), task.id.clone()), task.token);
-                }
+                st.running.extend(leased);
                 Ok(Some(fetched.tasks))
             }
             Err(err) => {
@@ -499,10 +506,8 @@ impl WorkerCore {
         st.fetching = true;
         // A FETCHN may settle only tasks of the queues it names; tasks of
         // held-back queues are settled with their own ACK/NACK.
-        let (acks, aside_acks): (Vec<Ack>, Vec<Ack>) =
-            acks.into_iter().partition(|a| queues.contains(&a.queue));
-        let (nacks, aside_nacks): (Vec<Nack>, Vec<Nack>) =
-            nacks.into_iter().partition(|n| queues.contains(&n.queue));
+        let (acks, aside_acks) = split_by_queue(acks, &queues, |a| &a.queue);
+        let (nacks, aside_nacks) = split_by_queue(nacks, &queues, |n| &n.queue);
         let fetch = Fetch {
             queues,
             consumer: self.inner.options.consumer.clone(),
@@ -671,6 +676,22 @@ impl WorkerCore {
     pub fn complete(&self, delivery: &Delivery, outcome: Outcome) {
         let (queue, id) = (delivery.queue.clone(), delivery.id.clone());
         self.complete_task(queue, id, delivery.token, outcome);
+    }
+
+    /// The queue `name` names (`emails` or `{emails}`): one this worker
+    /// serves is shared rather than built again, as a caller that reports
+    /// each task by its queue's name (the Python worker) would.
+    pub fn queue_named(&self, name: &str) -> Result<QueueName> {
+        let served = self
+            .inner
+            .partitions
+            .iter()
+            .flat_map(|(queue, parts)| std::iter::once(queue).chain(parts))
+            .find(|queue| queue.is_named(name.as_bytes()));
+        match served {
+            Some(queue) => Ok(queue.clone()),
+            None => QueueName::new(name),
+        }
     }
 
     /// `complete`, for a caller that owns the task's queue and id (the
@@ -934,6 +955,22 @@ impl Drop for InFlight<'_> {
 
 /// Returns settlements that were not delivered to the front of the pending
 /// ones (sending them again is harmless: a repeat is STALE).
+/// Settlements of tasks of `queues`, and the others. Unmoved when all are
+/// of `queues`, as they are unless a queue is held back: a busy worker
+/// splits a batch's worth per fetch.
+fn split_by_queue<T>(
+    items: Vec<T>,
+    queues: &[QueueName],
+    queue_of: impl Fn(&T) -> &QueueName,
+) -> (Vec<T>, Vec<T>) {
+    if items.iter().all(|item| queues.contains(queue_of(item))) {
+        return (items, Vec::new());
+    }
+    items
+        .into_iter()
+        .partition(|item| queues.contains(queue_of(item)))
+}
+
 fn put_back(st: &mut State, acks: Vec<Ack>, nacks: Vec<Nack>) {
     st.acks.splice(0..0, acks);
     st.nacks.splice(0..0, nacks);

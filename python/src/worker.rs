@@ -201,7 +201,7 @@ impl NativeWorker {
         if let Some(bytes) = &result {
             payload::check_size("result", bytes).map_err(to_pyerr)?;
         }
-        let queue = QueueName::new(queue).map_err(to_pyerr)?;
+        let queue = self.core.queue_named(queue).map_err(to_pyerr)?;
         self.core
             .complete_task(queue, id, token, Outcome::Success(result));
         Ok(())
@@ -222,7 +222,7 @@ impl NativeWorker {
             Some(secs) => Retry::After(Duration::from_secs_f64(secs.max(0.0))),
             None => Retry::Never,
         };
-        let queue = QueueName::new(queue).map_err(to_pyerr)?;
+        let queue = self.core.queue_named(queue).map_err(to_pyerr)?;
         self.core
             .complete_task(queue, id, token, Outcome::Failure { error, retry });
         Ok(())
