@@ -494,12 +494,14 @@ def chart(scenarios: list[Scenario], path: Path) -> None:
     colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(name for name, _ in bars))}
     fig, ax = plt.subplots(figsize=(12, 6))
     width = 0.85 / max(1, len(bars))
+    highest = 0.0
     for i, (name, kind) in enumerate(bars):
         values = []
         for latency, task in groups:
             match = [s for s in scenarios
                      if (s.system.name, s.kind, s.task, s.latency_ms) == (name, kind, task, latency)]
             values.append(match[0].med("process") if match else 0)
+        highest = max([highest, *values])
         xs = [g + (i - (len(bars) - 1) / 2) * width for g in range(len(groups))]
         drawn = ax.bar(xs, values, width, label=f"{name}, {kind}", color=colours[name],
                        hatch="//" if kind == "async" else None, edgecolor="white" if kind == "async" else None)
@@ -507,11 +509,14 @@ def chart(scenarios: list[Scenario], path: Path) -> None:
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{task}\n{'2 ms RTT' if latency else 'localhost'}" for latency, task in groups])
     ax.set_yscale("log")
+    if highest > 0:
+        ax.set_ylim(top=highest * 3)  # room for the tallest bars' labels
     ax.set_ylabel("tasks/s from the worker's launch to the last task (log scale)")
     ax.set_title("One worker process, concurrency 200 (RQ: single-threaded); hatched: async tasks")
-    ax.legend(fontsize=7, ncol=2)
+    # Below the bars, where it covers none of their labels.
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def versions() -> str:

@@ -17,7 +17,9 @@ every process has finished a task (the records name the consumer). CPU is sample
 50 ms over the same window, in cores (CPU seconds per second): the worker
 processes' (parent and children), the server's, and the rest of the
 machine's (this script's sampling and whatever else runs: the machine may
-be shared). Runs alternate between
+be shared); the cores left idle; and how long the workers' and the
+server's threads were ready to run but waited for a core (their run delay
+in ``/proc/<pid>/task/*/schedstat``, in cores' worth). Runs alternate between
 one and two processes; the table gives medians with min-max. Writes its
 section of ``benchmarks/RESULTS.md`` between the ``processes`` markers
 (``--no-write``: print only).
@@ -36,7 +38,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from benchmarks import report
+from benchmarks import report, sched_trace
+from benchmarks.sched_trace import SchedTrace
 from tests.conftest import ROOT, ValkeyServer
 
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
@@ -45,6 +48,10 @@ MARK_END = "<!-- processes:end -->"
 HEADING = "## Worker processes: one and two `runworker` processes"
 CONCURRENCY = 200
 TICK = os.sysconf("SC_CLK_TCK")
+# The scheduler trace: its length, and the tasks of the runs that take it
+# (enough to last well past it).
+TRACE_SECONDS = 0.5
+TRACE_TASKS = 300_000
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -55,6 +62,32 @@ def cpu_seconds(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def waiting_seconds(pid: int) -> float | None:
+    """Seconds the threads of a process have spent ready to run but
+    waiting for a core (the scheduler's run delay, from
+    ``/proc/<pid>/task/*/schedstat``), summed over the threads it has
+    now; None once it is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    total = 0
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return total / 1e9
+
+
+def machine_idle_seconds() -> float:
+    """CPU seconds the machine's cores have spent idle (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (fields[3] + fields[4]) / TICK
 
 
 def machine_busy_seconds() -> float:
@@ -79,6 +112,17 @@ def children_of(pid: int) -> list[int]:
 
 
 @dataclass
+class Sample:
+    at: float
+    acked: int
+    worker_cpu: dict[int, float]  # per worker process
+    server_cpu: float
+    busy: float  # the machine's busy CPU seconds
+    idle: float  # the machine's idle CPU seconds
+    waiting: dict[int, float]  # per process (workers and server): waiting_seconds
+
+
+@dataclass
 class Sampler:
     """CPU of the worker processes and of the server, sampled with the
     number of finished tasks."""
@@ -87,7 +131,7 @@ class Sampler:
     children: int  # worker processes under the parent (0: the parent is the worker)
     server: int
     url: str
-    samples: list[tuple[float, int, dict[int, float], float, float]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -100,27 +144,47 @@ class Sampler:
             if len(children) < self.children:
                 # Scanning /proc costs CPU: only until every child is there.
                 children = children_of(self.parent)
-            for pid in [self.parent, *children]:
-                cpu = cpu_seconds(pid)
-                if cpu is not None:
-                    last[pid] = cpu
+            waiting: dict[int, float] = {}
+            for pid in [self.parent, *children, self.server]:
+                if pid != self.server:
+                    cpu = cpu_seconds(pid)
+                    if cpu is not None:
+                        last[pid] = cpu
+                wait = waiting_seconds(pid)
+                if wait is not None:
+                    waiting[pid] = wait
             server = cpu_seconds(self.server) or 0.0
             acked = client.stats_sync("default")["acked"]
-            self.samples.append((time.monotonic(), acked, dict(last), server, machine_busy_seconds()))
+            self.samples.append(Sample(time.monotonic(), acked, dict(last), server, machine_busy_seconds(),
+                                       machine_idle_seconds(), waiting))
             self.stop.wait(0.05)
 
-    def window(self, total: int) -> tuple[list[float], float, float]:
-        """Per worker process, for the server, and for everything else on
-        the machine, the cores used from the first sample with a task done
-        to the first with all done."""
-        start = next(s for s in self.samples if s[1] >= 1)
-        end = next((s for s in self.samples if s[1] >= total), self.samples[-1])
-        seconds = end[0] - start[0]
+    def window(self, total: int) -> Window:
+        """From the first sample with a task done to the first with all
+        done: per worker process, for the server, and for everything else
+        on the machine, the cores used; the cores left idle; and the cores'
+        worth of time the workers' and the server's threads spent ready to
+        run but waiting for one."""
+        start = next(s for s in self.samples if s.acked >= 1)
+        end = next((s for s in self.samples if s.acked >= total), self.samples[-1])
+        seconds = end.at - start.at
         if seconds <= 0:
-            return [], 0.0, 0.0
-        workers = [(end[2][pid] - start[2][pid]) / seconds for pid in sorted(end[2]) if pid in start[2]]
-        server = (end[3] - start[3]) / seconds
-        return workers, server, (end[4] - start[4]) / seconds - sum(workers) - server
+            return Window([], 0.0, 0.0, 0.0, 0.0)
+        workers = [(end.worker_cpu[pid] - start.worker_cpu[pid]) / seconds
+                   for pid in sorted(end.worker_cpu) if pid in start.worker_cpu]
+        server = (end.server_cpu - start.server_cpu) / seconds
+        waiting = sum(end.waiting[pid] - start.waiting[pid] for pid in end.waiting if pid in start.waiting)
+        return Window(workers, server, (end.busy - start.busy) / seconds - sum(workers) - server,
+                      (end.idle - start.idle) / seconds, waiting / seconds)
+
+
+@dataclass
+class Window:
+    worker_cores: list[float]
+    server_cores: float
+    other_cores: float
+    idle_cores: float
+    waiting_cores: float
 
 
 @dataclass
@@ -131,7 +195,10 @@ class Run:
     worker_cores: list[float]
     server_cores: float
     other_cores: float
+    idle_cores: float
+    waiting_cores: float
     load: float
+    sched: SchedTrace | None = None
 
 
 async def enqueue(count: int) -> list[str]:
@@ -168,7 +235,21 @@ async def rates(url: str, ids: list[str]) -> tuple[float, float]:
     return (len(finished) - 1) / (last - first), after / (last - all_running)
 
 
-def measure(processes: int, tasks: int) -> Run:
+def trace_when_under_way(url: str, tasks: int, found: list[SchedTrace]) -> None:
+    """Records the scheduler's events for TRACE_SECONDS once a fifth of
+    the tasks are done (the processes are all running by then)."""
+    import vtasks
+
+    client = vtasks.Client(url)
+    deadline = time.monotonic() + 120
+    while client.stats_sync("default")["acked"] < tasks // 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    trace = sched_trace.record(TRACE_SECONDS)
+    if trace is not None:
+        found.append(trace)
+
+
+def measure(processes: int, tasks: int, trace: bool = False) -> Run:
     from django.test import override_settings
 
     server = ValkeyServer()
@@ -191,15 +272,22 @@ def measure(processes: int, tasks: int) -> Run:
         sampler = Sampler(worker.pid, 0 if processes == 1 else processes, server.process.pid, server.url)
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
+        traces: list[SchedTrace] = []
+        tracer = threading.Thread(target=trace_when_under_way, args=(server.url, tasks, traces), daemon=True)
+        if trace:
+            tracer.start()
         try:
             if worker.wait(timeout=600) != 0:
                 raise RuntimeError(f"runworker failed:\n{log.read_text()}")
         finally:
             sampler.stop.set()
             thread.join()
+            if trace:
+                tracer.join()
         rate, steady = asyncio.run(rates(server.url, ids))
-        workers, server_cores, other = sampler.window(tasks)
-        return Run(processes, rate, steady, workers, server_cores, other, os.getloadavg()[0])
+        w = sampler.window(tasks)
+        return Run(processes, rate, steady, w.worker_cores, w.server_cores, w.other_cores, w.idle_cores,
+                   w.waiting_cores, os.getloadavg()[0], traces[0] if traces else None)
     finally:
         server.close()
 
@@ -240,9 +328,19 @@ def main() -> None:
             print(
                 f"{processes} process(es): {run.rate:,.0f} tasks/s ({run.steady:,.0f} once all ran), worker cores "
                 f"{[round(c, 2) for c in run.worker_cores]}, server {run.server_cores:.2f}, "
-                f"everything else {run.other_cores:.2f}, load {run.load:.1f}",
+                f"everything else {run.other_cores:.2f}, idle {run.idle_cores:.2f}, "
+                f"waiting for a core {run.waiting_cores:.2f}, load {run.load:.1f}",
                 flush=True,
             )
+    # One more run of each, not counted above, with the scheduler's events
+    # recorded in its middle (perf adds work of its own while it records).
+    traced: dict[int, SchedTrace] = {}
+    if sched_trace.available():
+        for processes in (1, 2):
+            found = measure(processes, TRACE_TASKS, trace=True).sched
+            if found is not None:
+                traced[processes] = found
+                print(f"{processes} process(es), scheduler trace: {found.summary()}", flush=True)
     rows = []
     medians: dict[int, tuple[float, float]] = {}
     for processes in (1, 2):
@@ -254,7 +352,9 @@ def main() -> None:
             f"| {median_range([r.steady for r in mine])} "
             f"| {statistics.median(sum(r.worker_cores) for r in mine):.2f} "
             f"| {statistics.median(busiest):.2f} | {statistics.median(r.server_cores for r in mine):.2f} "
-            f"| {statistics.median(r.other_cores for r in mine):.2f} |"
+            f"| {statistics.median(r.other_cores for r in mine):.2f} "
+            f"| {statistics.median(r.idle_cores for r in mine):.2f} "
+            f"| {statistics.median(r.waiting_cores for r in mine):.2f} |"
         )
     # What the machine's cores allow at one process's CPU per task (its
     # worker and Valkey together): more processes cannot pass that, only
@@ -263,6 +363,23 @@ def main() -> None:
     cpu_per_task = statistics.median((sum(r.worker_cores) + r.server_cores) / r.rate for r in single)
     cores = os.cpu_count() or 1
     ceiling = cores / cpu_per_task
+    waits = "; ".join(
+        f"{n} process{'es' if n > 1 else ''}: {statistics.median(r.idle_cores for r in runs if r.processes == n):.2f} "
+        f"cores idle while the workers' and Valkey's threads waited "
+        f"{statistics.median(r.waiting_cores for r in runs if r.processes == n):.2f} cores' worth for one"
+        for n in (1, 2)
+    )
+    if traced:
+        why = (
+            f"the kernel's scheduler events (`perf sched record`, {TRACE_SECONDS} s in the middle of one more "
+            f"run of each with {TRACE_TASKS:,} tasks) say how much of the idle time had a thread ready at the "
+            "same moment: "
+            + "; ".join(f"{n} process{'es' if n > 1 else ''}, {t.summary()}" for n, t in sorted(traced.items()))
+            + ". A core that has gone idle is slow to come back on this virtual machine, and while it does, "
+            "the thread woken onto it waits, or threads queue on the other core."
+        )
+    else:
+        why = "The scheduler's events were not recorded (`perf` missing or not allowed here)."
     loads = [load_before, *(r.load for r in runs)]
     command = f"python -m benchmarks.worker_processes --tasks {args.tasks} --runs {args.runs}"
     build = "release" if "release" in module else "debug"
@@ -272,14 +389,18 @@ def main() -> None:
         f"{os.cpu_count()} cores, {platform.platform()}.\n\n"
         f"| Processes | Tasks | Tasks/s after the first | Tasks/s once every process ran one "
         f"| Worker CPU, cores (all processes) "
-        f"| Busiest process, cores | Valkey CPU, cores | Everything else on the machine, cores |\n"
-        f"|---|---|---|---|---|---|---|---|\n"
+        f"| Busiest process, cores | Valkey CPU, cores | Everything else on the machine, cores "
+        f"| Idle, cores | Ready to run, waiting for a core, cores |\n"
+        f"|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows)
         + f"\n\nTwo processes: **{medians[2][0] / medians[1][0]:.2f}×** one after the first task, "
         f"{medians[2][1] / medians[1][1]:.2f}× once every process ran one (medians).\n\n"
         f"What {cores} cores allow: one process and Valkey used {cpu_per_task * 1e6:.1f} µs of CPU per task "
         f"together (median of the one-process runs), so {cores} cores hold at most {ceiling:,.0f} tasks/s at "
-        f"that cost, {ceiling / medians[1][0]:.2f}× one process, with nothing else running on them.\n"
+        f"that cost, {ceiling / medians[1][0]:.2f}× one process, with nothing else running on them.\n\n"
+        f"Idle cores beside threads ready to run (medians over the runs): {waits}. A thread that waits for "
+        f"a lock, a reply or a batch sleeps and is not counted as ready. Both are averages over a run; "
+        f"{why[0].lower()}{why[1:]}\n"
     )
     print(text)
     if not args.no_write:
