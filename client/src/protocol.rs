@@ -670,16 +670,7 @@ mod tests {
 
     #[test]
     fn fetch_reply_parses_tasks_and_outcomes() {
-        let fetch = Fetch {
-            queues: vec![QueueName::new("q").unwrap()],
-            consumer: "w".into(),
-            count: 10,
-            lease: Duration::from_secs(30),
-            block: None,
-            keep: None,
-            acks: vec![],
-            nacks: vec![],
-        };
+        let fetch = Fetch::new(vec![QueueName::new("q").unwrap()], "w");
         let reply = Value::Array(vec![
             Value::Array(vec![Value::Array(vec![
                 bulk("{q}"),
@@ -705,16 +696,10 @@ mod tests {
 
     #[test]
     fn fetch_reply_names_each_task_s_own_queue() {
-        let fetch = Fetch {
-            queues: vec![QueueName::new("a").unwrap(), QueueName::new("b").unwrap()],
-            consumer: "w".into(),
-            count: 10,
-            lease: Duration::from_secs(30),
-            block: None,
-            keep: None,
-            acks: vec![],
-            nacks: vec![],
-        };
+        let fetch = Fetch::new(
+            vec![QueueName::new("a").unwrap(), QueueName::new("b").unwrap()],
+            "w",
+        );
         let task = |queue: &str, id: &str| {
             Value::Array(vec![
                 bulk(queue),
@@ -724,33 +709,27 @@ mod tests {
                 bulk("{}"),
             ])
         };
-        let reply = Value::Array(vec![
+        let reply = |tasks: &[(&str, &str)]| {
+            let tasks = tasks.iter().map(|(queue, id)| task(queue, id)).collect();
             Value::Array(vec![
-                task("{a}", "1"),
-                task("{a}", "2"),
-                task("{b}", "3"),
-                task("a", "4"),
-                task("{ab}", "5"),
-                task("{a b}", "6"),
-            ]),
-            Value::Array(vec![]),
-            Value::Array(vec![]),
-        ]);
+                Value::Array(tasks),
+                Value::Array(vec![]),
+                Value::Array(vec![]),
+            ])
+        };
+        let valid = [
+            ("{a}", "1"),
+            ("{a}", "2"),
+            ("{b}", "3"),
+            ("a", "4"),
+            ("{ab}", "5"),
+        ];
         // A name the server should never send fails the whole reply, even
         // after one it sent before.
-        assert!(fetch.from_reply(reply).is_err());
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                task("{a}", "1"),
-                task("{a}", "2"),
-                task("{b}", "3"),
-                task("a", "4"),
-                task("{ab}", "5"),
-            ]),
-            Value::Array(vec![]),
-            Value::Array(vec![]),
-        ]);
-        let got = fetch.from_reply(reply).unwrap();
+        assert!(fetch
+            .from_reply(reply(&[&valid[..], &[("{a b}", "6")]].concat()))
+            .is_err());
+        let got = fetch.from_reply(reply(&valid)).unwrap();
         let names: Vec<(&str, &str)> = got
             .tasks
             .iter()

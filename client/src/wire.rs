@@ -393,14 +393,18 @@ impl BlockingConnection {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.reader.feed(&buf[..n]),
-                Err(e) if poll.is_some() && e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if poll.is_some_and(|budget| started.elapsed() >= budget) {
-                        return Ok(None);
+                // Only a poll reads on past these: a sleeping read that
+                // returns them has timed out or was interrupted.
+                Err(e) => match (poll, e.kind()) {
+                    (Some(budget), std::io::ErrorKind::WouldBlock) => {
+                        if started.elapsed() >= budget {
+                            return Ok(None);
+                        }
+                        std::hint::spin_loop();
                     }
-                    std::hint::spin_loop();
-                }
-                Err(e) if poll.is_some() && e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                    (Some(_), std::io::ErrorKind::Interrupted) => {}
+                    _ => return Err(e),
+                },
             }
         }
     }

@@ -953,8 +953,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Returns settlements that were not delivered to the front of the pending
-/// ones (sending them again is harmless: a repeat is STALE).
 /// Settlements of tasks of `queues`, and the others. Unmoved when all are
 /// of `queues`, as they are unless a queue is held back: a busy worker
 /// splits a batch's worth per fetch.
@@ -971,6 +969,8 @@ fn split_by_queue<T>(
         .partition(|item| queues.contains(queue_of(item)))
 }
 
+/// Returns settlements that were not delivered to the front of the pending
+/// ones (sending them again is harmless: a repeat is STALE).
 fn put_back(st: &mut State, acks: Vec<Ack>, nacks: Vec<Nack>) {
     st.acks.splice(0..0, acks);
     st.nacks.splice(0..0, nacks);
