@@ -144,15 +144,12 @@ class Sampler:
             if len(children) < self.children:
                 # Scanning /proc costs CPU: only until every child is there.
                 children = children_of(self.parent)
-            waiting: dict[int, float] = {}
-            for pid in [self.parent, *children, self.server]:
-                if pid != self.server:
-                    cpu = cpu_seconds(pid)
-                    if cpu is not None:
-                        last[pid] = cpu
-                wait = waiting_seconds(pid)
-                if wait is not None:
-                    waiting[pid] = wait
+            for pid in [self.parent, *children]:
+                cpu = cpu_seconds(pid)
+                if cpu is not None:
+                    last[pid] = cpu
+            waits = {pid: waiting_seconds(pid) for pid in [self.parent, *children, self.server]}
+            waiting = {pid: wait for pid, wait in waits.items() if wait is not None}
             server = cpu_seconds(self.server) or 0.0
             acked = client.stats_sync("default")["acked"]
             self.samples.append(Sample(time.monotonic(), acked, dict(last), server, machine_busy_seconds(),
@@ -273,8 +270,9 @@ def measure(processes: int, tasks: int, trace: bool = False) -> Run:
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
         traces: list[SchedTrace] = []
-        tracer = threading.Thread(target=trace_when_under_way, args=(server.url, tasks, traces), daemon=True)
+        tracer = None
         if trace:
+            tracer = threading.Thread(target=trace_when_under_way, args=(server.url, tasks, traces), daemon=True)
             tracer.start()
         try:
             if worker.wait(timeout=600) != 0:
@@ -282,7 +280,7 @@ def measure(processes: int, tasks: int, trace: bool = False) -> Run:
         finally:
             sampler.stop.set()
             thread.join()
-            if trace:
+            if tracer is not None:
                 tracer.join()
         rate, steady = asyncio.run(rates(server.url, ids))
         w = sampler.window(tasks)
@@ -379,7 +377,7 @@ def main() -> None:
             "the thread woken onto it waits, or threads queue on the other core."
         )
     else:
-        why = "The scheduler's events were not recorded (`perf` missing or not allowed here)."
+        why = "the scheduler's events were not recorded (`perf` missing or not allowed here)."
     loads = [load_before, *(r.load for r in runs)]
     command = f"python -m benchmarks.worker_processes --tasks {args.tasks} --runs {args.runs}"
     build = "release" if "release" in module else "debug"
@@ -399,8 +397,7 @@ def main() -> None:
         f"together (median of the one-process runs), so {cores} cores hold at most {ceiling:,.0f} tasks/s at "
         f"that cost, {ceiling / medians[1][0]:.2f}× one process, with nothing else running on them.\n\n"
         f"Idle cores beside threads ready to run (medians over the runs): {waits}. A thread that waits for "
-        f"a lock, a reply or a batch sleeps and is not counted as ready. Both are averages over a run; "
-        f"{why[0].lower()}{why[1:]}\n"
+        f"a lock, a reply or a batch sleeps and is not counted as ready. Both are averages over a run; {why}\n"
     )
     print(text)
     if not args.no_write:
