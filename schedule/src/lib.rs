@@ -15,12 +15,14 @@
 //! hour. No clock is read here: every function takes the time it needs.
 
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, Offset, TimeZone, Utc};
-use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, JobType};
+
+mod zone;
+
+pub use zone::Zone;
 
 /// The longest interval an `every` schedule may have: one year, in seconds.
 pub const MAX_EVERY_SECONDS: u64 = 366 * 24 * 3600;
@@ -38,7 +40,7 @@ pub enum Spec {
     Cron {
         /// The fields as given, whitespace normalised to single spaces.
         fields: String,
-        tz: Tz,
+        tz: Zone,
         cron: Box<Cron>,
     },
 }
@@ -72,7 +74,7 @@ impl Spec {
 
     /// A cron expression of five fields (minute hour day-of-month month
     /// day-of-week) or six (seconds first), in the IANA time zone `tz`
-    /// (`UTC`, `Europe/Berlin`).
+    /// (`UTC`, `Europe/Berlin`; any case, kept in the database's).
     pub fn cron(expr: &str, tz: &str) -> Result<Spec, SpecError> {
         let fields: Vec<&str> = expr.split_whitespace().collect();
         if fields.len() != 5 && fields.len() != 6 {
@@ -88,11 +90,11 @@ impl Spec {
                 "cron expression '{expr}': nicknames such as @daily are not supported; write the fields"
             ));
         }
-        let tz = Tz::from_str(tz).or_else(|_| {
-            refuse(format!(
+        let Some(tz) = Zone::named(tz) else {
+            return refuse(format!(
                 "unknown time zone '{tz}' (expected an IANA name such as Europe/Berlin or UTC)"
-            ))
-        })?;
+            ));
+        };
         let parser = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -172,7 +174,7 @@ impl Spec {
 }
 
 /// The UTC offset of `tz` at unix second `at`, in seconds.
-fn offset_at(tz: &Tz, at: i64) -> Option<i32> {
+fn offset_at(tz: &Zone, at: i64) -> Option<i32> {
     let utc = DateTime::<Utc>::from_timestamp(at, 0)?.naive_utc();
     Some(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
 }
@@ -189,7 +191,7 @@ fn croner_next<Z: TimeZone>(cron: &Cron, zone: &Z, after: i64) -> Option<i64> {
 /// of a repeated hour croner answers the first instance of the next
 /// matching wall time, which lies in the past: such a time already ran,
 /// so the search starts again where the repeated hour ends.
-fn next_fixed_time(cron: &Cron, tz: &Tz, after: i64) -> Option<i64> {
+fn next_fixed_time(cron: &Cron, tz: &Zone, after: i64) -> Option<i64> {
     let mut start = after;
     for _ in 0..3 {
         let next = croner_next(cron, tz, start)?;
@@ -216,7 +218,7 @@ fn next_fixed_time(cron: &Cron, tz: &Tz, after: i64) -> Option<i64> {
 /// at every real instant whose wall time matches, so a repeated hour runs
 /// twice and a skipped hour not at all. Searched one stretch of constant
 /// UTC offset at a time: within one, wall time is UTC plus that offset.
-fn next_interval(cron: &Cron, tz: &Tz, after: i64) -> Option<i64> {
+fn next_interval(cron: &Cron, tz: &Zone, after: i64) -> Option<i64> {
     let mut from = after;
     // The offset in force just after `from`.
     let mut offset = offset_at(tz, from + 1)?;

@@ -2,21 +2,35 @@
 //! saving transitions, leap days, seconds, intervals, refusals.
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use chrono_tz::Tz;
 
 use super::*;
 
-/// Unix ms of a wall-clock time in `tz` (the first instance if repeated).
+/// Unix ms of a wall-clock time in `tz` (the first instance if repeated),
+/// by jiff's own conversion: not through the chrono adapter under test.
 fn local_ms(tz: &str, y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    let tz: Tz = tz.parse().unwrap();
+    let tz = jiff::tz::TimeZoneDatabase::bundled().get(tz).unwrap();
+    let wall =
+        jiff::civil::DateTime::new(y as i16, mo as i8, d as i8, h as i8, mi as i8, s as i8, 0)
+            .unwrap();
+    tz.to_ambiguous_timestamp(wall)
+        .compatible()
+        .unwrap()
+        .as_millisecond()
+}
+
+/// Wall time in `tz` through the adapter: its offsets, or None in a gap.
+fn adapter_offsets(tz: &Zone, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Vec<i32> {
     let naive = NaiveDate::from_ymd_opt(y, mo, d)
         .unwrap()
-        .and_hms_opt(h, mi, s)
+        .and_hms_opt(h, mi, 0)
         .unwrap();
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .unwrap()
-        .timestamp_millis()
+    match tz.offset_from_local_datetime(&naive) {
+        chrono::MappedLocalTime::Single(o) => vec![o.fix().local_minus_utc()],
+        chrono::MappedLocalTime::Ambiguous(a, b) => {
+            vec![a.fix().local_minus_utc(), b.fix().local_minus_utc()]
+        }
+        chrono::MappedLocalTime::None => vec![],
+    }
 }
 
 fn utc_ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
@@ -233,6 +247,69 @@ fn bad_timings_are_refused_with_the_reason() {
         let err = outcome.unwrap_err();
         assert!(err.0.contains(expected), "{err} lacks {expected}");
     }
+}
+
+#[test]
+fn zones_are_named_as_the_database_names_them() {
+    let berlin = Zone::named("europe/BERLIN").unwrap();
+    assert_eq!(berlin.name(), "Europe/Berlin");
+    assert_eq!(
+        Spec::cron("0 3 * * *", "europe/berlin").unwrap().text(),
+        "cron Europe/Berlin 0 3 * * *"
+    );
+    assert_eq!(Zone::named("UTC").unwrap().name(), "UTC");
+    assert_eq!(Zone::named("US/Eastern").unwrap().name(), "US/Eastern");
+    // jiff's placeholder for "no zone" is not a zone anyone can name.
+    assert!(Zone::named("Etc/Unknown").is_none());
+    assert!(Zone::named("").is_none());
+    assert!(Zone::named("../../etc/passwd").is_none());
+}
+
+#[test]
+fn the_adapter_gives_chrono_one_offset_none_in_a_gap_both_in_a_repeat() {
+    let berlin = Zone::named("Europe/Berlin").unwrap();
+    assert_eq!(adapter_offsets(&berlin, 2025, 7, 1, 12, 0), vec![7200]);
+    assert_eq!(adapter_offsets(&berlin, 2025, 1, 1, 12, 0), vec![3600]);
+    // 02:00-03:00 is skipped on 2025-03-30 and repeated on 2025-10-26,
+    // first at +2 (the earlier instant), then at +1.
+    assert_eq!(
+        adapter_offsets(&berlin, 2025, 3, 30, 2, 30),
+        Vec::<i32>::new()
+    );
+    assert_eq!(
+        adapter_offsets(&berlin, 2025, 10, 26, 2, 30),
+        vec![7200, 3600]
+    );
+    // From UTC: the offset in force at that instant.
+    let at = |y, mo, d, h| {
+        berlin
+            .offset_from_utc_datetime(
+                &NaiveDate::from_ymd_opt(y, mo, d)
+                    .unwrap()
+                    .and_hms_opt(h, 0, 0)
+                    .unwrap(),
+            )
+            .fix()
+            .local_minus_utc()
+    };
+    assert_eq!(at(2025, 10, 26, 0), 7200);
+    assert_eq!(at(2025, 10, 26, 1), 3600);
+    // Beyond the database's years the adapter still answers, without panicking.
+    let far = NaiveDate::from_ymd_opt(200_000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    assert_eq!(
+        berlin
+            .offset_from_utc_datetime(&far)
+            .fix()
+            .local_minus_utc(),
+        3600
+    );
+    assert!(matches!(
+        berlin.offset_from_local_datetime(&far),
+        chrono::MappedLocalTime::None
+    ));
 }
 
 #[test]
