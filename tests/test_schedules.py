@@ -67,6 +67,10 @@ def test_a_client_defines_lists_and_removes_schedules(valkey):
                        kwargs={"full": True}, priority=5, max_attempts=2)
     assert client.set_schedule_sync(nightly) == "added"
     assert client.set_schedule_sync(nightly) == "unchanged"
+    # A zone's name in another case is the same zone, stored as the database spells it.
+    respelled = Schedule("nightly", "reports.nightly", timing(cron="0 3 * * *", timezone="europe/BERLIN"),
+                         kwargs={"full": True}, priority=5, max_attempts=2)
+    assert client.set_schedule_sync(respelled) == "unchanged"
     beat = Schedule("beat", "app.beat", timing(every=30), queue="default", catch_up="none")
     assert client.set_schedule_sync(beat) == "added"
     listed = client.schedules_sync("default")
