@@ -12,7 +12,6 @@
 //! engine and the module would disagree on an occurrence.
 
 use std::fmt;
-use std::sync::OnceLock;
 
 use chrono::{Datelike, Timelike};
 use chrono::{FixedOffset, MappedLocalTime, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone};
@@ -24,17 +23,13 @@ pub struct Zone {
     tz: jiff::tz::TimeZone,
 }
 
-/// The compiled-in database, opened once.
-fn database() -> &'static TimeZoneDatabase {
-    static DATABASE: OnceLock<TimeZoneDatabase> = OnceLock::new();
-    DATABASE.get_or_init(TimeZoneDatabase::bundled)
-}
-
 impl Zone {
     /// The zone of that IANA name, case insensitively (`europe/berlin` is
     /// `Europe/Berlin`), or None for a name the database does not hold.
     pub fn named(name: &str) -> Option<Zone> {
-        let tz = database().get(name).ok()?;
+        // A handle to the compiled-in database costs nothing to make; jiff
+        // keeps each zone it has read for the next lookup.
+        let tz = TimeZoneDatabase::bundled().get(name).ok()?;
         // `Etc/Unknown` is jiff's zone for "no zone": it has no IANA name.
         tz.iana_name()?;
         Some(Zone { tz })
@@ -83,12 +78,6 @@ impl Offset for ZoneOffset {
 impl fmt::Debug for ZoneOffset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({:?})", self.fixed, self.zone)
-    }
-}
-
-impl fmt::Display for ZoneOffset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.fixed, f)
     }
 }
 
